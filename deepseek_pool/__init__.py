@@ -1,0 +1,63 @@
+"""deepseek_pool: call the DeepSeek API many times at once from synchronous Python.
+
+::
+
+    import deepseek_pool as dp
+
+    client = dp.DeepSeekClient()
+    print(client.chat("Say hi").content)
+"""
+
+from __future__ import annotations
+
+from .client import ChatStream, DeepSeekClient
+from .config import Timeout
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    DeepSeekError,
+    IncompleteResponseError,
+    InsufficientBalanceError,
+    InternalServerError,
+    RateLimitError,
+    RetryBudgetExceeded,
+    ServiceUnavailableError,
+    UnprocessableEntityError,
+)
+from .retry import DeepSeekRetry, RetryEvent
+from .types import Balance, ChatChunk, ChatCompletion, ChatCompletionBuilder, FIMCompletion, Usage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "Balance",
+    "ChatChunk",
+    "ChatCompletion",
+    "ChatCompletionBuilder",
+    "ChatStream",
+    "ConfigurationError",
+    "DeepSeekClient",
+    "DeepSeekError",
+    "DeepSeekRetry",
+    "FIMCompletion",
+    "IncompleteResponseError",
+    "InsufficientBalanceError",
+    "InternalServerError",
+    "RateLimitError",
+    "RetryBudgetExceeded",
+    "RetryEvent",
+    "ServiceUnavailableError",
+    "Timeout",
+    "UnprocessableEntityError",
+    "Usage",
+    "__version__",
+]

@@ -1,0 +1,741 @@
+"""``DeepSeekClient``: one thread-safe object for calling the DeepSeek API.
+
+Transport: one ``requests.Session`` whose ``HTTPAdapter`` holds a connection pool
+sized to the threads that share it, with :class:`~deepseek_pool.retry.DeepSeekRetry`
+mounted for retries. The session is configured once; everything per call travels
+as arguments, so any number of threads may share one client.
+
+The request path is kept lean because per-call CPU decides how many threads two
+cores can feed: the session's environment (proxies, CA bundle) is resolved once
+at construction instead of on every call, headers are merged once, and requests
+go straight to the adapter (``responses`` and custom adapters still work, as they
+hook in there).
+
+Example::
+
+    import deepseek_pool as dp
+
+    client = dp.DeepSeekClient()            # DEEPSEEK_API_KEY from the environment
+    print(client.chat("Say hi").content)
+    with client.chat_stream("Count to 3") as stream:
+        for chunk in stream:
+            print(chunk.content or "", end="")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from functools import partial
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from urllib3.exceptions import MaxRetryError, ReadTimeoutError
+from urllib3.util.retry import RequestHistory
+
+from . import config
+from .config import Timeout, TimeoutLike
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    ConfigurationError,
+    DeepSeekError,
+    IncompleteResponseError,
+    RetryBudgetExceeded,
+    status_error,
+)
+from .models import DEFAULT_MODEL
+from .retry import DeepSeekRetry, RetryEvent, RetryListener, call_context, wait_for_retry
+from .streaming import SSEDecoder
+from .types import Balance, ChatChunk, ChatCompletion, ChatCompletionBuilder, FIMCompletion
+
+__all__ = ["DeepSeekClient", "ChatStream", "Messages", "normalize_messages", "build_chat_body"]
+
+log = logging.getLogger(__name__)
+
+Messages = Union[str, Sequence[Mapping[str, Any]]]
+ChunkCallback = Callable[[ChatChunk], None]
+
+_ROLES = frozenset({"system", "user", "assistant", "tool"})
+_USER_AGENT = "deepseek-pool/0.1 (python-requests/{})".format(requests.__version__)
+_READ_SIZE = 65536
+#: After ``data: [DONE]`` a well-behaved server ends the body at once; one that
+#: holds it open gets its connection closed after this many seconds.
+STREAM_END_GRACE = 0.1
+#: A 200 that stopped for this reason is a load failure, not an answer.
+_INSUFFICIENT = "insufficient_system_resource"
+_REQUEST_ID_HEADERS = ("x-request-id", "x-ds-trace-id", "request-id")
+
+
+def normalize_messages(messages: Messages) -> List[Mapping[str, Any]]:
+    """Check ``messages`` and return them as a list of message dicts.
+
+    A str becomes one user message. Raises TypeError/ValueError naming the problem,
+    so bad input fails before anything is sent.
+    """
+    if isinstance(messages, str):
+        if not messages:
+            raise ValueError("messages is an empty string; give the prompt text")
+        return [{"role": "user", "content": messages}]
+    if isinstance(messages, Mapping) or not isinstance(messages, (list, tuple)):
+        raise TypeError(
+            f"messages must be a str or a list of message dicts, got {type(messages).__name__}"
+        )
+    if not messages:
+        raise ValueError("messages is an empty list; give at least one message")
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise TypeError(f"messages[{index}] must be a dict, got {type(message).__name__}")
+        role = message.get("role")
+        if role is None:
+            raise ValueError(f"messages[{index}] has no 'role' (one of {', '.join(sorted(_ROLES))})")
+        if role not in _ROLES:
+            raise ValueError(f"messages[{index}] has role {role!r}; expected one of {', '.join(sorted(_ROLES))}")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise TypeError(
+                f"messages[{index}]['content'] must be a str, got {type(content).__name__}"
+            )
+        if content is None and role != "assistant":
+            raise ValueError(f"messages[{index}] ({role}) has no 'content'")
+    return list(messages)
+
+
+def _check_number(params: Mapping[str, Any], name: str, low: float, high: float) -> None:
+    value = params.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value!r}")
+
+
+def build_chat_body(messages: Messages, model: str, params: Mapping[str, Any]) -> Dict[str, Any]:
+    """The JSON body of a chat request, checked; ``thinking=True/False`` becomes DeepSeek's switch."""
+    if not isinstance(model, str) or not model:
+        raise TypeError(f"model must be a non-empty str, got {model!r}")
+    body: Dict[str, Any] = {"model": model, "messages": normalize_messages(messages)}
+    if params:
+        body.update(params)
+        thinking = params.get("thinking")
+        if isinstance(thinking, bool):
+            body["thinking"] = {"type": "enabled" if thinking else "disabled"}
+        elif thinking is None and "thinking" in params:
+            del body["thinking"]
+        max_tokens = params.get("max_tokens")
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0
+        ):
+            raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        _check_number(params, "temperature", 0, 2)
+        _check_number(params, "top_p", 0, 1)
+        _check_number(params, "frequency_penalty", -2, 2)
+        _check_number(params, "presence_penalty", -2, 2)
+    return body
+
+
+def _encode(body: Mapping[str, Any]) -> bytes:
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"the request is not JSON serializable: {err}") from None
+
+
+def _request_id(headers: Mapping[str, str]) -> Optional[str]:
+    for name in _REQUEST_ID_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
+
+
+def _raw_pieces(raw: Any, deadline: float, read_timeout: float) -> Iterator[bytes]:
+    """Yield the decoded body as it arrives, enforcing the attempt's total deadline.
+
+    Every piece (a blank keep-alive line included) resets the socket's read timeout,
+    so the deadline is checked between pieces and the socket timeout is shortened
+    when the deadline is nearer than a full read timeout.
+    """
+    if raw.chunked and raw.supports_chunked_reads():
+        source: Iterator[bytes] = raw.read_chunked(None, decode_content=True)
+    else:
+        read = getattr(raw, "read1", None) or raw.read
+        source = iter(partial(read, _READ_SIZE, decode_content=True), b"")
+    clock = time.monotonic
+    remaining = deadline - clock()
+    if remaining < read_timeout:
+        _set_socket_timeout(raw, remaining)
+    for piece in source:
+        yield piece
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise APITimeoutError("the request's total deadline passed while the server was still sending")
+        if remaining < read_timeout:
+            _set_socket_timeout(raw, remaining)
+
+
+def _set_socket_timeout(raw: Any, seconds: float) -> None:
+    if seconds <= 0:
+        raise APITimeoutError("the request's total deadline passed while waiting for the server")
+    connection = getattr(raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
+
+
+def _translate(err: BaseException) -> DeepSeekError:
+    """Turn a requests/urllib3 exception into ours (the only place that does)."""
+    if isinstance(err, DeepSeekError):
+        return err
+    cause = err.args[0] if err.args else None
+    reason = getattr(cause, "reason", None) if isinstance(cause, MaxRetryError) else None
+    if isinstance(reason, RetryBudgetExceeded):
+        return RetryBudgetExceeded(str(reason))
+    if isinstance(err, (requests.Timeout, ReadTimeoutError)) or isinstance(reason, ReadTimeoutError):
+        return APITimeoutError(f"request timed out: {err}")
+    if isinstance(err, (requests.ConnectionError, Urllib3HTTPError, OSError)):
+        return APIConnectionError(f"connection failed: {err}")
+    if isinstance(err, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
+        return ConfigurationError(f"invalid URL: {err}")
+    return APIConnectionError(f"request failed: {err!r}")
+
+
+def _add_note(err: DeepSeekError, note: str) -> None:
+    if isinstance(err, APIStatusError):
+        err.message = f"{err.message} ({note})"
+    elif err.args:
+        err.args = (f"{err.args[0]} ({note})",) + err.args[1:]
+
+
+class ChatStream:
+    """A streamed chat answer: iterate for :class:`ChatChunk`, one per server event.
+
+    Use it as a context manager: leaving the block early closes the connection at
+    once; a stream read to ``data: [DONE]`` gives its connection back to the pool.
+    :meth:`completion` folds the (rest of the) stream into a :class:`ChatCompletion`.
+    """
+
+    def __init__(self, response: requests.Response, deadline: float, read_timeout: float) -> None:
+        self.response = response
+        self.request_id = _request_id(response.headers)
+        self._deadline = deadline
+        self._read_timeout = read_timeout
+        self._builder = ChatCompletionBuilder()
+        self._iterator = self._chunks()
+        self._closed = False
+
+    def _chunks(self) -> Iterator[ChatChunk]:
+        raw = self.response.raw
+        decoder = SSEDecoder()
+        pieces = _raw_pieces(raw, self._deadline, self._read_timeout)
+        loads = json.loads
+        try:
+            for piece in pieces:
+                for event in decoder.feed(piece):
+                    data = event.data
+                    if data == "[DONE]":
+                        self._finish(raw, pieces)
+                        return
+                    if not data:
+                        continue
+                    try:
+                        payload = loads(data)
+                    except ValueError as err:
+                        raise APIConnectionError(f"the stream sent an event that is not JSON: {data[:200]!r}") from err
+                    if "error" in payload and not payload.get("choices"):
+                        raise self._stream_error(payload)
+                    chunk = ChatChunk(payload)
+                    self._builder.add(chunk)
+                    yield chunk
+        except DeepSeekError:
+            self.close()
+            raise
+        except Exception as err:  # urllib3 read errors, timeouts
+            self.close()
+            translated = _translate(err)
+            if type(translated) is APIConnectionError:
+                translated = APIConnectionError(f"the stream broke before 'data: [DONE]': {err}")
+            raise translated from err
+        self.close()
+        raise APIConnectionError("the stream ended before 'data: [DONE]' (connection closed by the server)")
+
+    def _finish(self, raw: Any, pieces: Iterator[bytes]) -> None:
+        """Read the end of the body quickly so the connection can be reused, else close it."""
+        self._closed = True
+        try:
+            _set_socket_timeout(raw, STREAM_END_GRACE)
+            grace_end = time.monotonic() + STREAM_END_GRACE
+            for _ in pieces:
+                if time.monotonic() > grace_end:
+                    raise APITimeoutError("data after [DONE]")
+        except Exception:
+            self.response.close()
+
+    def _stream_error(self, payload: Dict[str, Any]) -> DeepSeekError:
+        error = payload.get("error")
+        message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+        code = error.get("code") if isinstance(error, dict) else None
+        status = code if isinstance(code, int) and 400 <= code < 600 else 500
+        return status_error(status, f"error inside the stream: {message}", body=payload, request_id=self.request_id)
+
+    def __iter__(self) -> "ChatStream":
+        return self
+
+    def __next__(self) -> ChatChunk:
+        return next(self._iterator)
+
+    def completion(self) -> ChatCompletion:
+        """Consume what is left and return the whole answer as one :class:`ChatCompletion`."""
+        for _ in self:
+            pass
+        return self._builder.build(self.request_id)
+
+    def close(self) -> None:
+        """Stop reading; an unfinished body's connection is closed, not reused."""
+        if not self._closed:
+            self._closed = True
+            self.response.close()
+
+    def __enter__(self) -> "ChatStream":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+        self._iterator.close()
+
+
+class DeepSeekClient:
+    """A thread-safe client for the DeepSeek API.
+
+    :param api_key: the key; defaults to ``DEEPSEEK_API_KEY``.
+    :param base_url: defaults to ``DEEPSEEK_BASE_URL``, else ``https://api.deepseek.com``;
+        a trailing ``/v1`` or slash is accepted.
+    :param model: the default model; defaults to ``DEEPSEEK_MODEL``, else
+        :data:`deepseek_pool.models.DEFAULT_MODEL`.
+    :param timeout: seconds for a whole attempt, or a :class:`~deepseek_pool.Timeout`.
+    :param max_retries: retries after the first attempt (0 disables), or a
+        :class:`~deepseek_pool.DeepSeekRetry` for full control of the policy.
+    :param retry_timeouts: also retry after a read timeout (the server may have
+        processed, and billed, the first attempt).
+    :param call_timeout: bound on a whole call, retries and backoff included.
+    :param pool_maxsize: connections kept open; set it to the number of threads
+        sharing the client (``DeepSeekPool`` does this for you).
+    :param headers: extra headers sent on every request.
+    :param rate_limit_group: sent as ``X-RateLimit-Group`` on every request.
+    :param session: a ``requests.Session`` to use (its adapters, proxies, certificates
+        and headers apply; it is not closed by :meth:`close`).
+    """
+
+    def __init__(
+        self,
+        api_key: Optional[str] = None,
+        *,
+        base_url: Optional[str] = None,
+        model: Optional[str] = None,
+        timeout: TimeoutLike = None,
+        max_retries: Union[int, DeepSeekRetry, None] = None,
+        retry_timeouts: bool = True,
+        call_timeout: Optional[float] = None,
+        pool_maxsize: Optional[int] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        rate_limit_group: Optional[str] = None,
+        session: Optional[requests.Session] = None,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get(config.ENV_API_KEY)
+        if not key:
+            raise ConfigurationError(
+                "no DeepSeek API key: pass api_key=... or set the DEEPSEEK_API_KEY environment variable"
+            )
+        if not isinstance(key, str) or any(c.isspace() for c in key.strip()) or "\n" in key:
+            raise ConfigurationError("the API key must be a single token without spaces or newlines")
+        self._api_key = key.strip()
+        self.base_url = self._normalize_base_url(base_url or os.environ.get(config.ENV_BASE_URL) or config.DEFAULT_BASE_URL)
+        self.model = model or os.environ.get(config.ENV_MODEL) or DEFAULT_MODEL
+        self.timeout = Timeout.coerce(timeout)
+        if max_retries is None:
+            max_retries = config.DEFAULT_MAX_RETRIES
+        if isinstance(max_retries, DeepSeekRetry):
+            retry = max_retries if retry_timeouts else max_retries.new(retry_timeouts=False)
+            max_retries = retry.total if isinstance(retry.total, int) else config.DEFAULT_MAX_RETRIES
+        elif isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigurationError(f"max_retries must be an int >= 0 or a DeepSeekRetry, got {max_retries!r}")
+        else:
+            retry = DeepSeekRetry(max_retries, retry_timeouts=retry_timeouts)
+        self.max_retries: int = max_retries
+        if call_timeout is not None and (not isinstance(call_timeout, (int, float)) or call_timeout <= 0):
+            raise ConfigurationError(f"call_timeout must be a positive number of seconds, got {call_timeout!r}")
+        self.call_timeout = call_timeout
+        self.retry = retry
+        if pool_maxsize is None:
+            pool_maxsize = config.DEFAULT_POOL_MAXSIZE
+        if isinstance(pool_maxsize, bool) or not isinstance(pool_maxsize, int) or pool_maxsize < 1:
+            raise ConfigurationError(f"pool_maxsize must be an int >= 1, got {pool_maxsize!r}")
+        self._lock = threading.Lock()
+        self._owns_session = session is None
+        self.session = session if session is not None else requests.Session()
+        self.pool_maxsize = 0
+        self._mount(pool_maxsize)
+
+        base_headers: Dict[str, str] = {}
+        if session is not None:
+            base_headers.update(session.headers)  # type: ignore[arg-type]
+        else:
+            base_headers["Accept-Encoding"] = "gzip, deflate"
+        base_headers.update(
+            {
+                "User-Agent": _USER_AGENT,
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {self._api_key}",
+            }
+        )
+        if rate_limit_group:
+            base_headers["X-RateLimit-Group"] = rate_limit_group
+        if headers:
+            base_headers.update(headers)
+        self._headers = base_headers
+        # Resolved once: requests would look up proxies, netrc and CA bundles on every call.
+        settings = self.session.merge_environment_settings(self.base_url, {}, None, None, None)
+        self._send_kwargs: Dict[str, Any] = {
+            "verify": settings.get("verify", True),
+            "cert": settings.get("cert"),
+            "proxies": settings.get("proxies") or {},
+        }
+        self._chat_url = self.base_url + "/chat/completions"
+        self._fim_url = self.base_url + "/beta/completions"
+
+    @staticmethod
+    def _normalize_base_url(url: str) -> str:
+        url = url.strip().rstrip("/")
+        if url.endswith("/v1"):
+            url = url[:-3].rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigurationError(f"base_url must be an http(s) URL like https://api.deepseek.com, got {url!r}")
+        return url
+
+    def _mount(self, pool_maxsize: int) -> None:
+        """Mount an adapter with ``pool_maxsize`` connections and our retry policy on the base URL."""
+        prefix = self.base_url
+        if not self._owns_session:
+            custom = [p for p in self.session.adapters if prefix.lower().startswith(p.lower()) and "://" in p and len(p) > len(urlsplit(p).scheme) + 3]
+            if custom:
+                self.pool_maxsize = pool_maxsize
+                return  # the user mounted their own adapter for this host: respect it
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=self.retry)
+        old = self.session.adapters.get(prefix)
+        self.session.mount(prefix, adapter)
+        self.pool_maxsize = pool_maxsize
+        if old is not None and old is not adapter:
+            old.close()
+
+    def ensure_pool_size(self, threads: int) -> None:
+        """Grow the connection pool to serve ``threads`` concurrent calls without discarding connections."""
+        with self._lock:
+            if threads > self.pool_maxsize:
+                self._mount(threads)
+
+    def __repr__(self) -> str:
+        return (
+            f"DeepSeekClient(base_url={self.base_url!r}, model={self.model!r}, api_key=<hidden>, "
+            f"timeout={self.timeout!r}, max_retries={self.max_retries}, pool_maxsize={self.pool_maxsize})"
+        )
+
+    # -- transport -------------------------------------------------------------------
+
+    def _send(self, method: str, url: str, body: Optional[bytes], timeout: Timeout, deadline: float) -> requests.Response:
+        request = requests.PreparedRequest()
+        request.method = method
+        request.url = url
+        headers = dict(self._headers)
+        if body is not None:
+            headers["Content-Length"] = str(len(body))
+        request.headers = headers  # type: ignore[assignment]
+        request.body = body
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise APITimeoutError("the call's deadline passed before the request was sent")
+        adapter = self.session.get_adapter(url)
+        try:
+            return adapter.send(
+                request,
+                stream=True,
+                timeout=(min(timeout.connect, remaining), min(timeout.read, remaining)),
+                **self._send_kwargs,
+            )
+        except Exception as err:
+            raise _translate(err) from err
+
+    def _read_all(self, response: requests.Response, deadline: float, read_timeout: float) -> bytes:
+        try:
+            return b"".join(_raw_pieces(response.raw, deadline, read_timeout))
+        except DeepSeekError:
+            response.close()
+            raise
+        except Exception as err:
+            response.close()
+            raise _translate(err) from err
+
+    def _status_error(self, response: requests.Response, data: bytes) -> APIStatusError:
+        request_id = _request_id(response.headers)
+        text = data.decode("utf-8", "replace")
+        body: Any = text
+        message = text.strip()[:500] or response.reason or "no message"
+        try:
+            body = json.loads(text)
+        except ValueError:
+            pass
+        else:
+            error = body.get("error") if isinstance(body, dict) else None
+            if isinstance(error, dict) and error.get("message"):
+                message = str(error["message"])
+            elif isinstance(error, str):
+                message = error
+        return status_error(response.status_code, message, body=body, request_id=request_id)
+
+    def _call(
+        self,
+        method: str,
+        url: str,
+        payload: Optional[Mapping[str, Any]],
+        *,
+        timeout: TimeoutLike,
+        on_retry: Optional[RetryListener],
+        parse: Callable[[Any, requests.Response, float], Any],
+        stream: bool = False,
+    ) -> Any:
+        """Send, read, check, parse; retry what only the body shows to be transient.
+
+        urllib3 retries statuses and connection failures inside ``adapter.send``; this
+        loop adds failures seen in the body (deadline passed, blank body,
+        ``insufficient_system_resource``), keeping the total attempts within
+        ``max_retries + 1``.
+        """
+        attempt_timeout = Timeout.coerce(timeout) if timeout is not None else self.timeout
+        body = _encode(payload) if payload is not None else None
+        start = time.monotonic()
+        call_deadline = start + self.call_timeout if self.call_timeout else float("inf")
+        context = call_context
+        context.listener = on_retry
+        context.deadline = call_deadline if self.call_timeout else None
+        context.stopped = None
+        attempts = 0
+        try:
+            while True:
+                now = time.monotonic()
+                total = attempt_timeout.total
+                deadline = min(call_deadline, now + total) if total else call_deadline
+                response = self._send(method, url, body, attempt_timeout, deadline)
+                retries = getattr(response.raw, "retries", None)
+                attempts += 1 + (len(retries.history) if retries is not None else 0)
+                try:
+                    if stream and response.status_code < 400:
+                        return parse(None, response, deadline)
+                    data = self._read_all(response, deadline, attempt_timeout.read)
+                    if response.status_code >= 400:
+                        raise self._status_error(response, data)
+                    return parse(data, response, deadline)
+                except (APITimeoutError, APIConnectionError, IncompleteResponseError) as err:
+                    if isinstance(err, APITimeoutError) and not self.retry.retry_timeouts:
+                        raise
+                    if attempts > self.max_retries:
+                        raise
+                    delay = self.retry.new(history=self._history(attempts)).get_backoff_time()
+                    if time.monotonic() + delay >= call_deadline:
+                        _add_note(err, "not retried: the call's deadline would pass")
+                        raise
+                    if on_retry is not None:
+                        kind = "timeout" if isinstance(err, APITimeoutError) else "read"
+                        try:
+                            on_retry(RetryEvent(attempts, response.status_code, err, delay, kind))
+                        except RetryBudgetExceeded as budget:
+                            _add_note(err, str(budget))
+                            raise err from None
+                    log.info("retry %d of %d after %s in %.2fs", attempts, self.max_retries, type(err).__name__, delay)
+                    wait_for_retry(delay)
+        except APIStatusError as err:
+            if context.stopped:
+                _add_note(err, f"not retried: {context.stopped}")
+            raise
+        finally:
+            context.listener = None
+            context.deadline = None
+
+    @staticmethod
+    def _history(attempts: int) -> Tuple[Any, ...]:
+        return tuple(RequestHistory("POST", None, None, None, None) for _ in range(attempts))
+
+    @staticmethod
+    def _json(data: bytes) -> Any:
+        if not data.strip():
+            raise IncompleteResponseError("the server sent an empty body", status_code=200)
+        try:
+            return json.loads(data)
+        except ValueError as err:
+            raise APIStatusError(
+                f"the server's answer is not JSON: {data[:200]!r}", status_code=200, body=data.decode("utf-8", "replace")
+            ) from err
+
+    # -- API -------------------------------------------------------------------------
+
+    def chat(
+        self,
+        messages: Messages,
+        *,
+        model: Optional[str] = None,
+        timeout: TimeoutLike = None,
+        on_retry: Optional[RetryListener] = None,
+        on_chunk: Optional[ChunkCallback] = None,
+        stream: bool = False,
+        **params: Any,
+    ) -> ChatCompletion:
+        """Send one chat request and return its answer.
+
+        :param messages: a str (one user message) or a list of message dicts.
+        :param model: defaults to the client's model.
+        :param thinking: ``True``/``False`` switches DeepSeek's thinking mode.
+        :param stream: stream the answer under the hood (``on_chunk`` sees each
+            chunk; time to first token and keep-alive handling then apply) and
+            return it aggregated.
+        :param on_retry: called before each retry with a :class:`~deepseek_pool.retry.RetryEvent`.
+        :param params: any other chat field (``max_tokens``, ``temperature``, ``tools`` ...).
+        :raises DeepSeekError: see :mod:`deepseek_pool.errors`.
+        """
+        body = build_chat_body(messages, self.model if model is None else model, params)
+        if stream:
+            body["stream"] = True
+            read_timeout = (Timeout.coerce(timeout) if timeout is not None else self.timeout).read
+            return self._call(  # type: ignore[no-any-return]
+                "POST", self._chat_url, body, timeout=timeout, on_retry=on_retry, stream=True,
+                parse=partial(self._aggregate, on_chunk, read_timeout),
+            )
+        return self._call(  # type: ignore[no-any-return]
+            "POST", self._chat_url, body, timeout=timeout, on_retry=on_retry, parse=self._parse_chat
+        )
+
+    def _parse_chat(self, data: bytes, response: requests.Response, deadline: float) -> ChatCompletion:
+        completion = ChatCompletion(self._json(data), _request_id(response.headers))
+        if completion.finish_reason == _INSUFFICIENT:
+            raise IncompleteResponseError(
+                "DeepSeek cut the answer short for lack of server resources (insufficient_system_resource)",
+                status_code=200,
+                body=completion.raw,
+                request_id=completion.request_id,
+            )
+        return completion
+
+    def _aggregate(
+        self,
+        on_chunk: Optional[ChunkCallback],
+        read_timeout: float,
+        data: None,
+        response: requests.Response,
+        deadline: float,
+    ) -> ChatCompletion:
+        stream = ChatStream(response, deadline, read_timeout)
+        with stream:
+            if on_chunk is None:
+                completion = stream.completion()
+            else:
+                for chunk in stream:
+                    on_chunk(chunk)
+                completion = stream.completion()
+        if completion.finish_reason == _INSUFFICIENT:
+            raise IncompleteResponseError(
+                "DeepSeek cut the streamed answer short (insufficient_system_resource)",
+                status_code=200, body=completion.raw, request_id=completion.request_id,
+            )
+        return completion
+
+    def chat_stream(
+        self,
+        messages: Messages,
+        *,
+        model: Optional[str] = None,
+        timeout: TimeoutLike = None,
+        on_retry: Optional[RetryListener] = None,
+        **params: Any,
+    ) -> ChatStream:
+        """Start a streamed chat answer; use the result as a context manager and iterate it.
+
+        Errors the server answers with (401, 429 after retries ...) raise here; a
+        failure in the middle of the stream raises from the iteration. Add
+        ``stream_options={"include_usage": True}`` for a final usage chunk.
+
+        ::
+
+            with client.chat_stream("Hi") as stream:
+                for chunk in stream:
+                    print(chunk.content or "", end="", flush=True)
+        """
+        body = build_chat_body(messages, self.model if model is None else model, params)
+        body["stream"] = True
+        attempt_timeout = Timeout.coerce(timeout) if timeout is not None else self.timeout
+
+        def start(data: None, response: requests.Response, deadline: float) -> ChatStream:
+            return ChatStream(response, deadline, attempt_timeout.read)
+
+        return self._call(  # type: ignore[no-any-return]
+            "POST", self._chat_url, body, timeout=timeout, on_retry=on_retry, stream=True, parse=start
+        )
+
+    def fim(
+        self,
+        prompt: str,
+        suffix: Optional[str] = None,
+        *,
+        model: Optional[str] = None,
+        timeout: TimeoutLike = None,
+        **params: Any,
+    ) -> FIMCompletion:
+        """Fill in the middle between ``prompt`` and ``suffix`` (DeepSeek's beta completions)."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        if suffix is not None and not isinstance(suffix, str):
+            raise TypeError(f"suffix must be a str or None, got {type(suffix).__name__}")
+        body: Dict[str, Any] = {"model": self.model if model is None else model, "prompt": prompt}
+        if suffix is not None:
+            body["suffix"] = suffix
+        body.update(params)
+        return self._call(  # type: ignore[no-any-return]
+            "POST", self._fim_url, body, timeout=timeout, on_retry=None,
+            parse=lambda data, response, deadline: FIMCompletion(self._json(data)),
+        )
+
+    def models(self, *, timeout: TimeoutLike = None) -> List[str]:
+        """The ids of the models this key can use."""
+        data = self._call(
+            "GET", self.base_url + "/models", None, timeout=timeout, on_retry=None,
+            parse=lambda data, response, deadline: self._json(data),
+        )
+        return [entry["id"] for entry in data.get("data", []) if isinstance(entry, dict) and "id" in entry]
+
+    def balance(self, *, timeout: TimeoutLike = None) -> Balance:
+        """The account balance (``is_available`` tells whether calls can be paid for)."""
+        return self._call(  # type: ignore[no-any-return]
+            "GET", self.base_url + "/user/balance", None, timeout=timeout, on_retry=None,
+            parse=lambda data, response, deadline: Balance(self._json(data)),
+        )
+
+    def close(self) -> None:
+        """Close the connections (and the session, when the client created it)."""
+        if self._owns_session:
+            self.session.close()
+        else:
+            adapter = self.session.adapters.get(self.base_url)
+            if adapter is not None:
+                adapter.close()
+
+    def __enter__(self) -> "DeepSeekClient":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

@@ -1,0 +1,172 @@
+"""The exceptions deepseek_pool raises: one tree, branch on the class.
+
+::
+
+    DeepSeekError
+     ├── ConfigurationError              bad settings (no API key, bad base URL, bad option)
+     ├── RetryBudgetExceeded             the pool's retry budget is spent: fail fast
+     ├── APIConnectionError              no usable HTTP response (refused, reset, cut stream)
+     │    └── APITimeoutError            connect/read timeout or the total deadline passed
+     └── APIStatusError                  the server answered with an error (.status_code, .body)
+          ├── BadRequestError            400  invalid request; fix it, never retried
+          ├── AuthenticationError        401  wrong API key
+          ├── InsufficientBalanceError   402  top up the account
+          ├── UnprocessableEntityError   422  invalid parameters
+          ├── RateLimitError             429  retried with backoff; slows the whole pool
+          ├── InternalServerError        500 (and other 5xx); retried
+          ├── ServiceUnavailableError    503  overloaded; retried
+          └── IncompleteResponseError    200 that is no answer (empty body,
+                                               insufficient_system_resource); retried
+
+Every exception pickles (they cross thread and process boundaries) and never
+contains the API key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Type
+
+__all__ = [
+    "DeepSeekError",
+    "ConfigurationError",
+    "RetryBudgetExceeded",
+    "APIConnectionError",
+    "APITimeoutError",
+    "APIStatusError",
+    "BadRequestError",
+    "AuthenticationError",
+    "InsufficientBalanceError",
+    "UnprocessableEntityError",
+    "RateLimitError",
+    "InternalServerError",
+    "ServiceUnavailableError",
+    "IncompleteResponseError",
+    "status_error",
+]
+
+
+class DeepSeekError(Exception):
+    """Base class of every error raised by deepseek_pool."""
+
+
+class ConfigurationError(DeepSeekError, ValueError):
+    """A setting is missing or invalid (raised before any request is sent)."""
+
+
+class RetryBudgetExceeded(DeepSeekError):
+    """The shared retry budget is spent: the API keeps failing, so calls fail fast."""
+
+
+class APIConnectionError(DeepSeekError):
+    """No usable HTTP response: connection refused or reset, or a stream cut short."""
+
+
+class APITimeoutError(APIConnectionError):
+    """A connect or read timeout, or the per-attempt / per-call deadline, expired."""
+
+
+class APIStatusError(DeepSeekError):
+    """The API answered with an error status.
+
+    :ivar status_code: the HTTP status.
+    :ivar body: the parsed JSON error body (or the raw text when it was not JSON).
+    :ivar request_id: the server's request id, worth quoting to DeepSeek support.
+    """
+
+    #: What the user should do about it; appended to the message.
+    advice = ""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        body: Any = None,
+        request_id: Optional[str] = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.body = body
+        self.request_id = request_id
+
+    def __reduce__(self) -> Any:
+        # Keyword-only arguments need help to survive pickling.
+        return (_rebuild_status_error, (type(self), self.message, self.status_code, self.body, self.request_id))
+
+    def __str__(self) -> str:
+        text = f"{self.status_code}: {self.message}"
+        if self.advice:
+            text += f" ({self.advice})"
+        if self.request_id:
+            text += f" [request id {self.request_id}]"
+        return text
+
+
+def _rebuild_status_error(
+    cls: Type[APIStatusError], message: str, status_code: int, body: Any, request_id: Optional[str]
+) -> APIStatusError:
+    return cls(message, status_code=status_code, body=body, request_id=request_id)
+
+
+class BadRequestError(APIStatusError):
+    """400: the request is malformed (bad body, context too long, unknown model)."""
+
+    advice = "fix the request; it is not retried"
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API key is wrong."""
+
+    advice = "check the API key (DEEPSEEK_API_KEY)"
+
+
+class InsufficientBalanceError(APIStatusError):
+    """402: the account has no balance left."""
+
+    advice = "top up the DeepSeek account balance; client.balance() shows it"
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422: a parameter has an invalid value."""
+
+    advice = "fix the parameter values; it is not retried"
+
+
+class RateLimitError(APIStatusError):
+    """429: rate limit or the account's concurrency cap was reached."""
+
+    advice = "retries were exhausted; lower max_in_flight or rpm"
+
+
+class InternalServerError(APIStatusError):
+    """500 or another 5xx: a server-side failure."""
+
+
+class ServiceUnavailableError(APIStatusError):
+    """503: the service is overloaded."""
+
+
+class IncompleteResponseError(APIStatusError):
+    """A 200 that carries no answer: empty body or ``insufficient_system_resource``."""
+
+
+_STATUS_CLASSES: Dict[int, Type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: InsufficientBalanceError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+    500: InternalServerError,
+    503: ServiceUnavailableError,
+}
+
+
+def status_error(
+    status_code: int, message: str, *, body: Any = None, request_id: Optional[str] = None
+) -> APIStatusError:
+    """Build the exception that matches ``status_code`` (nearest base for unlisted codes)."""
+    cls = _STATUS_CLASSES.get(status_code)
+    if cls is None:
+        cls = InternalServerError if status_code >= 500 else APIStatusError
+    return cls(message, status_code=status_code, body=body, request_id=request_id)

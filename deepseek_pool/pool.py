@@ -1,0 +1,488 @@
+"""``DeepSeekPool``: many chat calls at once from synchronous code.
+
+Each call is a ``functools.partial`` of one worker function, bound to that
+request's parameters and submitted to a ``ThreadPoolExecutor``; results come back
+through the futures' done-callbacks in completion order. Input is pulled lazily
+through a bounded window, so a generator of a million requests runs in memory
+bounded by the window. Every start goes through a shared
+:class:`~deepseek_pool.limits.Limiter` (in-flight cap, requests and tokens per
+minute, 429 cool-down, retry budget).
+
+Example::
+
+    import deepseek_pool as dp
+
+    with dp.DeepSeekPool(max_workers=16) as pool:
+        for result in pool.as_completed(["What is 2+2?", "Name a colour."]):
+            print(result.index, result.completion.content if result.ok else result.error)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .client import ChatStream, DeepSeekClient, Messages, normalize_messages
+from .errors import APIStatusError, DeepSeekError
+from .limits import Limiter
+from .retry import RetryEvent, call_context
+from .types import ChatChunk, ChatCompletion, Usage
+
+__all__ = ["DeepSeekPool", "Result", "PoolStats", "Request", "parse_request"]
+
+log = logging.getLogger(__name__)
+
+Request = Union[str, Sequence[Mapping[str, Any]], Mapping[str, Any]]
+ResultCallback = Callable[["Result"], None]
+PoolChunkCallback = Callable[["Result", ChatChunk], None]
+
+#: Keys of a request dict that steer the pool and are never sent to the API.
+POOL_KEYS = frozenset({"custom_id"})
+#: Submitted-but-unfinished requests per worker that as_completed/map keep queued.
+WINDOW_PER_WORKER = 2
+#: Tokens reserved for the answer when a request sets no ``max_tokens``.
+DEFAULT_COMPLETION_RESERVE = 1024
+_CHAT_URLS = ("/chat/completions", "/v1/chat/completions", "/beta/chat/completions")
+
+
+class Result:
+    """The outcome of one request of a batch; errors are kept here, never raised mid-batch.
+
+    :ivar index: position of the request in the input (0-based).
+    :ivar custom_id: the request's ``custom_id``, if it had one.
+    :ivar request: the request as given.
+    :ivar completion: the answer, or None on error.
+    :ivar error: the exception, or None on success.
+    :ivar attempts: HTTP attempts made (1 + retries).
+    :ivar started_at: ``time.monotonic()`` when the call started (after the rate limits).
+    :ivar queued: seconds spent waiting for the rate limits before starting.
+    :ivar elapsed: seconds from start to answer, retries included.
+    :ivar first_token: seconds from start to the first streamed token (streaming only).
+    """
+
+    __slots__ = (
+        "index", "custom_id", "request", "completion", "error", "attempts", "started_at", "queued", "elapsed", "first_token",
+    )
+
+    def __init__(self, index: int, custom_id: Optional[str], request: Any) -> None:
+        self.index = index
+        self.custom_id = custom_id
+        self.request = request
+        self.completion: Optional[ChatCompletion] = None
+        self.error: Optional[BaseException] = None
+        self.attempts = 0
+        self.started_at: Optional[float] = None
+        self.queued = 0.0
+        self.elapsed = 0.0
+        self.first_token: Optional[float] = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the request got an answer."""
+        return self.error is None and self.completion is not None
+
+    def unwrap(self) -> ChatCompletion:
+        """The completion, or raise the error that replaced it."""
+        if self.error is not None:
+            raise self.error
+        assert self.completion is not None
+        return self.completion
+
+    def __repr__(self) -> str:
+        outcome = f"error={self.error!r}" if self.error is not None else f"completion={self.completion!r}"
+        return f"Result(index={self.index}, custom_id={self.custom_id!r}, {outcome}, attempts={self.attempts})"
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """Counters of a pool, read with :attr:`DeepSeekPool.stats`."""
+
+    submitted: int
+    done: int
+    ok: int
+    failed: int
+    retried: int
+    usage: Usage
+
+    @property
+    def in_flight(self) -> int:
+        return self.submitted - self.done
+
+
+def parse_request(request: Request) -> Tuple[Optional[str], Messages, Dict[str, Any]]:
+    """Split a request into ``(custom_id, messages, params)``; raise naming the problem.
+
+    Accepted: a str; a list of messages; a dict of chat params (``messages`` or
+    ``prompt``, optional ``custom_id``); an OpenAI batch line
+    ``{"custom_id", "method", "url", "body"}``.
+    """
+    if isinstance(request, str):
+        return None, request, {}
+    if isinstance(request, (list, tuple)):
+        return None, request, {}
+    if not isinstance(request, Mapping):
+        raise TypeError(f"a request must be a str, a list of messages or a dict, got {type(request).__name__}")
+    custom_id = request.get("custom_id")
+    if custom_id is not None and not isinstance(custom_id, str):
+        raise TypeError(f"custom_id must be a str, got {custom_id!r}")
+    if "body" in request:
+        url = request.get("url", "/v1/chat/completions")
+        if url not in _CHAT_URLS:
+            raise ValueError(f"unsupported batch url {url!r}; only /v1/chat/completions is supported")
+        method = request.get("method", "POST")
+        if str(method).upper() != "POST":
+            raise ValueError(f"unsupported batch method {method!r}; expected POST")
+        body = request["body"]
+        if not isinstance(body, Mapping):
+            raise TypeError(f"a batch line's body must be a dict, got {type(body).__name__}")
+        params = dict(body)
+    else:
+        params = {key: value for key, value in request.items() if key not in POOL_KEYS}
+    if "messages" in params:
+        messages = params.pop("messages")
+        if "prompt" in params:
+            raise ValueError("a request has both 'messages' and 'prompt'; give one")
+    elif "prompt" in params:
+        messages = params.pop("prompt")
+        if not isinstance(messages, str):
+            raise TypeError(f"prompt must be a str, got {type(messages).__name__}")
+    else:
+        raise ValueError("a request dict needs 'messages' (or 'prompt')")
+    return custom_id, messages, params
+
+
+def estimate_tokens(messages: Messages, params: Mapping[str, Any]) -> int:
+    """Tokens to reserve before a call: prompt characters / 4 plus the answer's cap."""
+    if isinstance(messages, str):
+        chars = len(messages)
+        count = 1
+    else:
+        chars = 0
+        count = len(messages)
+        for message in messages:
+            content = message.get("content") if isinstance(message, Mapping) else None
+            if isinstance(content, str):
+                chars += len(content)
+    max_tokens = params.get("max_tokens")
+    reserve = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else DEFAULT_COMPLETION_RESERVE
+    return chars // 4 + 4 * count + reserve
+
+
+class DeepSeekPool:
+    """Run many DeepSeek chat calls at once on a thread pool, within shared limits.
+
+    :param client: the :class:`DeepSeekClient` to use; built from the environment
+        when None (and then closed with the pool).
+    :param max_workers: threads making calls; the client's connection pool is sized to it.
+    :param max_in_flight: most calls running at once, across every pool sharing ``limiter``.
+    :param rpm: most call starts per minute, evenly spaced.
+    :param tpm: most tokens per minute (estimated before a call, corrected after).
+    :param retry_budget: capacity of the retry budget (None: never refuse a retry).
+    :param limiter: a :class:`~deepseek_pool.limits.Limiter` to share with other pools
+        (then ``max_in_flight``/``rpm``/``tpm``/``retry_budget`` must not be given).
+    :param executor: an executor to run calls on; the pool never shuts it down.
+    :param window: most requests of one ``as_completed``/``map`` submitted but unfinished
+        (default ``2 * max_workers``).
+    :param on_result: called with each finished :class:`Result`, in the worker thread.
+    :param on_chunk: called with ``(result, chunk)`` for each chunk of streamed requests.
+    """
+
+    def __init__(
+        self,
+        client: Optional[DeepSeekClient] = None,
+        *,
+        max_workers: int = 8,
+        max_in_flight: Optional[int] = None,
+        rpm: Optional[float] = None,
+        tpm: Optional[int] = None,
+        retry_budget: Optional[int] = 500,
+        limiter: Optional[Limiter] = None,
+        executor: Optional[cf.Executor] = None,
+        window: Optional[int] = None,
+        on_result: Optional[ResultCallback] = None,
+        on_chunk: Optional[PoolChunkCallback] = None,
+    ) -> None:
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ValueError(f"window must be an int >= 1, got {window!r}")
+        if limiter is not None and (max_in_flight is not None or rpm is not None or tpm is not None):
+            raise ValueError("give either limiter= or max_in_flight/rpm/tpm, not both")
+        self.limiter = limiter or Limiter(max_in_flight=max_in_flight, rpm=rpm, tpm=tpm, retry_budget=retry_budget)
+        self._owns_client = client is None
+        self.client = client if client is not None else DeepSeekClient()
+        self.max_workers = max_workers
+        self.client.ensure_pool_size(max_workers)
+        self._owns_executor = executor is None
+        self._executor = executor or cf.ThreadPoolExecutor(max_workers, thread_name_prefix="deepseek-pool")
+        self.window = window or WINDOW_PER_WORKER * max_workers
+        self.on_result = on_result
+        self.on_chunk = on_chunk
+        self._closing = threading.Event()
+        self._closed = False
+        self._client_closed = False
+        self._iterations: "set[threading.Event]" = set()
+        self._lock = threading.Lock()
+        self._futures: "set[cf.Future[Any]]" = set()
+        self._submitted = 0
+        self._done = 0
+        self._ok = 0
+        self._failed = 0
+        self._retried = 0
+        self._usage = Usage()
+
+    def __repr__(self) -> str:
+        return f"DeepSeekPool(max_workers={self.max_workers}, window={self.window}, limiter={self.limiter!r})"
+
+    # -- one call ----------------------------------------------------------------------
+
+    def _run(self, result: Result, messages: Messages, params: Dict[str, Any], cancelled: threading.Event) -> Result:
+        """Worker body for a batch item: never raises, the outcome goes on ``result``."""
+        try:
+            result.completion = self._call(result, messages, params, cancelled)
+        except BaseException as err:  # noqa: BLE001 - a batch keeps every error on its Result
+            result.error = err
+        self._finish(result)
+        return result
+
+    def _call(self, result: Result, messages: Messages, params: Dict[str, Any], cancelled: threading.Event) -> ChatCompletion:
+        """Validate, wait for the limits, call, account; raise on failure (used by submit too)."""
+        normalize_messages(messages)  # bad input fails here, before any limiter or network
+        tokens = estimate_tokens(messages, params)
+        limiter = self.limiter
+        start = time.monotonic()
+        permit = limiter.acquire(tokens, cancelled=cancelled)
+        begun = time.monotonic()
+        result.started_at = begun
+        result.queued = begun - start
+        retries = 0
+
+        def on_retry(event: RetryEvent) -> None:
+            nonlocal retries
+            if event.status == 429:
+                limiter.cool_down(event.delay)
+            limiter.spend_retry(event.kind, permit=permit)
+            retries += 1
+
+        completion: Optional[ChatCompletion] = None
+        context = call_context
+        context.cancelled = cancelled
+        try:
+            if params.get("stream"):
+                completion = self._stream(result, messages, dict(params), on_retry, begun)
+            else:
+                completion = self.client.chat(messages, on_retry=on_retry, **params)
+            return completion
+        finally:
+            context.cancelled = None
+            result.attempts = retries + 1
+            result.elapsed = time.monotonic() - begun
+            usage = completion.usage if completion is not None else None
+            if usage is not None:
+                used: Optional[int] = usage.total_tokens
+            else:
+                # An error status means nothing was generated; after a timeout or a cut
+                # stream the server may have spent tokens, so the estimate stays charged.
+                error = sys.exc_info()[1]
+                used = 0 if isinstance(error, (APIStatusError, TypeError, ValueError)) else None
+            limiter.release(permit, tokens_used=used, retries=retries, ok=completion is not None)
+
+    def _stream(
+        self,
+        result: Result,
+        messages: Messages,
+        params: Dict[str, Any],
+        on_retry: Callable[[RetryEvent], None],
+        begun: float,
+    ) -> ChatCompletion:
+        params.pop("stream")
+        user_callback = self.on_chunk
+
+        def on_chunk(chunk: ChatChunk) -> None:
+            if result.first_token is None and (chunk.content or chunk.reasoning_content):
+                result.first_token = time.monotonic() - begun
+            if user_callback is not None:
+                user_callback(result, chunk)
+
+        return self.client.chat(messages, stream=True, on_chunk=on_chunk, on_retry=on_retry, **params)
+
+    def _finish(self, result: Result) -> None:
+        completion = result.completion
+        with self._lock:
+            self._done += 1
+            if result.error is None:
+                self._ok += 1
+                if completion is not None and completion.usage is not None:
+                    self._usage = self._usage + completion.usage
+            else:
+                self._failed += 1
+            if result.attempts > 1:
+                self._retried += 1
+        callback = self.on_result
+        if callback is not None:
+            try:
+                callback(result)
+            except Exception:  # a progress hook must never break the batch
+                log.exception("on_result callback failed for item %d", result.index)
+
+    # -- public surface ----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed or self._closing.is_set():
+            raise RuntimeError("this DeepSeekPool is closed")
+
+    def _track(self, future: "cf.Future[Any]") -> None:
+        with self._lock:
+            self._submitted += 1
+            self._futures.add(future)
+        future.add_done_callback(self._untrack)
+
+    def _untrack(self, future: "cf.Future[Any]") -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def submit(self, messages: Messages, **params: Any) -> "cf.Future[ChatCompletion]":
+        """Start one chat call and return its ``concurrent.futures.Future`` at once.
+
+        The future's ``result()`` is the :class:`ChatCompletion` or raises the error;
+        ``asyncio.wrap_future`` makes it awaitable. ``custom_id`` may not be given here.
+        """
+        self._check_open()
+        for key in POOL_KEYS & params.keys():
+            raise TypeError(f"{key!r} is a batch key; use as_completed()/map() for it")
+        result = Result(-1, None, messages)
+        future = self._executor.submit(self._submitted_call, result, messages, params)
+        self._track(future)
+        return future
+
+    def _submitted_call(self, result: Result, messages: Messages, params: Dict[str, Any]) -> ChatCompletion:
+        try:
+            result.completion = self._call(result, messages, params, self._closing)
+            return result.completion
+        except BaseException as err:
+            result.error = err
+            raise
+        finally:
+            self._finish(result)
+
+    def as_completed(self, requests: Iterable[Request]) -> Iterator[Result]:
+        """Run ``requests`` and yield one :class:`Result` per request as each finishes.
+
+        The input is consumed lazily: at most ``window`` requests are submitted and
+        unfinished at once. Errors stay on their Result. Leaving the loop early
+        (``break``, an exception, Ctrl-C) cancels what this iteration queued but had
+        not started.
+        """
+        self._check_open()
+        done: "queue.SimpleQueue[cf.Future[Result]]" = queue.SimpleQueue()
+        cancelled = threading.Event()
+        pending: "set[cf.Future[Result]]" = set()
+        source = enumerate(requests)
+        exhausted = False
+        with self._lock:
+            self._iterations.add(cancelled)
+        submit = self._executor.submit
+        run = self._run
+
+        def feed() -> bool:
+            """Submit the next request; False when the input is exhausted."""
+            try:
+                index, request = next(source)
+            except StopIteration:
+                return False
+            try:
+                custom_id, messages, params = parse_request(request)
+            except (TypeError, ValueError) as err:
+                result = Result(index, request.get("custom_id") if isinstance(request, Mapping) else None, request)
+                result.error = err
+                future: "cf.Future[Result]" = cf.Future()
+                self._finish(result)
+                future.set_result(result)
+                with self._lock:
+                    self._submitted += 1
+            else:
+                future = submit(partial(run, Result(index, custom_id, request), messages, params, cancelled))
+                self._track(future)
+            pending.add(future)
+            future.add_done_callback(done.put)
+            return True
+
+        try:
+            while True:
+                while not exhausted and len(pending) < self.window:
+                    if self._closing.is_set() or cancelled.is_set():
+                        exhausted = True
+                        break
+                    exhausted = not feed()
+                if not pending:
+                    return
+                future = done.get()
+                pending.discard(future)
+                if future.cancelled():
+                    continue
+                yield future.result()
+        finally:
+            with self._lock:
+                self._iterations.discard(cancelled)
+            if pending:
+                cancelled.set()
+                self.limiter.wake_waiters()
+                for future in pending:
+                    future.cancel()
+
+    def map(self, requests: Iterable[Request]) -> List[Result]:
+        """Run ``requests`` and return their :class:`Result` objects in input order."""
+        results = list(self.as_completed(requests))
+        results.sort(key=lambda result: result.index)
+        return results
+
+    @property
+    def stats(self) -> PoolStats:
+        """A snapshot of the counters: submitted, done, ok, failed, retried, usage."""
+        with self._lock:
+            return PoolStats(self._submitted, self._done, self._ok, self._failed, self._retried, self._usage)
+
+    def close(self, *, wait: bool = True, cancel: bool = False) -> None:
+        """Stop accepting work; ``cancel`` drops what has not started; ``wait`` waits for the rest.
+
+        An executor passed in by the caller is never shut down: only this pool's own
+        calls are cancelled or waited for.
+        """
+        self._closed = True
+        with self._lock:
+            futures = list(self._futures)
+            iterations = list(self._iterations)
+        if cancel:
+            self._closing.set()
+            for event in iterations:
+                event.set()
+            self.limiter.wake_waiters()
+            for future in futures:
+                future.cancel()
+        if self._owns_executor:
+            self._executor.shutdown(wait=wait, cancel_futures=cancel)
+        elif wait:
+            cf.wait(futures)
+        if self._owns_client and not self._client_closed and (wait or cancel):
+            self._client_closed = True
+            self.client.close()
+
+    def __enter__(self) -> "DeepSeekPool":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        # Like ThreadPoolExecutor: a normal exit waits for submitted calls; an exit by
+        # an exception (Ctrl-C included) cancels what has not started, then waits only
+        # for the calls already running.
+        self.close(wait=True, cancel=exc_type is not None)
+
+
+# Re-exported for type checkers that import them from here.
+_ = ChatStream, DeepSeekError

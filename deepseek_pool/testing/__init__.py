@@ -1,0 +1,30 @@
+"""Offline testing support: :class:`FakeDeepSeek`, a local DeepSeek-compatible server.
+
+Usage::
+
+    from deepseek_pool.testing import FakeDeepSeek
+
+    with FakeDeepSeek(latency=0.05, faults={"503": 0.1}, seed=7) as fake:
+        os.environ["DEEPSEEK_BASE_URL"] = fake.base_url
+        ...
+
+For pytest, enable the fixtures ``fake_deepseek`` and ``deepseek_env`` with
+``pytest_plugins = ["deepseek_pool.testing.pytest_plugin"]``.
+"""
+
+from __future__ import annotations
+
+from deepseek_pool.testing._cli import main
+from deepseek_pool.testing._faults import FAULT_NAMES, Fault, parse_fault
+from deepseek_pool.testing._server import FakeDeepSeek, FakeStats, Latency, ReceivedRequest
+
+__all__ = [
+    "FAULT_NAMES",
+    "FakeDeepSeek",
+    "FakeStats",
+    "Fault",
+    "Latency",
+    "ReceivedRequest",
+    "main",
+    "parse_fault",
+]

@@ -1,0 +1,833 @@
+"""FakeDeepSeek: a local, deterministic, DeepSeek-compatible HTTP/1.1 server.
+
+Written on plain sockets rather than :mod:`http.server`: one thread per connection, one
+``sendall`` per ordinary answer, no header parsing through :mod:`email`, no logging per request.
+That keeps the server far from being the bottleneck of a benchmark on two cores, and gives
+byte-level control for faults (RST, truncated streams, never-ending bodies).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import random
+import selectors
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from types import TracebackType
+from typing import (
+    Any,
+    BinaryIO,
+    Callable,
+    Deque,
+    Dict,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Type,
+    Union,
+)
+
+from deepseek_pool.testing import _protocol as proto
+from deepseek_pool.testing._faults import Fault, parse_fault, parse_rates
+
+logger = logging.getLogger(__name__)
+
+#: Fixed latency in seconds, a ``(low, high)`` uniform range, or a function of the seeded RNG.
+Latency = Union[float, Tuple[float, float], Callable[[random.Random], float]]
+
+DEFAULT_MODELS: Tuple[str, ...] = ("deepseek-flash", "deepseek-v4-pro", "deepseek-chat", "deepseek-reasoner")
+DEFAULT_TRICKLE_INTERVAL = 0.05
+DEFAULT_MAX_RECEIVED = 10_000
+MAX_LINE = 65_536
+MAX_HEADERS = 100
+MAX_BODY = 64 * 1024 * 1024
+#: Bound on the prefix cache so a long benchmark cannot grow it without limit.
+MAX_CACHE_ENTRIES = 200_000
+STOP_JOIN_SECONDS = 2.0
+
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
+_KEEP, _CLOSE, _RESET = 0, 1, 2
+_CHUNK_END = b"0\r\n\r\n"
+_BLANK_CHUNK = b"1\r\n\n\r\n"
+_KEEPALIVE_CHUNK = b"e\r\n: keep-alive\n\n\r\n"
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+_ERRORS: Dict[int, Tuple[str, str, str]] = {
+    402: ("Insufficient Balance", "unknown_error", "invalid_request_error"),
+    429: (
+        "Rate Limit Reached: your account has reached its limit of concurrent requests. "
+        "Please pace your requests and retry later.",
+        "rate_limit_error",
+        "rate_limit_exceeded",
+    ),
+    500: (
+        "Internal Server Error: our server encountered an issue. Please retry your request after a brief wait.",
+        "internal_error",
+        "internal_error",
+    ),
+    502: (
+        "Bad Gateway: the upstream server returned an invalid response. Please retry your request after a brief wait.",
+        "internal_error",
+        "bad_gateway",
+    ),
+    503: (
+        "Server Overloaded: the server is overloaded due to high traffic. Please retry your "
+        "request after a brief wait.",
+        "service_unavailable_error",
+        "server_overloaded",
+    ),
+}
+
+# path -> (method, kind, beta); every endpoint also answers under /v1.
+_ROUTES: Dict[str, Tuple[str, str, bool]] = {}
+for _prefix in ("", "/v1"):
+    _ROUTES[_prefix + "/chat/completions"] = ("POST", "chat", False)
+    _ROUTES[_prefix + "/beta/chat/completions"] = ("POST", "chat", True)
+    _ROUTES[_prefix + "/beta/completions"] = ("POST", "fim", True)
+    _ROUTES[_prefix + "/models"] = ("GET", "models", False)
+    _ROUTES[_prefix + "/user/balance"] = ("GET", "balance", False)
+
+
+class ReceivedRequest(NamedTuple):
+    """One request as the fake received it (header names lower-cased)."""
+
+    method: str
+    path: str
+    headers: Dict[str, str]
+    body: Any
+
+
+@dataclass(frozen=True)
+class FakeStats:
+    """A snapshot of the fake's counters (see :attr:`FakeDeepSeek.stats`).
+
+    :ivar requests: requests received, answered or not.
+    :ivar by_status: HTTP status -> number of answers sent with it.
+    :ivar peak_concurrency: most requests handled at the same instant.
+    :ivar in_flight: requests being handled now.
+    :ivar connections_opened: TCP connections accepted.
+    :ivar faults_injected: fault kind (``"429"``, ``"trickle"``, ...) -> times injected.
+    """
+
+    requests: int
+    by_status: Dict[int, int]
+    peak_concurrency: int
+    in_flight: int
+    connections_opened: int
+    faults_injected: Dict[str, int]
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _latency_function(latency: Latency) -> Optional[Callable[[random.Random], float]]:
+    if callable(latency):
+        return latency
+    if isinstance(latency, tuple):
+        low, high = (float(x) for x in latency)
+        if not 0.0 <= low <= high:
+            raise ValueError(f"latency range must satisfy 0 <= low <= high, got {latency!r}")
+        return lambda rng: rng.uniform(low, high)
+    seconds = float(latency)
+    if seconds < 0.0:
+        raise ValueError(f"latency must be >= 0, got {latency!r}")
+    return (lambda rng: seconds) if seconds else None
+
+
+def _format_seconds(seconds: float) -> str:
+    return str(int(seconds)) if seconds == int(seconds) else repr(seconds)
+
+
+class _Exchange:
+    """One request/response on a connection: the bits every answer needs."""
+
+    __slots__ = ("delay", "ended", "fake", "keep_alive", "rid", "sock")
+
+    def __init__(self, fake: FakeDeepSeek, sock: socket.socket, rid: str, keep_alive: bool, delay: float) -> None:
+        self.fake = fake
+        self.sock = sock
+        self.rid = rid
+        self.keep_alive = keep_alive
+        self.delay = delay
+        self.ended = False
+
+    def head(self, status: int, content_type: str, length: Optional[int], extra: str = "") -> bytes:
+        """Status line and headers; ``length`` None means chunked transfer encoding."""
+        framing = "Transfer-Encoding: chunked\r\n" if length is None else f"Content-Length: {length}\r\n"
+        close = "" if self.keep_alive else "Connection: close\r\n"
+        return (
+            f"{_STATUS_LINES[status]}Content-Type: {content_type}\r\n{framing}"
+            f"x-ds-trace-id: {self.rid}\r\nx-request-id: {self.rid}\r\n{extra}{close}\r\n"
+        ).encode("latin-1")
+
+    def wait_latency(self) -> bool:
+        """Sleep the drawn latency once; False when the server stopped meanwhile."""
+        delay, self.delay = self.delay, 0.0
+        return not (delay and self.fake._stopping.wait(delay))
+
+    def pause(self, seconds: float) -> bool:
+        """Wait without burning CPU; False when the server stopped meanwhile."""
+        return not self.fake._stopping.wait(seconds) if seconds > 0 else not self.fake._stopping.is_set()
+
+    def end(self, status: Optional[int]) -> None:
+        """Count the answer and leave in-flight, once, before its last bytes go out.
+
+        Done before the send so that a client that has read the answer always sees it counted.
+        """
+        if not self.ended:
+            self.ended = True
+            self.fake._end(status)
+
+    def send(self, status: int, body: bytes, content_type: str = "application/json", extra: str = "") -> int:
+        if not self.wait_latency():
+            return _CLOSE
+        self.end(status)
+        self.sock.sendall(self.head(status, content_type, len(body), extra) + body)
+        return _KEEP if self.keep_alive else _CLOSE
+
+    def error(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        code: str = "invalid_request_error",
+        param: Optional[str] = None,
+        extra: str = "",
+    ) -> int:
+        return self.send(status, proto.error_body(message, type_=type_, code=code, param=param), extra=extra)
+
+
+class FakeDeepSeek:
+    """A local DeepSeek-compatible server for tests, demos and benchmarks.
+
+    It speaks the chat, FIM, models and balance endpoints on a real socket (HTTP/1.1,
+    keep-alive, chunked SSE streams), answers deterministically (:meth:`answer_for`), and
+    injects faults by rate or by script.  Everything random is drawn from one RNG seeded with
+    ``seed``, so a sequential run is reproducible.
+
+    Usage::
+
+        with FakeDeepSeek(faults={"503": 0.1}, seed=1) as fake:
+            fake.script("429", "ok")
+            requests.post(fake.base_url + "/chat/completions", headers=..., json=...)
+            assert fake.stats.by_status[429] == 1
+
+    :param api_key: the only accepted key; None accepts any non-empty ``Bearer`` token.
+    :param latency: seconds before the answer (before the first event when streaming): a
+        number, a ``(low, high)`` uniform range, or a function of the seeded
+        :class:`random.Random`.
+    :param stream_chunk_delay: seconds between streamed events.
+    :param faults: fault name -> probability per request (see :mod:`._faults`).
+    :param retry_after: Retry-After seconds sent with injected 429/503; None sends none.
+    :param seed: seeds fault and latency draws and the request ids.
+    :param trickle_interval: seconds between the keep-alive lines of ``trickle`` faults.
+    :param chunks_per_answer: stream the content (and the reasoning) in exactly this many
+        events instead of tiny 1-4 character pieces.
+    :param max_received: how many requests :attr:`received` keeps (oldest dropped).
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: Optional[str] = None,
+        latency: Latency = 0.0,
+        stream_chunk_delay: float = 0.0,
+        faults: Optional[Mapping[str, float]] = None,
+        retry_after: Optional[float] = None,
+        seed: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        models: Sequence[str] = DEFAULT_MODELS,
+        balance: str = "100.00",
+        trickle_interval: float = DEFAULT_TRICKLE_INTERVAL,
+        chunks_per_answer: Optional[int] = None,
+        max_received: Optional[int] = DEFAULT_MAX_RECEIVED,
+    ) -> None:
+        if api_key is not None and not api_key:
+            raise ValueError("api_key must be None (accept any key) or a non-empty string")
+        if stream_chunk_delay < 0 or trickle_interval <= 0:
+            raise ValueError("stream_chunk_delay must be >= 0 and trickle_interval > 0")
+        if retry_after is not None and not retry_after >= 0:
+            raise ValueError(f"retry_after must be None or >= 0, got {retry_after!r}")
+        if chunks_per_answer is not None and chunks_per_answer < 1:
+            raise ValueError(f"chunks_per_answer must be None or >= 1, got {chunks_per_answer!r}")
+        if isinstance(models, str) or not models:
+            raise ValueError("models must be a non-empty sequence of model ids")
+        self._api_key = api_key
+        self._latency = _latency_function(latency)
+        self._chunk_delay = float(stream_chunk_delay)
+        self._rates = parse_rates(faults)
+        self._retry_after = retry_after
+        self._seed = seed
+        self._host = host
+        self._port = port
+        self._models = tuple(models)
+        self._model_set = frozenset(self._models)
+        self._balance = balance
+        self._has_balance = float(balance) > 0
+        self._trickle_interval = float(trickle_interval)
+        self._chunks = chunks_per_answer
+        self._models_body = json.dumps(
+            {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "deepseek"} for m in self._models]}
+        ).encode()
+        self._balance_body = json.dumps(
+            {
+                "is_available": self._has_balance,
+                "balance_infos": [
+                    {
+                        "currency": "USD",
+                        "total_balance": balance,
+                        "granted_balance": "0.00",
+                        "topped_up_balance": balance,
+                    }
+                ],
+            }
+        ).encode()
+
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self._id_rng = random.Random(f"ids-{seed}")
+        self._script: Deque[Fault] = collections.deque()
+        self._received: Deque[ReceivedRequest] = collections.deque(maxlen=max_received)
+        self._requests = 0
+        self._by_status: Dict[int, int] = {}
+        self._peak = 0
+        self._in_flight = 0
+        self._connections = 0
+        self._faults_injected: Dict[str, int] = {}
+        self._cache_lock = threading.Lock()
+        self._cache: Set[int] = set()
+
+        self._stopping = threading.Event()
+        self._listener: Optional[socket.socket] = None
+        self._wake: Optional[Tuple[socket.socket, socket.socket]] = None
+        self._accept_thread: Optional[threading.Thread] = None
+        self._conns: Dict[socket.socket, threading.Thread] = {}
+        self._base_url: Optional[str] = None
+
+    # -- public surface -------------------------------------------------------------------
+
+    @staticmethod
+    def answer_for(prompt: str) -> str:
+        """The content answered when the last user message is ``prompt`` (thinking or not)."""
+        return proto.answer_for(prompt)
+
+    @staticmethod
+    def reasoning_for(prompt: str) -> str:
+        """The ``reasoning_content`` produced for ``prompt`` in thinking mode."""
+        return proto.reasoning_for(prompt)
+
+    @staticmethod
+    def fim_answer_for(prompt: str, suffix: Optional[str] = None) -> str:
+        """The text a FIM request with ``prompt`` and ``suffix`` gets."""
+        return proto.fim_answer_for(prompt, suffix)
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT`` of the running server (no ``/v1``).
+
+        :raises RuntimeError: before :meth:`start`.
+        """
+        if self._base_url is None:
+            raise RuntimeError("FakeDeepSeek is not started; use start() or a with block")
+        return self._base_url
+
+    @property
+    def stats(self) -> FakeStats:
+        """A consistent snapshot of the counters."""
+        with self._lock:
+            return FakeStats(
+                self._requests,
+                dict(self._by_status),
+                self._peak,
+                self._in_flight,
+                self._connections,
+                dict(self._faults_injected),
+            )
+
+    @property
+    def received(self) -> List[ReceivedRequest]:
+        """The requests received since the last :meth:`reset`, oldest first."""
+        with self._lock:
+            return list(self._received)
+
+    def script(self, *faults: str) -> None:
+        """Queue faults for the next authenticated requests, in order, before random faults.
+
+        :raises ValueError: on an unknown fault name (nothing is queued then).
+        """
+        parsed = [parse_fault(f) for f in faults]
+        with self._lock:
+            self._script.extend(parsed)
+
+    def reset(self) -> None:
+        """Forget counters, script, received log and prefix cache, and reseed the RNG.
+
+        After a reset the server behaves as if new, except that request ids stay unique and
+        requests still in flight stay counted in ``in_flight``.
+        """
+        with self._lock:
+            self._script.clear()
+            self._received.clear()
+            self._requests = 0
+            self._by_status = {}
+            self._peak = self._in_flight
+            self._connections = 0
+            self._faults_injected = {}
+            self._rng.seed(self._seed)
+        with self._cache_lock:
+            self._cache.clear()
+
+    def start(self) -> FakeDeepSeek:
+        """Bind and start serving in background threads; returns self.
+
+        :raises RuntimeError: if already running.
+        """
+        if self._accept_thread is not None:
+            raise RuntimeError("FakeDeepSeek is already running")
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        listener = socket.create_server((self._host, self._port), family=family, backlog=1024)
+        listener.setblocking(False)
+        self._stopping.clear()
+        self._listener = listener
+        self._wake = socket.socketpair()
+        port = listener.getsockname()[1]
+        host = f"[{self._host}]" if family == socket.AF_INET6 else self._host
+        self._base_url = f"http://{host}:{port}"
+        self._accept_thread = threading.Thread(target=self._accept_loop, name=f"FakeDeepSeek:{port}", daemon=True)
+        self._accept_thread.start()
+        logger.debug("FakeDeepSeek listening on %s", self._base_url)
+        return self
+
+    def stop(self) -> None:
+        """Stop promptly: close the listener, drop open connections, wake waiting handlers.
+
+        Safe to call twice and while handlers are in long latency, ``trickle_forever`` or
+        ``hold_after_done``.
+        """
+        thread = self._accept_thread
+        if thread is None:
+            return
+        self._stopping.set()
+        assert self._wake is not None and self._listener is not None
+        with contextlib.suppress(OSError):
+            self._wake[1].send(b"x")
+        thread.join(STOP_JOIN_SECONDS)
+        self._listener.close()
+        for s in self._wake:
+            s.close()
+        with self._lock:
+            conns = list(self._conns.items())
+        for sock, _ in conns:
+            with contextlib.suppress(OSError):
+                pass
+        deadline = time.monotonic() + STOP_JOIN_SECONDS
+        for _, handler in conns:
+            handler.join(max(0.0, deadline - time.monotonic()))
+        self._accept_thread = None
+        logger.debug("FakeDeepSeek on %s stopped", self._base_url)
+
+    def __enter__(self) -> FakeDeepSeek:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = self._base_url if self._accept_thread is not None else "stopped"
+        return f"<FakeDeepSeek {state}>"
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None and self._wake is not None
+        listener, wake = self._listener, self._wake[0]
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(wake, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                for key, _ in selector.select():
+                    if key.fileobj is wake:
+                        return
+                    self._accept_ready(listener)
+
+    def _accept_ready(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. EMFILE: keep serving the connections we have
+                logger.warning("FakeDeepSeek accept failed: %s", exc)
+                return
+            conn.settimeout(None)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            handler = threading.Thread(target=self._serve_connection, args=(conn,), daemon=True)
+            with self._lock:
+                if self._stopping.is_set():
+                    conn.close()
+                    return
+                self._connections += 1
+                self._conns[conn] = handler
+            handler.start()
+
+    def _serve_connection(self, sock: socket.socket) -> None:
+        rfile = sock.makefile("rb")
+        outcome = _CLOSE
+        try:
+            while not self._stopping.is_set():
+                try:
+                    request = _read_request(rfile, sock)
+                except _BadRequest as exc:
+                    body = proto.error_body(str(exc))
+                    sock.sendall(
+                        f"{_STATUS_LINES[exc.status]}Content-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1")
+                        + body
+                    )
+                    break
+                if request is None:
+                    break
+                outcome = self._handle(sock, *request)
+                if outcome != _KEEP:
+                    break
+        except (OSError, ValueError):
+            pass  # the client went away or stop() shut the socket: nothing left to answer
+        finally:
+            with self._lock:
+                self._conns.pop(sock, None)
+            if outcome == _RESET:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            rfile.close()
+            sock.close()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _handle(
+        self, sock: socket.socket, method: str, target: str, version: str, headers: Dict[str, str], raw: bytes
+    ) -> int:
+        path = target.split("?", 1)[0]
+        connection = headers.get("connection", "").lower()
+        keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
+        body: Any = None
+        bad_json: Optional[ValueError] = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError as exc:
+                bad_json = exc
+        route = _ROUTES.get(path)
+        auth = headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        token = token.strip()
+        authorized = scheme.lower() == "bearer" and bool(token) and (self._api_key is None or token == self._api_key)
+        eligible = authorized and route is not None and route[0] == method
+
+        fault: Optional[Fault] = None
+        delay = 0.0
+        with self._lock:
+            self._requests += 1
+            self._in_flight += 1
+            if self._in_flight > self._peak:
+                self._peak = self._in_flight
+            self._received.append(ReceivedRequest(method, target, headers, body))
+            rid = f"{self._id_rng.getrandbits(128):032x}"
+            if eligible:
+                if self._script:
+                    fault = self._script.popleft()
+                elif self._rates:
+                    draw = self._rng.random()
+                    for bound, candidate in self._rates:
+                        if draw < bound:
+                            fault = candidate
+                            break
+                if fault is not None:
+                    if fault.kind == "ok":
+                        fault = None
+                    else:
+                        self._faults_injected[fault.kind] = self._faults_injected.get(fault.kind, 0) + 1
+                if self._latency is not None:
+                    delay = self._draw_latency()
+        rid = f"{rid[:8]}-{rid[8:12]}-{rid[12:16]}-{rid[16:20]}-{rid[20:]}"
+        ex = _Exchange(self, sock, rid, keep_alive, delay)
+        try:
+            if route is None:
+                return ex.error(404, f"Not Found: no endpoint at {path}", param=None)
+            if not authorized:
+                return ex.error(
+                    401,
+                    f"Authentication Fails, Your api key: ****{token[-4:]} is invalid",
+                    type_="authentication_error",
+                )
+            if route[0] != method:
+                return ex.error(405, f"Method Not Allowed: use {route[0]} for {path}", extra=f"Allow: {route[0]}\r\n")
+            if fault is not None:
+                if fault.kind == "reset":
+                    ex.end(None)
+                    return _RESET
+                if fault.status is not None:
+                    return self._fault_status(ex, fault)
+            kind = route[1]
+            if kind == "models":
+                return self._plain(ex, self._models_body, fault)
+            if kind == "balance":
+                return self._plain(ex, self._balance_body, fault)
+            return self._generate(ex, kind, route[2], body, bad_json, fault)
+        finally:
+            ex.end(None)
+
+    def _draw_latency(self) -> float:
+        """Call the latency function with the shared RNG (the lock is held by the caller)."""
+        assert self._latency is not None
+        try:
+            return max(0.0, float(self._latency(self._rng)))
+        except Exception:  # a user's latency function must not kill the connection thread
+            logger.exception("FakeDeepSeek latency function failed; answering without delay")
+            return 0.0
+
+    def _fault_status(self, ex: _Exchange, fault: Fault) -> int:
+        status = fault.status
+        assert status is not None
+        message, type_, code = _ERRORS[status]
+        seconds = fault.retry_after if fault.retry_after is not None else self._retry_after
+        extra = ""
+        if seconds is not None and status in (429, 503):
+            extra = f"Retry-After: {_format_seconds(seconds)}\r\n"
+        return ex.error(status, message, type_=type_, code=code, extra=extra)
+
+    def _generate(
+        self, ex: _Exchange, kind: str, beta: bool, body: Any, bad_json: Optional[ValueError], fault: Optional[Fault]
+    ) -> int:
+        try:
+            if bad_json is not None:
+                where = ""
+                if isinstance(bad_json, json.JSONDecodeError):
+                    where = f"{bad_json.msg.lower()} at line {bad_json.lineno} column {bad_json.colno}"
+                raise proto.ApiError(
+                    400, f"Failed to deserialize the JSON body into the target type: {where or bad_json}"
+                )
+            if body is None:
+                raise proto.ApiError(
+                    400,
+                    "Failed to deserialize the JSON body into the target "
+                    "type: EOF while parsing a value at line 1 column 0",
+                )
+            if kind == "chat":
+                plan = proto.plan_chat(body, self._model_set, self._models, beta=beta)
+            else:
+                plan = proto.plan_fim(body, self._model_set, self._models)
+        except proto.ApiError as exc:
+            return ex.error(exc.status, exc.message, type_=exc.type, code=exc.code, param=exc.param)
+        except Exception:  # a bug in the fake: answer like a server would, and say so in the log
+            logger.exception("FakeDeepSeek failed to plan an answer for %r", body)
+            message, type_, code = _ERRORS[500]
+            return ex.error(500, message, type_=type_, code=code)
+        if not self._has_balance:
+            message, type_, code = _ERRORS[402]
+            return ex.error(402, message, type_=type_, code=code)
+        if fault is not None and fault.kind == "insufficient":
+            plan = proto.cut_short(plan)
+        usage = plan.usage(self._cache_hit(plan.cache_keys, plan.cache_tokens))
+        created = int(time.time())
+        if plan.stream:
+            events = proto.stream_events(plan, ex.rid, created, usage if plan.include_usage else None, self._chunks)
+            return self._stream(ex, events, fault)
+        return self._plain(ex, proto.chat_body(plan, ex.rid, created, usage), fault)
+
+    def _cache_hit(self, keys: Sequence[int], cumulative: Sequence[int]) -> int:
+        """Tokens of the longest message prefix already seen: a simple prefix cache."""
+        hit = 0
+        with self._cache_lock:
+            cache = self._cache
+            for key, total in zip(keys, cumulative):
+                if key not in cache:
+                    break
+                hit = total
+            if len(cache) > MAX_CACHE_ENTRIES:
+                cache.clear()
+            cache.update(keys)
+        return hit
+
+    def _plain(self, ex: _Exchange, body: bytes, fault: Optional[Fault]) -> int:
+        """A non-streamed 200, with the body faults that apply to it."""
+        kind = fault.kind if fault is not None else "ok"
+        if kind == "empty":
+            return ex.send(200, b" \n\n  \n")
+        if kind == "cut":
+            if not ex.wait_latency():
+                return _CLOSE
+            ex.end(200)
+            ex.sock.sendall(ex.head(200, "application/json", len(body)) + body[: fault.count if fault else 0])
+            return _CLOSE
+        if kind not in ("trickle", "trickle_forever"):
+            return ex.send(200, body)
+        sock = ex.sock
+        ex.fake._status(200)
+        sock.sendall(ex.head(200, "application/json", None))
+        if kind == "trickle_forever":
+            return self._trickle_forever(ex, _BLANK_CHUNK)
+        for _ in range(fault.count if fault else 0):
+            if not ex.pause(self._trickle_interval):
+                return _CLOSE
+            sock.sendall(_BLANK_CHUNK)
+        if not ex.wait_latency():
+            return _CLOSE
+        ex.end(None)
+        sock.sendall(b"%x\r\n%s\r\n%s" % (len(body), body, _CHUNK_END))
+        return _KEEP if ex.keep_alive else _CLOSE
+
+    def _stream(self, ex: _Exchange, events: List[bytes], fault: Optional[Fault]) -> int:
+        """A streamed 200: SSE events in chunked encoding, with the stream faults."""
+        kind = fault.kind if fault is not None else "ok"
+        if kind == "empty":
+            return ex.send(200, b"\n", "text/event-stream; charset=utf-8")
+        sock = ex.sock
+        head = ex.head(200, "text/event-stream; charset=utf-8", None, "Cache-Control: no-cache\r\n")
+        if kind == "cut":
+            events = events[: min(fault.count if fault else 0, len(events) - 1)]
+        trickle = fault.count if fault is not None and kind == "trickle" else 0
+        # A cut or held stream never gets its terminating chunk, so it stays in flight until
+        # the connection goes; every other stream is counted done just before its last bytes.
+        finishing = kind not in ("cut", "hold_after_done")
+        ending = _CHUNK_END if finishing else b""
+        framed = [b"%x\r\n%s\r\n" % (len(e), e) for e in events]
+        if not trickle and kind != "trickle_forever" and not self._chunk_delay:
+            if not ex.wait_latency():
+                return _CLOSE
+            if finishing:
+                ex.end(200)
+            else:
+                ex.fake._status(200)
+            sock.sendall(head + b"".join(framed) + ending)
+        else:
+            ex.fake._status(200)
+            sock.sendall(head)
+            if kind == "trickle_forever":
+                return self._trickle_forever(ex, _KEEPALIVE_CHUNK)
+            for _ in range(trickle):
+                if not ex.pause(self._trickle_interval):
+                    return _CLOSE
+                sock.sendall(_KEEPALIVE_CHUNK)
+            if not ex.wait_latency():
+                return _CLOSE
+            last = len(framed) - 1
+            for i, chunk in enumerate(framed):
+                if i and not ex.pause(self._chunk_delay):
+                    return _CLOSE
+                if i == last and finishing:
+                    ex.end(None)
+                    sock.sendall(chunk + ending)
+                else:
+                    sock.sendall(chunk)
+        if kind == "hold_after_done":
+            self._hold(sock)
+            return _CLOSE
+        if kind == "cut":
+            return _CLOSE
+        return _KEEP if ex.keep_alive else _CLOSE
+
+    def _trickle_forever(self, ex: _Exchange, line: bytes) -> int:
+        while ex.pause(self._trickle_interval):
+            ex.sock.sendall(line)  # raises once the client has gone
+        return _CLOSE
+
+    def _hold(self, sock: socket.socket) -> None:
+        """Keep a finished stream open until the client closes it or the server stops."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                if selector.select(0.5):
+                    return  # EOF (or unexpected bytes): the client is done with this stream
+
+    # -- counters ---------------------------------------------------------------------------
+
+    def _status(self, status: int) -> None:
+        with self._lock:
+            self._by_status[status] = self._by_status.get(status, 0) + 1
+
+    def _end(self, status: Optional[int]) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if status is not None:
+                self._by_status[status] = self._by_status.get(status, 0) + 1
+
+
+def _read_request(rfile: BinaryIO, sock: socket.socket) -> Optional[Tuple[str, str, str, Dict[str, str], bytes]]:
+    """Read one HTTP/1.x request; None on a clean EOF between requests.
+
+    :raises _BadRequest: on malformed input, answered with a 4xx and a close.
+    """
+    line = rfile.readline(MAX_LINE + 1)
+    while line in (b"\r\n", b"\n"):  # RFC 9112 lets a server skip empty lines before a request
+        line = rfile.readline(MAX_LINE + 1)
+    if not line:
+        return None
+    if len(line) > MAX_LINE:
+        raise _BadRequest(414, "Request line too long")
+    parts = line.split()
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        raise _BadRequest(400, f"Malformed request line {line[:100]!r}")
+    method, target, version = (p.decode("latin-1") for p in parts)
+    headers: Dict[str, str] = {}
+    while True:
+        line = rfile.readline(MAX_LINE + 1)
+        if line in (b"\r\n", b"\n"):
+            break
+        if not line:
+            return None
+        name, sep, value = line.partition(b":")
+        if not sep or len(line) > MAX_LINE or len(headers) >= MAX_HEADERS:
+            raise _BadRequest(431 if sep else 400, "Malformed or too many header lines")
+        headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    if headers.get("expect", "").lower() == "100-continue":
+        sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = _read_chunked(rfile)
+    else:
+        length = headers.get("content-length")
+        if not length:
+            return method, target, version, headers, b""
+        if not length.isdigit() or int(length) > MAX_BODY:
+            raise _BadRequest(400 if not length.isdigit() else 413, "Bad Content-Length")
+        body = rfile.read(int(length))
+        if len(body) < int(length):
+            return None
+    return method, target, version, headers, body
+
+
+def _read_chunked(rfile: BinaryIO) -> bytes:
+    parts: List[bytes] = []
+    size_total = 0
+    while True:
+        line = rfile.readline(MAX_LINE + 1)
+        try:
+            size = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise _BadRequest(400, "Bad chunk size") from None
+        if size == 0:
+            while rfile.readline(MAX_LINE + 1) not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return b"".join(parts)
+        size_total += size
+        if size_total > MAX_BODY:
+            raise _BadRequest(413, "Request body too large")
+        parts.append(rfile.read(size))
+        rfile.readline(MAX_LINE + 1)

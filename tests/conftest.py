@@ -1,0 +1,35 @@
+"""Shared fixtures: a clean environment for every test, and the FakeDeepSeek server."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Iterator
+
+import pytest
+
+pytest_plugins = ["deepseek_pool.testing.pytest_plugin"]
+
+_ENV_PREFIXES = ("DEEPSEEK_",)
+_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test sees the developer's DeepSeek settings or proxies (nothing may leave loopback)."""
+    for name in list(os.environ):
+        if name.startswith(_ENV_PREFIXES) or name in _PROXY_VARS:
+            monkeypatch.delenv(name, raising=False)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """A test must not leave non-daemon threads running (they would keep the process alive)."""
+    before = set(threading.enumerate())
+    yield
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
+    for thread in leaked:
+        thread.join(timeout=5)
+    still = [t.name for t in leaked if t.is_alive()]
+    assert not still, f"threads left running: {still}"
