@@ -28,6 +28,8 @@ from .errors import (
     ServiceUnavailableError,
     UnprocessableEntityError,
 )
+from .limits import Limiter, LimiterStats
+from .pool import DeepSeekPool, PoolStats, Result
 from .retry import DeepSeekRetry, RetryEvent
 from .types import Balance, ChatChunk, ChatCompletion, ChatCompletionBuilder, FIMCompletion, Usage
 
@@ -47,12 +49,17 @@ __all__ = [
     "ConfigurationError",
     "DeepSeekClient",
     "DeepSeekError",
+    "DeepSeekPool",
     "DeepSeekRetry",
     "FIMCompletion",
     "IncompleteResponseError",
     "InsufficientBalanceError",
     "InternalServerError",
+    "Limiter",
+    "LimiterStats",
+    "PoolStats",
     "RateLimitError",
+    "Result",
     "RetryBudgetExceeded",
     "RetryEvent",
     "ServiceUnavailableError",

@@ -27,15 +27,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from functools import partial
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 from urllib3.util.retry import RequestHistory
 
@@ -52,11 +55,11 @@ from .errors import (
     status_error,
 )
 from .models import DEFAULT_MODEL
-from .retry import DeepSeekRetry, RetryEvent, RetryListener, call_context, wait_for_retry
+from .retry import DeepSeekRetry, RetryCancelled, RetryEvent, RetryListener, call_context, wait_for_retry
 from .streaming import SSEDecoder
 from .types import Balance, ChatChunk, ChatCompletion, ChatCompletionBuilder, FIMCompletion
 
-__all__ = ["DeepSeekClient", "ChatStream", "Messages", "normalize_messages", "build_chat_body"]
+__all__ = ["DeepSeekClient", "ChatStream", "CallHandle", "Messages", "normalize_messages", "build_chat_body"]
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +218,75 @@ def _add_note(err: DeepSeekError, note: str) -> None:
         err.args = (f"{err.args[0]} ({note})",) + err.args[1:]
 
 
+class CallHandle:
+    """Lets another thread abort the HTTP exchange a call is blocked in.
+
+    A pool that is cancelled (Ctrl-C, ``break`` out of ``as_completed``) must not wait
+    minutes for answers nobody will read: it sets the handle into the worker's call
+    context, the connection reports itself when it sends, and :meth:`abort` shuts
+    the socket down, which ends a blocked read at once.
+    """
+
+    __slots__ = ("_connection", "aborted")
+
+    def __init__(self) -> None:
+        self._connection: Any = None
+        self.aborted = False
+
+    def attach(self, connection: Any) -> None:
+        """Called by the connection that is about to send this call's request."""
+        if self.aborted:
+            raise RetryCancelled("the call was cancelled before it was sent")
+        self._connection = connection
+
+    def abort(self) -> None:
+        """Break the call's connection (idempotent; safe from any thread)."""
+        self.aborted = True
+        sock = getattr(self._connection, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _ReportingConnectionMixin:
+    """Tells the calling thread's :class:`CallHandle` which connection carries its request."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        handle = call_context.handle
+        if handle is not None:
+            handle.attach(self)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _HTTPConnection(_ReportingConnectionMixin, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_ReportingConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _HTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class DeepSeekAdapter(HTTPAdapter):
+    """requests' ``HTTPAdapter`` whose connections can be aborted through a :class:`CallHandle`.
+
+    It does not override ``send``, so ``responses`` and other adapter-level mocks still apply.
+    """
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
+
+
 class ChatStream:
     """A streamed chat answer: iterate for :class:`ChatChunk`, one per server event.
 
@@ -232,7 +304,7 @@ class ChatStream:
         self._iterator = self._chunks()
         self._closed = False
 
-    def _chunks(self) -> Iterator[ChatChunk]:
+    def _chunks(self) -> Generator[ChatChunk, None, None]:
         raw = self.response.raw
         decoder = SSEDecoder()
         pieces = _raw_pieces(raw, self._deadline, self._read_timeout)
@@ -430,7 +502,7 @@ class DeepSeekClient:
             if custom:
                 self.pool_maxsize = pool_maxsize
                 return  # the user mounted their own adapter for this host: respect it
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=self.retry)
+        adapter = DeepSeekAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=self.retry)
         old = self.session.adapters.get(prefix)
         self.session.mount(prefix, adapter)
         self.pool_maxsize = pool_maxsize

@@ -52,6 +52,9 @@ class Timeout:
     """
 
     __slots__ = ("connect", "read", "total")
+    connect: float
+    read: float
+    total: Optional[float]
 
     def __init__(
         self,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .client import ChatStream, DeepSeekClient, Messages, normalize_messages
+from .client import CallHandle, ChatStream, DeepSeekClient, Messages, normalize_messages
 from .errors import APIStatusError, DeepSeekError
 from .limits import Limiter
 from .retry import RetryEvent, call_context
@@ -47,6 +47,8 @@ PoolChunkCallback = Callable[["Result", ChatChunk], None]
 POOL_KEYS = frozenset({"custom_id"})
 #: Submitted-but-unfinished requests per worker that as_completed/map keep queued.
 WINDOW_PER_WORKER = 2
+#: Seconds between looks at an ``as_completed(stop=...)`` event while no result arrives.
+STOP_POLL_INTERVAL = 0.1
 #: Tokens reserved for the answer when a request sets no ``max_tokens``.
 DEFAULT_COMPLETION_RESERVE = 1024
 _CHAT_URLS = ("/chat/completions", "/v1/chat/completions", "/beta/chat/completions")
@@ -229,6 +231,7 @@ class DeepSeekPool:
         self._closed = False
         self._client_closed = False
         self._iterations: "set[threading.Event]" = set()
+        self._handles: Dict[CallHandle, threading.Event] = {}
         self._lock = threading.Lock()
         self._futures: "set[cf.Future[Any]]" = set()
         self._submitted = 0
@@ -274,6 +277,12 @@ class DeepSeekPool:
         completion: Optional[ChatCompletion] = None
         context = call_context
         context.cancelled = cancelled
+        handle = CallHandle()
+        context.handle = handle
+        with self._lock:
+            self._handles[handle] = cancelled
+        if cancelled.is_set():
+            handle.abort()
         try:
             if params.get("stream"):
                 completion = self._stream(result, messages, dict(params), on_retry, begun)
@@ -282,6 +291,9 @@ class DeepSeekPool:
             return completion
         finally:
             context.cancelled = None
+            context.handle = None
+            with self._lock:
+                del self._handles[handle]
             result.attempts = retries + 1
             result.elapsed = time.monotonic() - begun
             usage = completion.usage if completion is not None else None
@@ -332,6 +344,13 @@ class DeepSeekPool:
             except Exception:  # a progress hook must never break the batch
                 log.exception("on_result callback failed for item %d", result.index)
 
+    def _abort_running(self, event: Optional[threading.Event] = None) -> None:
+        """Break the connections of running calls (all, or those of one iteration)."""
+        with self._lock:
+            handles = [h for h, e in self._handles.items() if event is None or e is event]
+        for handle in handles:
+            handle.abort()
+
     # -- public surface ----------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -372,13 +391,18 @@ class DeepSeekPool:
         finally:
             self._finish(result)
 
-    def as_completed(self, requests: Iterable[Request]) -> Iterator[Result]:
+    def as_completed(self, requests: Iterable[Request], *, stop: Optional[threading.Event] = None) -> Iterator[Result]:
         """Run ``requests`` and yield one :class:`Result` per request as each finishes.
 
         The input is consumed lazily: at most ``window`` requests are submitted and
         unfinished at once. Errors stay on their Result. Leaving the loop early
         (``break``, an exception, Ctrl-C) cancels what this iteration queued but had
         not started.
+
+        :param stop: a graceful stop (a batch runner's first Ctrl-C): once set, no more
+            input is taken and queued requests that have not started are dropped, while
+            calls already started (waiting for a rate-limit slot included) finish and
+            are still yielded. It is looked at every :data:`STOP_POLL_INTERVAL` seconds.
         """
         self._check_open()
         done: "queue.SimpleQueue[cf.Future[Result]]" = queue.SimpleQueue()
@@ -414,8 +438,15 @@ class DeepSeekPool:
             future.add_done_callback(done.put)
             return True
 
+        get = done.get
         try:
             while True:
+                if stop is not None and stop.is_set() and not exhausted:
+                    exhausted = True
+                    # Cancelling calls done-callbacks at once: the dropped futures go
+                    # through ``done`` and are skipped below like any cancelled one.
+                    for future in list(pending):
+                        future.cancel()
                 while not exhausted and len(pending) < self.window:
                     if self._closing.is_set() or cancelled.is_set():
                         exhausted = True
@@ -423,7 +454,13 @@ class DeepSeekPool:
                     exhausted = not feed()
                 if not pending:
                     return
-                future = done.get()
+                if stop is None:
+                    future = get()
+                else:
+                    try:
+                        future = get(timeout=STOP_POLL_INTERVAL)
+                    except queue.Empty:
+                        continue
                 pending.discard(future)
                 if future.cancelled():
                     continue
@@ -436,6 +473,7 @@ class DeepSeekPool:
                 self.limiter.wake_waiters()
                 for future in pending:
                     future.cancel()
+                self._abort_running(cancelled)
 
     def map(self, requests: Iterable[Request]) -> List[Result]:
         """Run ``requests`` and return their :class:`Result` objects in input order."""
@@ -466,6 +504,7 @@ class DeepSeekPool:
             self.limiter.wake_waiters()
             for future in futures:
                 future.cancel()
+            self._abort_running()
         if self._owns_executor:
             self._executor.shutdown(wait=wait, cancel_futures=cancel)
         elif wait:

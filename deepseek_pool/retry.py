@@ -65,6 +65,8 @@ class _CallContext(threading.local):
     stopped: Optional[str] = None
     #: set by a pool that is shutting down: backoff sleeps end at once and the call fails
     cancelled: Optional[threading.Event] = None
+    #: the call's abort handle (see ``client.CallHandle``), told which connection it uses
+    handle: Any = None
 
 
 call_context = _CallContext()
@@ -122,7 +124,7 @@ class DeepSeekRetry(Retry):
     def new(self, **kw: Any) -> "DeepSeekRetry":
         kw.setdefault("max_retry_after", self.max_retry_after)
         kw.setdefault("retry_timeouts", self.retry_timeouts)
-        return super().new(**kw)  # type: ignore[return-value]
+        return super().new(**kw)
 
     def get_backoff_time(self) -> float:
         """``backoff_factor * 2 ** (n - 1)`` before retry n, capped, plus jitter (from the first retry)."""
@@ -159,7 +161,7 @@ class DeepSeekRetry(Retry):
         seconds = self.parse_retry_after(value)
         return None if seconds < 0 else seconds
 
-    def increment(  # type: ignore[override]
+    def increment(
         self,
         method: Optional[str] = None,
         url: Optional[str] = None,
@@ -180,7 +182,9 @@ class DeepSeekRetry(Retry):
         new._planned_delay = delay
         context = call_context
         reason: Optional[BaseException] = error
-        if context.deadline is not None and time.monotonic() + delay >= context.deadline:
+        if context.cancelled is not None and context.cancelled.is_set():
+            context.stopped = "the pool is shutting down"
+        elif context.deadline is not None and time.monotonic() + delay >= context.deadline:
             context.stopped = "the call's deadline would pass before the next attempt"
         elif context.listener is not None:
             event = RetryEvent(len(new.history), status, error, delay, _kind_of(error, status))
@@ -190,7 +194,8 @@ class DeepSeekRetry(Retry):
                 context.stopped = str(exc)
                 reason = exc
         if context.stopped is not None:
-            log.warning("not retrying %s %s: %s", method, url, context.stopped)
+            level = logging.DEBUG if reason is error and context.cancelled is not None and context.cancelled.is_set() else logging.WARNING
+            log.log(level, "not retrying %s %s: %s", method, url, context.stopped)
             raise MaxRetryError(_pool, url or "", reason)  # type: ignore[arg-type]
         return new
 

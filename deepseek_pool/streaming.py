@@ -39,7 +39,7 @@ import json
 import logging
 from typing import Any, Iterable, Iterator, List, NamedTuple, Optional
 
-__all__ = ["ServerSentEvent", "SSEDecoder", "iter_sse"]
+__all__ = ["SSEDecoder", "ServerSentEvent", "iter_sse"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +86,14 @@ class SSEDecoder:
     """
 
     __slots__ = (
-        "_tail",
-        "_skip_lf",
-        "_started",
         "_closed",
         "_data",
         "_event",
-        "_retry_field",
         "_fields",
+        "_retry_field",
+        "_skip_lf",
+        "_started",
+        "_tail",
         "last_event_id",
         "retry",
     )
@@ -176,9 +176,7 @@ class SSEDecoder:
                             ServerSentEvent,
                             (
                                 self._event or "message",
-                                (data[0] if len(data) == 1 else b"\n".join(data)).decode(
-                                    "utf-8", "replace"
-                                ),
+                                (data[0] if len(data) == 1 else b"\n".join(data)).decode("utf-8", "replace"),
                                 self.last_event_id,
                                 self._retry_field,
                             ),
@@ -231,9 +229,7 @@ class SSEDecoder:
         if not self._closed:
             self._closed = True
             if self.pending:
-                logger.debug(
-                    "SSE stream ended inside an event (%d unterminated bytes)", len(self._tail)
-                )
+                logger.debug("SSE stream ended inside an event (%d unterminated bytes)", len(self._tail))
             # Keep _tail and _fields so ``pending`` stays meaningful; drop the data.
             self._data = []
         return []
@@ -255,7 +251,10 @@ def iter_sse(chunks: Iterable[bytes]) -> Iterator[ServerSentEvent]:
 
 
 def _benchmark() -> None:
-    """Print the decoder's cost per event on a DeepSeek-like stream."""
+    """Print the decoder's cost per event on a DeepSeek-like stream.
+
+    Run: ``python -c "from deepseek_pool.streaming import _benchmark; _benchmark()"``.
+    """
     import time
 
     piece = (

@@ -23,6 +23,7 @@ the script steps below all do.
 
 from __future__ import annotations
 
+import contextlib
 import http
 import logging
 import select
@@ -71,6 +72,7 @@ def stop_event() -> threading.Event:
 
 # --- bytes builders ----------------------------------------------------------------------------------
 
+
 def chunk(data: bytes) -> bytes:
     """Frame ``data`` as one chunk of a chunked body: ``chunk(b"data") == b"4\\r\\ndata\\r\\n"``."""
     return b"%x\r\n%s\r\n" % (len(data), data)
@@ -113,6 +115,7 @@ def sse_head(status: int = 200, headers: Optional[Mapping[str, str]] = None) -> 
 
 
 # --- handlers from scripts ---------------------------------------------------------------------------
+
 
 def _wait(seconds: float) -> None:
     if stop_event().wait(seconds):
@@ -225,6 +228,7 @@ def sequence(*handlers: Handler) -> Handler:
 
 # --- the server --------------------------------------------------------------------------------------
 
+
 class RawServer:
     """Serve ``handler`` on 127.0.0.1 (an ephemeral port) from daemon threads.
 
@@ -295,10 +299,8 @@ class RawServer:
         with self._changed:
             clients = list(self._clients)
         for conn in clients:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         deadline = time.monotonic() + self.join_timeout
         # The accept thread first: once it has ended, no new connection thread can appear.
         if self._threads:
@@ -382,10 +384,8 @@ class RawServer:
                 self.closed += 1
                 self._changed.notify_all()
             if owned:
-                try:
+                with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 conn.close()
 
 

@@ -499,6 +499,20 @@ def test_script_is_taken_in_order(fake: FakeDeepSeek, http: requests.Session) ->
     assert stats.connections_opened == 1  # error answers keep the connection alive
 
 
+def test_storm_gives_one_fault_to_every_request_for_a_while(fake: FakeDeepSeek, http: requests.Session) -> None:
+    fake.storm(0.3, "503")
+    fake.script("ok")
+    statuses = [post(http, fake).status_code for _ in range(3)]
+    assert statuses == [200, 503, 503]  # the script comes first
+    time.sleep(0.3)
+    assert post(http, fake).status_code == 200
+    fake.storm(10, "429")
+    fake.reset()
+    assert post(http, fake).status_code == 200
+    with pytest.raises(ValueError):
+        fake.storm(1, "nope")
+
+
 def test_error_bodies_and_retry_after(http: requests.Session) -> None:
     with FakeDeepSeek(retry_after=2) as fake:
         fake.script("429", "429:0.25", "503", "500")
@@ -574,6 +588,32 @@ def test_cut_closes_the_stream_after_k_events(fake: FakeDeepSeek, http: requests
             if line:
                 received.append(line)
     assert len(received) == 3 and b"[DONE]" not in b"".join(received)
+
+
+def test_cut_without_streaming_sends_k_body_bytes_then_closes(fake: FakeDeepSeek) -> None:
+    fake.script("cut:10")
+    sock = raw(fake, raw_chat({"model": "deepseek-flash", "messages": USER}))
+    with sock:
+        data = read_all(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) > 10
+    assert len(body) == 10 and body.startswith(b'{"id":"')
+
+
+def test_streamed_trickle_forever_sends_keep_alive_until_the_client_leaves(fake: FakeDeepSeek) -> None:
+    fake.script("trickle_forever")
+    sock = raw(fake, raw_chat({"model": "deepseek-flash", "messages": USER, "stream": True}))
+    with sock:
+        data = b""
+        while data.count(b": keep-alive\n\n") < 3:
+            chunk = sock.recv(65536)
+            assert chunk, "closed while trickling"
+            data += chunk
+        assert b"data:" not in data
+    deadline = time.monotonic() + TIMEOUT
+    while fake.stats.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.stats.in_flight == 0  # the handler noticed the client left
 
 
 def test_insufficient_and_empty(fake: FakeDeepSeek, http: requests.Session) -> None:
@@ -724,9 +764,10 @@ def test_stop_is_prompt_with_a_trickle_forever_request_open() -> None:
     sock = raw(fake, raw_chat({"model": "deepseek-flash", "messages": USER}))
     assert sock.recv(1024).startswith(b"HTTP/1.1 200 OK")  # trickling: headers come at once
     held = raw(fake, raw_chat({"model": "deepseek-flash", "messages": USER}))  # in its 30 s latency
-    with sock, held:
+    idle = raw(fake, b"")  # a keep-alive connection waiting for its next request
+    with sock, held, idle:
         deadline = time.monotonic() + TIMEOUT
-        while fake.stats.in_flight < 2 and time.monotonic() < deadline:
+        while (fake.stats.in_flight, fake.stats.connections_opened) != (2, 3) and time.monotonic() < deadline:
             time.sleep(0.01)
         start = time.monotonic()
         fake.stop()
@@ -736,6 +777,7 @@ def test_stop_is_prompt_with_a_trickle_forever_request_open() -> None:
         while sock.recv(65536):  # the server closed it: recv ends instead of blocking
             pass
         assert held.recv(1024) == b""
+        assert idle.recv(1024) == b""
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", int(fake.base_url.rsplit(":", 1)[1])), timeout=1).close()
     assert fake.stats.in_flight == 0

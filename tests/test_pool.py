@@ -39,7 +39,7 @@ def faulty() -> Iterator[FakeDeepSeek]:
 
 def test_map_keeps_input_order_and_loses_nothing_under_faults(faulty: FakeDeepSeek) -> None:
     prompts = [f"prompt number {i}" for i in range(500)]
-    with DeepSeekPool(make_client(faulty), max_workers=16) as pool:
+    with DeepSeekPool(make_client(faulty, retries=8), max_workers=16) as pool:
         results = pool.map(prompts)
     assert [r.index for r in results] == list(range(500))
     assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]

@@ -13,6 +13,7 @@ from tests.rawserver import (
     CLOSE,
     LAST_CHUNK,
     RawServer,
+    Step,
     chunk,
     head,
     respond,
@@ -38,9 +39,7 @@ def test_builders() -> None:
     assert LAST_CHUNK == b"0\r\n\r\n"
     assert head(404) == b"HTTP/1.1 404 Not Found\r\n\r\n"
     assert head(299, {"X-A": "1"}) == b"HTTP/1.1 299 Unknown\r\nX-A: 1\r\n\r\n"
-    assert respond(200, b"{}") == (
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-    )
+    assert respond(200, b"{}") == (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
 
 
 def test_keep_alive_reuses_one_connection(session: requests.Session) -> None:
@@ -80,11 +79,11 @@ def test_request_bodies_recorded(session: requests.Session) -> None:
 
 def test_split_chunked_stream_with_pauses(session: requests.Session) -> None:
     body = chunk(b"data: hel") + chunk(b"lo\n\n") + LAST_CHUNK
-    steps: List[object] = [sse_head()]
+    steps: List[Step] = [sse_head()]
     # Cut the wire bytes at awkward places (inside chunk sizes, CRLFs and data), with pauses.
     for i in range(0, len(body), 5):
         steps += [body[i : i + 5], ("sleep", 0.002)]
-    server = RawServer(script(steps, close=False))  # type: ignore[arg-type]
+    server = RawServer(script(steps, close=False))
     with server as (host, port):
         r = session.get(f"http://{host}:{port}/", stream=True, timeout=TIMEOUT)
         assert r.headers["Content-Type"] == "text/event-stream"
@@ -137,9 +136,8 @@ def test_blocked_custom_handler_does_not_block_exit(session: requests.Session) -
 
     server = RawServer(handler)
     started = time.monotonic()
-    with server as (host, port):
-        with pytest.raises(requests.exceptions.ReadTimeout):
-            session.get(f"http://{host}:{port}/", timeout=0.05)
+    with server as (host, port), pytest.raises(requests.exceptions.ReadTimeout):
+        session.get(f"http://{host}:{port}/", timeout=0.05)
     assert time.monotonic() - started < 1.5
 
 
@@ -161,8 +159,8 @@ def test_handler_bug_is_reported_on_exit(session: requests.Session) -> None:
         raise KeyError("oops")
 
     server = RawServer(handler)
-    with pytest.raises(AssertionError, match="oops"):
-        with server as (host, port):
-            with pytest.raises(requests.exceptions.ConnectionError):
-                session.get(f"http://{host}:{port}/", timeout=TIMEOUT)
+    # The server's __exit__ raises (outer), after the client saw the connection drop (inner).
+    failed = pytest.raises(AssertionError, match="oops")
+    with failed, server as (host, port), pytest.raises(requests.exceptions.ConnectionError):
+        session.get(f"http://{host}:{port}/", timeout=TIMEOUT)
     assert isinstance(server.errors[0], KeyError)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from typing import List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 
@@ -29,8 +29,9 @@ def bytewise(stream: bytes) -> List[ServerSentEvent]:
 
 # --- a realistic DeepSeek stream -------------------------------------------------------------------
 
-def _chunk(delta: dict, finish: object = None, usage: object = None, choices: bool = True) -> str:
-    body = {
+
+def _chunk(delta: Dict[str, Any], finish: object = None, usage: object = None, choices: bool = True) -> str:
+    body: Dict[str, Any] = {
         "id": "c0ffee",
         "object": "chat.completion.chunk",
         "created": 1764300000,
@@ -119,6 +120,7 @@ def test_event_json() -> None:
 
 # --- line endings --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "stream",
     [
@@ -159,6 +161,7 @@ def test_lf_cr_is_two_line_endings() -> None:
 
 
 # --- UTF-8 -----------------------------------------------------------------------------------------
+
 
 def test_multibyte_characters_split_at_every_byte() -> None:
     text = "héllo 你好 🙂"
@@ -202,6 +205,7 @@ def test_partial_bom_prefix_then_other_bytes() -> None:
 
 
 # --- field parsing ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("line", "data"),
@@ -284,10 +288,19 @@ def test_no_id_is_none() -> None:
 
 @pytest.mark.parametrize(
     ("value", "retry"),
-    [(b"3000", 3000), (b"0", 0), (b"007", 7), (b"", None), (b"1.5", None), (b"-1", None), (b" 10", None),
-     (b"10 ", None), (b"\xd9\xa3", None)],  # last: ARABIC-INDIC DIGIT THREE, not ASCII
+    [
+        (b"3000", 3000),
+        (b"0", 0),
+        (b"007", 7),
+        (b"", None),
+        (b"1.5", None),
+        (b"-1", None),
+        (b" 10", None),
+        (b"10 ", None),
+        (b"\xd9\xa3", None),
+    ],  # last: ARABIC-INDIC DIGIT THREE, not ASCII
 )
-def test_retry_field(value: bytes, retry: object) -> None:
+def test_retry_field(value: bytes, retry: Optional[int]) -> None:
     decoder = SSEDecoder()
     events = decoder.feed(b"retry: " + value + b"\ndata: a\n\n")
     assert events == [E(data="a", retry=retry)]
@@ -309,6 +322,7 @@ def test_all_fields_together() -> None:
 
 
 # --- end of stream ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "stream",
@@ -358,6 +372,7 @@ def test_feed_after_close_raises() -> None:
 
 
 # --- the event value -------------------------------------------------------------------------------
+
 
 def test_event_defaults_equality_and_pickle() -> None:
     event = E()

@@ -56,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stream-chunk-delay", type=float, default=0.0, metavar="SECONDS", help="delay between streamed events"
     )
+    parser.add_argument(
+        "--chunks-per-answer",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stream each answer in exactly N content events (default: tiny 1-4 character pieces)",
+    )
     return parser
 
 
@@ -97,6 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             port=args.port,
             retry_after=args.retry_after,
             stream_chunk_delay=args.stream_chunk_delay,
+            chunks_per_answer=args.chunks_per_answer,
         )
     except SystemExit as exc:  # argparse exits on bad input; a main() returns its status
         return exc.code if isinstance(exc.code, int) else 2

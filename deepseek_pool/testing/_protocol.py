@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
-from json.encoder import encode_basestring
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 # Old ids are rewritten to the canonical one in the response ``model`` field, as the service does.
@@ -26,12 +25,9 @@ MAX_CONTEXT_TOKENS = 1_000_000
 MAX_OUTPUT_TOKENS = 393_216
 MAX_FIM_TOKENS = 4096
 REASONING_EFFORTS: FrozenSet[str] = frozenset({"low", "medium", "high", "max"})
-SYSTEM_FINGERPRINT = "fp_fakedeepseek_prod"
-#: Sizes of streamed pieces, cycled: the real service sends a few characters per event.
-PIECE_SIZES: Tuple[int, ...] = (2, 1, 3, 4, 2, 3, 1, 2, 4, 3)
 
 # One prebuilt encoder: compact like the service, and cheaper than json.dumps(**options) per call.
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 _DESERIALIZE = "Failed to deserialize the JSON body into the target type: "
 
 
@@ -68,7 +64,7 @@ def error_body(
     param: Optional[str] = None,
 ) -> bytes:
     """Serialize DeepSeek's error shape ``{"error": {"message", "type", "param", "code"}}``."""
-    return _dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
+    return dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
 
 
 def tokens(text: str) -> int:
@@ -339,7 +335,7 @@ def tool_call_for(tool: Dict[str, Any], prompt: str) -> Dict[str, Any]:
     return {
         "id": f"call_0_{_digest(name + chr(0) + prompt)}{_digest(prompt)}",
         "type": "function",
-        "function": {"name": name, "arguments": _dumps(args)},
+        "function": {"name": name, "arguments": dumps(args)},
     }
 
 
@@ -472,13 +468,13 @@ def plan_chat(body: Any, models: FrozenSet[str], ordered_models: Sequence[str], 
                     "with `tool_calls` must be sent back with its `reasoning_content`.",
                     param="messages",
                 )
-            text += _dumps(calls)
+            text += dumps(calls)
         total += 4 + tokens(text)
         prefix_hash = hash((prefix_hash, role, text))
         cache_keys.append(prefix_hash)
         cache_tokens.append(total)
     if tools:
-        total += tokens(_dumps(tools))
+        total += tokens(dumps(tools))
     if total > MAX_CONTEXT_TOKENS:
         raise ApiError(
             400,
@@ -500,7 +496,7 @@ def plan_chat(body: Any, models: FrozenSet[str], ordered_models: Sequence[str], 
     else:
         answer = answer_for(prompt)
         if json_mode:
-            answer = _dumps({"answer": answer})
+            answer = dumps({"answer": answer})
         content, reasoning, finish = _budget(answer, reasoning, max_tokens, stops)
     return Plan(
         "chat", model, content, reasoning, tool_calls, finish, total, stream, include_usage, cache_keys, cache_tokens
@@ -534,110 +530,3 @@ def plan_fim(body: Any, models: FrozenSet[str], ordered_models: Sequence[str]) -
     text, _, finish = _budget(fim_answer_for(prompt, suffix), None, max_tokens, stops)
     key = hash(("fim", prompt))
     return Plan("fim", model, text, None, [], finish, prompt_tokens, stream, include_usage, [key], [tokens(prompt)])
-
-
-def chat_body(plan: Plan, rid: str, created: int, usage: Dict[str, Any]) -> bytes:
-    """Serialize the non-streaming ``chat.completion`` (or FIM ``text_completion``) object."""
-    if plan.kind == "fim":
-        return _dumps(
-            {
-                "id": rid,
-                "object": "text_completion",
-                "created": created,
-                "model": plan.model,
-                "system_fingerprint": SYSTEM_FINGERPRINT,
-                "choices": [{"text": plan.content, "index": 0, "logprobs": None, "finish_reason": plan.finish_reason}],
-                "usage": usage,
-            }
-        ).encode()
-    message: Dict[str, Any] = {"role": "assistant", "content": plan.content}
-    if plan.reasoning is not None:
-        message["reasoning_content"] = plan.reasoning
-    if plan.tool_calls:
-        message["tool_calls"] = [dict(call, index=i) for i, call in enumerate(plan.tool_calls)]
-    return _dumps(
-        {
-            "id": rid,
-            "object": "chat.completion",
-            "created": created,
-            "model": plan.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": plan.finish_reason}],
-            "usage": usage,
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-        }
-    ).encode()
-
-
-def split_pieces(text: str, count: Optional[int] = None) -> List[str]:
-    """Cut ``text`` into streamed pieces: tiny cycled sizes, or exactly ``count`` near-equal ones."""
-    if count is not None:
-        size, extra = divmod(len(text), count)
-        pieces: List[str] = []
-        start = 0
-        for i in range(count):
-            end = start + size + (1 if i < extra else 0)
-            pieces.append(text[start:end])
-            start = end
-        return pieces
-    pieces = []
-    start, i, n = 0, 0, len(PIECE_SIZES)
-    while start < len(text):
-        end = start + PIECE_SIZES[i % n]
-        pieces.append(text[start:end])
-        start, i = end, i + 1
-    return pieces
-
-
-DONE_EVENT = b"data: [DONE]\n\n"
-
-
-def stream_events(
-    plan: Plan, rid: str, created: int, usage: Optional[Dict[str, Any]], chunks: Optional[int] = None
-) -> List[bytes]:
-    """Build every SSE event of a streamed answer, ``data: [DONE]`` last.
-
-    The chunk envelope is serialized once and only the small delta is encoded per event, which
-    keeps a 1,000-event stream cheap to produce.
-    """
-    enc = encode_basestring
-    fim = plan.kind == "fim"
-    obj = "text_completion" if fim else "chat.completion.chunk"
-    head = (
-        f'data: {{"id":{enc(rid)},"object":"{obj}","created":{created},'
-        f'"model":{enc(plan.model)},"system_fingerprint":"{SYSTEM_FINGERPRINT}","choices":'
-    )
-    events: List[str] = []
-    if fim:
-        body = head + '[{"text":'
-        tail = ',"index":0,"logprobs":null,"finish_reason":null}]}\n\n'
-        events.extend(body + enc(p) + tail for p in split_pieces(plan.content, chunks))
-        events.append(f'{body}"","index":0,"logprobs":null,"finish_reason":"{plan.finish_reason}"}}]}}\n\n')
-    else:
-        body = head + '[{"index":0,"delta":'
-        tail = ',"logprobs":null,"finish_reason":null}]}\n\n'
-        events.append(body + '{"role":"assistant","content":""}' + tail)
-        thinking = plan.reasoning is not None
-        if plan.reasoning:
-            events.extend(
-                body + '{"content":null,"reasoning_content":' + enc(p) + "}" + tail
-                for p in split_pieces(plan.reasoning, chunks)
-            )
-        after = ',"reasoning_content":null}' if thinking else "}"
-        if plan.content or not plan.tool_calls:
-            events.extend(body + '{"content":' + enc(p) + after + tail for p in split_pieces(plan.content, chunks))
-        for index, call in enumerate(plan.tool_calls):
-            first = {
-                "index": index,
-                "id": call["id"],
-                "type": "function",
-                "function": {"name": call["function"]["name"], "arguments": ""},
-            }
-            events.append(body + _dumps({"content": None, "tool_calls": [first]}) + tail)
-            prefix = f'{{"tool_calls":[{{"index":{index},"function":{{"arguments":'
-            events.extend(body + prefix + enc(p) + "}}]}" + tail for p in split_pieces(call["function"]["arguments"]))
-        events.append(f'{body}{{"content":""}},"logprobs":null,"finish_reason":"{plan.finish_reason}"}}]}}\n\n')
-    if usage is not None:
-        events.append(head + '[],"usage":' + _dumps(usage) + "}\n\n")
-    out = [e.encode() for e in events]
-    out.append(DONE_EVENT)
-    return out

@@ -15,15 +15,12 @@ import logging
 import random
 import selectors
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass
-from http import HTTPStatus
 from types import TracebackType
 from typing import (
     Any,
-    BinaryIO,
     Callable,
     Deque,
     Dict,
@@ -39,7 +36,17 @@ from typing import (
 )
 
 from deepseek_pool.testing import _protocol as proto
+from deepseek_pool.testing import _render as render
 from deepseek_pool.testing._faults import Fault, parse_fault, parse_rates
+from deepseek_pool.testing._http import (
+    BLANK_CHUNK,
+    CHUNK_END,
+    KEEPALIVE_CHUNK,
+    LINGER_RST,
+    STATUS_LINES,
+    BadRequest,
+    read_request,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +56,11 @@ Latency = Union[float, Tuple[float, float], Callable[[random.Random], float]]
 DEFAULT_MODELS: Tuple[str, ...] = ("deepseek-flash", "deepseek-v4-pro", "deepseek-chat", "deepseek-reasoner")
 DEFAULT_TRICKLE_INTERVAL = 0.05
 DEFAULT_MAX_RECEIVED = 10_000
-MAX_LINE = 65_536
-MAX_HEADERS = 100
-MAX_BODY = 64 * 1024 * 1024
 #: Bound on the prefix cache so a long benchmark cannot grow it without limit.
 MAX_CACHE_ENTRIES = 200_000
 STOP_JOIN_SECONDS = 2.0
 
-_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
 _KEEP, _CLOSE, _RESET = 0, 1, 2
-_CHUNK_END = b"0\r\n\r\n"
-_BLANK_CHUNK = b"1\r\n\n\r\n"
-_KEEPALIVE_CHUNK = b"e\r\n: keep-alive\n\n\r\n"
-_LINGER_RST = struct.pack("ii", 1, 0)
 
 _ERRORS: Dict[int, Tuple[str, str, str]] = {
     402: ("Insufficient Balance", "unknown_error", "invalid_request_error"),
@@ -128,12 +127,6 @@ class FakeStats:
     faults_injected: Dict[str, int]
 
 
-class _BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def _latency_function(latency: Latency) -> Optional[Callable[[random.Random], float]]:
     if callable(latency):
         return latency
@@ -170,7 +163,7 @@ class _Exchange:
         framing = "Transfer-Encoding: chunked\r\n" if length is None else f"Content-Length: {length}\r\n"
         close = "" if self.keep_alive else "Connection: close\r\n"
         return (
-            f"{_STATUS_LINES[status]}Content-Type: {content_type}\r\n{framing}"
+            f"{STATUS_LINES[status]}Content-Type: {content_type}\r\n{framing}"
             f"x-ds-trace-id: {self.rid}\r\nx-request-id: {self.rid}\r\n{extra}{close}\r\n"
         ).encode("latin-1")
 
@@ -303,6 +296,7 @@ class FakeDeepSeek:
         self._rng = random.Random(seed)
         self._id_rng = random.Random(f"ids-{seed}")
         self._script: Deque[Fault] = collections.deque()
+        self._storm: Optional[Tuple[float, Fault]] = None  # (monotonic deadline, fault)
         self._received: Deque[ReceivedRequest] = collections.deque(maxlen=max_received)
         self._requests = 0
         self._by_status: Dict[int, int] = {}
@@ -375,6 +369,20 @@ class FakeDeepSeek:
         with self._lock:
             self._script.extend(parsed)
 
+    def storm(self, seconds: float, fault: str) -> None:
+        """Give ``fault`` to every authenticated request for the next ``seconds`` (a 429 storm).
+
+        Scripted faults still come first; random faults resume when the storm is over.  Being
+        tied to the clock, which requests fall inside a storm is not reproducible by seed.
+
+        :raises ValueError: on an unknown fault name or a negative duration.
+        """
+        parsed = parse_fault(fault)
+        if not seconds >= 0:
+            raise ValueError(f"storm duration must be >= 0, got {seconds!r}")
+        with self._lock:
+            self._storm = (time.monotonic() + seconds, parsed)
+
     def reset(self) -> None:
         """Forget counters, script, received log and prefix cache, and reseed the RNG.
 
@@ -383,6 +391,7 @@ class FakeDeepSeek:
         """
         with self._lock:
             self._script.clear()
+            self._storm = None
             self._received.clear()
             self._requests = 0
             self._by_status = {}
@@ -435,7 +444,7 @@ class FakeDeepSeek:
             conns = list(self._conns.items())
         for sock, _ in conns:
             with contextlib.suppress(OSError):
-                pass
+                sock.shutdown(socket.SHUT_RDWR)
         deadline = time.monotonic() + STOP_JOIN_SECONDS
         for _, handler in conns:
             handler.join(max(0.0, deadline - time.monotonic()))
@@ -494,11 +503,11 @@ class FakeDeepSeek:
         try:
             while not self._stopping.is_set():
                 try:
-                    request = _read_request(rfile, sock)
-                except _BadRequest as exc:
+                    request = read_request(rfile, sock)
+                except BadRequest as exc:
                     body = proto.error_body(str(exc))
                     sock.sendall(
-                        f"{_STATUS_LINES[exc.status]}Content-Type: application/json\r\n"
+                        f"{STATUS_LINES[exc.status]}Content-Type: application/json\r\n"
                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1")
                         + body
                     )
@@ -515,7 +524,7 @@ class FakeDeepSeek:
                 self._conns.pop(sock, None)
             if outcome == _RESET:
                 with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
             rfile.close()
             sock.close()
 
@@ -553,6 +562,8 @@ class FakeDeepSeek:
             if eligible:
                 if self._script:
                     fault = self._script.popleft()
+                elif self._storm is not None and time.monotonic() < self._storm[0]:
+                    fault = self._storm[1]
                 elif self._rates:
                     draw = self._rng.random()
                     for bound, candidate in self._rates:
@@ -648,9 +659,9 @@ class FakeDeepSeek:
         usage = plan.usage(self._cache_hit(plan.cache_keys, plan.cache_tokens))
         created = int(time.time())
         if plan.stream:
-            events = proto.stream_events(plan, ex.rid, created, usage if plan.include_usage else None, self._chunks)
+            events = render.stream_events(plan, ex.rid, created, usage if plan.include_usage else None, self._chunks)
             return self._stream(ex, events, fault)
-        return self._plain(ex, proto.chat_body(plan, ex.rid, created, usage), fault)
+        return self._plain(ex, render.chat_body(plan, ex.rid, created, usage), fault)
 
     def _cache_hit(self, keys: Sequence[int], cumulative: Sequence[int]) -> int:
         """Tokens of the longest message prefix already seen: a simple prefix cache."""
@@ -680,18 +691,18 @@ class FakeDeepSeek:
         if kind not in ("trickle", "trickle_forever"):
             return ex.send(200, body)
         sock = ex.sock
-        ex.fake._status(200)
+        self._status(200)
         sock.sendall(ex.head(200, "application/json", None))
         if kind == "trickle_forever":
-            return self._trickle_forever(ex, _BLANK_CHUNK)
+            return self._trickle_forever(ex, BLANK_CHUNK)
         for _ in range(fault.count if fault else 0):
             if not ex.pause(self._trickle_interval):
                 return _CLOSE
-            sock.sendall(_BLANK_CHUNK)
+            sock.sendall(BLANK_CHUNK)
         if not ex.wait_latency():
             return _CLOSE
         ex.end(None)
-        sock.sendall(b"%x\r\n%s\r\n%s" % (len(body), body, _CHUNK_END))
+        sock.sendall(b"%x\r\n%s\r\n%s" % (len(body), body, CHUNK_END))
         return _KEEP if ex.keep_alive else _CLOSE
 
     def _stream(self, ex: _Exchange, events: List[bytes], fault: Optional[Fault]) -> int:
@@ -707,7 +718,7 @@ class FakeDeepSeek:
         # A cut or held stream never gets its terminating chunk, so it stays in flight until
         # the connection goes; every other stream is counted done just before its last bytes.
         finishing = kind not in ("cut", "hold_after_done")
-        ending = _CHUNK_END if finishing else b""
+        ending = CHUNK_END if finishing else b""
         framed = [b"%x\r\n%s\r\n" % (len(e), e) for e in events]
         if not trickle and kind != "trickle_forever" and not self._chunk_delay:
             if not ex.wait_latency():
@@ -715,17 +726,17 @@ class FakeDeepSeek:
             if finishing:
                 ex.end(200)
             else:
-                ex.fake._status(200)
+                self._status(200)
             sock.sendall(head + b"".join(framed) + ending)
         else:
-            ex.fake._status(200)
+            self._status(200)
             sock.sendall(head)
             if kind == "trickle_forever":
-                return self._trickle_forever(ex, _KEEPALIVE_CHUNK)
+                return self._trickle_forever(ex, KEEPALIVE_CHUNK)
             for _ in range(trickle):
                 if not ex.pause(self._trickle_interval):
                     return _CLOSE
-                sock.sendall(_KEEPALIVE_CHUNK)
+                sock.sendall(KEEPALIVE_CHUNK)
             if not ex.wait_latency():
                 return _CLOSE
             last = len(framed) - 1
@@ -768,66 +779,3 @@ class FakeDeepSeek:
             self._in_flight -= 1
             if status is not None:
                 self._by_status[status] = self._by_status.get(status, 0) + 1
-
-
-def _read_request(rfile: BinaryIO, sock: socket.socket) -> Optional[Tuple[str, str, str, Dict[str, str], bytes]]:
-    """Read one HTTP/1.x request; None on a clean EOF between requests.
-
-    :raises _BadRequest: on malformed input, answered with a 4xx and a close.
-    """
-    line = rfile.readline(MAX_LINE + 1)
-    while line in (b"\r\n", b"\n"):  # RFC 9112 lets a server skip empty lines before a request
-        line = rfile.readline(MAX_LINE + 1)
-    if not line:
-        return None
-    if len(line) > MAX_LINE:
-        raise _BadRequest(414, "Request line too long")
-    parts = line.split()
-    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-        raise _BadRequest(400, f"Malformed request line {line[:100]!r}")
-    method, target, version = (p.decode("latin-1") for p in parts)
-    headers: Dict[str, str] = {}
-    while True:
-        line = rfile.readline(MAX_LINE + 1)
-        if line in (b"\r\n", b"\n"):
-            break
-        if not line:
-            return None
-        name, sep, value = line.partition(b":")
-        if not sep or len(line) > MAX_LINE or len(headers) >= MAX_HEADERS:
-            raise _BadRequest(431 if sep else 400, "Malformed or too many header lines")
-        headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
-    if headers.get("expect", "").lower() == "100-continue":
-        sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        body = _read_chunked(rfile)
-    else:
-        length = headers.get("content-length")
-        if not length:
-            return method, target, version, headers, b""
-        if not length.isdigit() or int(length) > MAX_BODY:
-            raise _BadRequest(400 if not length.isdigit() else 413, "Bad Content-Length")
-        body = rfile.read(int(length))
-        if len(body) < int(length):
-            return None
-    return method, target, version, headers, body
-
-
-def _read_chunked(rfile: BinaryIO) -> bytes:
-    parts: List[bytes] = []
-    size_total = 0
-    while True:
-        line = rfile.readline(MAX_LINE + 1)
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise _BadRequest(400, "Bad chunk size") from None
-        if size == 0:
-            while rfile.readline(MAX_LINE + 1) not in (b"\r\n", b"\n", b""):
-                pass  # trailers
-            return b"".join(parts)
-        size_total += size
-        if size_total > MAX_BODY:
-            raise _BadRequest(413, "Request body too large")
-        parts.append(rfile.read(size))
-        rfile.readline(MAX_LINE + 1)

@@ -1,0 +1,107 @@
+"""Run one contender once, in this process, and report what it cost.
+
+The harness starts ``python -m benchmarks.child '<spec json>'``. The child imports
+the contender and makes one warm-up call (imports and lazy initialisation are not
+per-request costs), prints ``READY``, waits for ``GO`` on stdin (the harness resets
+the server's counters in between), runs the timed batch, checks every answer, and
+prints ``RESULT <json>``. CPU is this process's user+sys time over the timed batch
+(all threads included); peak RSS is the process's high-water mark.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Dict, List
+
+from benchmarks import protocol
+from benchmarks.contenders import CONTENDERS, Spec
+
+
+class _PoolFullCounter(logging.Handler):
+    """Counts urllib3's "Connection pool is full, discarding connection" warnings."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "pool is full" in record.getMessage():
+            self.count += 1
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _ms(values: List[float]) -> Dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    return {
+        "mean": 1000 * statistics.fmean(ordered),
+        "median": 1000 * ordered[len(ordered) // 2],
+        "p95": 1000 * ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+    }
+
+
+def main(argv: List[str]) -> int:
+    raw: Dict[str, Any] = json.loads(argv[0])
+    contender = CONTENDERS[raw["contender"]]
+    spec = Spec(raw["base_url"], int(raw["n"]), int(raw["concurrency"]), bool(raw.get("stream", False)))
+    counter = _PoolFullCounter()
+    logging.getLogger("urllib3.connectionpool").addHandler(counter)
+    run = contender.load()
+
+    warm = run(Spec(spec.base_url, 1, 1, spec.stream))
+    if warm.contents[0] != protocol.answer_for(0):
+        print(f"warm-up call failed: {warm.errors[0] or warm.contents[0]!r}", file=sys.stderr, flush=True)
+    gc.collect()
+    print("READY", flush=True)
+    if sys.stdin.readline().strip() != "GO":
+        return 2
+
+    cpu0 = _cpu()
+    t0 = time.perf_counter()
+    outcome = run(spec)
+    wall = time.perf_counter() - t0
+    cpu = _cpu() - cpu0
+
+    ok = wrong = 0
+    errors: Dict[str, int] = {}
+    for i in range(spec.n):
+        error = outcome.errors[i]
+        if error is not None:
+            errors[error] = errors.get(error, 0) + 1
+        elif outcome.contents[i] == protocol.answer_for(i):
+            ok += 1
+        else:
+            wrong += 1
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result = {
+        "contender": contender.name,
+        "n": spec.n,
+        "concurrency": spec.concurrency,
+        "stream": spec.stream,
+        "wall": wall,
+        "cpu": cpu,
+        "ok": ok,
+        "wrong": wrong,
+        "errors": errors,
+        "maxrss_kb": usage.ru_maxrss,
+        "pool_full_warnings": counter.count,
+        "ttfc_ms": _ms(outcome.ttfc),
+        "chunks": outcome.chunks,
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

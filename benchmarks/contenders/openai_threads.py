@@ -1,0 +1,50 @@
+"""openai-python: one sync ``OpenAI`` client (its defaults, base_url at the server's ``/v1``) + threads."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional, Tuple
+
+from openai import OpenAI
+
+from benchmarks import protocol
+from benchmarks.contenders import TIMEOUT, Outcome, Spec
+
+
+def run(spec: Spec) -> Outcome:
+    outcome = Outcome.empty(spec.n)
+    client = OpenAI(api_key=protocol.API_KEY, base_url=spec.base_url + "/v1", timeout=TIMEOUT)
+    stream = spec.stream
+
+    def call(i: int) -> Tuple[int, Optional[str], Optional[str], float, int]:
+        started = time.perf_counter()
+        try:
+            if not stream:
+                completion = client.chat.completions.create(model=protocol.MODEL, messages=protocol.messages_for(i))  # type: ignore[arg-type]
+                return i, completion.choices[0].message.content, None, 0.0, 0
+            parts = []
+            first = 0.0
+            with client.chat.completions.create(
+                model=protocol.MODEL, messages=protocol.messages_for(i), stream=True  # type: ignore[arg-type]
+            ) as events:
+                for chunk in events:
+                    if chunk.choices:
+                        piece = chunk.choices[0].delta.content
+                        if piece:
+                            if not parts:
+                                first = time.perf_counter() - started
+                            parts.append(piece)
+            return i, "".join(parts), None, first, len(parts)
+        except Exception as err:
+            return i, None, type(err).__name__, 0.0, 0
+
+    with ThreadPoolExecutor(spec.concurrency) as executor:
+        for i, content, error, first, chunks in executor.map(call, range(spec.n)):
+            outcome.contents[i] = content
+            outcome.errors[i] = error
+            if first:
+                outcome.ttfc.append(first)
+            outcome.chunks += chunks
+    client.close()
+    return outcome
