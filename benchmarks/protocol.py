@@ -69,6 +69,10 @@ def sse_contents(lines: Iterator[bytes]) -> Iterator[Optional[str]]:
             continue
         data = line[5:].strip()
         if data == b"[DONE]":
+            # Read on to the end of the body (it ends right after), so the
+            # connection goes back to the pool instead of being closed.
+            for _ in lines:
+                pass
             return
         payload = loads(data)
         choices = payload.get("choices")

@@ -606,6 +606,8 @@ class DeepSeekClient:
                 total = attempt_timeout.total
                 deadline = min(call_deadline, now + total) if total else call_deadline
                 response = self._send(method, url, body, attempt_timeout, deadline)
+                if context.on_status is not None:
+                    context.on_status(response.status_code)
                 retries = getattr(response.raw, "retries", None)
                 attempts += 1 + (len(retries.history) if retries is not None else 0)
                 try:

@@ -14,7 +14,11 @@ A start is granted only when every configured gate allows it:
   idle minute up to ``tpm`` tokens may start at once; afterwards the flow is smooth. A
   request bigger than ``tpm`` starts when the bucket is full (the "window is empty");
 * a cool-down -- :meth:`Limiter.cool_down`, called after any 429, holds every *new*
-  start back until it ends; calls already running are not touched.
+  start, and every retry that goes through :meth:`Limiter.wait_before_retry`, back
+  until it ends. Then one call probes: the others wait until it gets an answer that
+  is not an error (:meth:`Limiter.note_success`), or until :data:`PROBE_LEASE` passes,
+  so a pool that hit the rate limit sends one request, not one per thread, to find
+  out whether the limit is over (a circuit breaker's half-open state).
 
 Separately, a retry budget in the spirit of the AWS SDKs' retry quota makes a failing
 API cost about ``budget / RETRY_COST`` retries in all rather than workers x retries:
@@ -73,6 +77,9 @@ RETRY_COSTS: Dict[str, int] = {
     "read": TIMEOUT_RETRY_COST,
     "timeout": TIMEOUT_RETRY_COST,
 }
+#: Most seconds the others wait for a probe's outcome after a cool-down before
+#: another call may probe.
+PROBE_LEASE = 10.0
 #: Longest a waiter given a ``cancelled`` event sleeps before looking at it again;
 #: :meth:`Limiter.wake_waiters` makes it look at once.
 CANCEL_POLL_INTERVAL = 0.1
@@ -226,6 +233,11 @@ class Limiter:
         self._interval: Optional[float] = None if rpm is None else 60.0 / rpm
         self._next_start = -math.inf
         self._cool_until = -math.inf
+        # After a cool-down: one call at a time probes until one succeeds.
+        self._probing = False
+        self._probe_until = -math.inf
+        self._prober: Optional[int] = None
+        self._gate_changed = threading.Condition(self._lock)
         self._tpm_capacity = float(tpm) if tpm is not None else 0.0
         self._tpm_rate = self._tpm_capacity / 60.0
         self._tpm_level = self._tpm_capacity
@@ -292,6 +304,8 @@ class Limiter:
         if self._max_in_flight is not None and self._in_flight >= self._max_in_flight:
             return math.inf
         delay = self._cool_until - now
+        if delay <= 0.0 and self._probing and now < self._probe_until:
+            delay = self._probe_until - now  # wait for the probe's outcome
         if self._interval is not None:
             gap = self._next_start - now
             if gap > delay:
@@ -309,6 +323,8 @@ class Limiter:
             return delay
         self._in_flight += 1
         self._started += 1
+        if self._probing:
+            self._take_probe(now)
         if self._interval is not None:
             # Spaced from this start, not from the schedule: catching up after a late
             # wake-up would squeeze two starts closer than the interval.
@@ -316,6 +332,19 @@ class Limiter:
         if self._tpm is not None:
             self._tpm_level -= tokens
         return 0.0
+
+    def _take_probe(self, now: float) -> None:
+        self._probe_until = now + PROBE_LEASE
+        self._prober = threading.get_ident()
+
+    def _end_probing(self) -> None:
+        """The rate limit is over: let every held start and retry go (lock held)."""
+        self._probing = False
+        self._probe_until = -math.inf
+        self._prober = None
+        self._gate_changed.notify_all()
+        if self._waiters:
+            self._waiters[0].set()
 
     def _leave(self, waiter: threading.Event) -> None:
         """Take ``waiter`` out of the queue; if it was the head, wake the next one."""
@@ -467,6 +496,15 @@ class Limiter:
                     earned = NO_RETRY_INCREMENT
                 left = self._budget_left + earned
                 self._budget_left = left if left < self._retry_budget else self._retry_budget
+            if self._probing:
+                if ok:
+                    self._end_probing()
+                elif self._prober == threading.get_ident():
+                    # The probe failed for another reason: the next call may probe.
+                    self._probe_until = -math.inf
+                    self._prober = None
+                    self._gate_changed.notify_all()
+                    wake = True
             if wake and self._waiters:
                 self._waiters[0].set()
 
@@ -489,10 +527,53 @@ class Limiter:
                 self._cool_until = until
             else:
                 starting = False
+            self._probing = True
+            self._probe_until = -math.inf
+            self._prober = None
             # Waiters need no wake-up: a cool-down only ever pushes their start later,
             # and the head re-checks when its current wait ends.
         if starting and seconds > 0:
             log.info("rate limited: holding new calls back for %.2f s", seconds)
+
+    def wait_before_retry(self, delay: float, *, cancelled: Optional[threading.Event] = None) -> None:
+        """Sleep ``delay`` seconds before a retry, and longer while the pool cools down.
+
+        After a cool-down only one call probes at a time, so a retry waits for the
+        probe's outcome too; if none is out, this retry becomes the probe.
+
+        :raises concurrent.futures.CancelledError: ``cancelled`` was set while waiting.
+        """
+        clock = self._clock
+        end = clock() + delay
+        me = threading.get_ident()
+        with self._gate_changed:
+            if self._prober == me:
+                self._probe_until = -math.inf  # this call's own probe failed: probe again
+                self._prober = None
+            while True:
+                if cancelled is not None and cancelled.is_set():
+                    self._cancellations += 1
+                    raise CancelledError("retry wait cancelled")
+                now = clock()
+                wait = max(end - now, self._cool_until - now)
+                if wait <= 0.0:
+                    if not self._probing:
+                        return
+                    if now >= self._probe_until:
+                        self._take_probe(now)
+                        return
+                    wait = self._probe_until - now
+                if cancelled is not None and wait > CANCEL_POLL_INTERVAL:
+                    wait = CANCEL_POLL_INTERVAL
+                self._gate_changed.wait(wait)
+
+    def note_success(self) -> None:
+        """A call got an answer that is not an error: a cool-down's probe has succeeded."""
+        if not self._probing:  # unlocked read: the common case costs nothing
+            return
+        with self._lock:
+            if self._probing:
+                self._end_probing()
 
     def spend_retry(self, kind: str = "status", *, permit: Optional[Permit] = None) -> int:
         """Pay for one retry from the shared budget; return what it cost.
@@ -538,6 +619,7 @@ class Limiter:
         with self._lock:
             for waiter in self._waiters:
                 waiter.set()
+            self._gate_changed.notify_all()
 
     @property
     def stats(self) -> LimiterStats:

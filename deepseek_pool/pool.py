@@ -277,6 +277,8 @@ class DeepSeekPool:
         completion: Optional[ChatCompletion] = None
         context = call_context
         context.cancelled = cancelled
+        context.retry_gate = partial(limiter.wait_before_retry, cancelled=cancelled)
+        context.on_status = self._note_status
         handle = CallHandle()
         context.handle = handle
         with self._lock:
@@ -292,6 +294,8 @@ class DeepSeekPool:
         finally:
             context.cancelled = None
             context.handle = None
+            context.retry_gate = None
+            context.on_status = None
             with self._lock:
                 del self._handles[handle]
             result.attempts = retries + 1
@@ -305,6 +309,10 @@ class DeepSeekPool:
                 error = sys.exc_info()[1]
                 used = 0 if isinstance(error, (APIStatusError, TypeError, ValueError)) else None
             limiter.release(permit, tokens_used=used, retries=retries, ok=completion is not None)
+
+    def _note_status(self, status: int) -> None:
+        if status < 300:
+            self.limiter.note_success()
 
     def _stream(
         self,

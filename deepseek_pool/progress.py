@@ -1,14 +1,14 @@
 """What a batch run tells its user: running totals, a progress bar, the final summary.
 
 :class:`Tally` counts outcomes, tokens and the estimated cost (peak/off-peak aware, from
-:mod:`deepseek_pool.models`); :class:`ProgressBar` shows it on stderr with tqdm, and is a
-no-op when disabled so the batch loop never branches on it; :func:`format_summary`
-renders a finished (or interrupted) run.
+:mod:`deepseek_pool.models`); :class:`BatchProgress` shows it on stderr with tqdm (and
+does nothing when disabled); :func:`format_summary` renders a finished or interrupted run.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 from typing import TYPE_CHECKING, Any, List, Optional, TextIO
 
 from .models import estimate_cost
@@ -17,7 +17,9 @@ from .types import ChatCompletion
 if TYPE_CHECKING:
     from .batch import BatchSummary
 
-__all__ = ["Tally", "ProgressBar", "format_summary", "format_cost", "format_tokens"]
+__all__ = ["BatchProgress", "Tally", "format_cost", "format_summary", "format_tokens"]
+
+log = logging.getLogger(__name__)
 
 
 class Tally:
@@ -34,7 +36,7 @@ class Tally:
     :ivar unpriced: answered calls whose model has no price in the table.
     """
 
-    __slots__ = ("ok", "failed", "prompt_tokens", "completion_tokens", "cache_hit_tokens", "cost", "unpriced")
+    __slots__ = ("cache_hit_tokens", "completion_tokens", "cost", "failed", "ok", "prompt_tokens", "unpriced")
 
     def __init__(self) -> None:
         self.ok = 0
@@ -99,20 +101,30 @@ def format_cost(tally: Tally) -> str:
     return text
 
 
-class ProgressBar:
-    """A tqdm bar on ``file`` with rate, ok/failed counts, tokens and cost; inert when disabled.
+class BatchProgress:
+    """Where a batch run reports: a tqdm bar plus notices on ``file``, or nothing.
 
-    :param total: items this run will try.
-    :param enabled: False makes every method a no-op (not a terminal, or ``--quiet``).
+    The batch loop calls it unconditionally; everything a disabled part would do is
+    skipped here, so the loop never branches on it.
+
+    :param file: the stream (stderr in the CLI); None prints nothing and sends
+        warnings to :mod:`logging` instead.
+    :param bar: show the progress bar (rate, ok/failed counts, tokens, cost).
+    :param quiet: drop informational notices; warnings still go out.
     """
 
-    def __init__(self, total: int, *, file: TextIO, enabled: bool) -> None:
-        self._bar: Any = None
+    def __init__(self, file: Optional[TextIO] = None, *, bar: bool = False, quiet: bool = False) -> None:
         self._file = file
-        if enabled and total:
+        self._want_bar = bar and file is not None
+        self._quiet = quiet or file is None
+        self._bar: Any = None
+
+    def start(self, total: int) -> None:
+        """Open the bar for ``total`` items (no bar for an empty run)."""
+        if self._want_bar and total:
             from tqdm import tqdm  # imported here: only the interactive path pays for it
 
-            self._bar = tqdm(total=total, file=file, unit="req", dynamic_ncols=True, smoothing=0.1)
+            self._bar = tqdm(total=total, file=self._file, unit="req", dynamic_ncols=True, smoothing=0.1)
 
     def update(self, tally: Tally) -> None:
         """Advance by one finished item and show the new totals."""
@@ -121,14 +133,24 @@ class ProgressBar:
             return
         # refresh=False: tqdm redraws at most every mininterval, so this stays cheap per item.
         bar.set_postfix_str(
-            f"ok={tally.ok} failed={tally.failed} tokens={format_tokens(tally.total_tokens)} "
-            f"cost={format_cost(tally) if not tally.unpriced else 'unknown'}",
+            f"ok={tally.ok} failed={tally.failed} tokens={format_tokens(tally.total_tokens)} cost={_short_cost(tally)}",
             refresh=False,
         )
         bar.update(1)
 
-    def write(self, text: str) -> None:
-        """Print a line above the bar (or plainly when there is no bar)."""
+    def info(self, text: str) -> None:
+        """A notice the user may skip (dropped with ``quiet``)."""
+        if not self._quiet:
+            self._print(text)
+
+    def warn(self, text: str) -> None:
+        """A notice the user must see (a repaired file, ignored lines)."""
+        if self._file is None:
+            log.warning("%s", text)
+        else:
+            self._print(text)
+
+    def _print(self, text: str) -> None:
         if self._bar is not None:
             self._bar.write(text, file=self._file)
         else:
@@ -140,17 +162,23 @@ class ProgressBar:
             self._bar = None
 
 
+def _short_cost(tally: Tally) -> str:
+    if tally.unpriced:
+        return "unknown" if not tally.cost else f"${tally.cost:.4f}+?"
+    return f"${tally.cost:.4f}"
+
+
 def _duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f}s"
-    minutes, seconds = divmod(int(round(seconds)), 60)
+    minutes, seconds = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes}m{seconds:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{seconds:02d}s"
 
 
-def format_summary(summary: "BatchSummary") -> str:
+def format_summary(summary: BatchSummary) -> str:
     """The lines printed at the end of a run: items, tokens (cache-hit share), cost, wall time."""
     tally = summary.tally
     items = f"items: {tally.ok} ok, {tally.failed} failed, {summary.skipped} skipped"

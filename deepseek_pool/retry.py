@@ -24,6 +24,7 @@ import random
 import re
 import threading
 import time
+from concurrent.futures import CancelledError
 from typing import Any, Callable, NamedTuple, Optional
 
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ReadTimeoutError
@@ -67,6 +68,10 @@ class _CallContext(threading.local):
     cancelled: Optional[threading.Event] = None
     #: the call's abort handle (see ``client.CallHandle``), told which connection it uses
     handle: Any = None
+    #: replaces the plain sleep before a retry (a pool waits out its cool-down there)
+    retry_gate: Optional[Callable[[float], None]] = None
+    #: told the status of every response the call receives (a pool ends a cool-down on a 2xx)
+    on_status: Optional[Callable[[int], None]] = None
 
 
 call_context = _CallContext()
@@ -82,8 +87,15 @@ def _kind_of(error: Optional[BaseException], status: Optional[int]) -> str:
 
 def wait_for_retry(delay: float) -> None:
     """Sleep ``delay`` seconds before a retry, or stop at once if the caller's pool is closing."""
-    cancelled = call_context.cancelled
-    if cancelled is None:
+    context = call_context
+    cancelled = context.cancelled
+    gate = context.retry_gate
+    if gate is not None:
+        try:
+            gate(delay)
+        except CancelledError:
+            raise RetryCancelled("not retried: the pool is shutting down") from None
+    elif cancelled is None:
         if delay > 0:
             time.sleep(delay)
     elif cancelled.wait(delay) or cancelled.is_set():

@@ -319,18 +319,79 @@ def test_a_longer_cool_down_extends_the_current_one() -> None:
     assert limiter.acquire().started_at == pytest.approx(3.5)
 
 
-def test_when_a_cool_down_ends_every_waiting_thread_starts() -> None:
+def test_after_a_cool_down_one_call_probes_and_its_success_lets_the_rest_go() -> None:
     limiter = Limiter()
     limiter.cool_down(0.1)
     began = time.monotonic()
-    # Only the head waiter watches the clock; each one must hand over to the next.
     workers = [Worker(lambda: limiter.acquire(timeout=5)) for _ in range(4)]
     for w in workers:
         w.start()
+    time.sleep(0.3)
+    started = [w for w in workers if w.finished_at is not None]
+    assert len(started) == 1  # the probe; the others wait for its outcome
+    assert 0.09 <= started[0].finished_at - began < 0.3  # type: ignore[operator]
+    limiter.note_success()
     for w in workers:
         w.finish()
     assert [isinstance(w.result, Permit) for w in workers] == [True] * 4
-    assert all(w.finished_at is not None and 0.09 <= w.finished_at - began < 1.0 for w in workers)
+
+
+def test_a_failed_probe_frees_the_probe_for_the_next_call() -> None:
+    limiter = Limiter()
+    limiter.cool_down(0.0)
+    probe = limiter.acquire(timeout=1)
+    waiting = Worker(lambda: limiter.acquire(timeout=5))
+    waiting.start()
+    time.sleep(0.1)
+    assert waiting.finished_at is None
+    limiter.release(probe, ok=False)  # same thread that probed: the probe is over
+    waiting.finish()
+    assert isinstance(waiting.result, Permit)
+
+
+def test_probe_lease_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "PROBE_LEASE", 0.1)
+    limiter = Limiter()
+    limiter.cool_down(0.0)
+    limiter.acquire(timeout=1)  # a probe that never reports back
+    start = time.monotonic()
+    limiter.acquire(timeout=2)
+    assert 0.08 <= time.monotonic() - start < 1.0
+
+
+def test_retries_wait_out_the_cool_down_and_the_probe() -> None:
+    limiter = Limiter()
+    limiter.cool_down(0.15)
+    start = time.monotonic()
+    limiter.wait_before_retry(0.01)  # becomes the probe once the cool-down is over
+    assert 0.14 <= time.monotonic() - start < 1.0
+    second = Worker(lambda: limiter.wait_before_retry(0.0))
+    second.start()
+    time.sleep(0.1)
+    assert second.finished_at is None  # held: a probe is out
+    limiter.note_success()
+    second.finish()
+    assert second.error is None
+
+
+def test_retry_wait_is_cancellable() -> None:
+    limiter = Limiter()
+    limiter.cool_down(30)
+    cancelled = threading.Event()
+    waiter = Worker(lambda: limiter.wait_before_retry(0.0, cancelled=cancelled))
+    waiter.start()
+    time.sleep(0.05)
+    cancelled.set()
+    limiter.wake_waiters()
+    waiter.finish(timeout=1)
+    assert isinstance(waiter.error, CancelledError)
+
+
+def test_retry_wait_without_cool_down_is_a_plain_sleep() -> None:
+    limiter = Limiter()
+    start = time.monotonic()
+    limiter.wait_before_retry(0.05)
+    assert 0.045 <= time.monotonic() - start < 0.5
 
 
 # -- retry budget ----------------------------------------------------------------------

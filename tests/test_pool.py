@@ -161,9 +161,11 @@ def test_429_storm_is_met_with_a_pool_wide_cool_down() -> None:
 
     def run(cool: bool) -> int:
         with FakeDeepSeek(latency=0.01) as fake:
-            fake.storm(0.5, "429:0.3")
-            limiter = Limiter() if cool else _NoCoolDownLimiter()
-            with DeepSeekPool(make_client(fake, retries=10), max_workers=16, limiter=limiter) as pool:
+            fake.storm(0.8, "429:0.3")
+            limiter = Limiter(retry_budget=None) if cool else _NoCoolDownLimiter(retry_budget=None)
+            retry = dp.DeepSeekRetry(10, backoff_factor=0.01, backoff_jitter=0.01)
+            client = dp.DeepSeekClient(KEY, base_url=fake.base_url, max_retries=retry)
+            with DeepSeekPool(client, max_workers=16, limiter=limiter) as pool:
                 results = pool.map([f"q{i}" for i in range(200)])
             assert all(r.ok for r in results)
             return fake.stats.by_status.get(429, 0)
@@ -171,9 +173,12 @@ def test_429_storm_is_met_with_a_pool_wide_cool_down() -> None:
     with_cool_down = run(True)
     without = run(False)
     assert with_cool_down * 2 < without, (with_cool_down, without)
+    assert with_cool_down <= 16 + 4  # the first wave, then one probe per cool-down
 
 
 class _NoCoolDownLimiter(Limiter):
+    """Every thread retries on its own, as with a plain client."""
+
     def cool_down(self, seconds: float) -> None:
         pass
 

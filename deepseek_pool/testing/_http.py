@@ -27,6 +27,8 @@ Request = Tuple[str, str, str, Dict[str, str], bytes]
 
 
 class BadRequest(Exception):
+    """Input that is not HTTP/1.x; carries the 4xx status to answer before closing."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status

@@ -6,7 +6,7 @@ Kept apart from validation so each stays small; both are pure (no sockets).
 from __future__ import annotations
 
 from json.encoder import encode_basestring
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from deepseek_pool.testing._protocol import Plan, dumps
 

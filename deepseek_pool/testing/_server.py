@@ -37,11 +37,9 @@ from typing import (
 
 from deepseek_pool.testing import _protocol as proto
 from deepseek_pool.testing import _render as render
+from deepseek_pool.testing._exchange import CLOSE, KEEP, RESET, Exchange, Wire
 from deepseek_pool.testing._faults import Fault, parse_fault, parse_rates
 from deepseek_pool.testing._http import (
-    BLANK_CHUNK,
-    CHUNK_END,
-    KEEPALIVE_CHUNK,
     LINGER_RST,
     STATUS_LINES,
     BadRequest,
@@ -59,8 +57,6 @@ DEFAULT_MAX_RECEIVED = 10_000
 #: Bound on the prefix cache so a long benchmark cannot grow it without limit.
 MAX_CACHE_ENTRIES = 200_000
 STOP_JOIN_SECONDS = 2.0
-
-_KEEP, _CLOSE, _RESET = 0, 1, 2
 
 _ERRORS: Dict[int, Tuple[str, str, str]] = {
     402: ("Insufficient Balance", "unknown_error", "invalid_request_error"),
@@ -143,66 +139,6 @@ def _latency_function(latency: Latency) -> Optional[Callable[[random.Random], fl
 
 def _format_seconds(seconds: float) -> str:
     return str(int(seconds)) if seconds == int(seconds) else repr(seconds)
-
-
-class _Exchange:
-    """One request/response on a connection: the bits every answer needs."""
-
-    __slots__ = ("delay", "ended", "fake", "keep_alive", "rid", "sock")
-
-    def __init__(self, fake: FakeDeepSeek, sock: socket.socket, rid: str, keep_alive: bool, delay: float) -> None:
-        self.fake = fake
-        self.sock = sock
-        self.rid = rid
-        self.keep_alive = keep_alive
-        self.delay = delay
-        self.ended = False
-
-    def head(self, status: int, content_type: str, length: Optional[int], extra: str = "") -> bytes:
-        """Status line and headers; ``length`` None means chunked transfer encoding."""
-        framing = "Transfer-Encoding: chunked\r\n" if length is None else f"Content-Length: {length}\r\n"
-        close = "" if self.keep_alive else "Connection: close\r\n"
-        return (
-            f"{STATUS_LINES[status]}Content-Type: {content_type}\r\n{framing}"
-            f"x-ds-trace-id: {self.rid}\r\nx-request-id: {self.rid}\r\n{extra}{close}\r\n"
-        ).encode("latin-1")
-
-    def wait_latency(self) -> bool:
-        """Sleep the drawn latency once; False when the server stopped meanwhile."""
-        delay, self.delay = self.delay, 0.0
-        return not (delay and self.fake._stopping.wait(delay))
-
-    def pause(self, seconds: float) -> bool:
-        """Wait without burning CPU; False when the server stopped meanwhile."""
-        return not self.fake._stopping.wait(seconds) if seconds > 0 else not self.fake._stopping.is_set()
-
-    def end(self, status: Optional[int]) -> None:
-        """Count the answer and leave in-flight, once, before its last bytes go out.
-
-        Done before the send so that a client that has read the answer always sees it counted.
-        """
-        if not self.ended:
-            self.ended = True
-            self.fake._end(status)
-
-    def send(self, status: int, body: bytes, content_type: str = "application/json", extra: str = "") -> int:
-        if not self.wait_latency():
-            return _CLOSE
-        self.end(status)
-        self.sock.sendall(self.head(status, content_type, len(body), extra) + body)
-        return _KEEP if self.keep_alive else _CLOSE
-
-    def error(
-        self,
-        status: int,
-        message: str,
-        *,
-        type_: str = "invalid_request_error",
-        code: str = "invalid_request_error",
-        param: Optional[str] = None,
-        extra: str = "",
-    ) -> int:
-        return self.send(status, proto.error_body(message, type_=type_, code=code, param=param), extra=extra)
 
 
 class FakeDeepSeek:
@@ -308,6 +244,7 @@ class FakeDeepSeek:
         self._cache: Set[int] = set()
 
         self._stopping = threading.Event()
+        self._wire = Wire(self._stopping, self._record, self._trickle_interval, self._chunk_delay)
         self._listener: Optional[socket.socket] = None
         self._wake: Optional[Tuple[socket.socket, socket.socket]] = None
         self._accept_thread: Optional[threading.Thread] = None
@@ -499,7 +436,7 @@ class FakeDeepSeek:
 
     def _serve_connection(self, sock: socket.socket) -> None:
         rfile = sock.makefile("rb")
-        outcome = _CLOSE
+        outcome = CLOSE
         try:
             while not self._stopping.is_set():
                 try:
@@ -515,14 +452,14 @@ class FakeDeepSeek:
                 if request is None:
                     break
                 outcome = self._handle(sock, *request)
-                if outcome != _KEEP:
+                if outcome != KEEP:
                     break
         except (OSError, ValueError):
             pass  # the client went away or stop() shut the socket: nothing left to answer
         finally:
             with self._lock:
                 self._conns.pop(sock, None)
-            if outcome == _RESET:
+            if outcome == RESET:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
             rfile.close()
@@ -578,7 +515,7 @@ class FakeDeepSeek:
                 if self._latency is not None:
                     delay = self._draw_latency()
         rid = f"{rid[:8]}-{rid[8:12]}-{rid[12:16]}-{rid[16:20]}-{rid[20:]}"
-        ex = _Exchange(self, sock, rid, keep_alive, delay)
+        ex = Exchange(self._wire, sock, rid, keep_alive, delay)
         try:
             if route is None:
                 return ex.error(404, f"Not Found: no endpoint at {path}", param=None)
@@ -593,14 +530,14 @@ class FakeDeepSeek:
             if fault is not None:
                 if fault.kind == "reset":
                     ex.end(None)
-                    return _RESET
+                    return RESET
                 if fault.status is not None:
                     return self._fault_status(ex, fault)
             kind = route[1]
             if kind == "models":
-                return self._plain(ex, self._models_body, fault)
+                return ex.plain(self._models_body, fault)
             if kind == "balance":
-                return self._plain(ex, self._balance_body, fault)
+                return ex.plain(self._balance_body, fault)
             return self._generate(ex, kind, route[2], body, bad_json, fault)
         finally:
             ex.end(None)
@@ -614,7 +551,7 @@ class FakeDeepSeek:
             logger.exception("FakeDeepSeek latency function failed; answering without delay")
             return 0.0
 
-    def _fault_status(self, ex: _Exchange, fault: Fault) -> int:
+    def _fault_status(self, ex: Exchange, fault: Fault) -> int:
         status = fault.status
         assert status is not None
         message, type_, code = _ERRORS[status]
@@ -625,7 +562,7 @@ class FakeDeepSeek:
         return ex.error(status, message, type_=type_, code=code, extra=extra)
 
     def _generate(
-        self, ex: _Exchange, kind: str, beta: bool, body: Any, bad_json: Optional[ValueError], fault: Optional[Fault]
+        self, ex: Exchange, kind: str, beta: bool, body: Any, bad_json: Optional[ValueError], fault: Optional[Fault]
     ) -> int:
         try:
             if bad_json is not None:
@@ -660,8 +597,8 @@ class FakeDeepSeek:
         created = int(time.time())
         if plan.stream:
             events = render.stream_events(plan, ex.rid, created, usage if plan.include_usage else None, self._chunks)
-            return self._stream(ex, events, fault)
-        return self._plain(ex, render.chat_body(plan, ex.rid, created, usage), fault)
+            return ex.stream(events, fault)
+        return ex.plain(render.chat_body(plan, ex.rid, created, usage), fault)
 
     def _cache_hit(self, keys: Sequence[int], cumulative: Sequence[int]) -> int:
         """Tokens of the longest message prefix already seen: a simple prefix cache."""
@@ -677,105 +614,12 @@ class FakeDeepSeek:
             cache.update(keys)
         return hit
 
-    def _plain(self, ex: _Exchange, body: bytes, fault: Optional[Fault]) -> int:
-        """A non-streamed 200, with the body faults that apply to it."""
-        kind = fault.kind if fault is not None else "ok"
-        if kind == "empty":
-            return ex.send(200, b" \n\n  \n")
-        if kind == "cut":
-            if not ex.wait_latency():
-                return _CLOSE
-            ex.end(200)
-            ex.sock.sendall(ex.head(200, "application/json", len(body)) + body[: fault.count if fault else 0])
-            return _CLOSE
-        if kind not in ("trickle", "trickle_forever"):
-            return ex.send(200, body)
-        sock = ex.sock
-        self._status(200)
-        sock.sendall(ex.head(200, "application/json", None))
-        if kind == "trickle_forever":
-            return self._trickle_forever(ex, BLANK_CHUNK)
-        for _ in range(fault.count if fault else 0):
-            if not ex.pause(self._trickle_interval):
-                return _CLOSE
-            sock.sendall(BLANK_CHUNK)
-        if not ex.wait_latency():
-            return _CLOSE
-        ex.end(None)
-        sock.sendall(b"%x\r\n%s\r\n%s" % (len(body), body, CHUNK_END))
-        return _KEEP if ex.keep_alive else _CLOSE
-
-    def _stream(self, ex: _Exchange, events: List[bytes], fault: Optional[Fault]) -> int:
-        """A streamed 200: SSE events in chunked encoding, with the stream faults."""
-        kind = fault.kind if fault is not None else "ok"
-        if kind == "empty":
-            return ex.send(200, b"\n", "text/event-stream; charset=utf-8")
-        sock = ex.sock
-        head = ex.head(200, "text/event-stream; charset=utf-8", None, "Cache-Control: no-cache\r\n")
-        if kind == "cut":
-            events = events[: min(fault.count if fault else 0, len(events) - 1)]
-        trickle = fault.count if fault is not None and kind == "trickle" else 0
-        # A cut or held stream never gets its terminating chunk, so it stays in flight until
-        # the connection goes; every other stream is counted done just before its last bytes.
-        finishing = kind not in ("cut", "hold_after_done")
-        ending = CHUNK_END if finishing else b""
-        framed = [b"%x\r\n%s\r\n" % (len(e), e) for e in events]
-        if not trickle and kind != "trickle_forever" and not self._chunk_delay:
-            if not ex.wait_latency():
-                return _CLOSE
-            if finishing:
-                ex.end(200)
-            else:
-                self._status(200)
-            sock.sendall(head + b"".join(framed) + ending)
-        else:
-            self._status(200)
-            sock.sendall(head)
-            if kind == "trickle_forever":
-                return self._trickle_forever(ex, KEEPALIVE_CHUNK)
-            for _ in range(trickle):
-                if not ex.pause(self._trickle_interval):
-                    return _CLOSE
-                sock.sendall(KEEPALIVE_CHUNK)
-            if not ex.wait_latency():
-                return _CLOSE
-            last = len(framed) - 1
-            for i, chunk in enumerate(framed):
-                if i and not ex.pause(self._chunk_delay):
-                    return _CLOSE
-                if i == last and finishing:
-                    ex.end(None)
-                    sock.sendall(chunk + ending)
-                else:
-                    sock.sendall(chunk)
-        if kind == "hold_after_done":
-            self._hold(sock)
-            return _CLOSE
-        if kind == "cut":
-            return _CLOSE
-        return _KEEP if ex.keep_alive else _CLOSE
-
-    def _trickle_forever(self, ex: _Exchange, line: bytes) -> int:
-        while ex.pause(self._trickle_interval):
-            ex.sock.sendall(line)  # raises once the client has gone
-        return _CLOSE
-
-    def _hold(self, sock: socket.socket) -> None:
-        """Keep a finished stream open until the client closes it or the server stops."""
-        with selectors.DefaultSelector() as selector:
-            selector.register(sock, selectors.EVENT_READ)
-            while not self._stopping.is_set():
-                if selector.select(0.5):
-                    return  # EOF (or unexpected bytes): the client is done with this stream
-
     # -- counters ---------------------------------------------------------------------------
 
-    def _status(self, status: int) -> None:
+    def _record(self, status: Optional[int], leaving: bool) -> None:
+        """Count an answer's status and/or its leaving in-flight, under the lock."""
         with self._lock:
-            self._by_status[status] = self._by_status.get(status, 0) + 1
-
-    def _end(self, status: Optional[int]) -> None:
-        with self._lock:
-            self._in_flight -= 1
+            if leaving:
+                self._in_flight -= 1
             if status is not None:
                 self._by_status[status] = self._by_status.get(status, 0) + 1

@@ -1,0 +1,387 @@
+"""The harness: a load server process, one child process per contender run, the figures.
+
+Every run is ``(cell, contender, repetition)``: the server is reset to the cell's
+configuration, a fresh child process makes the cell's calls with one contender
+(:mod:`benchmarks.child`), and the server's counters (requests, TCP connections, its
+own CPU) are read back. Repetitions are interleaved (rep 1 of every contender, then
+rep 2 ...) and the contender order rotates, so drift on a shared machine is spread
+over everyone. Every wait is bounded; a child that overruns is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, IO, List, Optional, Sequence
+
+from benchmarks.contenders import CONTENDERS, FLOOR
+
+REPO = Path(__file__).resolve().parent.parent
+_DROP_ENV = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One benchmark configuration."""
+
+    name: str
+    kind: str  # "chat", "stream" or "faults"
+    n: int
+    concurrency: int
+    latency: float = 0.05
+    chunks: int = 50
+    gap: float = 0.002
+    faults: Optional[Dict[str, float]] = None
+
+    @property
+    def stream(self) -> bool:
+        return self.kind == "stream"
+
+    @property
+    def ideal(self) -> float:
+        """Seconds the batch takes with zero client overhead: ``ceil(N/C)`` rounds of the latency."""
+        rounds = math.ceil(self.n / self.concurrency)
+        per_call = self.latency + (self.chunks - 1) * self.gap if self.stream else self.latency
+        return rounds * per_call
+
+    def server_config(self, seed: int) -> Dict[str, Any]:
+        return {"latency": self.latency, "chunks": self.chunks, "gap": self.gap, "faults": self.faults, "seed": seed}
+
+
+FAULTS = {"503": 0.10, "429": 0.05, "reset": 0.02}
+
+FULL_CELLS = (
+    Cell("C=16", "chat", 2000, 16),
+    Cell("C=64", "chat", 2000, 64),
+    Cell("C=256", "chat", 2000, 256),
+    Cell("stream", "stream", 200, 32),
+    Cell("faults", "faults", 2000, 64, faults=FAULTS),
+)
+QUICK_CELLS = (
+    Cell("C=16", "chat", 320, 16),
+    Cell("C=64", "chat", 640, 64),
+    Cell("C=256", "chat", 1024, 256),
+    Cell("stream", "stream", 64, 32),
+    Cell("faults", "faults", 640, 64, faults=FAULTS),
+)
+
+
+def child_env() -> Dict[str, str]:
+    """The environment of every child: no proxies, no API settings, the repo importable."""
+    env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV and not k.startswith(("DEEPSEEK_", "OPENAI_"))}
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.pop("PYTHONSTARTUP", None)
+    return env
+
+
+class _Lines:
+    """Lines of a child's stdout, read by a thread so that every wait can have a timeout."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def next(self, timeout: float, prefix: str = "") -> str:
+        """The next line starting with ``prefix``; raise on EOF or timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no {prefix or 'line'} within {timeout:.0f} s")
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise EOFError(f"the process ended before printing {prefix or 'a line'}")
+            if line.startswith(prefix):
+                return line
+
+
+class LoadServer:
+    """The load server process (:mod:`benchmarks.loadserver`), driven over its stdin/stdout."""
+
+    def __init__(self, timeout: float = 30.0) -> None:
+        self.timeout = timeout
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.loadserver"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            text=True,
+            cwd=str(REPO),
+            env=child_env(),
+        )
+        assert self.process.stdout is not None
+        self._lines = _Lines(self.process.stdout)
+        try:
+            ready = self._lines.next(timeout, "READY")
+        except BaseException:
+            self.close()
+            raise
+        self.port = int(ready.split()[1])
+        self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def command(self, cmd: str, **fields: Any) -> Dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"cmd": cmd, **fields}) + "\n")
+        self.process.stdin.flush()
+        answer: Dict[str, Any] = json.loads(self._lines.next(self.timeout, "{"))
+        if "error" in answer:
+            raise RuntimeError(f"load server: {answer['error']}")
+        return answer
+
+    def reset(self, config: Dict[str, Any]) -> None:
+        self.command("reset", config=config)
+
+    def stats(self) -> Dict[str, Any]:
+        return self.command("stats")
+
+    def close(self) -> None:
+        process = self.process
+        if process.poll() is None:
+            try:
+                assert process.stdin is not None
+                process.stdin.write(json.dumps({"cmd": "stop"}) + "\n")
+                process.stdin.close()
+                process.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired, ValueError):
+                process.kill()
+                process.wait(timeout=5)
+
+    def __enter__(self) -> "LoadServer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+@dataclass
+class Run:
+    """One (cell, contender, repetition): the child's report and the server's counters."""
+
+    cell: str
+    contender: str
+    rep: int
+    client: Dict[str, Any]
+    server: Dict[str, Any]
+    error: Optional[str] = None
+
+
+def run_one(server: LoadServer, cell: Cell, contender: str, rep: int, timeout: float) -> Run:
+    """Run one contender once through a child process; never raises for a contender's failure."""
+    spec = {
+        "contender": contender,
+        "base_url": server.base_url,
+        "n": cell.n,
+        "concurrency": cell.concurrency,
+        "stream": cell.stream,
+    }
+    # Warm-up against a plain, fault-free server; the cell's configuration starts at GO.
+    server.reset({"latency": 0.0, "chunks": cell.chunks, "gap": 0.0})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.child", json.dumps(spec)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(REPO),
+        env=child_env(),
+    )
+    assert process.stdout is not None and process.stdin is not None and process.stderr is not None
+    lines = _Lines(process.stdout)
+    errors: List[str] = []
+    stderr_thread = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)  # type: ignore[union-attr]
+    stderr_thread.start()
+    try:
+        lines.next(timeout, "READY")
+        server.reset(cell.server_config(seed=1000 + rep))
+        process.stdin.write("GO\n")
+        process.stdin.flush()
+        line = lines.next(timeout, "RESULT ")
+        client = json.loads(line[len("RESULT ") :])
+        server_stats = server.stats()
+        process.wait(timeout=30)
+        return Run(cell.name, contender, rep, client, server_stats)
+    except (TimeoutError, EOFError, OSError, subprocess.TimeoutExpired) as err:
+        process.kill()
+        process.wait(timeout=10)
+        stderr_thread.join(timeout=5)
+        detail = "".join(errors).strip().splitlines()[-3:]
+        return Run(cell.name, contender, rep, {}, {}, error=f"{err}: {' | '.join(detail)}")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def contenders_for(cell: Cell, names: Sequence[str]) -> List[str]:
+    """The contenders that take part in ``cell`` (only those that retry face faults)."""
+    chosen = []
+    for name in names:
+        contender = CONTENDERS[name]
+        if cell.stream and not contender.streams:
+            continue
+        if cell.kind == "faults" and not contender.retries:
+            continue
+        chosen.append(name)
+    return chosen
+
+
+def run_cells(
+    cells: Sequence[Cell],
+    names: Sequence[str],
+    reps: int,
+    *,
+    timeout: float = 300.0,
+    log: Any = None,
+) -> List[Run]:
+    """Run every cell for every available contender ``reps`` times; the raw runs."""
+    missing = [name for name in names if not CONTENDERS[name].available()]
+    if missing and log:
+        log(f"skipping (packages missing): {', '.join(missing)}")
+    names = [name for name in names if name not in missing]
+    runs: List[Run] = []
+    with LoadServer() as server:
+        for rep in range(reps):
+            for cell in cells:
+                order = contenders_for(cell, names)
+                shift = rep % len(order) if order else 0
+                for name in order[shift:] + order[:shift]:
+                    run = run_one(server, cell, name, rep, timeout)
+                    runs.append(run)
+                    if log:
+                        log(describe(cell, run))
+    return runs
+
+
+def describe(cell: Cell, run: Run) -> str:
+    if run.error:
+        return f"{cell.name:7} {run.contender:17} rep {run.rep}: FAILED {run.error}"
+    c, s = run.client, run.server
+    return (
+        f"{cell.name:7} {run.contender:17} rep {run.rep}: wall {c['wall']:.2f}s "
+        f"cpu {1000 * c['cpu'] / cell.n:.2f} ms/req, ok {c['ok']}/{cell.n}, "
+        f"conns {s['connections_used']}, server cpu {s['cpu']:.2f}s"
+    )
+
+
+@dataclass
+class Figures:
+    """Medians over the repetitions of one (cell, contender)."""
+
+    cell: str
+    contender: str
+    runs: int
+    failed_runs: int
+    wall: float
+    efficiency: float
+    cpu_ms_per_request: float
+    cpu_ratio: Optional[float]
+    maxrss_mb: float
+    connections: int
+    connections_opened: int
+    requests_sent: int
+    ok: int
+    wrong: int
+    errors: int
+    error_kinds: Dict[str, int]
+    pool_full_warnings: int
+    server_cpu_ms_per_request: float
+    server_core_share: float
+    ttfc_overhead_ms: Optional[float] = None
+    cpu_ms_per_chunk: Optional[float] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def summarize(cells: Sequence[Cell], runs: Sequence[Run]) -> List[Figures]:
+    """Medians per (cell, contender); CPU ratios to the urllib3 floor of the same cell."""
+    figures: List[Figures] = []
+    by_cell = {cell.name: cell for cell in cells}
+    for cell in cells:
+        names = []
+        for run in runs:
+            if run.cell == cell.name and run.contender not in names:
+                names.append(run.contender)
+        floor_cpu: Optional[float] = None
+        cell_figures = []
+        for name in names:
+            mine = [r for r in runs if r.cell == cell.name and r.contender == name]
+            good = [r for r in mine if not r.error]
+            if not good:
+                cell_figures.append(Figures(
+                    cell.name, name, len(mine), len(mine), math.nan, math.nan, math.nan, None, math.nan,
+                    0, 0, 0, 0, 0, cell.n, {}, 0, math.nan, math.nan,
+                ))
+                continue
+            walls = [r.client["wall"] for r in good]
+            cpus = [r.client["cpu"] for r in good]
+            kinds: Dict[str, int] = {}
+            for r in good:
+                for kind, count in r.client["errors"].items():
+                    kinds[kind] = max(kinds.get(kind, 0), count)
+            wall = _median(walls)
+            cpu_ms = 1000 * _median(cpus) / cell.n
+            fig = Figures(
+                cell=cell.name,
+                contender=name,
+                runs=len(mine),
+                failed_runs=len(mine) - len(good),
+                wall=wall,
+                efficiency=by_cell[cell.name].ideal / wall if wall > 0 else math.nan,
+                cpu_ms_per_request=cpu_ms,
+                cpu_ratio=None,
+                maxrss_mb=_median([r.client["maxrss_kb"] / 1024 for r in good]),
+                connections=int(_median([r.server["connections_used"] for r in good])),
+                connections_opened=int(_median([r.server["connections_opened"] for r in good])),
+                requests_sent=int(_median([r.server["requests"] for r in good])),
+                ok=int(_median([r.client["ok"] for r in good])),
+                wrong=max(r.client["wrong"] for r in good),
+                errors=max(sum(r.client["errors"].values()) for r in good),
+                error_kinds=kinds,
+                pool_full_warnings=max(r.client["pool_full_warnings"] for r in good),
+                server_cpu_ms_per_request=1000 * _median([r.server["cpu"] for r in good]) / max(1, cell.n),
+                server_core_share=max(r.server["cpu"] / r.client["wall"] for r in good if r.client["wall"] > 0),
+            )
+            if cell.stream:
+                overheads = [r.client["ttfc_ms"].get("mean", math.nan) - 1000 * cell.latency for r in good]
+                fig.ttfc_overhead_ms = _median(overheads)
+                fig.cpu_ms_per_chunk = 1000 * _median(cpus) / (cell.n * cell.chunks)
+            if name == FLOOR:
+                floor_cpu = cpu_ms
+            cell_figures.append(fig)
+        for fig in cell_figures:
+            if floor_cpu and not math.isnan(fig.cpu_ms_per_request):
+                fig.cpu_ratio = fig.cpu_ms_per_request / floor_cpu
+        figures.extend(cell_figures)
+    return figures
+
+
+def save_json(path: Path, cells: Sequence[Cell], runs: Sequence[Run], figures: Sequence[Figures], meta: Dict[str, Any]) -> None:
+    data = {
+        "meta": meta,
+        "cells": [asdict(cell) for cell in cells],
+        "runs": [asdict(run) for run in runs],
+        "figures": [asdict(fig) for fig in figures],
+    }
+    path.write_text(json.dumps(data, indent=1, default=str))

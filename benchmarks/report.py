@@ -1,0 +1,273 @@
+"""Markdown tables and the PNG chart from the harness's figures."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from benchmarks.contenders import CONTENDERS, FLOOR
+from benchmarks.harness import Cell, Figures
+
+CHAT_CELLS = ("C=16", "C=64", "C=256")
+_PACKAGES = ("deepseek-pool", "requests", "urllib3", "requests-futures", "openai", "httpx", "httpx2", "aiohttp")
+
+
+def machine() -> Dict[str, Any]:
+    """Date, CPU, cores, OS, Python and the versions of every contender's packages."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in _PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "os": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def _f(value: Optional[float], digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _get(figures: Sequence[Figures], cell: str, contender: str) -> Optional[Figures]:
+    for fig in figures:
+        if fig.cell == cell and fig.contender == contender:
+            return fig
+    return None
+
+
+def _contenders(figures: Sequence[Figures], cells: Sequence[str]) -> List[str]:
+    names = [name for name in CONTENDERS if any(f.contender == name and f.cell in cells for f in figures)]
+    return names
+
+
+def chat_table(figures: Sequence[Figures]) -> List[str]:
+    cells = [c for c in CHAT_CELLS if any(f.cell == c for f in figures)]
+    if not cells:
+        return []
+    slash = " / ".join(c[2:] for c in cells)
+    lines = [
+        f"| contender | CPU ms/request C={slash} | × floor | efficiency | connections | peak RSS MB | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in _contenders(figures, cells):
+        row = [_get(figures, c, name) for c in cells]
+
+        def col(attr: str, digits: int = 2) -> str:
+            return " / ".join(_f(getattr(f, attr), digits) if f else "–" for f in row)
+
+        def ratio() -> str:
+            return " / ".join(_f(f.cpu_ratio, 2) if f and f.cpu_ratio is not None else "–" for f in row)
+
+        connections = " / ".join(str(f.connections) if f else "–" for f in row)
+        rss = " / ".join(_f(f.maxrss_mb, 0) if f else "–" for f in row)
+        errors = sum((f.errors + f.wrong) for f in row if f)
+        warnings = sum(f.pool_full_warnings for f in row if f)
+        failed = sum(f.failed_runs for f in row if f)
+        note = str(errors)
+        if warnings:
+            note += f" ({warnings} pool-full warnings)"
+        if failed:
+            note += f" ({failed} runs failed)"
+        label = CONTENDERS[name].label
+        lines.append(f"| {label} | {col('cpu_ms_per_request')} | {ratio()} | {col('efficiency')} | {connections} | {rss} | {note} |")
+    return lines
+
+
+def stream_table(figures: Sequence[Figures], cell: Optional[Cell]) -> List[str]:
+    rows = [f for f in figures if f.cell == "stream"]
+    if not rows or cell is None:
+        return []
+    lines = [
+        f"Streaming: {cell.n} streams × {cell.chunks} chunks, C={cell.concurrency}, "
+        f"first chunk after {1000 * cell.latency:.0f} ms then one every {1000 * cell.gap:.0f} ms.",
+        "",
+        "| contender | time to first chunk, overhead ms (mean) | CPU ms/chunk | × floor | connections | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in _contenders(rows, ["stream"]):
+        f = _get(rows, "stream", name)
+        assert f is not None
+        lines.append(
+            f"| {CONTENDERS[name].label} | {_f(f.ttfc_overhead_ms, 1)} | {_f(f.cpu_ms_per_chunk, 3)} | "
+            f"{_f(f.cpu_ratio)} | {f.connections} | {f.errors + f.wrong} |"
+        )
+    return lines
+
+
+def faults_table(figures: Sequence[Figures], cell: Optional[Cell]) -> List[str]:
+    rows = [f for f in figures if f.cell == "faults"]
+    if not rows or cell is None:
+        return []
+    faults = ", ".join(f"{100 * p:.0f} % {k if k != 'reset' else 'TCP resets'}" for k, p in (cell.faults or {}).items())
+    lines = [
+        f"Faults: N={cell.n}, C={cell.concurrency}, L={1000 * cell.latency:.0f} ms, each attempt drawn: {faults}; "
+        "contenders that retry out of the box (or as configured here), 2 retries each.",
+        "",
+        "| contender | completed | wrong answers | failed (kinds) | requests sent | extra requests | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in _contenders(rows, ["faults"]):
+        f = _get(rows, "faults", name)
+        assert f is not None
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(f.error_kinds.items())) or "–"
+        lines.append(
+            f"| {CONTENDERS[name].label} | {f.ok}/{cell.n} | {f.wrong} | {f.errors} ({kinds}) | {f.requests_sent} | "
+            f"{f.requests_sent - cell.n} | {_f(f.wall)} |"
+        )
+    return lines
+
+
+def server_table(figures: Sequence[Figures], cells: Sequence[Cell]) -> List[str]:
+    lines = [
+        "| cell | load-server CPU ms/request (median, min–max over contenders) | busiest share of one core |",
+        "|---|---|---|",
+    ]
+    for cell in cells:
+        rows = [f for f in figures if f.cell == cell.name and not math.isnan(f.server_cpu_ms_per_request)]
+        if not rows:
+            continue
+        per = sorted(f.server_cpu_ms_per_request for f in rows)
+        share = max(f.server_core_share for f in rows)
+        lines.append(f"| {cell.name} | {_f(per[len(per) // 2], 3)} ({_f(per[0], 3)}–{_f(per[-1], 3)}) | {100 * share:.0f} % |")
+    return lines
+
+
+def scale_table(scale: Sequence[Dict[str, Any]]) -> List[str]:
+    if not scale:
+        return []
+    lines = ["| lazy input | workers | completed | wall s | µs per item | peak RSS MB |", "|---|---|---|---|---|---|"]
+    for row in scale:
+        lines.append(
+            f"| {row['n']:,} | {row['workers']} | {row['ok']:,} | {_f(row['wall'], 1)} | "
+            f"{_f(1e6 * row['wall'] / row['n'], 1)} | {_f(row['maxrss_mb'], 1)} |"
+        )
+    return lines
+
+
+def markdown(
+    cells: Sequence[Cell],
+    figures: Sequence[Figures],
+    scale: Sequence[Dict[str, Any]],
+    meta: Dict[str, Any],
+) -> str:
+    by_name = {cell.name: cell for cell in cells}
+    chat = [by_name[c] for c in CHAT_CELLS if c in by_name]
+    m = meta["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    out = [
+        f"# deepseek_pool benchmark ({meta['mode']} mode)",
+        "",
+        f"{m['date']} · {m['cpu']} · {m['cores']} cores · {m['os']} · Python {m['python']} · "
+        f"medians of {meta['reps']} runs · whole run {meta['runtime_s']:.0f} s",
+        "",
+        f"Versions: {versions}.",
+        "",
+    ]
+    if chat:
+        c0 = chat[0]
+        out += [
+            f"Non-streaming: N={c0.n if len({c.n for c in chat}) == 1 else '/'.join(str(c.n) for c in chat)} chat calls, "
+            f"server latency L={1000 * c0.latency:.0f} ms, C calls at once. CPU is the client process's user+sys "
+            "time per request; × floor is the ratio to urllib3 + threads in the same run; efficiency is "
+            "⌈N/C⌉·L over the wall time; connections are the TCP connections that carried requests "
+            "(counted by the server).",
+            "",
+        ]
+        out += chat_table(figures) + [""]
+    out += stream_table(figures, by_name.get("stream")) + [""]
+    out += faults_table(figures, by_name.get("faults")) + [""]
+    if scale:
+        out += [
+            "Scale: a lazy generator of requests through `DeepSeekPool.as_completed` with a counting stub "
+            "client (no network), each size in a fresh process.",
+            "",
+        ]
+        out += scale_table(scale) + [""]
+    out += ["The load server (its own process) is not the bottleneck:", ""]
+    out += server_table(figures, cells) + [""]
+    return "\n".join(out)
+
+
+def chart(path: Path, figures: Sequence[Figures], meta: Dict[str, Any]) -> bool:
+    """Write the PNG chart; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    cells = [c for c in CHAT_CELLS if any(f.cell == c for f in figures)]
+    names = _contenders(figures, cells)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    width = 0.8 / max(1, len(names))
+    colors = plt.get_cmap("tab10")
+    for k, name in enumerate(names):
+        xs = [i + (k - (len(names) - 1) / 2) * width for i in range(len(cells))]
+        rows = [_get(figures, c, name) for c in cells]
+        cpu = [f.cpu_ms_per_request if f else float("nan") for f in rows]
+        eff = [f.efficiency if f else float("nan") for f in rows]
+        style = {"color": colors(k), "label": CONTENDERS[name].label, "width": width}
+        if name == "deepseek_pool":
+            style.update(edgecolor="black", linewidth=1.2)
+        axes[0].bar(xs, cpu, **style)
+        axes[1].bar(xs, eff, **style)
+    for ax, title in ((axes[0], "client CPU per request, ms (log)"), (axes[1], "efficiency: ideal / actual wall time")):
+        ax.set_xticks(range(len(cells)))
+        ax.set_xticklabels(cells)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[1].set_ylim(0, 1.05)
+    stream = [f for f in figures if f.cell == "stream"]
+    snames = _contenders(stream, ["stream"])
+    for k, name in enumerate(snames):
+        f = _get(stream, "stream", name)
+        assert f is not None
+        axes[2].bar(k, f.cpu_ms_per_chunk or float("nan"), color=colors(names.index(name) if name in names else k))
+    axes[2].set_xticks(range(len(snames)))
+    axes[2].set_xticklabels(snames, rotation=30, ha="right")
+    axes[2].set_title("streaming: client CPU per chunk, ms")
+    axes[2].grid(axis="y", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
+    m = meta["machine"]
+    first = [f for f in figures if f.cell in cells]
+    n = first[0] if first else None
+    fig.suptitle(
+        f"deepseek_pool vs peers — {m['date']}, {m['cpu']}, {m['cores']} cores, Python {m['python']}; "
+        f"non-streaming N={n and _n_of(meta, n.cell)}, L=50 ms; medians of {meta['reps']}",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _n_of(meta: Dict[str, Any], cell: str) -> Any:
+    for c in meta.get("cells", []):
+        if c["name"] == cell:
+            return c["n"]
+    return "?"

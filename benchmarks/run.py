@@ -1,0 +1,111 @@
+"""Run the whole benchmark: ``python -m benchmarks.run`` (full) or ``--quick``.
+
+Starts the load server, runs every cell for every contender whose packages are
+installed (``pip install -e '.[bench]'``), prints progress, and writes
+``results.md``, ``chart.png`` and ``raw.json`` to ``benchmarks/results/`` (or
+``benchmarks/results/quick/`` in quick mode, or ``--out``). Only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from benchmarks import harness, report, scale
+from benchmarks.contenders import CONTENDERS
+from benchmarks.harness import Cell, Figures, Run
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FULL_SCALE = (10_000, 1_000_000)
+QUICK_SCALE = (10_000, 100_000)
+
+
+def run_benchmark(
+    cells: Sequence[Cell],
+    contenders: Sequence[str],
+    *,
+    reps: int,
+    out: Path,
+    mode: str,
+    scale_sizes: Sequence[int] = (),
+    timeout: float = 300.0,
+    chart: bool = True,
+    log: Optional[Callable[[str], None]] = None,
+) -> Dict[str, Any]:
+    """Run, summarize and write the results; return them (the smoke test calls this)."""
+    started = time.monotonic()
+    runs: List[Run] = harness.run_cells(cells, contenders, reps, timeout=timeout, log=log)
+    figures: List[Figures] = harness.summarize(cells, runs)
+    scale_rows: List[Dict[str, Any]] = []
+    if scale_sizes:
+        if log:
+            log(f"scale: {', '.join(f'{n:,}' for n in scale_sizes)} requests through DeepSeekPool (stub client)")
+        scale_rows = scale.run_sizes(scale_sizes, 64, timeout=max(timeout, 600.0), env=harness.child_env())
+        if log:
+            for row in scale_rows:
+                log(f"scale   {row['n']:>9,}: {row['wall']:.1f} s, peak RSS {row['maxrss_mb']:.1f} MB, ok {row['ok']:,}")
+    meta = {
+        "mode": mode,
+        "reps": reps,
+        "runtime_s": time.monotonic() - started,
+        "machine": report.machine(),
+        "cells": [{"name": c.name, "n": c.n} for c in cells],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    text = report.markdown(cells, figures, scale_rows, meta)
+    (out / "results.md").write_text(text + "\n")
+    harness.save_json(out / "raw.json", cells, runs, figures, {**meta, "scale": scale_rows})
+    drew = chart and report.chart(out / "chart.png", figures, meta)
+    return {"runs": runs, "figures": figures, "scale": scale_rows, "markdown": text, "meta": meta, "chart": drew}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="small N, one run each (about a minute)")
+    parser.add_argument("--reps", type=int, help="runs per (cell, contender); default 3, or 1 with --quick")
+    parser.add_argument("--contenders", help=f"comma-separated subset of: {', '.join(CONTENDERS)}")
+    parser.add_argument("--cells", help="comma-separated subset of: C=16, C=64, C=256, stream, faults")
+    parser.add_argument("--n", type=int, help="override N of the non-streaming and faults cells")
+    parser.add_argument("--no-scale", action="store_true", help="skip the 1,000,000-request scale cell")
+    parser.add_argument("--out", type=Path, help="directory for results.md, chart.png, raw.json")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds one child run may take")
+    args = parser.parse_args(argv)
+
+    cells = list(harness.QUICK_CELLS if args.quick else harness.FULL_CELLS)
+    if args.cells:
+        wanted = [c.strip() for c in args.cells.split(",")]
+        unknown = set(wanted) - {c.name for c in cells}
+        if unknown:
+            parser.error(f"unknown cells: {', '.join(sorted(unknown))}")
+        cells = [c for c in cells if c.name in wanted]
+    if args.n:
+        cells = [c if c.kind == "stream" else replace(c, n=args.n) for c in cells]
+    names = list(CONTENDERS)
+    if args.contenders:
+        names = [c.strip() for c in args.contenders.split(",")]
+        unknown = set(names) - set(CONTENDERS)
+        if unknown:
+            parser.error(f"unknown contenders: {', '.join(sorted(unknown))}")
+    reps = args.reps or (1 if args.quick else 3)
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    sizes = () if args.no_scale else (QUICK_SCALE if args.quick else FULL_SCALE)
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    result = run_benchmark(
+        cells, names, reps=reps, out=out, mode="quick" if args.quick else "full",
+        scale_sizes=sizes, timeout=args.timeout, log=log,
+    )
+    print()
+    print(result["markdown"])
+    print(f"written: {out / 'results.md'}" + (f", {out / 'chart.png'}" if result["chart"] else " (no chart: pip install matplotlib)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
