@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,9 +37,9 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 from urllib3.util.retry import RequestHistory
 
@@ -59,7 +60,7 @@ from .retry import DeepSeekRetry, RetryCancelled, RetryEvent, RetryListener, cal
 from .streaming import SSEDecoder
 from .types import Balance, ChatChunk, ChatCompletion, ChatCompletionBuilder, FIMCompletion
 
-__all__ = ["DeepSeekClient", "ChatStream", "CallHandle", "Messages", "normalize_messages", "build_chat_body"]
+__all__ = ["CallHandle", "ChatStream", "DeepSeekClient", "Messages", "build_chat_body", "normalize_messages"]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ Messages = Union[str, Sequence[Mapping[str, Any]]]
 ChunkCallback = Callable[[ChatChunk], None]
 
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
-_USER_AGENT = "deepseek-pool/0.1 (python-requests/{})".format(requests.__version__)
+_USER_AGENT = f"deepseek-pool/0.1 (python-requests/{requests.__version__})"
 _READ_SIZE = 65536
 #: After ``data: [DONE]`` a well-behaved server ends the body at once; one that
 #: holds it open gets its connection closed after this many seconds.
@@ -88,9 +89,7 @@ def normalize_messages(messages: Messages) -> List[Mapping[str, Any]]:
             raise ValueError("messages is an empty string; give the prompt text")
         return [{"role": "user", "content": messages}]
     if isinstance(messages, Mapping) or not isinstance(messages, (list, tuple)):
-        raise TypeError(
-            f"messages must be a str or a list of message dicts, got {type(messages).__name__}"
-        )
+        raise TypeError(f"messages must be a str or a list of message dicts, got {type(messages).__name__}")
     if not messages:
         raise ValueError("messages is an empty list; give at least one message")
     for index, message in enumerate(messages):
@@ -103,9 +102,7 @@ def normalize_messages(messages: Messages) -> List[Mapping[str, Any]]:
             raise ValueError(f"messages[{index}] has role {role!r}; expected one of {', '.join(sorted(_ROLES))}")
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
-            raise TypeError(
-                f"messages[{index}]['content'] must be a str, got {type(content).__name__}"
-            )
+            raise TypeError(f"messages[{index}]['content'] must be a str, got {type(content).__name__}")
         if content is None and role != "assistant":
             raise ValueError(f"messages[{index}] ({role}) has no 'content'")
     return list(messages)
@@ -215,7 +212,7 @@ def _add_note(err: DeepSeekError, note: str) -> None:
     if isinstance(err, APIStatusError):
         err.message = f"{err.message} ({note})"
     elif err.args:
-        err.args = (f"{err.args[0]} ({note})",) + err.args[1:]
+        err.args = (f"{err.args[0]} ({note})", *err.args[1:])
 
 
 class CallHandle:
@@ -244,10 +241,8 @@ class CallHandle:
         self.aborted = True
         sock = getattr(self._connection, "sock", None)
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):  # already closed: nothing to break
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class _ReportingConnectionMixin:
@@ -358,7 +353,7 @@ class ChatStream:
         status = code if isinstance(code, int) and 400 <= code < 600 else 500
         return status_error(status, f"error inside the stream: {message}", body=payload, request_id=self.request_id)
 
-    def __iter__(self) -> "ChatStream":
+    def __iter__(self) -> ChatStream:
         return self
 
     def __next__(self) -> ChatChunk:
@@ -376,7 +371,7 @@ class ChatStream:
             self._closed = True
             self.response.close()
 
-    def __enter__(self) -> "ChatStream":
+    def __enter__(self) -> ChatStream:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -429,7 +424,9 @@ class DeepSeekClient:
         if not isinstance(key, str) or any(c.isspace() for c in key.strip()) or "\n" in key:
             raise ConfigurationError("the API key must be a single token without spaces or newlines")
         self._api_key = key.strip()
-        self.base_url = self._normalize_base_url(base_url or os.environ.get(config.ENV_BASE_URL) or config.DEFAULT_BASE_URL)
+        self.base_url = self._normalize_base_url(
+            base_url or os.environ.get(config.ENV_BASE_URL) or config.DEFAULT_BASE_URL
+        )
         self.model = model or os.environ.get(config.ENV_MODEL) or DEFAULT_MODEL
         self.timeout = Timeout.coerce(timeout)
         if max_retries is None:
@@ -498,7 +495,11 @@ class DeepSeekClient:
         """Mount an adapter with ``pool_maxsize`` connections and our retry policy on the base URL."""
         prefix = self.base_url
         if not self._owns_session:
-            custom = [p for p in self.session.adapters if prefix.lower().startswith(p.lower()) and "://" in p and len(p) > len(urlsplit(p).scheme) + 3]
+            custom = [
+                p
+                for p in self.session.adapters
+                if prefix.lower().startswith(p.lower()) and "://" in p and len(p) > len(urlsplit(p).scheme) + 3
+            ]
             if custom:
                 self.pool_maxsize = pool_maxsize
                 return  # the user mounted their own adapter for this host: respect it
@@ -523,7 +524,9 @@ class DeepSeekClient:
 
     # -- transport -------------------------------------------------------------------
 
-    def _send(self, method: str, url: str, body: Optional[bytes], timeout: Timeout, deadline: float) -> requests.Response:
+    def _send(
+        self, method: str, url: str, body: Optional[bytes], timeout: Timeout, deadline: float
+    ) -> requests.Response:
         request = requests.PreparedRequest()
         request.method = method
         request.url = url
@@ -655,7 +658,9 @@ class DeepSeekClient:
             return json.loads(data)
         except ValueError as err:
             raise APIStatusError(
-                f"the server's answer is not JSON: {data[:200]!r}", status_code=200, body=data.decode("utf-8", "replace")
+                f"the server's answer is not JSON: {data[:200]!r}",
+                status_code=200,
+                body=data.decode("utf-8", "replace"),
             ) from err
 
     # -- API -------------------------------------------------------------------------
@@ -688,7 +693,12 @@ class DeepSeekClient:
             body["stream"] = True
             read_timeout = (Timeout.coerce(timeout) if timeout is not None else self.timeout).read
             return self._call(  # type: ignore[no-any-return]
-                "POST", self._chat_url, body, timeout=timeout, on_retry=on_retry, stream=True,
+                "POST",
+                self._chat_url,
+                body,
+                timeout=timeout,
+                on_retry=on_retry,
+                stream=True,
                 parse=partial(self._aggregate, on_chunk, read_timeout),
             )
         return self._call(  # type: ignore[no-any-return]
@@ -725,7 +735,9 @@ class DeepSeekClient:
         if completion.finish_reason == _INSUFFICIENT:
             raise IncompleteResponseError(
                 "DeepSeek cut the streamed answer short (insufficient_system_resource)",
-                status_code=200, body=completion.raw, request_id=completion.request_id,
+                status_code=200,
+                body=completion.raw,
+                request_id=completion.request_id,
             )
         return completion
 
@@ -780,14 +792,22 @@ class DeepSeekClient:
             body["suffix"] = suffix
         body.update(params)
         return self._call(  # type: ignore[no-any-return]
-            "POST", self._fim_url, body, timeout=timeout, on_retry=None,
+            "POST",
+            self._fim_url,
+            body,
+            timeout=timeout,
+            on_retry=None,
             parse=lambda data, response, deadline: FIMCompletion(self._json(data)),
         )
 
     def models(self, *, timeout: TimeoutLike = None) -> List[str]:
         """The ids of the models this key can use."""
         data = self._call(
-            "GET", self.base_url + "/models", None, timeout=timeout, on_retry=None,
+            "GET",
+            self.base_url + "/models",
+            None,
+            timeout=timeout,
+            on_retry=None,
             parse=lambda data, response, deadline: self._json(data),
         )
         return [entry["id"] for entry in data.get("data", []) if isinstance(entry, dict) and "id" in entry]
@@ -795,7 +815,11 @@ class DeepSeekClient:
     def balance(self, *, timeout: TimeoutLike = None) -> Balance:
         """The account balance (``is_available`` tells whether calls can be paid for)."""
         return self._call(  # type: ignore[no-any-return]
-            "GET", self.base_url + "/user/balance", None, timeout=timeout, on_retry=None,
+            "GET",
+            self.base_url + "/user/balance",
+            None,
+            timeout=timeout,
+            on_retry=None,
             parse=lambda data, response, deadline: Balance(self._json(data)),
         )
 
@@ -808,7 +832,7 @@ class DeepSeekClient:
             if adapter is not None:
                 adapter.close()
 
-    def __enter__(self) -> "DeepSeekClient":
+    def __enter__(self) -> DeepSeekClient:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

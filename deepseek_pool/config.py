@@ -65,10 +65,7 @@ class Timeout:
     ) -> None:
         for name, value in (("total", total), ("connect", connect), ("read", read)):
             if value is not None and (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value <= 0
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0
             ):
                 raise ValueError(f"timeout {name} must be a positive number of seconds or None, got {value!r}")
         if connect is None:
@@ -94,7 +91,7 @@ class Timeout:
         return f"Timeout(connect={self.connect}, read={self.read}, total={self.total})"
 
     @classmethod
-    def coerce(cls, value: "TimeoutLike") -> "Timeout":
+    def coerce(cls, value: TimeoutLike) -> Timeout:
         """Accept a :class:`Timeout`, a number of seconds (the total), or None (the defaults)."""
         if value is None:
             return DEFAULT_TIMEOUT

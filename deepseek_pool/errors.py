@@ -27,20 +27,20 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Type
 
 __all__ = [
-    "DeepSeekError",
-    "ConfigurationError",
-    "RetryBudgetExceeded",
     "APIConnectionError",
-    "APITimeoutError",
     "APIStatusError",
-    "BadRequestError",
+    "APITimeoutError",
     "AuthenticationError",
-    "InsufficientBalanceError",
-    "UnprocessableEntityError",
-    "RateLimitError",
-    "InternalServerError",
-    "ServiceUnavailableError",
+    "BadRequestError",
+    "ConfigurationError",
+    "DeepSeekError",
     "IncompleteResponseError",
+    "InsufficientBalanceError",
+    "InternalServerError",
+    "RateLimitError",
+    "RetryBudgetExceeded",
+    "ServiceUnavailableError",
+    "UnprocessableEntityError",
     "status_error",
 ]
 

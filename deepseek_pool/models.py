@@ -10,7 +10,7 @@ import datetime as _dt
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "ModelPrice", "PRICES", "is_peak", "estimate_cost"]
+__all__ = ["DEFAULT_MODEL", "MODELS", "PRICES", "ModelPrice", "estimate_cost", "is_peak"]
 
 #: The model used when neither the call, the client nor ``DEEPSEEK_MODEL`` names one.
 DEFAULT_MODEL = "deepseek-flash"

@@ -35,7 +35,7 @@ from .limits import Limiter
 from .retry import RetryEvent, call_context
 from .types import ChatChunk, ChatCompletion, Usage
 
-__all__ = ["DeepSeekPool", "Result", "PoolStats", "Request", "parse_request"]
+__all__ = ["DeepSeekPool", "PoolStats", "Request", "Result", "parse_request"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,16 @@ class Result:
     """
 
     __slots__ = (
-        "index", "custom_id", "request", "completion", "error", "attempts", "started_at", "queued", "elapsed", "first_token",
+        "attempts",
+        "completion",
+        "custom_id",
+        "elapsed",
+        "error",
+        "first_token",
+        "index",
+        "queued",
+        "request",
+        "started_at",
     )
 
     def __init__(self, index: int, custom_id: Optional[str], request: Any) -> None:
@@ -230,10 +239,10 @@ class DeepSeekPool:
         self._closing = threading.Event()
         self._closed = False
         self._client_closed = False
-        self._iterations: "set[threading.Event]" = set()
+        self._iterations: set[threading.Event] = set()
         self._handles: Dict[CallHandle, threading.Event] = {}
         self._lock = threading.Lock()
-        self._futures: "set[cf.Future[Any]]" = set()
+        self._futures: set[cf.Future[Any]] = set()
         self._submitted = 0
         self._done = 0
         self._ok = 0
@@ -250,12 +259,14 @@ class DeepSeekPool:
         """Worker body for a batch item: never raises, the outcome goes on ``result``."""
         try:
             result.completion = self._call(result, messages, params, cancelled)
-        except BaseException as err:  # noqa: BLE001 - a batch keeps every error on its Result
+        except BaseException as err:
             result.error = err
         self._finish(result)
         return result
 
-    def _call(self, result: Result, messages: Messages, params: Dict[str, Any], cancelled: threading.Event) -> ChatCompletion:
+    def _call(
+        self, result: Result, messages: Messages, params: Dict[str, Any], cancelled: threading.Event
+    ) -> ChatCompletion:
         """Validate, wait for the limits, call, account; raise on failure (used by submit too)."""
         normalize_messages(messages)  # bad input fails here, before any limiter or network
         tokens = estimate_tokens(messages, params)
@@ -365,17 +376,17 @@ class DeepSeekPool:
         if self._closed or self._closing.is_set():
             raise RuntimeError("this DeepSeekPool is closed")
 
-    def _track(self, future: "cf.Future[Any]") -> None:
+    def _track(self, future: cf.Future[Any]) -> None:
         with self._lock:
             self._submitted += 1
             self._futures.add(future)
         future.add_done_callback(self._untrack)
 
-    def _untrack(self, future: "cf.Future[Any]") -> None:
+    def _untrack(self, future: cf.Future[Any]) -> None:
         with self._lock:
             self._futures.discard(future)
 
-    def submit(self, messages: Messages, **params: Any) -> "cf.Future[ChatCompletion]":
+    def submit(self, messages: Messages, **params: Any) -> cf.Future[ChatCompletion]:
         """Start one chat call and return its ``concurrent.futures.Future`` at once.
 
         The future's ``result()`` is the :class:`ChatCompletion` or raises the error;
@@ -413,9 +424,9 @@ class DeepSeekPool:
             are still yielded. It is looked at every :data:`STOP_POLL_INTERVAL` seconds.
         """
         self._check_open()
-        done: "queue.SimpleQueue[cf.Future[Result]]" = queue.SimpleQueue()
+        done: queue.SimpleQueue[cf.Future[Result]] = queue.SimpleQueue()
         cancelled = threading.Event()
-        pending: "set[cf.Future[Result]]" = set()
+        pending: set[cf.Future[Result]] = set()
         source = enumerate(requests)
         exhausted = False
         with self._lock:
@@ -434,7 +445,7 @@ class DeepSeekPool:
             except (TypeError, ValueError) as err:
                 result = Result(index, request.get("custom_id") if isinstance(request, Mapping) else None, request)
                 result.error = err
-                future: "cf.Future[Result]" = cf.Future()
+                future: cf.Future[Result] = cf.Future()
                 self._finish(result)
                 future.set_result(result)
                 with self._lock:
@@ -521,7 +532,7 @@ class DeepSeekPool:
             self._client_closed = True
             self.client.close()
 
-    def __enter__(self) -> "DeepSeekPool":
+    def __enter__(self) -> DeepSeekPool:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

@@ -133,7 +133,7 @@ class DeepSeekRetry(Retry):
         self.retry_timeouts = retry_timeouts
         self._planned_delay: Optional[float] = None
 
-    def new(self, **kw: Any) -> "DeepSeekRetry":
+    def new(self, **kw: Any) -> DeepSeekRetry:
         kw.setdefault("max_retry_after", self.max_retry_after)
         kw.setdefault("retry_timeouts", self.retry_timeouts)
         return super().new(**kw)
@@ -181,7 +181,7 @@ class DeepSeekRetry(Retry):
         error: Optional[Exception] = None,
         _pool: Any = None,
         _stacktrace: Any = None,
-    ) -> "DeepSeekRetry":
+    ) -> DeepSeekRetry:
         if error is not None and isinstance(error, ReadTimeoutError) and not self.retry_timeouts:
             raise error
         new = super().increment(method, url, response, error, _pool, _stacktrace)
@@ -206,7 +206,11 @@ class DeepSeekRetry(Retry):
                 context.stopped = str(exc)
                 reason = exc
         if context.stopped is not None:
-            level = logging.DEBUG if reason is error and context.cancelled is not None and context.cancelled.is_set() else logging.WARNING
+            level = (
+                logging.DEBUG
+                if reason is error and context.cancelled is not None and context.cancelled.is_set()
+                else logging.WARNING
+            )
             log.log(level, "not retrying %s %s: %s", method, url, context.stopped)
             raise MaxRetryError(_pool, url or "", reason)  # type: ignore[arg-type]
         return new

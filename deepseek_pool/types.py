@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Optional
 
 __all__ = [
-    "Usage",
-    "ChatCompletion",
-    "ChatChunk",
-    "FIMCompletion",
     "Balance",
+    "ChatChunk",
+    "ChatCompletion",
     "ChatCompletionBuilder",
+    "FIMCompletion",
+    "Usage",
 ]
 
 _EMPTY: Dict[str, Any] = {}
@@ -33,12 +33,12 @@ class Usage:
     """
 
     __slots__ = (
-        "prompt_tokens",
         "completion_tokens",
-        "total_tokens",
         "prompt_cache_hit_tokens",
         "prompt_cache_miss_tokens",
+        "prompt_tokens",
         "reasoning_tokens",
+        "total_tokens",
     )
 
     def __init__(
@@ -58,7 +58,7 @@ class Usage:
         self.reasoning_tokens = reasoning_tokens
 
     @classmethod
-    def from_dict(cls, data: Optional[Dict[str, Any]]) -> Optional["Usage"]:
+    def from_dict(cls, data: Optional[Dict[str, Any]]) -> Optional[Usage]:
         """Parse the API's ``usage`` object; None when the server sent none."""
         if not data:
             return None
@@ -79,17 +79,27 @@ class Usage:
             _int((data.get("completion_tokens_details") or _EMPTY).get("reasoning_tokens")),
         )
 
-    def __add__(self, other: "Usage") -> "Usage":
-        return Usage(*(getattr(self, n) + getattr(other, n) for n in self.__slots__))
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(**{name: getattr(self, name) + getattr(other, name) for name in _USAGE_FIELDS})
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Usage):
             return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+        return all(getattr(self, name) == getattr(other, name) for name in _USAGE_FIELDS)
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)}" for n in self.__slots__)
+        fields = ", ".join(f"{name}={getattr(self, name)}" for name in _USAGE_FIELDS)
         return f"Usage({fields})"
+
+
+_USAGE_FIELDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "prompt_cache_hit_tokens",
+    "prompt_cache_miss_tokens",
+    "reasoning_tokens",
+)
 
 
 class ChatCompletion:
@@ -104,15 +114,15 @@ class ChatCompletion:
     """
 
     __slots__ = (
+        "content",
+        "finish_reason",
         "id",
         "model",
-        "content",
-        "reasoning_content",
-        "tool_calls",
-        "finish_reason",
-        "usage",
         "raw",
+        "reasoning_content",
         "request_id",
+        "tool_calls",
+        "usage",
     )
 
     def __init__(self, raw: Dict[str, Any], request_id: Optional[str] = None) -> None:
@@ -158,7 +168,7 @@ class ChatChunk:
     is empty (the final usage chunk) give None for them.
     """
 
-    __slots__ = ("raw", "_delta", "_choice")
+    __slots__ = ("_choice", "_delta", "raw")
 
     def __init__(self, raw: Dict[str, Any]) -> None:
         self.raw = raw
@@ -215,7 +225,7 @@ class ChatCompletionBuilder:
     accumulated per ``index`` (parallel calls interleave).
     """
 
-    __slots__ = ("_content", "_reasoning", "_tools", "_finish", "_usage", "_id", "_model", "_created", "chunks")
+    __slots__ = ("_content", "_created", "_finish", "_id", "_model", "_reasoning", "_tools", "_usage", "chunks")
 
     def __init__(self) -> None:
         self._content: List[str] = []
@@ -302,7 +312,7 @@ class ChatCompletionBuilder:
 class FIMCompletion:
     """A fill-in-the-middle answer from ``/beta/completions``."""
 
-    __slots__ = ("id", "model", "text", "finish_reason", "usage", "raw")
+    __slots__ = ("finish_reason", "id", "model", "raw", "text", "usage")
 
     def __init__(self, raw: Dict[str, Any]) -> None:
         self.raw = raw
@@ -321,7 +331,7 @@ class FIMCompletion:
 class Balance:
     """The account balance from ``/user/balance`` (amounts are strings, as the API sends them)."""
 
-    __slots__ = ("is_available", "balance_infos", "raw")
+    __slots__ = ("balance_infos", "is_available", "raw")
 
     def __init__(self, raw: Dict[str, Any]) -> None:
         self.raw = raw

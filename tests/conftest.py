@@ -11,7 +11,16 @@ import pytest
 pytest_plugins = ["deepseek_pool.testing.pytest_plugin"]
 
 _ENV_PREFIXES = ("DEEPSEEK_",)
-_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+_PROXY_VARS = (
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -171,7 +171,11 @@ def test_user_session_headers_are_kept() -> None:
         ("", ValueError, "empty string"),
         (["hello"], TypeError, r"messages\[0\] must be a dict"),
         ([{"content": "x"}], ValueError, r"messages\[0\] has no 'role'"),
-        ([{"role": "user", "content": "a"}, {"role": "robot", "content": "x"}], ValueError, r"messages\[1\] has role 'robot'"),
+        (
+            [{"role": "user", "content": "a"}, {"role": "robot", "content": "x"}],
+            ValueError,
+            r"messages\[1\] has role 'robot'",
+        ),
         ([{"role": "user", "content": 5}], TypeError, r"messages\[0\]\['content'\]"),
         ([{"role": "user"}], ValueError, r"messages\[0\] \(user\) has no 'content'"),
     ],
@@ -197,7 +201,9 @@ def test_bad_messages_fail_before_sending(client: dp.DeepSeekClient, messages: A
     ],
 )
 @responses.activate
-def test_bad_params_fail_before_sending(client: dp.DeepSeekClient, params: Dict[str, Any], error: type, match: str) -> None:
+def test_bad_params_fail_before_sending(
+    client: dp.DeepSeekClient, params: Dict[str, Any], error: type, match: str
+) -> None:
     with pytest.raises(error, match=match):
         client.chat("x", **params)
     assert len(responses.calls) == 0
@@ -207,7 +213,11 @@ def test_bad_params_fail_before_sending(client: dp.DeepSeekClient, params: Dict[
 def test_fim_models_balance(client: dp.DeepSeekClient) -> None:
     responses.post(
         BASE + "/beta/completions",
-        json={"id": "f1", "model": "deepseek-flash", "choices": [{"text": "    return a + b", "finish_reason": "stop"}]},
+        json={
+            "id": "f1",
+            "model": "deepseek-flash",
+            "choices": [{"text": "    return a + b", "finish_reason": "stop"}],
+        },
     )
     responses.get(BASE + "/models", json={"object": "list", "data": [{"id": "deepseek-flash", "object": "model"}]})
     responses.get(
@@ -217,7 +227,10 @@ def test_fim_models_balance(client: dp.DeepSeekClient) -> None:
     fim = client.fim("def add(a, b):\n", suffix="\n", max_tokens=16)
     assert fim.text == "    return a + b"
     assert json.loads(responses.calls[0].request.body) == {
-        "model": DEFAULT_MODEL, "prompt": "def add(a, b):\n", "suffix": "\n", "max_tokens": 16,
+        "model": DEFAULT_MODEL,
+        "prompt": "def add(a, b):\n",
+        "suffix": "\n",
+        "max_tokens": 16,
     }
     assert client.models() == ["deepseek-flash"]
     balance = client.balance()
@@ -231,14 +244,19 @@ def test_tool_call_turn_keeps_reasoning_content_in_the_next_message() -> None:
     tool_calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
     completion = dp.ChatCompletion(completion_body("", reasoning_content="because", tool_calls=tool_calls))
     assert completion.to_message() == {
-        "role": "assistant", "content": "", "tool_calls": tool_calls, "reasoning_content": "because",
+        "role": "assistant",
+        "content": "",
+        "tool_calls": tool_calls,
+        "reasoning_content": "because",
     }
     plain = dp.ChatCompletion(completion_body("answer", reasoning_content="because"))
     assert plain.to_message() == {"role": "assistant", "content": "answer"}
 
 
 def test_usage_falls_back_to_openai_fields() -> None:
-    usage = dp.Usage.from_dict({"prompt_tokens": 10, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 7}})
+    usage = dp.Usage.from_dict(
+        {"prompt_tokens": 10, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 7}}
+    )
     assert usage is not None
     assert (usage.prompt_cache_hit_tokens, usage.prompt_cache_miss_tokens, usage.total_tokens) == (7, 3, 13)
     assert usage + usage == dp.Usage(20, 6, 26, 14, 6, 0)
@@ -246,7 +264,12 @@ def test_usage_falls_back_to_openai_fields() -> None:
 
 def test_completion_tolerates_missing_fields() -> None:
     completion = dp.ChatCompletion({"choices": []})
-    assert (completion.content, completion.finish_reason, completion.usage, completion.tool_calls) == ("", None, None, None)
+    assert (completion.content, completion.finish_reason, completion.usage, completion.tool_calls) == (
+        "",
+        None,
+        None,
+        None,
+    )
 
 
 # -- error mapping -------------------------------------------------------------------

@@ -41,7 +41,10 @@ def test_chat_answers_and_reports_usage(fake: FakeDeepSeek) -> None:
     assert completion.content == FakeDeepSeek.answer_for("What is the answer?")
     assert completion.reasoning_content  # thinking is on by default for current models
     assert completion.usage is not None and completion.usage.prompt_tokens > 0
-    assert completion.usage.prompt_cache_hit_tokens + completion.usage.prompt_cache_miss_tokens == completion.usage.prompt_tokens
+    assert (
+        completion.usage.prompt_cache_hit_tokens + completion.usage.prompt_cache_miss_tokens
+        == completion.usage.prompt_tokens
+    )
     assert client.chat("x", thinking=False).reasoning_content is None
 
 
@@ -292,9 +295,8 @@ def test_leaving_a_stream_early_releases_the_connection(fake: FakeDeepSeek) -> N
 
 def test_stream_cut_midway_is_a_connection_error(fake: FakeDeepSeek) -> None:
     fake.script("cut:3")
-    with pytest.raises(dp.APIConnectionError, match=r"\[DONE\]"):
-        with make_client(fake).chat_stream("x") as stream:
-            list(stream)
+    with pytest.raises(dp.APIConnectionError, match=r"\[DONE\]"), make_client(fake).chat_stream("x") as stream:
+        list(stream)
 
 
 def test_stream_keep_alive_comments_are_skipped(fake: FakeDeepSeek) -> None:
@@ -307,9 +309,8 @@ def test_stream_total_deadline_against_endless_keep_alive(fake: FakeDeepSeek) ->
     fake.script("trickle_forever")
     client = make_client(fake, max_retries=0, timeout=dp.Timeout(0.5))
     start = time.monotonic()
-    with pytest.raises(dp.APITimeoutError):
-        with client.chat_stream("x") as stream:
-            list(stream)
+    with pytest.raises(dp.APITimeoutError), client.chat_stream("x") as stream:
+        list(stream)
     assert time.monotonic() - start < 2.0
 
 
@@ -344,7 +345,8 @@ SSE_EVENTS = [
     b'data: {"id":"s1","model":"deepseek-flash","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n',
     b": keep-alive\n\n",
     b'data: {"id":"s1","choices":[{"index":0,"delta":{"reasoning_content":"th\xc3\xa9"}}]}\r\n\r\n',
-    b'data: {"id":"s1","choices":[{"index":0,"delta":{"content":"h\xc3\xa9llo \xe4\xbd\xa0\xe5\xa5\xbd \xf0\x9f\x99\x82"}}]}\r\r',
+    b'data: {"id":"s1","choices":[{"index":0,"delta":{"content":'
+    b'"h\xc3\xa9llo \xe4\xbd\xa0\xe5\xa5\xbd \xf0\x9f\x99\x82"}}]}\r\r',
     b'data: {"id":"s1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
     b'data: {"id":"s1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}\n\n',
     b"data: [DONE]\n\n",
@@ -391,6 +393,8 @@ def test_in_stream_error_payload_raises_the_typed_error() -> None:
     server = RawServer(handler)
     with server as (host, port):
         client = dp.DeepSeekClient(KEY, base_url=f"http://{host}:{port}", max_retries=0)
-        with pytest.raises(dp.ServiceUnavailableError, match="overloaded mid-stream"):
-            with client.chat_stream("x") as stream:
-                list(stream)
+        with (
+            pytest.raises(dp.ServiceUnavailableError, match="overloaded mid-stream"),
+            client.chat_stream("x") as stream,
+        ):
+            list(stream)

@@ -65,8 +65,12 @@ def test_all_request_shapes_and_custom_id_never_sent(fake_deepseek: FakeDeepSeek
         [{"role": "user", "content": "a list"}],
         {"custom_id": "dict", "messages": [{"role": "user", "content": "a dict"}], "max_tokens": 50},
         {"custom_id": "prompt", "prompt": "a prompt"},
-        {"custom_id": "batch", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": "deepseek-v4-pro", "messages": [{"role": "user", "content": "a batch line"}]}},
+        {
+            "custom_id": "batch",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "deepseek-v4-pro", "messages": [{"role": "user", "content": "a batch line"}]},
+        },
     ]
     with DeepSeekPool(make_client(fake_deepseek), max_workers=4) as pool:
         results = pool.map(requests)
@@ -88,7 +92,8 @@ def test_errors_stay_on_their_result_and_never_stop_the_batch(fake_deepseek: Fak
     errors = {r.index: type(r.error) for r in results if not r.ok}
     assert errors == {0: dp.InsufficientBalanceError, 1: TypeError, 2: ValueError, 3: dp.BadRequestError}
     assert [r.ok for r in results[4:]] == [True, True]
-    assert "42" not in str(fake_deepseek.received)
+    sent = [r.body["messages"][0]["content"] for r in fake_deepseek.received]
+    assert sent == ["fine 1", "bad model", "fine 2", "fine 3"]  # invalid items never reached the server
     with pytest.raises(dp.InsufficientBalanceError):
         results[0].unwrap()
 
@@ -123,7 +128,10 @@ def test_one_limiter_caps_two_pools_together() -> None:
     limiter = Limiter(max_in_flight=4)
     with FakeDeepSeek(latency=0.03) as fake:
         client = make_client(fake)
-        with DeepSeekPool(client, max_workers=8, limiter=limiter) as a, DeepSeekPool(client, max_workers=8, limiter=limiter) as b:
+        with (
+            DeepSeekPool(client, max_workers=8, limiter=limiter) as a,
+            DeepSeekPool(client, max_workers=8, limiter=limiter) as b,
+        ):
             fa = [a.submit(f"a{i}") for i in range(30)]
             fb = [b.submit(f"b{i}") for i in range(30)]
             cf.wait(fa + fb, timeout=30)
@@ -257,11 +265,10 @@ def test_breaking_early_sends_only_about_a_window() -> None:
 def test_keyboard_interrupt_cancels_pending_and_leaves_no_worker() -> None:
     with FakeDeepSeek(latency=0.05) as fake:
         start = time.monotonic()
-        with pytest.raises(KeyboardInterrupt):
-            with DeepSeekPool(make_client(fake), max_workers=4) as pool:
-                for i, _ in enumerate(pool.as_completed(f"q{n}" for n in range(10_000))):
-                    if i == 3:
-                        raise KeyboardInterrupt
+        with pytest.raises(KeyboardInterrupt), DeepSeekPool(make_client(fake), max_workers=4) as pool:
+            for i, _ in enumerate(pool.as_completed(f"q{n}" for n in range(10_000))):
+                if i == 3:
+                    raise KeyboardInterrupt
         assert time.monotonic() - start < 2.0
         assert fake.stats.requests <= 4 + pool.window
     assert not pool_threads()
@@ -269,10 +276,9 @@ def test_keyboard_interrupt_cancels_pending_and_leaves_no_worker() -> None:
 
 def test_exception_exit_cancels_submitted_calls_that_have_not_started() -> None:
     with FakeDeepSeek(latency=0.1) as fake:
-        with pytest.raises(RuntimeError):
-            with DeepSeekPool(make_client(fake), max_workers=2) as pool:
-                futures = [pool.submit(f"q{i}") for i in range(50)]
-                raise RuntimeError("boom")
+        with pytest.raises(RuntimeError), DeepSeekPool(make_client(fake), max_workers=2) as pool:
+            futures = [pool.submit(f"q{i}") for i in range(50)]
+            raise RuntimeError("boom")
         assert sum(f.cancelled() for f in futures) >= 40
         assert fake.stats.requests <= 10
     assert not pool_threads()
@@ -344,7 +350,9 @@ def test_streaming_requests_are_aggregated_with_chunk_callback_and_first_token()
         fake.script("trickle:3")
         with DeepSeekPool(make_client(fake), max_workers=4, on_chunk=on_chunk) as pool:
             results = pool.map([{"prompt": f"s{i}", "stream": True} for i in range(8)])
-    assert [r.completion.content for r in results if r.completion] == [FakeDeepSeek.answer_for(f"s{i}") for i in range(8)]
+    assert [r.completion.content for r in results if r.completion] == [
+        FakeDeepSeek.answer_for(f"s{i}") for i in range(8)
+    ]
     assert all(r.first_token is not None and 0.015 <= r.first_token <= r.elapsed for r in results)
     assert sorted(chunks) == list(range(8)) and min(chunks.values()) > 2
 
@@ -358,7 +366,9 @@ def test_on_result_hook_and_counters(fake_deepseek: FakeDeepSeek) -> None:
     stats = pool.stats
     assert sorted(seen) == list(range(6))
     assert (stats.submitted, stats.done, stats.ok, stats.failed, stats.retried) == (6, 6, 5, 1, 1)
-    assert stats.usage.total_tokens == sum(r.completion.usage.total_tokens for r in results if r.completion and r.completion.usage)
+    assert stats.usage.total_tokens == sum(
+        r.completion.usage.total_tokens for r in results if r.completion and r.completion.usage
+    )
     assert stats.usage.total_tokens > 0
 
 

@@ -1,0 +1,132 @@
+"""Where the CPU of one call goes: sequential calls, one thread, zero server latency.
+
+``python -m benchmarks.profile_path`` prints the client CPU per call (µs) of the
+urllib3 floor, a requests Session, ``DeepSeekClient.chat`` and a ``DeepSeekPool``
+call, then a cProfile of ``DeepSeekClient.chat`` (``--top`` rows). One thread and no
+latency remove scheduling noise, so the differences are the code paths themselves.
+The load server runs in its own process, so its CPU is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import resource
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, List, Optional
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from benchmarks import protocol
+from benchmarks.contenders.urllib3_threads import RETRY
+from benchmarks.harness import LoadServer
+from deepseek_pool import DeepSeekClient, DeepSeekPool
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def paths(base_url: str) -> Dict[str, Callable[[int], str]]:
+    """One call of each contender's request path, by name."""
+    http = urllib3.PoolManager(maxsize=4, retries=RETRY)
+    url = base_url + "/chat/completions"
+    headers = {"Authorization": f"Bearer {protocol.API_KEY}", "Content-Type": "application/json"}
+
+    def floor(i: int) -> str:
+        body = json.dumps(protocol.chat_body(i)).encode()
+        response = http.request("POST", url, body=body, headers=headers)
+        content: str = json.loads(response.data)["choices"][0]["message"]["content"]
+        return content
+
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(pool_maxsize=4, max_retries=RETRY))
+    session.headers["Authorization"] = f"Bearer {protocol.API_KEY}"
+
+    def with_requests(i: int) -> str:
+        content: str = session.post(url, json=protocol.chat_body(i), timeout=60).json()["choices"][0]["message"]["content"]
+        return content
+
+    client = DeepSeekClient(protocol.API_KEY, base_url=base_url, model=protocol.MODEL, timeout=60)
+
+    def with_client(i: int) -> str:
+        return client.chat(protocol.prompt_for(i)).content
+
+    pool = DeepSeekPool(client, max_workers=1)
+
+    def with_pool(i: int) -> str:
+        return pool.submit(protocol.prompt_for(i)).result(timeout=60).content
+
+    executor = ThreadPoolExecutor(1)
+
+    def floor_in_thread(i: int) -> str:
+        return executor.submit(floor, i).result(timeout=60)
+
+    return {
+        "urllib3 (floor)": floor,
+        "urllib3 via a 1-thread executor": floor_in_thread,
+        "requests Session": with_requests,
+        "DeepSeekClient.chat": with_client,
+        "DeepSeekPool.submit (1 worker)": with_pool,
+    }
+
+
+def measure(call: Callable[[int], str], n: int) -> float:
+    """Client CPU µs per call over ``n`` sequential calls (after 50 warm-up calls), answers checked."""
+    for i in range(50):
+        call(i)
+    cpu0 = _cpu()
+    for i in range(n):
+        if call(i) != protocol.answer_for(i):
+            raise AssertionError(f"wrong answer for {i}")
+    return 1e6 * (_cpu() - cpu0) / n
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--n", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--top", type=int, default=35)
+    parser.add_argument("--only", help="measure only the paths whose name contains this")
+    args = parser.parse_args(argv)
+    with LoadServer() as server:
+        server.reset({"latency": 0.0})
+        calls = paths(server.base_url)
+        results: Dict[str, List[float]] = {name: [] for name in calls}
+        for _ in range(args.rounds):
+            for name, call in calls.items():
+                if args.only and args.only not in name:
+                    continue
+                results[name].append(measure(call, args.n))
+        print(f"client CPU per sequential call, µs (median of {args.rounds} x {args.n} calls, zero latency):")
+        floor = sorted(results["urllib3 (floor)"])[len(results["urllib3 (floor)"]) // 2] if results["urllib3 (floor)"] else None
+        for name, values in results.items():
+            if not values:
+                continue
+            median = sorted(values)[len(values) // 2]
+            ratio = f"  {median / floor:.2f}x floor" if floor else ""
+            print(f"  {name:34} {median:7.1f}{ratio}")
+        if args.top:
+            client_call = calls["DeepSeekClient.chat"]
+            profiler = cProfile.Profile()
+            started = time.perf_counter()
+            profiler.enable()
+            for i in range(args.n):
+                client_call(i)
+            profiler.disable()
+            print(f"\ncProfile of DeepSeekClient.chat x {args.n} ({time.perf_counter() - started:.2f} s with profiling):")
+            out = io.StringIO()
+            stats = pstats.Stats(profiler, stream=out)
+            stats.sort_stats("tottime").print_stats(args.top)
+            print(out.getvalue())
+
+
+if __name__ == "__main__":
+    main()
