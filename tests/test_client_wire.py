@@ -211,21 +211,31 @@ def test_retries_reuse_the_connection(fake: FakeDeepSeek) -> None:
     assert fake.stats.connections_opened == 1
 
 
-def test_stale_keep_alive_connection_is_retried_transparently() -> None:
+def _answer_then_close(conn: Any, request: bytes) -> bool:
     body = json.dumps({"choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}]}).encode()
-    response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    return True  # close the connection after answering, without saying so
 
-    def answer_then_close(conn: Any, request: bytes) -> bool:
-        conn.sendall(response)
-        return True  # close the connection after answering, without saying so
 
-    server = RawServer(answer_then_close)
+def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
+    server = RawServer(_answer_then_close)
     with server as (host, port):
         client = dp.DeepSeekClient(KEY, base_url=f"http://{host}:{port}", max_retries=0)
         assert client.chat("one").content == "fine"
-        time.sleep(0.05)
+        time.sleep(0.05)  # the server's FIN has arrived: the pool sees the connection is dead
         assert client.chat("two").content == "fine"
         assert server.connections == 2
+
+
+def test_a_connection_closed_under_our_feet_is_retried_transparently() -> None:
+    """Back to back, the request often goes out on the socket the server is closing."""
+    server = RawServer(_answer_then_close)
+    with server as (host, port):
+        retry = dp.DeepSeekRetry(2, backoff_factor=0.01, backoff_jitter=0.0)
+        client = dp.DeepSeekClient(KEY, base_url=f"http://{host}:{port}", timeout=5, max_retries=retry)
+        for i in range(30):
+            assert client.chat(f"call {i}").content == "fine"
+        assert server.requests >= 30
 
 
 def test_64_threads_share_one_client(fake: FakeDeepSeek, caplog: pytest.LogCaptureFixture) -> None:

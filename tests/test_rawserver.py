@@ -9,7 +9,7 @@ from typing import Iterator, List
 import pytest
 import requests
 
-from tests.rawserver import (
+from .rawserver import (
     CLOSE,
     LAST_CHUNK,
     RawServer,
