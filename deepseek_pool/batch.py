@@ -493,7 +493,7 @@ def run_batch(
         seen = out.keep
 
         def should_run(custom_id: str) -> bool:
-            return retry_failed or custom_id not in seen
+            return custom_id not in ok_ids and (retry_failed or custom_id not in seen)
 
         to_run = 0
         for custom_id in ids:

@@ -147,14 +147,14 @@ _non_negative_int = _int_at_least(0)
 # -- the parser ---------------------------------------------------------------------------------
 
 
-def _add_connection_options(parser: argparse.ArgumentParser) -> None:
+def _add_connection_options(parser: argparse.ArgumentParser, model_help: str) -> None:
     parser.add_argument(
         "--base-url", metavar="URL", help="API base URL (default: $DEEPSEEK_BASE_URL, else https://api.deepseek.com)"
     )
     parser.add_argument(
         "--api-key-file", metavar="PATH", help=f"read the API key from this file (default: ${ENV_API_KEY})"
     )
-    parser.add_argument("--model", metavar="ID", help=f"model id (default: $DEEPSEEK_MODEL, else {DEFAULT_MODEL})")
+    parser.add_argument("--model", metavar="ID", help=model_help)
     parser.add_argument(
         "--timeout", type=_seconds, metavar="SECONDS", help="most seconds one attempt may take (default 900)"
     )
@@ -184,9 +184,10 @@ def _build_parser(prog: str) -> _Parser:
         "run",
         help="run a JSONL file of requests; resumable",
         description=(
-            "Run every request of a JSONL file and append one result line per item to the output, as each "
-            "completes (OpenAI batch output shape). Rerun the same command to resume: items already answered "
-            "are skipped. Ctrl-C once stops sending and lets calls in flight finish; twice cancels them."
+            "Run every request of a JSONL file and append one result line per item to the\n"
+            "output as each completes (OpenAI batch output shape). Rerun the same command\n"
+            "to resume: items already answered are skipped. Ctrl-C once stops sending and\n"
+            "lets the calls in flight finish; Ctrl-C twice cancels them."
         ),
         epilog=(
             "input lines, one JSON value each:\n"
@@ -224,7 +225,11 @@ def _build_parser(prog: str) -> _Parser:
         help="on resume, try again the items that failed before (default: yes)",
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar, notices or summary")
-    _add_connection_options(run)
+    _add_connection_options(
+        run,
+        "model for every line, replacing the line's own "
+        f"(default: the line's, else $DEEPSEEK_MODEL, else {DEFAULT_MODEL})",
+    )
     run.set_defaults(handler=_cmd_run)
 
     demo = commands.add_parser(
@@ -261,7 +266,7 @@ def _build_parser(prog: str) -> _Parser:
     )
     chat.add_argument("--system", metavar="TEXT", help="a system message")
     chat.add_argument("--max-tokens", type=_positive_int, metavar="N", help="cap on the answer's tokens")
-    _add_connection_options(chat)
+    _add_connection_options(chat, f"model id (default: $DEEPSEEK_MODEL, else {DEFAULT_MODEL})")
     chat.set_defaults(handler=_cmd_chat)
 
     # Parsed by deepseek_pool.testing.main (see main()); listed here for --help.
@@ -524,14 +529,12 @@ def _cmd_chat(args: argparse.Namespace, command_line: str) -> int:
     except ConfigurationError as err:
         raise _Fail(str(err)) from None
     except DeepSeekError as err:
-        if section == "thinking":
-            out.write(reset)
         out.write("\n" if section else "")
         raise _Fail(str(err), EXIT_FAILED) from None
     finally:
+        if section == "thinking":
+            out.write(reset)  # never leave the terminal dimmed, Ctrl-C included
         client.close()
-    if section == "thinking":
-        out.write(reset)
     out.write("\n")
     out.flush()
     usage = completion.usage

@@ -95,10 +95,17 @@ def format_cost(tally: Tally) -> str:
     """``"$0.0123"``, ``"unknown"`` when no call had a price, or both when mixed."""
     if tally.unpriced and not tally.cost:
         return "unknown"
-    text = f"${tally.cost:.4f}" if tally.cost < 100 else f"${tally.cost:,.2f}"
+    text = _dollars(tally.cost)
     if tally.unpriced:
         text += f" + unknown ({tally.unpriced} calls of unpriced models)"
     return text
+
+
+def _dollars(amount: float) -> str:
+    # A single call costs fractions of a cent: keep enough digits to show it.
+    if amount < 0.01:
+        return f"${amount:.6f}"
+    return f"${amount:.4f}" if amount < 100 else f"${amount:,.2f}"
 
 
 class BatchProgress:

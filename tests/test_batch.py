@@ -278,9 +278,9 @@ def test_cost_is_priced_per_model_and_unknown_for_unpriced_models() -> None:
     peak = dt.datetime(2026, 11, 23, 2, tzinfo=dt.timezone.utc)  # a Monday, 02:00 UTC
     tally = Tally()
     tally.add_ok(completion("deepseek-flash", hit=1_000_000, miss=0, out=0), "x", when=peak)
-    assert format_cost(tally) == "$0.0060"
+    assert format_cost(tally) == "$0.006000"  # 1M cache-hit tokens at the peak price
     tally.add_ok(completion("mystery-model"), "x", when=peak)
-    assert format_cost(tally).startswith("$0.0060 + unknown (1 calls")
+    assert format_cost(tally).startswith("$0.006000 + unknown (1 calls")
     only_unknown = Tally()
     only_unknown.add_ok(completion("mystery-model"), "x")
     assert format_cost(only_unknown) == "unknown"
