@@ -35,9 +35,10 @@ class _PoolFullCounter(logging.Handler):
             self.count += 1
 
 
-def _cpu() -> float:
+def _usage() -> List[float]:
+    """user s, system s, voluntary and involuntary context switches (all threads)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return [usage.ru_utime, usage.ru_stime, usage.ru_nvcsw, usage.ru_nivcsw]
 
 
 def _ms(values: List[float]) -> Dict[str, float]:
@@ -67,11 +68,11 @@ def main(argv: List[str]) -> int:
     if sys.stdin.readline().strip() != "GO":
         return 2
 
-    cpu0 = _cpu()
+    before = _usage()
     t0 = time.perf_counter()
     outcome = run(spec)
     wall = time.perf_counter() - t0
-    cpu = _cpu() - cpu0
+    user, system, voluntary, involuntary = (b - a for a, b in zip(before, _usage()))
 
     ok = wrong = 0
     errors: Dict[str, int] = {}
@@ -90,7 +91,10 @@ def main(argv: List[str]) -> int:
         "concurrency": spec.concurrency,
         "stream": spec.stream,
         "wall": wall,
-        "cpu": cpu,
+        "cpu": user + system,
+        "cpu_user": user,
+        "cpu_sys": system,
+        "context_switches": int(voluntary + involuntary),
         "ok": ok,
         "wrong": wrong,
         "errors": errors,
@@ -98,6 +102,7 @@ def main(argv: List[str]) -> int:
         "pool_full_warnings": counter.count,
         "ttfc_ms": _ms(outcome.ttfc),
         "chunks": outcome.chunks,
+        "deepseek_pool": getattr(sys.modules.get("deepseek_pool"), "__file__", None),
     }
     print("RESULT " + json.dumps(result), flush=True)
     return 0

@@ -10,6 +10,7 @@ over everyone. Every wait is bounded; a child that overruns is killed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -17,11 +18,12 @@ import queue
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, IO, List, Optional, Sequence
+from typing import IO, Any, Dict, Iterator, List, Optional, Sequence
 
 from benchmarks.contenders import CONTENDERS, FLOOR
 
@@ -84,18 +86,46 @@ def child_env() -> Dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def import_root(package_dir: Optional[Path]) -> Iterator[Path]:
+    """The working directory for children: the repo, or a shim that imports another ``deepseek_pool``.
+
+    ``python -m`` puts the working directory first on ``sys.path``. For an A/B run of
+    a change, the shim holds only a link to ``package_dir/deepseek_pool``, so that
+    package wins while ``benchmarks`` still comes from this repo.
+    """
+    if package_dir is None:
+        yield REPO
+        return
+    package = Path(package_dir).resolve() / "deepseek_pool"
+    if not (package / "__init__.py").is_file():
+        raise FileNotFoundError(f"{package} is not a deepseek_pool package")
+    with tempfile.TemporaryDirectory(prefix="bench-import-") as shim:
+        (Path(shim) / "deepseek_pool").symlink_to(package, target_is_directory=True)
+        yield Path(shim)
+
+
 class _Lines:
     """Lines of a child's stdout, read by a thread so that every wait can have a timeout."""
 
     def __init__(self, stream: IO[str]) -> None:
-        self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
-        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._stream = stream
+        self._queue: queue.Queue[Optional[str]] = queue.Queue()
+        self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
 
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._queue.put(line.rstrip("\n"))
+    def _pump(self) -> None:
+        try:
+            for line in self._stream:
+                self._queue.put(line.rstrip("\n"))
+        except (OSError, ValueError):
+            pass  # closed under us
         self._queue.put(None)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """After the process has exited: let the reader reach EOF, then close the pipe."""
+        self._thread.join(timeout)
+        self._stream.close()
 
     def next(self, timeout: float, prefix: str = "") -> str:
         """The next line starting with ``prefix``; raise on EOF or timeout."""
@@ -155,17 +185,20 @@ class LoadServer:
 
     def close(self) -> None:
         process = self.process
+        assert process.stdin is not None
         if process.poll() is None:
             try:
-                assert process.stdin is not None
                 process.stdin.write(json.dumps({"cmd": "stop"}) + "\n")
-                process.stdin.close()
+                process.stdin.flush()
                 process.wait(timeout=5)
             except (OSError, subprocess.TimeoutExpired, ValueError):
                 process.kill()
                 process.wait(timeout=5)
+        with contextlib.suppress(OSError):  # the server is gone already: nothing to flush to
+            process.stdin.close()
+        self._lines.close()
 
-    def __enter__(self) -> "LoadServer":
+    def __enter__(self) -> LoadServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -184,7 +217,7 @@ class Run:
     error: Optional[str] = None
 
 
-def run_one(server: LoadServer, cell: Cell, contender: str, rep: int, timeout: float) -> Run:
+def run_one(server: LoadServer, cell: Cell, contender: str, rep: int, timeout: float, cwd: Path = REPO) -> Run:
     """Run one contender once through a child process; never raises for a contender's failure."""
     spec = {
         "contender": contender,
@@ -201,34 +234,40 @@ def run_one(server: LoadServer, cell: Cell, contender: str, rep: int, timeout: f
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=str(REPO),
+        cwd=str(cwd),
         env=child_env(),
     )
     assert process.stdout is not None and process.stdin is not None and process.stderr is not None
-    lines = _Lines(process.stdout)
+    stdout, stdin, stderr = process.stdout, process.stdin, process.stderr
+    lines = _Lines(stdout)
     errors: List[str] = []
-    stderr_thread = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)  # type: ignore[union-attr]
+    stderr_thread = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
     stderr_thread.start()
     try:
         lines.next(timeout, "READY")
         server.reset(cell.server_config(seed=1000 + rep))
-        process.stdin.write("GO\n")
-        process.stdin.flush()
+        stdin.write("GO\n")
+        stdin.flush()
         line = lines.next(timeout, "RESULT ")
         client = json.loads(line[len("RESULT ") :])
         server_stats = server.stats()
         process.wait(timeout=30)
         return Run(cell.name, contender, rep, client, server_stats)
-    except (TimeoutError, EOFError, OSError, subprocess.TimeoutExpired) as err:
+    except (TimeoutError, EOFError, OSError, ValueError, subprocess.TimeoutExpired) as err:
         process.kill()
         process.wait(timeout=10)
         stderr_thread.join(timeout=5)
         detail = "".join(errors).strip().splitlines()[-3:]
-        return Run(cell.name, contender, rep, {}, {}, error=f"{err}: {' | '.join(detail)}")
+        return Run(cell.name, contender, rep, {}, {}, error=f"{type(err).__name__}: {err}: {' | '.join(detail)}")
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+        with contextlib.suppress(OSError):  # the child is gone: nothing to flush to
+            stdin.close()
+        lines.close()
+        stderr_thread.join(timeout=5)
+        stderr.close()
 
 
 def contenders_for(cell: Cell, names: Sequence[str]) -> List[str]:
@@ -251,6 +290,7 @@ def run_cells(
     *,
     timeout: float = 300.0,
     log: Any = None,
+    package_dir: Optional[Path] = None,
 ) -> List[Run]:
     """Run every cell for every available contender ``reps`` times; the raw runs."""
     missing = [name for name in names if not CONTENDERS[name].available()]
@@ -258,13 +298,13 @@ def run_cells(
         log(f"skipping (packages missing): {', '.join(missing)}")
     names = [name for name in names if name not in missing]
     runs: List[Run] = []
-    with LoadServer() as server:
+    with LoadServer() as server, import_root(package_dir) as cwd:
         for rep in range(reps):
             for cell in cells:
                 order = contenders_for(cell, names)
                 shift = rep % len(order) if order else 0
                 for name in order[shift:] + order[:shift]:
-                    run = run_one(server, cell, name, rep, timeout)
+                    run = run_one(server, cell, name, rep, timeout, cwd)
                     runs.append(run)
                     if log:
                         log(describe(cell, run))
@@ -329,10 +369,29 @@ def summarize(cells: Sequence[Cell], runs: Sequence[Run]) -> List[Figures]:
             mine = [r for r in runs if r.cell == cell.name and r.contender == name]
             good = [r for r in mine if not r.error]
             if not good:
-                cell_figures.append(Figures(
-                    cell.name, name, len(mine), len(mine), math.nan, math.nan, math.nan, None, math.nan,
-                    0, 0, 0, 0, 0, cell.n, {}, 0, math.nan, math.nan,
-                ))
+                cell_figures.append(
+                    Figures(
+                        cell.name,
+                        name,
+                        len(mine),
+                        len(mine),
+                        math.nan,
+                        math.nan,
+                        math.nan,
+                        None,
+                        math.nan,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        cell.n,
+                        {},
+                        0,
+                        math.nan,
+                        math.nan,
+                    )
+                )
                 continue
             walls = [r.client["wall"] for r in good]
             cpus = [r.client["cpu"] for r in good]
@@ -363,6 +422,11 @@ def summarize(cells: Sequence[Cell], runs: Sequence[Run]) -> List[Figures]:
                 server_cpu_ms_per_request=1000 * _median([r.server["cpu"] for r in good]) / max(1, cell.n),
                 server_core_share=max(r.server["cpu"] / r.client["wall"] for r in good if r.client["wall"] > 0),
             )
+            fig.extra = {
+                "cpu_user_ms_per_request": 1000 * _median([r.client.get("cpu_user", math.nan) for r in good]) / cell.n,
+                "cpu_sys_ms_per_request": 1000 * _median([r.client.get("cpu_sys", math.nan) for r in good]) / cell.n,
+                "context_switches_per_request": _median([r.client.get("context_switches", 0) for r in good]) / cell.n,
+            }
             if cell.stream:
                 overheads = [r.client["ttfc_ms"].get("mean", math.nan) - 1000 * cell.latency for r in good]
                 fig.ttfc_overhead_ms = _median(overheads)
@@ -377,7 +441,9 @@ def summarize(cells: Sequence[Cell], runs: Sequence[Run]) -> List[Figures]:
     return figures
 
 
-def save_json(path: Path, cells: Sequence[Cell], runs: Sequence[Run], figures: Sequence[Figures], meta: Dict[str, Any]) -> None:
+def save_json(
+    path: Path, cells: Sequence[Cell], runs: Sequence[Run], figures: Sequence[Figures], meta: Dict[str, Any]
+) -> None:
     data = {
         "meta": meta,
         "cells": [asdict(cell) for cell in cells],

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import json
 import os
 import random
@@ -84,7 +85,10 @@ def _chunked(payload: bytes) -> bytes:
 def _error_response(status: int) -> bytes:
     body = _ERROR_BODIES[status]
     return b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
-        status, _REASONS[status], len(body), body,
+        status,
+        _REASONS[status],
+        len(body),
+        body,
     )
 
 
@@ -166,7 +170,7 @@ class Server:
 class Connection(asyncio.Protocol):
     """One client connection: parse a request, answer it after the latency, repeat."""
 
-    __slots__ = ("server", "transport", "buffer", "busy", "epoch", "timers", "closed")
+    __slots__ = ("buffer", "busy", "closed", "epoch", "server", "timers", "transport")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -317,14 +321,12 @@ class Connection(asyncio.Protocol):
             return
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):  # already closed: abort() is enough
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-            except OSError:
-                pass
         transport.abort()
 
 
-def _control(server: Server, stop: "asyncio.Future[None]") -> None:
+def _control(server: Server, stop: asyncio.Future[None]) -> None:
     """Read commands from stdin in a thread; run them on the loop; answer on stdout."""
     loop = server.loop
     for line in sys.stdin:
@@ -339,9 +341,11 @@ def _control(server: Server, stop: "asyncio.Future[None]") -> None:
         name = command.get("cmd")
         if name == "stop":
             break
-        answer: "cf.Future[Dict[str, Any]]" = cf.Future()
+        answer: cf.Future[Dict[str, Any]] = cf.Future()
 
-        def run(name: str = name, command: Dict[str, Any] = command, answer: "cf.Future[Dict[str, Any]]" = answer) -> None:
+        def run(
+            name: str = name, command: Dict[str, Any] = command, answer: cf.Future[Dict[str, Any]] = answer
+        ) -> None:
             try:
                 if name == "reset":
                     answer.set_result(server.reset(command.get("config")))
@@ -365,7 +369,7 @@ async def serve(port: int) -> None:
     server = Server(loop)
     listener = await loop.create_server(lambda: Connection(server), HOST, port, backlog=BACKLOG, reuse_address=True)
     bound: Tuple[str, int] = listener.sockets[0].getsockname()[:2]
-    stop: "asyncio.Future[None]" = loop.create_future()
+    stop: asyncio.Future[None] = loop.create_future()
     print(f"READY {bound[1]} pid={os.getpid()}", flush=True)
     threading.Thread(target=_control, args=(server, stop), name="control", daemon=True).start()
     try:

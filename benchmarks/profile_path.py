@@ -51,7 +51,9 @@ def paths(base_url: str) -> Dict[str, Callable[[int], str]]:
     session.headers["Authorization"] = f"Bearer {protocol.API_KEY}"
 
     def with_requests(i: int) -> str:
-        content: str = session.post(url, json=protocol.chat_body(i), timeout=60).json()["choices"][0]["message"]["content"]
+        content: str = session.post(url, json=protocol.chat_body(i), timeout=60).json()["choices"][0]["message"][
+            "content"
+        ]
         return content
 
     client = DeepSeekClient(protocol.API_KEY, base_url=base_url, model=protocol.MODEL, timeout=60)
@@ -106,7 +108,11 @@ def main(argv: Optional[List[str]] = None) -> None:
                     continue
                 results[name].append(measure(call, args.n))
         print(f"client CPU per sequential call, µs (median of {args.rounds} x {args.n} calls, zero latency):")
-        floor = sorted(results["urllib3 (floor)"])[len(results["urllib3 (floor)"]) // 2] if results["urllib3 (floor)"] else None
+        floor = (
+            sorted(results["urllib3 (floor)"])[len(results["urllib3 (floor)"]) // 2]
+            if results["urllib3 (floor)"]
+            else None
+        )
         for name, values in results.items():
             if not values:
                 continue
@@ -121,7 +127,9 @@ def main(argv: Optional[List[str]] = None) -> None:
             for i in range(args.n):
                 client_call(i)
             profiler.disable()
-            print(f"\ncProfile of DeepSeekClient.chat x {args.n} ({time.perf_counter() - started:.2f} s with profiling):")
+            print(
+                f"\ncProfile of DeepSeekClient.chat x {args.n} ({time.perf_counter() - started:.2f} s with profiling):"
+            )
             out = io.StringIO()
             stats = pstats.Stats(profiler, stream=out)
             stats.sort_stats("tottime").print_stats(args.top)

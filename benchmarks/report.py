@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 import math
@@ -10,10 +11,11 @@ import platform
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from benchmarks.contenders import CONTENDERS, FLOOR
+from benchmarks.contenders import CONTENDERS
 from benchmarks.harness import Cell, Figures
 
-CHAT_CELLS = ("C=16", "C=64", "C=256")
+TIMES = "\u00d7"
+DASH = "\u2013"
 _PACKAGES = ("deepseek-pool", "requests", "urllib3", "requests-futures", "openai", "httpx", "httpx2", "aiohttp")
 
 
@@ -29,10 +31,8 @@ def machine() -> Dict[str, Any]:
         pass
     versions = {}
     for package in _PACKAGES:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
@@ -45,7 +45,7 @@ def machine() -> Dict[str, Any]:
 
 def _f(value: Optional[float], digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
+        return DASH
     return f"{value:.{digits}f}"
 
 
@@ -61,26 +61,29 @@ def _contenders(figures: Sequence[Figures], cells: Sequence[str]) -> List[str]:
     return names
 
 
-def chat_table(figures: Sequence[Figures]) -> List[str]:
-    cells = [c for c in CHAT_CELLS if any(f.cell == c for f in figures)]
+def _chat_cells(figures: Sequence[Figures], cells: Sequence[Cell]) -> List[str]:
+    return [c.name for c in cells if c.kind == "chat" and any(f.cell == c.name for f in figures)]
+
+
+def chat_table(figures: Sequence[Figures], cells_: Sequence[Cell]) -> List[str]:
+    cells = _chat_cells(figures, cells_)
     if not cells:
         return []
-    slash = " / ".join(c[2:] for c in cells)
+    slash = " / ".join(c.replace("C=", "") for c in cells)
     lines = [
-        f"| contender | CPU ms/request C={slash} | × floor | efficiency | connections | peak RSS MB | errors |",
+        f"| contender | CPU ms/request C={slash} | {TIMES} floor | efficiency | connections | peak RSS MB | errors |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in _contenders(figures, cells):
         row = [_get(figures, c, name) for c in cells]
 
-        def col(attr: str, digits: int = 2) -> str:
-            return " / ".join(_f(getattr(f, attr), digits) if f else "–" for f in row)
+        def col(attr: str, row: List[Optional[Figures]] = row, digits: int = 2) -> str:
+            return " / ".join(_f(getattr(f, attr), digits) if f else DASH for f in row)
 
-        def ratio() -> str:
-            return " / ".join(_f(f.cpu_ratio, 2) if f and f.cpu_ratio is not None else "–" for f in row)
+        ratio = " / ".join(_f(f.cpu_ratio, 2) if f and f.cpu_ratio is not None else DASH for f in row)
 
-        connections = " / ".join(str(f.connections) if f else "–" for f in row)
-        rss = " / ".join(_f(f.maxrss_mb, 0) if f else "–" for f in row)
+        connections = " / ".join(str(f.connections) if f else DASH for f in row)
+        rss = " / ".join(_f(f.maxrss_mb, 0) if f else DASH for f in row)
         errors = sum((f.errors + f.wrong) for f in row if f)
         warnings = sum(f.pool_full_warnings for f in row if f)
         failed = sum(f.failed_runs for f in row if f)
@@ -90,7 +93,10 @@ def chat_table(figures: Sequence[Figures]) -> List[str]:
         if failed:
             note += f" ({failed} runs failed)"
         label = CONTENDERS[name].label
-        lines.append(f"| {label} | {col('cpu_ms_per_request')} | {ratio()} | {col('efficiency')} | {connections} | {rss} | {note} |")
+        lines.append(
+            f"| {label} | {col('cpu_ms_per_request')} | {ratio} | {col('efficiency')} "
+            f"| {connections} | {rss} | {note} |"
+        )
     return lines
 
 
@@ -99,10 +105,11 @@ def stream_table(figures: Sequence[Figures], cell: Optional[Cell]) -> List[str]:
     if not rows or cell is None:
         return []
     lines = [
-        f"Streaming: {cell.n} streams × {cell.chunks} chunks, C={cell.concurrency}, "
+        f"Streaming: {cell.n} streams {TIMES} {cell.chunks} chunks, C={cell.concurrency}, "
         f"first chunk after {1000 * cell.latency:.0f} ms then one every {1000 * cell.gap:.0f} ms.",
         "",
-        "| contender | time to first chunk, overhead ms (mean) | CPU ms/chunk | × floor | connections | errors |",
+        f"| contender | time to first chunk, overhead ms (mean) | CPU ms/chunk | {TIMES} floor "
+        "| connections | errors |",
         "|---|---|---|---|---|---|",
     ]
     for name in _contenders(rows, ["stream"]):
@@ -130,7 +137,7 @@ def faults_table(figures: Sequence[Figures], cell: Optional[Cell]) -> List[str]:
     for name in _contenders(rows, ["faults"]):
         f = _get(rows, "faults", name)
         assert f is not None
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(f.error_kinds.items())) or "–"
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(f.error_kinds.items())) or DASH
         lines.append(
             f"| {CONTENDERS[name].label} | {f.ok}/{cell.n} | {f.wrong} | {f.errors} ({kinds}) | {f.requests_sent} | "
             f"{f.requests_sent - cell.n} | {_f(f.wall)} |"
@@ -140,7 +147,7 @@ def faults_table(figures: Sequence[Figures], cell: Optional[Cell]) -> List[str]:
 
 def server_table(figures: Sequence[Figures], cells: Sequence[Cell]) -> List[str]:
     lines = [
-        "| cell | load-server CPU ms/request (median, min–max over contenders) | busiest share of one core |",
+        "| cell | load-server CPU ms/request (median, min-max over contenders) | busiest share of one core |",
         "|---|---|---|",
     ]
     for cell in cells:
@@ -149,7 +156,10 @@ def server_table(figures: Sequence[Figures], cells: Sequence[Cell]) -> List[str]
             continue
         per = sorted(f.server_cpu_ms_per_request for f in rows)
         share = max(f.server_core_share for f in rows)
-        lines.append(f"| {cell.name} | {_f(per[len(per) // 2], 3)} ({_f(per[0], 3)}–{_f(per[-1], 3)}) | {100 * share:.0f} % |")
+        lines.append(
+            f"| {cell.name} | {_f(per[len(per) // 2], 3)} ({_f(per[0], 3)}{DASH}{_f(per[-1], 3)}) "
+            f"| {100 * share:.0f} % |"
+        )
     return lines
 
 
@@ -172,7 +182,7 @@ def markdown(
     meta: Dict[str, Any],
 ) -> str:
     by_name = {cell.name: cell for cell in cells}
-    chat = [by_name[c] for c in CHAT_CELLS if c in by_name]
+    chat = [c for c in cells if c.kind == "chat"]
     m = meta["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     out = [
@@ -186,30 +196,31 @@ def markdown(
     ]
     if chat:
         c0 = chat[0]
+        ns = str(c0.n) if len({c.n for c in chat}) == 1 else "/".join(str(c.n) for c in chat)
         out += [
-            f"Non-streaming: N={c0.n if len({c.n for c in chat}) == 1 else '/'.join(str(c.n) for c in chat)} chat calls, "
+            f"Non-streaming: N={ns} chat calls, "
             f"server latency L={1000 * c0.latency:.0f} ms, C calls at once. CPU is the client process's user+sys "
-            "time per request; × floor is the ratio to urllib3 + threads in the same run; efficiency is "
+            f"time per request; {TIMES} floor is the ratio to urllib3 + threads in the same run; efficiency is "
             "⌈N/C⌉·L over the wall time; connections are the TCP connections that carried requests "
             "(counted by the server).",
             "",
         ]
-        out += chat_table(figures) + [""]
-    out += stream_table(figures, by_name.get("stream")) + [""]
-    out += faults_table(figures, by_name.get("faults")) + [""]
+        out += [*chat_table(figures, cells), ""]
+    out += [*stream_table(figures, by_name.get("stream")), ""]
+    out += [*faults_table(figures, by_name.get("faults")), ""]
     if scale:
         out += [
             "Scale: a lazy generator of requests through `DeepSeekPool.as_completed` with a counting stub "
             "client (no network), each size in a fresh process.",
             "",
         ]
-        out += scale_table(scale) + [""]
+        out += [*scale_table(scale), ""]
     out += ["The load server (its own process) is not the bottleneck:", ""]
-    out += server_table(figures, cells) + [""]
+    out += [*server_table(figures, cells), ""]
     return "\n".join(out)
 
 
-def chart(path: Path, figures: Sequence[Figures], meta: Dict[str, Any]) -> bool:
+def chart(path: Path, figures: Sequence[Figures], cells_: Sequence[Cell], meta: Dict[str, Any]) -> bool:
     """Write the PNG chart; False when matplotlib is not installed."""
     try:
         import matplotlib
@@ -218,7 +229,7 @@ def chart(path: Path, figures: Sequence[Figures], meta: Dict[str, Any]) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    cells = [c for c in CHAT_CELLS if any(f.cell == c for f in figures)]
+    cells = _chat_cells(figures, cells_)
     names = _contenders(figures, cells)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     width = 0.8 / max(1, len(names))

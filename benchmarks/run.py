@@ -35,31 +35,36 @@ def run_benchmark(
     timeout: float = 300.0,
     chart: bool = True,
     log: Optional[Callable[[str], None]] = None,
+    package_dir: Optional[Path] = None,
 ) -> Dict[str, Any]:
     """Run, summarize and write the results; return them (the smoke test calls this)."""
     started = time.monotonic()
-    runs: List[Run] = harness.run_cells(cells, contenders, reps, timeout=timeout, log=log)
+    runs: List[Run] = harness.run_cells(cells, contenders, reps, timeout=timeout, log=log, package_dir=package_dir)
     figures: List[Figures] = harness.summarize(cells, runs)
     scale_rows: List[Dict[str, Any]] = []
     if scale_sizes:
         if log:
             log(f"scale: {', '.join(f'{n:,}' for n in scale_sizes)} requests through DeepSeekPool (stub client)")
-        scale_rows = scale.run_sizes(scale_sizes, 64, timeout=max(timeout, 600.0), env=harness.child_env())
+        with harness.import_root(package_dir) as cwd:
+            scale_rows = scale.run_sizes(scale_sizes, 64, timeout=max(timeout, 600.0), env=harness.child_env(), cwd=cwd)
         if log:
             for row in scale_rows:
-                log(f"scale   {row['n']:>9,}: {row['wall']:.1f} s, peak RSS {row['maxrss_mb']:.1f} MB, ok {row['ok']:,}")
+                log(
+                    f"scale   {row['n']:>9,}: {row['wall']:.1f} s, peak RSS {row['maxrss_mb']:.1f} MB, ok {row['ok']:,}"
+                )
     meta = {
         "mode": mode,
         "reps": reps,
         "runtime_s": time.monotonic() - started,
         "machine": report.machine(),
         "cells": [{"name": c.name, "n": c.n} for c in cells],
+        "package_dir": str(package_dir) if package_dir else None,
     }
     out.mkdir(parents=True, exist_ok=True)
     text = report.markdown(cells, figures, scale_rows, meta)
     (out / "results.md").write_text(text + "\n")
     harness.save_json(out / "raw.json", cells, runs, figures, {**meta, "scale": scale_rows})
-    drew = chart and report.chart(out / "chart.png", figures, meta)
+    drew = chart and report.chart(out / "chart.png", figures, cells, meta)
     return {"runs": runs, "figures": figures, "scale": scale_rows, "markdown": text, "meta": meta, "chart": drew}
 
 
@@ -73,6 +78,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--no-scale", action="store_true", help="skip the 1,000,000-request scale cell")
     parser.add_argument("--out", type=Path, help="directory for results.md, chart.png, raw.json")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one child run may take")
+    parser.add_argument(
+        "--package-dir", type=Path, help="import deepseek_pool from this directory instead (A/B runs of a change)"
+    )
     args = parser.parse_args(argv)
 
     cells = list(harness.QUICK_CELLS if args.quick else harness.FULL_CELLS)
@@ -98,12 +106,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(line, flush=True)
 
     result = run_benchmark(
-        cells, names, reps=reps, out=out, mode="quick" if args.quick else "full",
-        scale_sizes=sizes, timeout=args.timeout, log=log,
+        cells,
+        names,
+        reps=reps,
+        out=out,
+        mode="quick" if args.quick else "full",
+        scale_sizes=sizes,
+        timeout=args.timeout,
+        log=log,
+        package_dir=args.package_dir,
     )
     print()
     print(result["markdown"])
-    print(f"written: {out / 'results.md'}" + (f", {out / 'chart.png'}" if result["chart"] else " (no chart: pip install matplotlib)"))
+    print(
+        f"written: {out / 'results.md'}"
+        + (f", {out / 'chart.png'}" if result["chart"] else " (no chart: pip install matplotlib)")
+    )
     return 0
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from deepseek_pool import ChatCompletion, DeepSeekClient, DeepSeekPool
@@ -68,13 +69,24 @@ def run(n: int, workers: int) -> Dict[str, Any]:
     }
 
 
-def run_sizes(sizes: Sequence[int], workers: int, timeout: float, env: Optional[Dict[str, str]] = None) -> List[Dict[str, Any]]:
+def run_sizes(
+    sizes: Sequence[int],
+    workers: int,
+    timeout: float,
+    env: Optional[Dict[str, str]] = None,
+    cwd: Optional[Path] = None,
+) -> List[Dict[str, Any]]:
     """Each size in its own process, so each peak RSS is that run's alone."""
     results = []
     for n in sizes:
         done = subprocess.run(
             [sys.executable, "-m", "benchmarks.scale", "--n", str(n), "--workers", str(workers)],
-            capture_output=True, text=True, timeout=timeout, env=env, check=True,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=True,
+            cwd=str(cwd or Path(__file__).resolve().parent.parent),
         )
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return results

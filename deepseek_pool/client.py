@@ -245,21 +245,43 @@ class CallHandle:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-class _ReportingConnectionMixin:
-    """Tells the calling thread's :class:`CallHandle` which connection carries its request."""
+class _CallAwareConnectionMixin:
+    """Applies the calling thread's per-call state to every attempt, urllib3's retries included.
+
+    It tells the call's :class:`CallHandle` which connection carries the request, and
+    cuts the connect and read timeouts to what is left of the call's deadline, so a
+    retry made inside urllib3 cannot outlive ``call_timeout``.
+    """
+
+    timeout: Any
+
+    def _cut_timeout(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        timeout = self.timeout
+        if not isinstance(timeout, (int, float)) or timeout > remaining:
+            self.timeout = max(remaining, 0.001)
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        handle = call_context.handle
+        context = call_context
+        handle = context.handle
         if handle is not None:
             handle.attach(self)
+        if context.deadline is not None:
+            self._cut_timeout(context.deadline)
         super().request(*args, **kwargs)  # type: ignore[misc]
 
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        deadline = call_context.deadline
+        if deadline is not None:
+            self._cut_timeout(deadline)
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
 
-class _HTTPConnection(_ReportingConnectionMixin, HTTPConnection):
+
+class _HTTPConnection(_CallAwareConnectionMixin, HTTPConnection):
     pass
 
 
-class _HTTPSConnection(_ReportingConnectionMixin, HTTPSConnection):
+class _HTTPSConnection(_CallAwareConnectionMixin, HTTPSConnection):
     pass
 
 
@@ -501,8 +523,10 @@ class DeepSeekClient:
                 if prefix.lower().startswith(p.lower()) and "://" in p and len(p) > len(urlsplit(p).scheme) + 3
             ]
             if custom:
-                self.pool_maxsize = pool_maxsize
-                return  # the user mounted their own adapter for this host: respect it
+                # The user mounted their own adapter for this host: respect it, and report its size.
+                adapter = self.session.adapters[max(custom, key=len)]
+                self.pool_maxsize = getattr(adapter, "_pool_maxsize", pool_maxsize)
+                return
         adapter = DeepSeekAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=self.retry)
         old = self.session.adapters.get(prefix)
         self.session.mount(prefix, adapter)
@@ -608,6 +632,7 @@ class DeepSeekClient:
                 now = time.monotonic()
                 total = attempt_timeout.total
                 deadline = min(call_deadline, now + total) if total else call_deadline
+                context.prior_attempts = attempts
                 response = self._send(method, url, body, attempt_timeout, deadline)
                 if context.on_status is not None:
                     context.on_status(response.status_code)
@@ -623,6 +648,8 @@ class DeepSeekClient:
                 except (APITimeoutError, APIConnectionError, IncompleteResponseError) as err:
                     if isinstance(err, APITimeoutError) and not self.retry.retry_timeouts:
                         raise
+                    if getattr(err, "_after_chunks", False):
+                        raise  # the caller already saw part of this answer: a retry would repeat it
                     if attempts > self.max_retries:
                         raise
                     delay = self.retry.new(history=self._history(attempts)).get_backoff_time()
@@ -645,6 +672,7 @@ class DeepSeekClient:
         finally:
             context.listener = None
             context.deadline = None
+            context.prior_attempts = 0
 
     @staticmethod
     def _history(attempts: int) -> Tuple[Any, ...]:
@@ -674,6 +702,7 @@ class DeepSeekClient:
         on_retry: Optional[RetryListener] = None,
         on_chunk: Optional[ChunkCallback] = None,
         stream: bool = False,
+        restart_streams: bool = False,
         **params: Any,
     ) -> ChatCompletion:
         """Send one chat request and return its answer.
@@ -684,6 +713,10 @@ class DeepSeekClient:
         :param stream: stream the answer under the hood (``on_chunk`` sees each
             chunk; time to first token and keep-alive handling then apply) and
             return it aggregated.
+        :param restart_streams: with ``stream`` and ``on_chunk``, also retry a stream
+            that broke after ``on_chunk`` saw some of it (the retry starts over, so
+            ``on_chunk`` sees the new attempt from its first chunk). By default such a
+            stream raises instead, so a relay never shows text twice.
         :param on_retry: called before each retry with a :class:`~deepseek_pool.retry.RetryEvent`.
         :param params: any other chat field (``max_tokens``, ``temperature``, ``tools`` ...).
         :raises DeepSeekError: see :mod:`deepseek_pool.errors`.
@@ -699,7 +732,7 @@ class DeepSeekClient:
                 timeout=timeout,
                 on_retry=on_retry,
                 stream=True,
-                parse=partial(self._aggregate, on_chunk, read_timeout),
+                parse=partial(self._aggregate, on_chunk, restart_streams, read_timeout),
             )
         return self._call(  # type: ignore[no-any-return]
             "POST", self._chat_url, body, timeout=timeout, on_retry=on_retry, parse=self._parse_chat
@@ -719,26 +752,32 @@ class DeepSeekClient:
     def _aggregate(
         self,
         on_chunk: Optional[ChunkCallback],
+        restart: bool,
         read_timeout: float,
         data: None,
         response: requests.Response,
         deadline: float,
     ) -> ChatCompletion:
         stream = ChatStream(response, deadline, read_timeout)
-        with stream:
-            if on_chunk is None:
+        delivered = False
+        try:
+            with stream:
+                if on_chunk is not None:
+                    for chunk in stream:
+                        on_chunk(chunk)
+                        delivered = True
                 completion = stream.completion()
-            else:
-                for chunk in stream:
-                    on_chunk(chunk)
-                completion = stream.completion()
-        if completion.finish_reason == _INSUFFICIENT:
-            raise IncompleteResponseError(
-                "DeepSeek cut the streamed answer short (insufficient_system_resource)",
-                status_code=200,
-                body=completion.raw,
-                request_id=completion.request_id,
-            )
+            if completion.finish_reason == _INSUFFICIENT:
+                raise IncompleteResponseError(
+                    "DeepSeek cut the streamed answer short (insufficient_system_resource)",
+                    status_code=200,
+                    body=completion.raw,
+                    request_id=completion.request_id,
+                )
+        except DeepSeekError as err:
+            # Once the caller has seen part of this answer, a retry would show it again.
+            err._after_chunks = delivered and not restart  # type: ignore[attr-defined]
+            raise
         return completion
 
     def chat_stream(

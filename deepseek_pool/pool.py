@@ -45,6 +45,8 @@ PoolChunkCallback = Callable[["Result", ChatChunk], None]
 
 #: Keys of a request dict that steer the pool and are never sent to the API.
 POOL_KEYS = frozenset({"custom_id"})
+#: Call options the pool sets itself, so a request may not.
+_POOL_OWNED = frozenset({"on_retry", "on_chunk", "restart_streams"})
 #: Submitted-but-unfinished requests per worker that as_completed/map keep queued.
 WINDOW_PER_WORKER = 2
 #: Seconds between looks at an ``as_completed(stop=...)`` event while no result arrives.
@@ -269,6 +271,8 @@ class DeepSeekPool:
     ) -> ChatCompletion:
         """Validate, wait for the limits, call, account; raise on failure (used by submit too)."""
         normalize_messages(messages)  # bad input fails here, before any limiter or network
+        for key in _POOL_OWNED & params.keys():
+            raise TypeError(f"{key!r} is set by the pool; use DeepSeekPool(on_chunk=...) or its limiter instead")
         tokens = estimate_tokens(messages, params)
         limiter = self.limiter
         start = time.monotonic()
@@ -342,7 +346,16 @@ class DeepSeekPool:
             if user_callback is not None:
                 user_callback(result, chunk)
 
-        return self.client.chat(messages, stream=True, on_chunk=on_chunk, on_retry=on_retry, **params)
+        # Without a user callback only the first-token clock watches the chunks, so a
+        # broken stream may be retried from the start.
+        return self.client.chat(
+            messages,
+            stream=True,
+            on_chunk=on_chunk,
+            restart_streams=user_callback is None,
+            on_retry=on_retry,
+            **params,
+        )
 
     def _finish(self, result: Result) -> None:
         completion = result.completion
@@ -416,7 +429,8 @@ class DeepSeekPool:
         The input is consumed lazily: at most ``window`` requests are submitted and
         unfinished at once. Errors stay on their Result. Leaving the loop early
         (``break``, an exception, Ctrl-C) cancels what this iteration queued but had
-        not started.
+        not started and aborts its calls still running (their connections are closed),
+        so the ``with`` block is left at once.
 
         :param stop: a graceful stop (a batch runner's first Ctrl-C): once set, no more
             input is taken and queued requests that have not started are dropped, while

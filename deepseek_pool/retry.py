@@ -27,7 +27,7 @@ import time
 from concurrent.futures import CancelledError
 from typing import Any, Callable, NamedTuple, Optional
 
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ReadTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ReadTimeoutError, ResponseError
 from urllib3.util.retry import Retry
 
 from . import config
@@ -72,6 +72,8 @@ class _CallContext(threading.local):
     retry_gate: Optional[Callable[[float], None]] = None
     #: told the status of every response the call receives (a pool ends a cool-down on a 2xx)
     on_status: Optional[Callable[[int], None]] = None
+    #: attempts the call made in earlier sends, so urllib3's retries stay within the call's total
+    prior_attempts = 0
 
 
 call_context = _CallContext()
@@ -110,6 +112,9 @@ class DeepSeekRetry(Retry):
     """
 
     DEFAULT_ALLOWED_METHODS = frozenset({"GET", "POST"})
+    #: Statuses whose Retry-After makes a response retryable (urllib3 adds 413; DeepSeek
+    #: sends no such 413, and a too-large request will not shrink by waiting).
+    RETRY_AFTER_STATUS_CODES = frozenset({429, 503})
 
     def __init__(
         self,
@@ -194,6 +199,10 @@ class DeepSeekRetry(Retry):
         new._planned_delay = delay
         context = call_context
         reason: Optional[BaseException] = error
+        prior = context.prior_attempts
+        if prior and isinstance(self.total, int) and prior + len(new.history) > self.total:
+            # Earlier sends of this call already used the retries: stop, as urllib3 would.
+            raise MaxRetryError(_pool, url or "", error or ResponseError(f"too many {status} error responses"))
         if context.cancelled is not None and context.cancelled.is_set():
             context.stopped = "the pool is shutting down"
         elif context.deadline is not None and time.monotonic() + delay >= context.deadline:

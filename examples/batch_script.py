@@ -72,17 +72,23 @@ def count_items(path: str) -> int:
 
 
 def answered(path: str) -> Set[str]:
-    """The custom_ids that already have a successful line in ``path`` (a previous run)."""
+    """The custom_ids that already have a successful line in ``path`` (a previous run).
+
+    A last line cut short by a crash is removed, so that new lines start on a line of their own.
+    """
     done: Set[str] = set()
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a crash: that item runs again
-                if record.get("ok"):
-                    done.add(record["custom_id"])
+    if not os.path.exists(path):
+        return done
+    with open(path, "rb+") as f:
+        kept = 0
+        for line in f:
+            if not line.endswith(b"\n"):
+                f.truncate(kept)  # that item runs again
+                break
+            kept += len(line)
+            record = json.loads(line)
+            if record.get("ok"):
+                done.add(record["custom_id"])
     return done
 
 

@@ -1,4 +1,4 @@
-"""Minimal Django settings for ``django_views.py``: one app, no database, no middleware.
+"""Minimal Django settings for ``django_views.py``: one app, no database, no middleware (the defaults).
 
 ``DEEPSEEK_MAX_WORKERS`` sizes the process-wide pool built by ``DeepSeekConfig.ready()``.
 """
@@ -8,9 +8,8 @@ SECRET_KEY = "example-only-not-a-secret"
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 ROOT_URLCONF = "django_views"
 INSTALLED_APPS = ["django_views.DeepSeekConfig"]
-MIDDLEWARE: list = []
-DATABASES: dict = {}
 USE_TZ = True
+TIME_ZONE = "UTC"
 
 #: Threads making DeepSeek calls for the whole process; calls beyond this wait their turn.
 DEEPSEEK_MAX_WORKERS = 32

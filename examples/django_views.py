@@ -28,7 +28,7 @@ import concurrent.futures as cf
 import json
 import os
 import sys
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, cast
 
 from django.apps import AppConfig, apps
 from django.conf import settings
@@ -42,8 +42,9 @@ from deepseek_pool.testing import FakeDeepSeek
 MAX_FAN_OUT = 20
 #: Seconds a fan-out view waits before answering with what it has.
 VIEW_TIMEOUT = 60.0
-#: Seconds the offline FakeDeepSeek takes per answer (the real API takes seconds).
+#: How the offline FakeDeepSeek paces its answers (the real API: seconds, then many small pieces).
 OFFLINE_LATENCY = 0.3
+OFFLINE_CHUNK_DELAY = 0.01
 
 
 class DeepSeekBackend:
@@ -54,7 +55,7 @@ class DeepSeekBackend:
         if os.environ.get("DEEPSEEK_API_KEY"):
             client = dp.DeepSeekClient()  # DEEPSEEK_API_KEY, DEEPSEEK_BASE_URL, DEEPSEEK_MODEL
         else:
-            self.fake = FakeDeepSeek(latency=OFFLINE_LATENCY, stream_chunk_delay=0.01).start()
+            self.fake = FakeDeepSeek(latency=OFFLINE_LATENCY, stream_chunk_delay=OFFLINE_CHUNK_DELAY).start()
             client = dp.DeepSeekClient(api_key="sk-offline-example", base_url=self.fake.base_url)
         self.pool = dp.DeepSeekPool(client, max_workers=max_workers)
 
@@ -78,7 +79,7 @@ class DeepSeekConfig(AppConfig):
 
 
 def pool() -> dp.DeepSeekPool:
-    config: DeepSeekConfig = apps.get_app_config("django_views")  # type: ignore[assignment]
+    config = cast(DeepSeekConfig, apps.get_app_config("django_views"))
     return config.backend.pool
 
 

@@ -41,8 +41,9 @@ MAX_WORKERS = 64
 MAX_FAN_OUT = 20
 #: Seconds an endpoint waits for DeepSeek before answering 504.
 CALL_TIMEOUT = 120.0
-#: Seconds the offline FakeDeepSeek takes per answer (the real API takes seconds).
+#: How the offline FakeDeepSeek paces its answers (the real API: seconds, then many small pieces).
 OFFLINE_LATENCY = 0.3
+OFFLINE_CHUNK_DELAY = 0.01
 
 
 class DeepSeekBackend:
@@ -53,7 +54,7 @@ class DeepSeekBackend:
         if os.environ.get("DEEPSEEK_API_KEY"):
             client = dp.DeepSeekClient()  # DEEPSEEK_API_KEY, DEEPSEEK_BASE_URL, DEEPSEEK_MODEL
         else:
-            self.fake = FakeDeepSeek(latency=OFFLINE_LATENCY, stream_chunk_delay=0.01).start()
+            self.fake = FakeDeepSeek(latency=OFFLINE_LATENCY, stream_chunk_delay=OFFLINE_CHUNK_DELAY).start()
             client = dp.DeepSeekClient(api_key="sk-offline-example", base_url=self.fake.base_url)
         self.pool = dp.DeepSeekPool(client, max_workers=max_workers)
 

@@ -36,8 +36,9 @@ MAX_WORKERS = 32
 MAX_FAN_OUT = 20
 #: Seconds a fan-out view waits before answering with what it has.
 VIEW_TIMEOUT = 60.0
-#: Seconds the offline FakeDeepSeek takes per answer (the real API takes seconds).
+#: How the offline FakeDeepSeek paces its answers (the real API: seconds, then many small pieces).
 OFFLINE_LATENCY = 0.3
+OFFLINE_CHUNK_DELAY = 0.01
 
 
 class DeepSeekBackend:
@@ -48,7 +49,7 @@ class DeepSeekBackend:
         if os.environ.get("DEEPSEEK_API_KEY"):
             client = dp.DeepSeekClient()  # DEEPSEEK_API_KEY, DEEPSEEK_BASE_URL, DEEPSEEK_MODEL
         else:
-            self.fake = FakeDeepSeek(latency=OFFLINE_LATENCY, stream_chunk_delay=0.01).start()
+            self.fake = FakeDeepSeek(latency=OFFLINE_LATENCY, stream_chunk_delay=OFFLINE_CHUNK_DELAY).start()
             client = dp.DeepSeekClient(api_key="sk-offline-example", base_url=self.fake.base_url)
         self.pool = dp.DeepSeekPool(client, max_workers=max_workers)
 
@@ -142,7 +143,8 @@ def create_app() -> Flask:
 PAGE = """<!doctype html>
 <title>deepseek_pool + Flask</title>
 <form onsubmit="ask(); return false"><input id="q" size="60" value="Why is the sky blue?"> <button>Ask</button></form>
-<pre id="thinking" style="color: grey; white-space: pre-wrap"></pre><pre id="answer" style="white-space: pre-wrap"></pre>
+<pre id="thinking" style="color: grey; white-space: pre-wrap"></pre>
+<pre id="answer" style="white-space: pre-wrap"></pre>
 <script>
 function ask() {
   thinking.textContent = answer.textContent = "";

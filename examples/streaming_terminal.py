@@ -55,7 +55,8 @@ def stream_answer(client: dp.DeepSeekClient, prompt: str, *, thinking: bool, out
         if usage.reasoning_tokens:
             tokens += f" ({usage.reasoning_tokens} of them reasoning)"
     first = f"{first_token:.2f} s" if first_token is not None else "-"
-    out.write(f"\n--- {completion.model}: {tokens}; first token after {first}, done after {time.monotonic() - started:.2f} s\n")
+    elapsed = time.monotonic() - started
+    out.write(f"\n--- {completion.model}: {tokens}; first token after {first}, done after {elapsed:.2f} s\n")
     return completion
 
 

@@ -213,7 +213,8 @@ def test_retries_reuse_the_connection(fake: FakeDeepSeek) -> None:
 
 def _answer_then_close(conn: Any, request: bytes) -> bool:
     body = json.dumps({"choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}]}).encode()
-    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    conn.sendall(head + body)
     return True  # close the connection after answering, without saying so
 
 
@@ -408,3 +409,51 @@ def test_in_stream_error_payload_raises_the_typed_error() -> None:
             client.chat_stream("x") as stream,
         ):
             list(stream)
+
+
+# -- bounds that hold across both retry layers ---------------------------------------------
+
+
+def test_attempts_stay_within_max_retries_across_body_and_status_retries(fake: FakeDeepSeek) -> None:
+    fake.script("503", "empty", "503", "503", "503")
+    with pytest.raises(dp.ServiceUnavailableError):
+        make_client(fake, max_retries=dp.DeepSeekRetry(2, backoff_factor=0.01)).chat("x")
+    assert fake.stats.requests == 3
+
+
+def test_call_timeout_also_bounds_retries_made_inside_urllib3() -> None:
+    with FakeDeepSeek(latency=0.4) as fake:
+        fake.script("503", "503")
+        client = make_client(fake, call_timeout=0.6, max_retries=dp.DeepSeekRetry(3, backoff_factor=0.01))
+        start = time.monotonic()
+        with pytest.raises(dp.DeepSeekError):
+            client.chat("x")
+        assert time.monotonic() - start < 0.75
+
+
+def test_413_with_retry_after_is_not_retried() -> None:
+    def too_large(conn: Any, request: bytes) -> None:
+        body = b'{"error": {"message": "too large"}}'
+        head = b"HTTP/1.1 413 Payload Too Large\r\nRetry-After: 0\r\nContent-Length: %d\r\n\r\n" % len(body)
+        conn.sendall(head + body)
+
+    server = RawServer(too_large)
+    with server as (host, port):
+        with pytest.raises(dp.APIStatusError) as info:
+            dp.DeepSeekClient(KEY, base_url=f"http://{host}:{port}").chat("x")
+        assert info.value.status_code == 413
+        assert server.requests == 1
+
+
+def test_a_relayed_stream_that_breaks_is_not_retried_unless_asked(fake: FakeDeepSeek) -> None:
+    seen: List[str] = []
+    fake.script("cut:4", "ok")
+    with pytest.raises(dp.APIConnectionError):
+        make_client(fake).chat("x", stream=True, on_chunk=lambda c: seen.append(c.content or ""))
+    assert fake.stats.requests == 1
+
+    fake.reset()
+    fake.script("cut:4", "ok")
+    completion = make_client(fake).chat("x", stream=True, on_chunk=lambda c: None, restart_streams=True)
+    assert completion.content == FakeDeepSeek.answer_for("x")
+    assert fake.stats.requests == 2

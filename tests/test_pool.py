@@ -378,3 +378,9 @@ def test_a_failing_on_result_hook_never_breaks_the_batch(fake_deepseek: FakeDeep
 
     with DeepSeekPool(make_client(fake_deepseek), max_workers=2, on_result=bad_hook) as pool:
         assert all(r.ok for r in pool.map(["a", "b", "c"]))
+
+
+def test_options_the_pool_owns_are_refused(fake_deepseek: FakeDeepSeek) -> None:
+    with DeepSeekPool(make_client(fake_deepseek), max_workers=2) as pool, pytest.raises(TypeError, match="on_retry"):
+        pool.submit("x", on_retry=print).result(timeout=10)
+    assert fake_deepseek.stats.requests == 0

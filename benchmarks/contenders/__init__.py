@@ -39,7 +39,7 @@ class Outcome:
     chunks: int = 0
 
     @classmethod
-    def empty(cls, n: int) -> "Outcome":
+    def empty(cls, n: int) -> Outcome:
         return cls([None] * n, [None] * n)
 
 

@@ -26,7 +26,9 @@ def run(spec: Spec) -> Outcome:
             parts = []
             first = 0.0
             with client.chat.completions.create(
-                model=protocol.MODEL, messages=protocol.messages_for(i), stream=True  # type: ignore[arg-type]
+                model=protocol.MODEL,
+                messages=protocol.messages_for(i),
+                stream=True,  # type: ignore[arg-type]
             ) as events:
                 for chunk in events:
                     if chunk.choices:

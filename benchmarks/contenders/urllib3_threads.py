@@ -24,7 +24,9 @@ RETRY = Retry(
 
 def run(spec: Spec) -> Outcome:
     outcome = Outcome.empty(spec.n)
-    http = urllib3.PoolManager(maxsize=spec.concurrency, retries=RETRY, timeout=urllib3.Timeout(connect=10, read=TIMEOUT))
+    http = urllib3.PoolManager(
+        maxsize=spec.concurrency, retries=RETRY, timeout=urllib3.Timeout(connect=10, read=TIMEOUT)
+    )
     url = spec.base_url + "/chat/completions"
     headers = {"Authorization": f"Bearer {protocol.API_KEY}", "Content-Type": "application/json"}
     stream = spec.stream

@@ -1,0 +1,112 @@
+"""Smoke test of the benchmark harness (benchmarks/), so it cannot rot between releases.
+
+Runs the real harness -- load server process, one child process per contender, answer
+checks, server-side connection counts, the Markdown report -- at a tiny N for the
+contenders that need no extra packages. It asserts what the harness measures, never
+how fast anything is (timings on a shared machine are not test material).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+from benchmarks import harness, report
+from benchmarks.contenders import CONTENDERS as LABELS
+from benchmarks.harness import Cell, Figures, LoadServer, Run
+from benchmarks.run import run_benchmark
+
+CONTENDERS = ["deepseek_pool", "urllib3", "requests"]
+CHAT = Cell("C=4", "chat", 24, 4, latency=0.005)
+STREAM = Cell("stream", "stream", 6, 3, latency=0.005, chunks=5, gap=0.001)
+TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench")
+    return run_benchmark([CHAT, STREAM], CONTENDERS, reps=1, out=out, mode="smoke", chart=False, timeout=TIMEOUT)
+
+
+def _figures(bench: Dict[str, Any], cell: str) -> Dict[str, Figures]:
+    return {f.contender: f for f in bench["figures"] if f.cell == cell}
+
+
+def test_every_contender_gets_every_answer_right(bench: Dict[str, Any]) -> None:
+    runs: List[Run] = bench["runs"]
+    assert {(r.cell, r.contender) for r in runs} == {(c.name, n) for c in (CHAT, STREAM) for n in CONTENDERS}
+    for run in runs:
+        assert run.error is None, run.error
+        cell = CHAT if run.cell == CHAT.name else STREAM
+        assert run.client["ok"] == cell.n and run.client["wrong"] == 0 and not run.client["errors"], run
+        assert run.server["requests"] == cell.n  # the warm-up call is not counted
+        assert run.client["cpu"] > 0 and run.client["maxrss_kb"] > 0 and run.server["cpu"] >= 0
+
+
+def test_connections_are_counted_at_the_server_and_reused(bench: Dict[str, Any]) -> None:
+    for cell in (CHAT, STREAM):
+        for name, fig in _figures(bench, cell.name).items():
+            # each contender keeps at most C connections and reuses them (never one per request)
+            assert 1 <= fig.connections <= cell.concurrency, (cell.name, name, fig.connections)
+            assert fig.pool_full_warnings == 0
+
+
+def test_streaming_figures_are_derived(bench: Dict[str, Any]) -> None:
+    for name, fig in _figures(bench, STREAM.name).items():
+        assert fig.cpu_ms_per_chunk is not None and fig.cpu_ms_per_chunk > 0, name
+        assert fig.ttfc_overhead_ms is not None and fig.ttfc_overhead_ms > -1000 * STREAM.latency, name
+    raw = [r for r in bench["runs"] if r.cell == STREAM.name and r.contender == "urllib3"]
+    assert raw[0].client["chunks"] == STREAM.n * STREAM.chunks  # every piece arrived as its own chunk
+
+
+def test_the_report_names_every_contender_and_the_floor_ratio_is_one(bench: Dict[str, Any]) -> None:
+    floor = _figures(bench, CHAT.name)["urllib3"]
+    assert floor.cpu_ratio == pytest.approx(1.0)
+    text = bench["markdown"]
+    for name in CONTENDERS:
+        assert LABELS[name].label in text
+    assert "CPU ms/request C=4" in text and "Streaming:" in text
+    assert bench["meta"]["machine"]["date"] in text  # figures without their date and machine are useless
+
+
+def test_results_are_written_as_markdown_and_json(bench: Dict[str, Any], tmp_path: Path) -> None:
+    figures, meta = bench["figures"], bench["meta"]
+    harness.save_json(tmp_path / "raw.json", [CHAT, STREAM], bench["runs"], figures, meta)
+    data = json.loads((tmp_path / "raw.json").read_text())
+    assert len(data["runs"]) == len(bench["runs"]) and data["meta"]["mode"] == "smoke"
+
+
+def test_a_wrong_answer_is_caught() -> None:
+    class WrongEveryThird(Cell):
+        def server_config(self, seed: int) -> Dict[str, Any]:
+            return {**super().server_config(seed), "wrong_every": 3}
+
+    cell = WrongEveryThird("C=4", "chat", 12, 4, latency=0.0)
+    with LoadServer() as server:
+        run = harness.run_one(server, cell, "urllib3", 0, TIMEOUT)
+    assert run.error is None, run.error
+    assert run.client["wrong"] == 4 and run.client["ok"] == 8
+
+
+def test_faults_are_injected_and_retries_counted() -> None:
+    cell = Cell("faults", "faults", 20, 4, latency=0.0, faults={"503": 0.3})
+    with LoadServer() as server:
+        run = harness.run_one(server, cell, "urllib3", 0, TIMEOUT)
+    assert run.error is None, run.error
+    injected = run.server["faults"]["503"]
+    given_up = sum(run.client["errors"].values())
+    assert injected > 0
+    # each 503 was retried (one more request) unless it was a call's final answer
+    assert run.server["requests"] == cell.n + injected - given_up
+    assert run.client["ok"] + given_up == cell.n and run.client["wrong"] == 0
+
+
+def test_chart_is_drawn_when_matplotlib_is_installed(bench: Dict[str, Any], tmp_path: Path) -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib is not installed (pip install -e '.[bench]')")
+    assert report.chart(tmp_path / "chart.png", bench["figures"], [CHAT, STREAM], bench["meta"])
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
