@@ -395,10 +395,10 @@ def summarize(cells: Sequence[Cell], runs: Sequence[Run]) -> List[Figures]:
                 continue
             walls = [r.client["wall"] for r in good]
             cpus = [r.client["cpu"] for r in good]
-            kinds: Dict[str, int] = {}
-            for r in good:
-                for kind, count in r.client["errors"].items():
-                    kinds[kind] = max(kinds.get(kind, 0), count)
+            # Counts (completed, failed and how, requests sent) come from one run, the one
+            # with the median number completed, so that they add up; wrong answers are the
+            # worst of all runs (there should be none anywhere).
+            middle = sorted(good, key=lambda r: r.client["ok"])[len(good) // 2]
             wall = _median(walls)
             cpu_ms = 1000 * _median(cpus) / cell.n
             fig = Figures(
@@ -413,11 +413,11 @@ def summarize(cells: Sequence[Cell], runs: Sequence[Run]) -> List[Figures]:
                 maxrss_mb=_median([r.client["maxrss_kb"] / 1024 for r in good]),
                 connections=int(_median([r.server["connections_used"] for r in good])),
                 connections_opened=int(_median([r.server["connections_opened"] for r in good])),
-                requests_sent=int(_median([r.server["requests"] for r in good])),
-                ok=int(_median([r.client["ok"] for r in good])),
+                requests_sent=middle.server["requests"],
+                ok=middle.client["ok"],
                 wrong=max(r.client["wrong"] for r in good),
-                errors=max(sum(r.client["errors"].values()) for r in good),
-                error_kinds=kinds,
+                errors=sum(middle.client["errors"].values()),
+                error_kinds=dict(middle.client["errors"]),
                 pool_full_warnings=max(r.client["pool_full_warnings"] for r in good),
                 server_cpu_ms_per_request=1000 * _median([r.server["cpu"] for r in good]) / max(1, cell.n),
                 server_core_share=max(r.server["cpu"] / r.client["wall"] for r in good if r.client["wall"] > 0),

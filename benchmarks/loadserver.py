@@ -361,7 +361,12 @@ def _control(server: Server, stop: asyncio.Future[None]) -> None:
             print(json.dumps(answer.result(timeout=30)), flush=True)
         except cf.TimeoutError:
             print(json.dumps({"error": "the loop did not answer in 30 s"}), flush=True)
-    loop.call_soon_threadsafe(lambda: stop.done() or stop.set_result(None))
+
+    def finish() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    loop.call_soon_threadsafe(finish)
 
 
 async def serve(port: int) -> None:

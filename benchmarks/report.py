@@ -129,7 +129,8 @@ def faults_table(figures: Sequence[Figures], cell: Optional[Cell]) -> List[str]:
     faults = ", ".join(f"{100 * p:.0f} % {k if k != 'reset' else 'TCP resets'}" for k, p in (cell.faults or {}).items())
     lines = [
         f"Faults: N={cell.n}, C={cell.concurrency}, L={1000 * cell.latency:.0f} ms, each attempt drawn: {faults}; "
-        "contenders that retry out of the box (or as configured here), 2 retries each.",
+        "contenders that retry out of the box (or as configured here), 2 retries each. Counts are those of "
+        "the run with the median number completed.",
         "",
         "| contender | completed | wrong answers | failed (kinds) | requests sent | extra requests | wall s |",
         "|---|---|---|---|---|---|---|",

@@ -9,6 +9,7 @@ installed (``pip install -e '.[bench]'``), prints progress, and writes
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import replace
@@ -68,6 +69,20 @@ def run_benchmark(
     return {"runs": runs, "figures": figures, "scale": scale_rows, "markdown": text, "meta": meta, "chart": drew}
 
 
+def rerender(raw: Path, out: Optional[Path] = None) -> str:
+    """Rebuild results.md and chart.png from a raw.json (after a change to the report only)."""
+    data = json.loads(raw.read_text())
+    cells = [Cell(**{**c, "faults": c.get("faults")}) for c in data["cells"]]
+    runs = [Run(**r) for r in data["runs"]]
+    figures = harness.summarize(cells, runs)
+    meta = {k: v for k, v in data["meta"].items() if k != "scale"}
+    out = out or raw.parent
+    text = report.markdown(cells, figures, data["meta"].get("scale", []), meta)
+    (out / "results.md").write_text(text + "\n")
+    report.chart(out / "chart.png", figures, cells, meta)
+    return text
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="small N, one run each (about a minute)")
@@ -81,7 +96,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--package-dir", type=Path, help="import deepseek_pool from this directory instead (A/B runs of a change)"
     )
+    parser.add_argument("--from-json", type=Path, help="only rebuild results.md and chart.png from this raw.json")
     args = parser.parse_args(argv)
+    if args.from_json:
+        print(rerender(args.from_json, args.out))
+        return 0
 
     cells = list(harness.QUICK_CELLS if args.quick else harness.FULL_CELLS)
     if args.cells:

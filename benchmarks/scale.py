@@ -39,7 +39,7 @@ class CountingClient(DeepSeekClient):
         self.calls = 0
         self._count_lock = threading.Lock()
 
-    def chat(self, messages: Any, **params: Any) -> ChatCompletion:  # type: ignore[override]
+    def chat(self, messages: Any, **params: Any) -> ChatCompletion:
         with self._count_lock:
             self.calls += 1
         return ChatCompletion(_RAW)

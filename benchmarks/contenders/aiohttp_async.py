@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import aiohttp
 
@@ -33,7 +33,7 @@ async def _run(spec: Spec, outcome: Outcome) -> None:
                         if not stream:
                             data = await response.json()
                             return i, data["choices"][0]["message"]["content"], None, 0.0, 0
-                        parts = []
+                        parts: List[str] = []
                         first = 0.0
                         async for line in response.content:
                             piece = protocol.sse_content(line)

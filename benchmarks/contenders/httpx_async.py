@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import httpx
 
@@ -29,7 +29,7 @@ async def _run(spec: Spec, outcome: Outcome) -> None:
                         if response.status_code != 200:
                             return i, None, f"HTTP {response.status_code}", 0.0, 0
                         return i, response.json()["choices"][0]["message"]["content"], None, 0.0, 0
-                    parts = []
+                    parts: List[str] = []
                     first = 0.0
                     async with client.stream("POST", url, json=protocol.chat_body(i, True)) as response:
                         if response.status_code != 200:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from openai import OpenAI
 
@@ -23,13 +23,14 @@ def run(spec: Spec) -> Outcome:
             if not stream:
                 completion = client.chat.completions.create(model=protocol.MODEL, messages=protocol.messages_for(i))  # type: ignore[arg-type]
                 return i, completion.choices[0].message.content, None, 0.0, 0
-            parts = []
+            parts: List[str] = []
             first = 0.0
-            with client.chat.completions.create(
+            events = client.chat.completions.create(
                 model=protocol.MODEL,
-                messages=protocol.messages_for(i),
-                stream=True,  # type: ignore[arg-type]
-            ) as events:
+                messages=protocol.messages_for(i),  # type: ignore[arg-type]
+                stream=True,
+            )
+            with events:
                 for chunk in events:
                     if chunk.choices:
                         piece = chunk.choices[0].delta.content

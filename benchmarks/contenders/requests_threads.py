@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -38,7 +38,7 @@ def run(spec: Spec) -> Outcome:
             with session.post(url, json=protocol.chat_body(i, True), timeout=TIMEOUT, stream=True) as response:
                 if response.status_code != 200:
                     return i, None, f"HTTP {response.status_code}", 0.0, 0
-                parts = []
+                parts: List[str] = []
                 first = 0.0
                 for piece in protocol.sse_contents(response.iter_lines()):
                     if piece:

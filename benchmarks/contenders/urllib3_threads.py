@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import urllib3
 from urllib3.util.retry import Retry
@@ -45,7 +45,7 @@ def run(spec: Spec) -> Outcome:
             try:
                 if response.status != 200:
                     return i, None, f"HTTP {response.status}", 0.0, 0
-                parts = []
+                parts: List[str] = []
                 first = 0.0
                 for piece in protocol.sse_contents(protocol.split_lines(response.stream(65536))):
                     if piece:
