@@ -37,11 +37,14 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
+from requests.utils import get_encoding_from_headers, select_proxy
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
-from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 from urllib3.util.retry import RequestHistory
+from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from . import config
 from .config import Timeout, TimeoutLike
@@ -76,6 +79,10 @@ STREAM_END_GRACE = 0.1
 #: A 200 that stopped for this reason is a load failure, not an answer.
 _INSUFFICIENT = "insufficient_system_resource"
 _REQUEST_ID_HEADERS = ("x-request-id", "x-ds-trace-id", "request-id")
+# requests' own HTTPAdapter.send, unless a mock library had already replaced it at import
+# (then the direct route is never taken). While ``responses`` or a similar library has it
+# patched, ``type(adapter).send`` is not this function and calls go through the adapter.
+_GENUINE_SEND: Any = HTTPAdapter.send if getattr(HTTPAdapter.send, "__module__", None) == "requests.adapters" else None
 
 
 def normalize_messages(messages: Messages) -> List[Mapping[str, Any]]:
@@ -195,12 +202,17 @@ def _translate(err: BaseException) -> DeepSeekError:
     """Turn a requests/urllib3 exception into ours (the only place that does)."""
     if isinstance(err, DeepSeekError):
         return err
-    cause = err.args[0] if err.args else None
-    reason = getattr(cause, "reason", None) if isinstance(cause, MaxRetryError) else None
+    if isinstance(err, MaxRetryError):  # raised by urllib3 directly on the direct route
+        reason: Any = err.reason
+    else:  # wrapped by requests' adapter
+        cause = err.args[0] if err.args else None
+        reason = getattr(cause, "reason", None) if isinstance(cause, MaxRetryError) else None
     if isinstance(reason, RetryBudgetExceeded):
         return RetryBudgetExceeded(str(reason))
     if isinstance(err, (requests.Timeout, ReadTimeoutError)) or isinstance(reason, ReadTimeoutError):
         return APITimeoutError(f"request timed out: {err}")
+    if isinstance(reason, ConnectTimeoutError) and not isinstance(reason, NewConnectionError):
+        return APITimeoutError(f"connecting timed out: {err}")  # what requests calls ConnectTimeout
     if isinstance(err, (requests.ConnectionError, Urllib3HTTPError, OSError)):
         return APIConnectionError(f"connection failed: {err}")
     if isinstance(err, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
@@ -302,6 +314,39 @@ class DeepSeekAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
+
+
+class _Route:
+    """The urllib3 pool that requests' adapter would pick for the base URL, resolved once.
+
+    Going to it directly skips what ``HTTPAdapter.send`` redoes on every call: proxy
+    selection, pool-key normalisation, the CA-bundle check, URL re-parsing, and the
+    cookie extraction of ``build_response`` (the client sends no cookies). It is taken
+    only for the client's own adapter, when no proxy applies and ``HTTPAdapter.send``
+    is not patched; everything else goes through ``adapter.send`` as before.
+    """
+
+    __slots__ = ("adapter", "cut", "pool")
+
+    def __init__(self, adapter: HTTPAdapter, pool: Any, cut: int) -> None:
+        self.adapter = adapter
+        self.pool = pool
+        #: characters of the base URL's scheme://host[:port] that the pool's path omits
+        self.cut = cut
+
+
+def _wrap(raw: Any, url: str, adapter: HTTPAdapter) -> requests.Response:
+    """A ``requests.Response`` around a urllib3 response, as ``build_response`` makes it, minus cookies."""
+    response = requests.Response()
+    response.status_code = raw.status
+    headers: CaseInsensitiveDict[str] = CaseInsensitiveDict(raw.headers)
+    response.headers = headers
+    response.encoding = get_encoding_from_headers(headers)
+    response.raw = raw
+    response.reason = raw.reason
+    response.url = url
+    response.connection = adapter
+    return response
 
 
 class ChatStream:
@@ -473,6 +518,8 @@ class DeepSeekClient:
         self._owns_session = session is None
         self.session = session if session is not None else requests.Session()
         self.pool_maxsize = 0
+        self._own_adapter: Optional[HTTPAdapter] = None
+        self._route: Optional[_Route] = None
         self._mount(pool_maxsize)
 
         base_headers: Dict[str, str] = {}
@@ -530,6 +577,8 @@ class DeepSeekClient:
         adapter = DeepSeekAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=self.retry)
         old = self.session.adapters.get(prefix)
         self.session.mount(prefix, adapter)
+        self._own_adapter = adapter
+        self._route = None
         self.pool_maxsize = pool_maxsize
         if old is not None and old is not adapter:
             old.close()
@@ -548,21 +597,63 @@ class DeepSeekClient:
 
     # -- transport -------------------------------------------------------------------
 
+    def _resolve_route(self, adapter: HTTPAdapter) -> Optional[_Route]:
+        """Find the pool ``adapter.send`` would use for the base URL (None: always use the adapter)."""
+        if _GENUINE_SEND is None or adapter is not self._own_adapter:
+            return None
+        if select_proxy(self.base_url, self._send_kwargs["proxies"]) is not None:
+            return None
+        request = requests.PreparedRequest()
+        request.prepare(method="POST", url=self._chat_url)
+        verify, cert = self._send_kwargs["verify"], self._send_kwargs["cert"]
+        getter = getattr(adapter, "get_connection_with_tls_context", None)
+        if getter is not None:  # requests >= 2.32.2
+            pool = getter(request, verify, None, cert)
+        else:
+            pool = adapter.get_connection(self.base_url, None)
+        adapter.cert_verify(pool, self.base_url, verify, cert)  # type: ignore[no-untyped-call]
+        parts = urlsplit(self.base_url)
+        route = _Route(adapter, pool, len(parts.scheme) + 3 + len(parts.netloc))
+        self._route = route
+        return route
+
     def _send(
         self, method: str, url: str, body: Optional[bytes], timeout: Timeout, deadline: float
     ) -> requests.Response:
-        request = requests.PreparedRequest()
-        request.method = method
-        request.url = url
         headers = dict(self._headers)
         if body is not None:
             headers["Content-Length"] = str(len(body))
-        request.headers = headers  # type: ignore[assignment]
-        request.body = body
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise APITimeoutError("the call's deadline passed before the request was sent")
         adapter = self.session.get_adapter(url)
+        if type(adapter).send is _GENUINE_SEND and adapter is self._own_adapter:
+            route = self._route or self._resolve_route(adapter)
+            if route is not None and route.adapter is adapter:
+                try:
+                    raw = route.pool.urlopen(
+                        method,
+                        url[route.cut :],
+                        body=body,
+                        headers=headers,
+                        redirect=False,
+                        assert_same_host=False,
+                        preload_content=False,
+                        decode_content=False,
+                        retries=adapter.max_retries,
+                        timeout=Urllib3Timeout(
+                            connect=min(timeout.connect, remaining), read=min(timeout.read, remaining)
+                        ),
+                        chunked=False,
+                    )
+                except Exception as err:
+                    raise _translate(err) from err
+                return _wrap(raw, url, adapter)
+        request = requests.PreparedRequest()
+        request.method = method
+        request.url = url
+        request.headers = headers  # type: ignore[assignment]
+        request.body = body
         try:
             return adapter.send(
                 request,

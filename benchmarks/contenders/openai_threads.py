@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, cast
 
 from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from benchmarks import protocol
 from benchmarks.contenders import TIMEOUT, Outcome, Spec
+
+
+def _messages(index: int) -> List[ChatCompletionMessageParam]:
+    return cast(List[ChatCompletionMessageParam], protocol.messages_for(index))
 
 
 def run(spec: Spec) -> Outcome:
@@ -21,13 +26,13 @@ def run(spec: Spec) -> Outcome:
         started = time.perf_counter()
         try:
             if not stream:
-                completion = client.chat.completions.create(model=protocol.MODEL, messages=protocol.messages_for(i))  # type: ignore[arg-type]
+                completion = client.chat.completions.create(model=protocol.MODEL, messages=_messages(i))
                 return i, completion.choices[0].message.content, None, 0.0, 0
             parts: List[str] = []
             first = 0.0
             events = client.chat.completions.create(
                 model=protocol.MODEL,
-                messages=protocol.messages_for(i),  # type: ignore[arg-type]
+                messages=_messages(i),
                 stream=True,
             )
             with events:
