@@ -205,6 +205,10 @@ class DeepSeekPool:
         (default ``2 * max_workers``).
     :param on_result: called with each finished :class:`Result`, in the worker thread.
     :param on_chunk: called with ``(result, chunk)`` for each chunk of streamed requests.
+    :param cool_down: after a 429, hold every call of the pool (and of pools sharing the
+        limiter) back for the wait the server asked for, then probe with one call. Right
+        for DeepSeek, whose 429 means the account's concurrency cap is reached; turn it off
+        for an endpoint whose 429s are sporadic, so only the call that got one waits.
     """
 
     def __init__(
@@ -221,6 +225,7 @@ class DeepSeekPool:
         window: Optional[int] = None,
         on_result: Optional[ResultCallback] = None,
         on_chunk: Optional[PoolChunkCallback] = None,
+        cool_down: bool = True,
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
@@ -238,6 +243,7 @@ class DeepSeekPool:
         self.window = window or WINDOW_PER_WORKER * max_workers
         self.on_result = on_result
         self.on_chunk = on_chunk
+        self.cool_down = cool_down
         self._closing = threading.Event()
         self._closed = False
         self._client_closed = False
@@ -284,7 +290,7 @@ class DeepSeekPool:
 
         def on_retry(event: RetryEvent) -> None:
             nonlocal retries
-            if event.status == 429:
+            if event.status == 429 and self.cool_down:
                 limiter.cool_down(event.delay)
             limiter.spend_retry(event.kind, permit=permit)
             retries += 1

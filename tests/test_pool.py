@@ -170,10 +170,10 @@ def test_429_storm_is_met_with_a_pool_wide_cool_down() -> None:
     def run(cool: bool) -> int:
         with FakeDeepSeek(latency=0.01) as fake:
             fake.storm(0.8, "429:0.3")
-            limiter = Limiter(retry_budget=None) if cool else _NoCoolDownLimiter(retry_budget=None)
+            limiter = Limiter(retry_budget=None)
             retry = dp.DeepSeekRetry(10, backoff_factor=0.01, backoff_jitter=0.01)
             client = dp.DeepSeekClient(KEY, base_url=fake.base_url, max_retries=retry)
-            with DeepSeekPool(client, max_workers=16, limiter=limiter) as pool:
+            with DeepSeekPool(client, max_workers=16, limiter=limiter, cool_down=cool) as pool:
                 results = pool.map([f"q{i}" for i in range(200)])
             assert all(r.ok for r in results)
             return fake.stats.by_status.get(429, 0)
@@ -182,13 +182,6 @@ def test_429_storm_is_met_with_a_pool_wide_cool_down() -> None:
     without = run(False)
     assert with_cool_down * 2 < without, (with_cool_down, without)
     assert with_cool_down <= 16 + 4  # the first wave, then one probe per cool-down
-
-
-class _NoCoolDownLimiter(Limiter):
-    """Every thread retries on its own, as with a plain client."""
-
-    def cool_down(self, seconds: float) -> None:
-        pass
 
 
 def test_retry_budget_stops_hammering_a_failing_api() -> None:
