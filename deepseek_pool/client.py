@@ -7,9 +7,10 @@ as arguments, so any number of threads may share one client.
 
 The request path is kept lean because per-call CPU decides how many threads two
 cores can feed: the session's environment (proxies, CA bundle) is resolved once
-at construction instead of on every call, headers are merged once, and requests
-go straight to the adapter (``responses`` and custom adapters still work, as they
-hook in there).
+at construction instead of on every call, headers are merged once, and calls go
+straight to the urllib3 pool the adapter would pick (see :mod:`.transport`); a
+patched ``HTTPAdapter.send`` (``responses``), a user's own adapter or a proxy keeps
+the adapter path.
 
 Example::
 
@@ -24,25 +25,18 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import socket
 import threading
 import time
 from functools import partial
-from typing import Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from requests.structures import CaseInsensitiveDict
-from requests.utils import get_encoding_from_headers, select_proxy
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
-from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from requests.utils import select_proxy
 from urllib3.util.retry import RequestHistory
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
@@ -58,166 +52,31 @@ from .errors import (
     RetryBudgetExceeded,
     status_error,
 )
+from .messages import Messages, build_chat_body, encode_body, normalize_messages
 from .models import DEFAULT_MODEL
-from .retry import DeepSeekRetry, RetryCancelled, RetryEvent, RetryListener, call_context, wait_for_retry
-from .streaming import SSEDecoder
-from .types import Balance, ChatChunk, ChatCompletion, ChatCompletionBuilder, FIMCompletion
+from .retry import DeepSeekRetry, RetryEvent, RetryListener, call_context, wait_for_retry
+from .transport import (
+    GENUINE_SEND,
+    CallHandle,
+    ChatStream,
+    DeepSeekAdapter,
+    Route,
+    raw_pieces,
+    request_id_of,
+    translate_error,
+    wrap_response,
+)
+from .types import Balance, ChatChunk, ChatCompletion, FIMCompletion
 
 __all__ = ["CallHandle", "ChatStream", "DeepSeekClient", "Messages", "build_chat_body", "normalize_messages"]
 
 log = logging.getLogger(__name__)
 
-Messages = Union[str, Sequence[Mapping[str, Any]]]
 ChunkCallback = Callable[[ChatChunk], None]
 
-_ROLES = frozenset({"system", "user", "assistant", "tool"})
 _USER_AGENT = f"deepseek-pool/0.1 (python-requests/{requests.__version__})"
-_READ_SIZE = 65536
-#: After ``data: [DONE]`` a well-behaved server ends the body at once; one that
-#: holds it open gets its connection closed after this many seconds.
-STREAM_END_GRACE = 0.1
 #: A 200 that stopped for this reason is a load failure, not an answer.
 _INSUFFICIENT = "insufficient_system_resource"
-_REQUEST_ID_HEADERS = ("x-request-id", "x-ds-trace-id", "request-id")
-# requests' own HTTPAdapter.send, unless a mock library had already replaced it at import
-# (then the direct route is never taken). While ``responses`` or a similar library has it
-# patched, ``type(adapter).send`` is not this function and calls go through the adapter.
-_GENUINE_SEND: Any = HTTPAdapter.send if getattr(HTTPAdapter.send, "__module__", None) == "requests.adapters" else None
-
-
-def normalize_messages(messages: Messages) -> List[Mapping[str, Any]]:
-    """Check ``messages`` and return them as a list of message dicts.
-
-    A str becomes one user message. Raises TypeError/ValueError naming the problem,
-    so bad input fails before anything is sent.
-    """
-    if isinstance(messages, str):
-        if not messages:
-            raise ValueError("messages is an empty string; give the prompt text")
-        return [{"role": "user", "content": messages}]
-    if isinstance(messages, Mapping) or not isinstance(messages, (list, tuple)):
-        raise TypeError(f"messages must be a str or a list of message dicts, got {type(messages).__name__}")
-    if not messages:
-        raise ValueError("messages is an empty list; give at least one message")
-    for index, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise TypeError(f"messages[{index}] must be a dict, got {type(message).__name__}")
-        role = message.get("role")
-        if role is None:
-            raise ValueError(f"messages[{index}] has no 'role' (one of {', '.join(sorted(_ROLES))})")
-        if role not in _ROLES:
-            raise ValueError(f"messages[{index}] has role {role!r}; expected one of {', '.join(sorted(_ROLES))}")
-        content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise TypeError(f"messages[{index}]['content'] must be a str, got {type(content).__name__}")
-        if content is None and role != "assistant":
-            raise ValueError(f"messages[{index}] ({role}) has no 'content'")
-    return list(messages)
-
-
-def _check_number(params: Mapping[str, Any], name: str, low: float, high: float) -> None:
-    value = params.get(name)
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value!r}")
-
-
-def build_chat_body(messages: Messages, model: str, params: Mapping[str, Any]) -> Dict[str, Any]:
-    """The JSON body of a chat request, checked; ``thinking=True/False`` becomes DeepSeek's switch."""
-    if not isinstance(model, str) or not model:
-        raise TypeError(f"model must be a non-empty str, got {model!r}")
-    body: Dict[str, Any] = {"model": model, "messages": normalize_messages(messages)}
-    if params:
-        body.update(params)
-        thinking = params.get("thinking")
-        if isinstance(thinking, bool):
-            body["thinking"] = {"type": "enabled" if thinking else "disabled"}
-        elif thinking is None and "thinking" in params:
-            del body["thinking"]
-        max_tokens = params.get("max_tokens")
-        if max_tokens is not None and (
-            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0
-        ):
-            raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
-        _check_number(params, "temperature", 0, 2)
-        _check_number(params, "top_p", 0, 1)
-        _check_number(params, "frequency_penalty", -2, 2)
-        _check_number(params, "presence_penalty", -2, 2)
-    return body
-
-
-def _encode(body: Mapping[str, Any]) -> bytes:
-    try:
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"the request is not JSON serializable: {err}") from None
-
-
-def _request_id(headers: Mapping[str, str]) -> Optional[str]:
-    for name in _REQUEST_ID_HEADERS:
-        value = headers.get(name)
-        if value:
-            return value
-    return None
-
-
-def _raw_pieces(raw: Any, deadline: float, read_timeout: float) -> Iterator[bytes]:
-    """Yield the decoded body as it arrives, enforcing the attempt's total deadline.
-
-    Every piece (a blank keep-alive line included) resets the socket's read timeout,
-    so the deadline is checked between pieces and the socket timeout is shortened
-    when the deadline is nearer than a full read timeout.
-    """
-    if raw.chunked and raw.supports_chunked_reads():
-        source: Iterator[bytes] = raw.read_chunked(None, decode_content=True)
-    else:
-        read = getattr(raw, "read1", None) or raw.read
-        source = iter(partial(read, _READ_SIZE, decode_content=True), b"")
-    clock = time.monotonic
-    remaining = deadline - clock()
-    if remaining < read_timeout:
-        _set_socket_timeout(raw, remaining)
-    for piece in source:
-        yield piece
-        remaining = deadline - clock()
-        if remaining <= 0:
-            raise APITimeoutError("the request's total deadline passed while the server was still sending")
-        if remaining < read_timeout:
-            _set_socket_timeout(raw, remaining)
-
-
-def _set_socket_timeout(raw: Any, seconds: float) -> None:
-    if seconds <= 0:
-        raise APITimeoutError("the request's total deadline passed while waiting for the server")
-    connection = getattr(raw, "connection", None)
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
-        sock.settimeout(seconds)
-
-
-def _translate(err: BaseException) -> DeepSeekError:
-    """Turn a requests/urllib3 exception into ours (the only place that does)."""
-    if isinstance(err, DeepSeekError):
-        return err
-    if isinstance(err, MaxRetryError):  # raised by urllib3 directly on the direct route
-        reason: Any = err.reason
-    else:  # wrapped by requests' adapter
-        cause = err.args[0] if err.args else None
-        reason = getattr(cause, "reason", None) if isinstance(cause, MaxRetryError) else None
-    if isinstance(reason, RetryBudgetExceeded):
-        return RetryBudgetExceeded(str(reason))
-    if isinstance(err, (requests.Timeout, ReadTimeoutError)) or isinstance(reason, ReadTimeoutError):
-        return APITimeoutError(f"request timed out: {err}")
-    if isinstance(reason, ConnectTimeoutError) and not isinstance(reason, NewConnectionError):
-        return APITimeoutError(f"connecting timed out: {err}")  # what requests calls ConnectTimeout
-    if isinstance(err, (requests.ConnectionError, Urllib3HTTPError, OSError)):
-        return APIConnectionError(f"connection failed: {err}")
-    if isinstance(err, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
-        return ConfigurationError(f"invalid URL: {err}")
-    return APIConnectionError(f"request failed: {err!r}")
 
 
 def _add_note(err: DeepSeekError, note: str) -> None:
@@ -225,225 +84,6 @@ def _add_note(err: DeepSeekError, note: str) -> None:
         err.message = f"{err.message} ({note})"
     elif err.args:
         err.args = (f"{err.args[0]} ({note})", *err.args[1:])
-
-
-class CallHandle:
-    """Lets another thread abort the HTTP exchange a call is blocked in.
-
-    A pool that is cancelled (Ctrl-C, ``break`` out of ``as_completed``) must not wait
-    minutes for answers nobody will read: it sets the handle into the worker's call
-    context, the connection reports itself when it sends, and :meth:`abort` shuts
-    the socket down, which ends a blocked read at once.
-    """
-
-    __slots__ = ("_connection", "aborted")
-
-    def __init__(self) -> None:
-        self._connection: Any = None
-        self.aborted = False
-
-    def attach(self, connection: Any) -> None:
-        """Called by the connection that is about to send this call's request."""
-        if self.aborted:
-            raise RetryCancelled("the call was cancelled before it was sent")
-        self._connection = connection
-
-    def abort(self) -> None:
-        """Break the call's connection (idempotent; safe from any thread)."""
-        self.aborted = True
-        sock = getattr(self._connection, "sock", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):  # already closed: nothing to break
-                sock.shutdown(socket.SHUT_RDWR)
-
-
-class _CallAwareConnectionMixin:
-    """Applies the calling thread's per-call state to every attempt, urllib3's retries included.
-
-    It tells the call's :class:`CallHandle` which connection carries the request, and
-    cuts the connect and read timeouts to what is left of the call's deadline, so a
-    retry made inside urllib3 cannot outlive ``call_timeout``.
-    """
-
-    timeout: Any
-
-    def _cut_timeout(self, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        timeout = self.timeout
-        if not isinstance(timeout, (int, float)) or timeout > remaining:
-            self.timeout = max(remaining, 0.001)
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        context = call_context
-        handle = context.handle
-        if handle is not None:
-            handle.attach(self)
-        if context.deadline is not None:
-            self._cut_timeout(context.deadline)
-        super().request(*args, **kwargs)  # type: ignore[misc]
-
-    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-        deadline = call_context.deadline
-        if deadline is not None:
-            self._cut_timeout(deadline)
-        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
-
-
-class _HTTPConnection(_CallAwareConnectionMixin, HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_CallAwareConnectionMixin, HTTPSConnection):
-    pass
-
-
-class _HTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-
-
-class _HTTPSConnectionPool(HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-class DeepSeekAdapter(HTTPAdapter):
-    """requests' ``HTTPAdapter`` whose connections can be aborted through a :class:`CallHandle`.
-
-    It does not override ``send``, so ``responses`` and other adapter-level mocks still apply.
-    """
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
-
-
-class _Route:
-    """The urllib3 pool that requests' adapter would pick for the base URL, resolved once.
-
-    Going to it directly skips what ``HTTPAdapter.send`` redoes on every call: proxy
-    selection, pool-key normalisation, the CA-bundle check, URL re-parsing, and the
-    cookie extraction of ``build_response`` (the client sends no cookies). It is taken
-    only for the client's own adapter, when no proxy applies and ``HTTPAdapter.send``
-    is not patched; everything else goes through ``adapter.send`` as before.
-    """
-
-    __slots__ = ("adapter", "cut", "pool")
-
-    def __init__(self, adapter: HTTPAdapter, pool: Any, cut: int) -> None:
-        self.adapter = adapter
-        self.pool = pool
-        #: characters of the base URL's scheme://host[:port] that the pool's path omits
-        self.cut = cut
-
-
-def _wrap(raw: Any, url: str, adapter: HTTPAdapter) -> requests.Response:
-    """A ``requests.Response`` around a urllib3 response, as ``build_response`` makes it, minus cookies."""
-    response = requests.Response()
-    response.status_code = raw.status
-    headers: CaseInsensitiveDict[str] = CaseInsensitiveDict(raw.headers)
-    response.headers = headers
-    response.encoding = get_encoding_from_headers(headers)
-    response.raw = raw
-    response.reason = raw.reason
-    response.url = url
-    response.connection = adapter
-    return response
-
-
-class ChatStream:
-    """A streamed chat answer: iterate for :class:`ChatChunk`, one per server event.
-
-    Use it as a context manager: leaving the block early closes the connection at
-    once; a stream read to ``data: [DONE]`` gives its connection back to the pool.
-    :meth:`completion` folds the (rest of the) stream into a :class:`ChatCompletion`.
-    """
-
-    def __init__(self, response: requests.Response, deadline: float, read_timeout: float) -> None:
-        self.response = response
-        self.request_id = _request_id(response.headers)
-        self._deadline = deadline
-        self._read_timeout = read_timeout
-        self._builder = ChatCompletionBuilder()
-        self._iterator = self._chunks()
-        self._closed = False
-
-    def _chunks(self) -> Generator[ChatChunk, None, None]:
-        raw = self.response.raw
-        decoder = SSEDecoder()
-        pieces = _raw_pieces(raw, self._deadline, self._read_timeout)
-        loads = json.loads
-        try:
-            for piece in pieces:
-                for event in decoder.feed(piece):
-                    data = event.data
-                    if data == "[DONE]":
-                        self._finish(raw, pieces)
-                        return
-                    if not data:
-                        continue
-                    try:
-                        payload = loads(data)
-                    except ValueError as err:
-                        raise APIConnectionError(f"the stream sent an event that is not JSON: {data[:200]!r}") from err
-                    if "error" in payload and not payload.get("choices"):
-                        raise self._stream_error(payload)
-                    chunk = ChatChunk(payload)
-                    self._builder.add(chunk)
-                    yield chunk
-        except DeepSeekError:
-            self.close()
-            raise
-        except Exception as err:  # urllib3 read errors, timeouts
-            self.close()
-            translated = _translate(err)
-            if type(translated) is APIConnectionError:
-                translated = APIConnectionError(f"the stream broke before 'data: [DONE]': {err}")
-            raise translated from err
-        self.close()
-        raise APIConnectionError("the stream ended before 'data: [DONE]' (connection closed by the server)")
-
-    def _finish(self, raw: Any, pieces: Iterator[bytes]) -> None:
-        """Read the end of the body quickly so the connection can be reused, else close it."""
-        self._closed = True
-        try:
-            _set_socket_timeout(raw, STREAM_END_GRACE)
-            grace_end = time.monotonic() + STREAM_END_GRACE
-            for _ in pieces:
-                if time.monotonic() > grace_end:
-                    raise APITimeoutError("data after [DONE]")
-        except Exception:
-            self.response.close()
-
-    def _stream_error(self, payload: Dict[str, Any]) -> DeepSeekError:
-        error = payload.get("error")
-        message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
-        code = error.get("code") if isinstance(error, dict) else None
-        status = code if isinstance(code, int) and 400 <= code < 600 else 500
-        return status_error(status, f"error inside the stream: {message}", body=payload, request_id=self.request_id)
-
-    def __iter__(self) -> ChatStream:
-        return self
-
-    def __next__(self) -> ChatChunk:
-        return next(self._iterator)
-
-    def completion(self) -> ChatCompletion:
-        """Consume what is left and return the whole answer as one :class:`ChatCompletion`."""
-        for _ in self:
-            pass
-        return self._builder.build(self.request_id)
-
-    def close(self) -> None:
-        """Stop reading; an unfinished body's connection is closed, not reused."""
-        if not self._closed:
-            self._closed = True
-            self.response.close()
-
-    def __enter__(self) -> ChatStream:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-        self._iterator.close()
 
 
 class DeepSeekClient:
@@ -519,7 +159,7 @@ class DeepSeekClient:
         self.session = session if session is not None else requests.Session()
         self.pool_maxsize = 0
         self._own_adapter: Optional[HTTPAdapter] = None
-        self._route: Optional[_Route] = None
+        self._route: Optional[Route] = None
         self._mount(pool_maxsize)
 
         base_headers: Dict[str, str] = {}
@@ -597,9 +237,9 @@ class DeepSeekClient:
 
     # -- transport -------------------------------------------------------------------
 
-    def _resolve_route(self, adapter: HTTPAdapter) -> Optional[_Route]:
+    def _resolve_route(self, adapter: HTTPAdapter) -> Optional[Route]:
         """Find the pool ``adapter.send`` would use for the base URL (None: always use the adapter)."""
-        if _GENUINE_SEND is None or adapter is not self._own_adapter:
+        if GENUINE_SEND is None or adapter is not self._own_adapter:
             return None
         if select_proxy(self.base_url, self._send_kwargs["proxies"]) is not None:
             return None
@@ -613,7 +253,7 @@ class DeepSeekClient:
             pool = adapter.get_connection(self.base_url, None)
         adapter.cert_verify(pool, self.base_url, verify, cert)  # type: ignore[no-untyped-call]
         parts = urlsplit(self.base_url)
-        route = _Route(adapter, pool, len(parts.scheme) + 3 + len(parts.netloc))
+        route = Route(adapter, pool, len(parts.scheme) + 3 + len(parts.netloc))
         self._route = route
         return route
 
@@ -627,7 +267,7 @@ class DeepSeekClient:
         if remaining <= 0:
             raise APITimeoutError("the call's deadline passed before the request was sent")
         adapter = self.session.get_adapter(url)
-        if type(adapter).send is _GENUINE_SEND and adapter is self._own_adapter:
+        if type(adapter).send is GENUINE_SEND and adapter is self._own_adapter:
             route = self._route or self._resolve_route(adapter)
             if route is not None and route.adapter is adapter:
                 try:
@@ -647,8 +287,8 @@ class DeepSeekClient:
                         chunked=False,
                     )
                 except Exception as err:
-                    raise _translate(err) from err
-                return _wrap(raw, url, adapter)
+                    raise translate_error(err) from err
+                return wrap_response(raw, url, adapter)
         request = requests.PreparedRequest()
         request.method = method
         request.url = url
@@ -662,20 +302,20 @@ class DeepSeekClient:
                 **self._send_kwargs,
             )
         except Exception as err:
-            raise _translate(err) from err
+            raise translate_error(err) from err
 
     def _read_all(self, response: requests.Response, deadline: float, read_timeout: float) -> bytes:
         try:
-            return b"".join(_raw_pieces(response.raw, deadline, read_timeout))
+            return b"".join(raw_pieces(response.raw, deadline, read_timeout))
         except DeepSeekError:
             response.close()
             raise
         except Exception as err:
             response.close()
-            raise _translate(err) from err
+            raise translate_error(err) from err
 
     def _status_error(self, response: requests.Response, data: bytes) -> APIStatusError:
-        request_id = _request_id(response.headers)
+        request_id = request_id_of(response.headers)
         text = data.decode("utf-8", "replace")
         body: Any = text
         message = text.strip()[:500] or response.reason or "no message"
@@ -710,7 +350,7 @@ class DeepSeekClient:
         ``max_retries + 1``.
         """
         attempt_timeout = Timeout.coerce(timeout) if timeout is not None else self.timeout
-        body = _encode(payload) if payload is not None else None
+        body = encode_body(payload) if payload is not None else None
         start = time.monotonic()
         call_deadline = start + self.call_timeout if self.call_timeout else float("inf")
         context = call_context
@@ -830,7 +470,7 @@ class DeepSeekClient:
         )
 
     def _parse_chat(self, data: bytes, response: requests.Response, deadline: float) -> ChatCompletion:
-        completion = ChatCompletion(self._json(data), _request_id(response.headers))
+        completion = ChatCompletion(self._json(data), request_id_of(response.headers))
         if completion.finish_reason == _INSUFFICIENT:
             raise IncompleteResponseError(
                 "DeepSeek cut the answer short for lack of server resources (insufficient_system_resource)",

@@ -29,10 +29,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .client import CallHandle, ChatStream, DeepSeekClient, Messages, normalize_messages
-from .errors import APIStatusError, DeepSeekError
+from .client import DeepSeekClient
+from .errors import APIStatusError
 from .limits import Limiter
+from .messages import Messages, normalize_messages
 from .retry import RetryEvent, call_context
+from .transport import CallHandle
 from .types import ChatChunk, ChatCompletion, Usage
 
 __all__ = ["DeepSeekPool", "PoolStats", "Request", "Result", "parse_request"]
@@ -560,7 +562,3 @@ class DeepSeekPool:
         # an exception (Ctrl-C included) cancels what has not started, then waits only
         # for the calls already running.
         self.close(wait=True, cancel=exc_type is not None)
-
-
-# Re-exported for type checkers that import them from here.
-_ = ChatStream, DeepSeekError
