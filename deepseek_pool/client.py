@@ -31,13 +31,12 @@ import os
 import threading
 import time
 from functools import partial
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import select_proxy
-from urllib3.util.retry import RequestHistory
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from . import config
@@ -84,6 +83,18 @@ def _add_note(err: DeepSeekError, note: str) -> None:
         err.message = f"{err.message} ({note})"
     elif err.args:
         err.args = (f"{err.args[0]} ({note})", *err.args[1:])
+
+
+def _answered(completion: ChatCompletion) -> ChatCompletion:
+    """Return ``completion``, or raise when it is a load failure dressed as a 200."""
+    if completion.finish_reason == _INSUFFICIENT:
+        raise IncompleteResponseError(
+            "DeepSeek cut the answer short for lack of server resources (insufficient_system_resource)",
+            status_code=200,
+            body=completion.raw,
+            request_id=completion.request_id,
+        )
+    return completion
 
 
 class DeepSeekClient:
@@ -383,7 +394,7 @@ class DeepSeekClient:
                         raise  # the caller already saw part of this answer: a retry would repeat it
                     if attempts > self.max_retries:
                         raise
-                    delay = self.retry.new(history=self._history(attempts)).get_backoff_time()
+                    delay = self.retry.backoff_for(attempts)
                     if time.monotonic() + delay >= call_deadline:
                         _add_note(err, "not retried: the call's deadline would pass")
                         raise
@@ -404,10 +415,6 @@ class DeepSeekClient:
             context.listener = None
             context.deadline = None
             context.prior_attempts = 0
-
-    @staticmethod
-    def _history(attempts: int) -> Tuple[Any, ...]:
-        return tuple(RequestHistory("POST", None, None, None, None) for _ in range(attempts))
 
     @staticmethod
     def _json(data: bytes) -> Any:
@@ -470,15 +477,7 @@ class DeepSeekClient:
         )
 
     def _parse_chat(self, data: bytes, response: requests.Response, deadline: float) -> ChatCompletion:
-        completion = ChatCompletion(self._json(data), request_id_of(response.headers))
-        if completion.finish_reason == _INSUFFICIENT:
-            raise IncompleteResponseError(
-                "DeepSeek cut the answer short for lack of server resources (insufficient_system_resource)",
-                status_code=200,
-                body=completion.raw,
-                request_id=completion.request_id,
-            )
-        return completion
+        return _answered(ChatCompletion(self._json(data), request_id_of(response.headers)))
 
     def _aggregate(
         self,
@@ -497,14 +496,7 @@ class DeepSeekClient:
                     for chunk in stream:
                         on_chunk(chunk)
                         delivered = True
-                completion = stream.completion()
-            if completion.finish_reason == _INSUFFICIENT:
-                raise IncompleteResponseError(
-                    "DeepSeek cut the streamed answer short (insufficient_system_resource)",
-                    status_code=200,
-                    body=completion.raw,
-                    request_id=completion.request_id,
-                )
+                completion = _answered(stream.completion())
         except DeepSeekError as err:
             # Once the caller has seen part of this answer, a retry would show it again.
             err._after_chunks = delivered and not restart  # type: ignore[attr-defined]

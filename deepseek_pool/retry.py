@@ -145,8 +145,11 @@ class DeepSeekRetry(Retry):
 
     def get_backoff_time(self) -> float:
         """``backoff_factor * 2 ** (n - 1)`` before retry n, capped, plus jitter (from the first retry)."""
-        n = len(self.history)
-        if n == 0:
+        return self.backoff_for(len(self.history))
+
+    def backoff_for(self, n: int) -> float:
+        """Seconds to wait before retry ``n`` (1-based); 0 before the first attempt."""
+        if n <= 0:
             return 0.0
         value = min(self.backoff_max, self.backoff_factor * (2 ** (n - 1)))
         if self.backoff_jitter:

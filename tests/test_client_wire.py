@@ -457,3 +457,11 @@ def test_a_relayed_stream_that_breaks_is_not_retried_unless_asked(fake: FakeDeep
     completion = make_client(fake).chat("x", stream=True, on_chunk=lambda c: None, restart_streams=True)
     assert completion.content == FakeDeepSeek.answer_for("x")
     assert fake.stats.requests == 2
+
+
+def test_a_streamed_answer_cut_for_lack_of_resources_is_retried(fake: FakeDeepSeek) -> None:
+    fake.script("insufficient", "ok")
+    completion = make_client(fake).chat("x", stream=True)
+    assert completion.content == FakeDeepSeek.answer_for("x")
+    assert completion.finish_reason == "stop"
+    assert fake.stats.requests == 2
