@@ -101,8 +101,14 @@ class DeepSeekClient:
     """A thread-safe client for the DeepSeek API.
 
     :param api_key: the key; defaults to ``DEEPSEEK_API_KEY``.
-    :param base_url: defaults to ``DEEPSEEK_BASE_URL``, else ``https://api.deepseek.com``;
-        a trailing ``/v1`` or slash is accepted.
+    :param base_url: defaults to ``DEEPSEEK_BASE_URL``, else ``https://api.deepseek.com``.
+        Used as given (a trailing slash aside), as openai-python does: requests go to
+        ``base_url + "/chat/completions"``, so ``https://api.deepseek.com`` and
+        ``https://api.deepseek.com/v1`` both reach DeepSeek, and any other
+        OpenAI-compatible server works at whatever path it lives (``http://host:8000/v1``).
+    :param beta_url: where ``/completions`` (FIM) is posted; by default ``base_url`` with
+        ``/beta`` appended, or with a final ``/v1`` replaced by ``/beta`` (DeepSeek's beta
+        lives at ``https://api.deepseek.com/beta``).
     :param model: the default model; defaults to ``DEEPSEEK_MODEL``, else
         :data:`deepseek_pool.models.DEFAULT_MODEL`.
     :param timeout: seconds for a whole attempt, or a :class:`~deepseek_pool.Timeout`.
@@ -133,6 +139,7 @@ class DeepSeekClient:
         headers: Optional[Mapping[str, str]] = None,
         rate_limit_group: Optional[str] = None,
         session: Optional[requests.Session] = None,
+        beta_url: Optional[str] = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(config.ENV_API_KEY)
         if not key:
@@ -199,17 +206,23 @@ class DeepSeekClient:
             "proxies": settings.get("proxies") or {},
         }
         self._chat_url = self.base_url + "/chat/completions"
-        self._fim_url = self.base_url + "/beta/completions"
+        self.beta_url = self._normalize_base_url(beta_url) if beta_url else self._default_beta_url(self.base_url)
+        self._fim_url = self.beta_url + "/completions"
 
     @staticmethod
     def _normalize_base_url(url: str) -> str:
         url = url.strip().rstrip("/")
-        if url.endswith("/v1"):
-            url = url[:-3].rstrip("/")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigurationError(f"base_url must be an http(s) URL like https://api.deepseek.com, got {url!r}")
         return url
+
+    @staticmethod
+    def _default_beta_url(base_url: str) -> str:
+        """DeepSeek's beta endpoints live beside ``/v1``, not under it."""
+        if base_url.endswith("/v1"):
+            return base_url[:-3] + "/beta"
+        return base_url + "/beta"
 
     def _mount(self, pool_maxsize: int) -> None:
         """Mount an adapter with ``pool_maxsize`` connections and our retry policy on the base URL."""

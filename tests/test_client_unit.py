@@ -60,7 +60,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("DEEPSEEK_BASE_URL", "http://127.0.0.1:9/v1/")
     monkeypatch.setenv("DEEPSEEK_MODEL", "deepseek-v4-pro")
     client = dp.DeepSeekClient()
-    assert client.base_url == "http://127.0.0.1:9"
+    assert client.base_url == "http://127.0.0.1:9/v1"
     assert client.model == "deepseek-v4-pro"
 
 
@@ -70,9 +70,33 @@ def test_defaults_without_environment() -> None:
     assert client.model == DEFAULT_MODEL
 
 
-@pytest.mark.parametrize("url", [BASE, BASE + "/", BASE + "/v1", BASE + "/v1/"])
-def test_v1_and_trailing_slashes_are_the_same_base(url: str) -> None:
+@pytest.mark.parametrize("url", [BASE, BASE + "/"])
+def test_a_trailing_slash_is_dropped(url: str) -> None:
     assert dp.DeepSeekClient(KEY, base_url=url).base_url == BASE
+
+
+@pytest.mark.parametrize("path", ["/v1", "/v1/", "/openai/v1", "/api/deployments/x"])
+def test_base_url_path_is_kept_as_given(path: str) -> None:
+    """Every OpenAI-compatible server lives at its own path; nothing is stripped."""
+    client = dp.DeepSeekClient(KEY, base_url=BASE + path)
+    assert client.base_url == BASE + path.rstrip("/")
+
+
+@pytest.mark.parametrize(
+    "base, beta",
+    [
+        ("https://api.deepseek.com", "https://api.deepseek.com/beta"),
+        ("https://api.deepseek.com/v1", "https://api.deepseek.com/beta"),
+        ("http://127.0.0.1:9/gateway", "http://127.0.0.1:9/gateway/beta"),
+    ],
+)
+def test_beta_url_is_derived_from_the_base(base: str, beta: str) -> None:
+    assert dp.DeepSeekClient(KEY, base_url=base).beta_url == beta
+
+
+def test_beta_url_can_be_given() -> None:
+    client = dp.DeepSeekClient(KEY, base_url=BASE + "/v1", beta_url=BASE + "/fim/")
+    assert client.beta_url == BASE + "/fim"
 
 
 @pytest.mark.parametrize("url", ["api.deepseek.com", "ftp://x.example", "http://"])
