@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -37,12 +38,16 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import select_proxy
+from urllib3.exceptions import ConnectTimeoutError, ProtocolError, ReadTimeoutError
+from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from . import config
+from .calls import CallControl, CallHandle, RetryEvent, RetryListener, sending
 from .config import Timeout, TimeoutLike
 from .errors import (
     APIConnectionError,
+    APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
     ConfigurationError,
@@ -50,24 +55,41 @@ from .errors import (
     IncompleteResponseError,
     RetryBudgetExceeded,
     status_error,
+    without_secret,
 )
-from .messages import Messages, build_chat_body, encode_body, normalize_messages
+from .messages import Messages, build_chat_body, encode_body, header_problem, normalize_messages
 from .models import DEFAULT_MODEL
-from .retry import DeepSeekRetry, RetryEvent, RetryListener, call_context, wait_for_retry
+from .retry import DeepSeekRetry
 from .transport import (
     GENUINE_SEND,
-    CallHandle,
+    Attempt,
     ChatStream,
     DeepSeekAdapter,
     Route,
     raw_pieces,
     request_id_of,
-    translate_error,
+    urllib3_cause,
     wrap_response,
 )
-from .types import Balance, ChatChunk, ChatCompletion, FIMCompletion
+from .types import (
+    Balance,
+    ChatChunk,
+    ChatCompletion,
+    FIMCompletion,
+    completion_problem,
+    model_list_problem,
+    object_problem,
+)
 
-__all__ = ["CallHandle", "ChatStream", "DeepSeekClient", "Messages", "build_chat_body", "normalize_messages"]
+__all__ = [
+    "CallControl",
+    "CallHandle",
+    "ChatStream",
+    "DeepSeekClient",
+    "Messages",
+    "build_chat_body",
+    "normalize_messages",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +98,53 @@ ChunkCallback = Callable[[ChatChunk], None]
 _USER_AGENT = f"deepseek-pool/0.1 (python-requests/{requests.__version__})"
 #: A 200 that stopped for this reason is a load failure, not an answer.
 _INSUFFICIENT = "insufficient_system_resource"
+
+
+#: What urllib3 is told on every request: make no retries of your own, the client's loop does.
+NO_RETRIES = Retry(total=False, redirect=False)
+
+
+class _Retryable(Exception):
+    """An attempt failed in a way the retry policy may retry.
+
+    :ivar error: what the caller gets if it is not retried.
+    :ivar cause: the urllib3 error the policy classifies (None: judge by ``response``).
+    :ivar response: the urllib3 response, when there was one.
+    """
+
+    def __init__(self, error: DeepSeekError, cause: Optional[Exception], response: Any = None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.cause = cause
+        self.response = response
+
+
+def _chained(error: DeepSeekError, cause: BaseException) -> DeepSeekError:
+    if error is not cause:
+        error.__cause__ = cause
+    return error
+
+
+def _body_cause(err: DeepSeekError) -> Optional[Exception]:
+    """How urllib3's policy should count a failure seen in the body (None: as a status)."""
+    if isinstance(err, APITimeoutError):
+        return ReadTimeoutError(None, "", str(err))  # type: ignore[arg-type]
+    if isinstance(err, APIConnectionError):
+        return ProtocolError(str(err))
+    return None
+
+
+def _kind_of(cause: Optional[BaseException]) -> str:
+    if cause is None:
+        return "status"
+    if isinstance(cause, ReadTimeoutError):
+        return "timeout"
+    return "connect" if isinstance(cause, ConnectTimeoutError) else "read"
+
+
+def _has_retry_after(raw: Any) -> bool:
+    headers = raw.headers
+    return bool(headers.get("Retry-After") or headers.get("retry-after-ms"))
 
 
 def _add_note(err: DeepSeekError, note: str) -> None:
@@ -146,8 +215,11 @@ class DeepSeekClient:
             raise ConfigurationError(
                 "no DeepSeek API key: pass api_key=... or set the DEEPSEEK_API_KEY environment variable"
             )
-        if not isinstance(key, str) or any(c.isspace() for c in key.strip()) or "\n" in key:
-            raise ConfigurationError("the API key must be a single token without spaces or newlines")
+        if not isinstance(key, str):
+            raise ConfigurationError(f"the API key must be a str, got {type(key).__name__}")
+        problem = header_problem(key.strip(), token=True)
+        if problem is not None:
+            raise ConfigurationError(f"the API key cannot be sent in an HTTP header: it {problem}")
         self._api_key = key.strip()
         self.base_url = self._normalize_base_url(
             base_url or os.environ.get(config.ENV_BASE_URL) or config.DEFAULT_BASE_URL
@@ -176,6 +248,8 @@ class DeepSeekClient:
         self._owns_session = session is None
         self.session = session if session is not None else requests.Session()
         self.pool_maxsize = 0
+        self._base_pool_maxsize = pool_maxsize
+        self._reserved = 0
         self._own_adapter: Optional[HTTPAdapter] = None
         self._route: Optional[Route] = None
         self._mount(pool_maxsize)
@@ -197,6 +271,10 @@ class DeepSeekClient:
             base_headers["X-RateLimit-Group"] = rate_limit_group
         if headers:
             base_headers.update(headers)
+        for name, value in base_headers.items():
+            problem = header_problem(value) if isinstance(value, str) else "is not a str"
+            if problem is not None and name != "Authorization":
+                raise ConfigurationError(f"header {name!r} cannot be sent: its value {problem}")
         self._headers = base_headers
         # Resolved once: requests would look up proxies, netrc and CA bundles on every call.
         settings = self.session.merge_environment_settings(self.base_url, {}, None, None, None)
@@ -234,11 +312,20 @@ class DeepSeekClient:
                 if prefix.lower().startswith(p.lower()) and "://" in p and len(p) > len(urlsplit(p).scheme) + 3
             ]
             if custom:
-                # The user mounted their own adapter for this host: respect it, and report its size.
-                adapter = self.session.adapters[max(custom, key=len)]
+                # The user mounted their own adapter for this host: it keeps its pool settings,
+                # and the client's loop does the retrying, so the adapter must not retry too.
+                prefix = max(custom, key=len)
+                adapter = self.session.adapters[prefix]
+                own_retries = getattr(adapter, "max_retries", None)
+                if isinstance(own_retries, Retry) and own_retries.total not in (0, False, None):
+                    raise ConfigurationError(
+                        f"the adapter mounted for {prefix!r} retries by itself ({own_retries!r}); every attempt "
+                        "would then be retried twice over. Mount it with max_retries=0 and set "
+                        "DeepSeekClient(max_retries=...) instead"
+                    )
                 self.pool_maxsize = getattr(adapter, "_pool_maxsize", pool_maxsize)
                 return
-        adapter = DeepSeekAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=self.retry)
+        adapter = DeepSeekAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=NO_RETRIES)
         old = self.session.adapters.get(prefix)
         self.session.mount(prefix, adapter)
         self._own_adapter = adapter
@@ -252,6 +339,24 @@ class DeepSeekClient:
         with self._lock:
             if threads > self.pool_maxsize:
                 self._mount(threads)
+
+    def reserve_connections(self, threads: int) -> None:
+        """Add ``threads`` to the callers sharing this client (a pool's workers), growing the pool.
+
+        Pools that share a client add up: two pools of 40 workers need 80 connections,
+        else urllib3 discards the connections it cannot keep. Hand them back with
+        :meth:`release_connections`.
+        """
+        with self._lock:
+            self._reserved += threads
+            needed = max(self._base_pool_maxsize, self._reserved)
+            if needed > self.pool_maxsize:
+                self._mount(needed)
+
+    def release_connections(self, threads: int) -> None:
+        """Those ``threads`` no longer use the client (the pool stays as large as it grew)."""
+        with self._lock:
+            self._reserved = max(0, self._reserved - threads)
 
     def __repr__(self) -> str:
         return (
@@ -282,19 +387,20 @@ class DeepSeekClient:
         return route
 
     def _send(
-        self, method: str, url: str, body: Optional[bytes], timeout: Timeout, deadline: float
+        self, method: str, url: str, body: Optional[bytes], timeout: Timeout, attempt: Attempt
     ) -> requests.Response:
+        """One HTTP exchange up to the response head; raises the transport's own exceptions."""
         headers = dict(self._headers)
         if body is not None:
             headers["Content-Length"] = str(len(body))
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise APITimeoutError("the call's deadline passed before the request was sent")
+        remaining = attempt.deadline - time.monotonic()
+        connect, read = min(timeout.connect, remaining), min(timeout.read, remaining)
         adapter = self.session.get_adapter(url)
-        if type(adapter).send is GENUINE_SEND and adapter is self._own_adapter:
-            route = self._route or self._resolve_route(adapter)
-            if route is not None and route.adapter is adapter:
-                try:
+        sending.handle = attempt.handle
+        try:
+            if type(adapter).send is GENUINE_SEND and adapter is self._own_adapter:
+                route = self._route or self._resolve_route(adapter)
+                if route is not None and route.adapter is adapter:
                     raw = route.pool.urlopen(
                         method,
                         url[route.cut :],
@@ -304,39 +410,28 @@ class DeepSeekClient:
                         assert_same_host=False,
                         preload_content=False,
                         decode_content=False,
-                        retries=adapter.max_retries,
-                        timeout=Urllib3Timeout(
-                            connect=min(timeout.connect, remaining), read=min(timeout.read, remaining)
-                        ),
+                        retries=NO_RETRIES,
+                        timeout=Urllib3Timeout(connect=connect, read=read),
                         chunked=False,
                     )
-                except Exception as err:
-                    raise translate_error(err) from err
-                return wrap_response(raw, url, adapter)
-        request = requests.PreparedRequest()
-        request.method = method
-        request.url = url
-        request.headers = headers  # type: ignore[assignment]
-        request.body = body
-        try:
-            return adapter.send(
-                request,
-                stream=True,
-                timeout=(min(timeout.connect, remaining), min(timeout.read, remaining)),
-                **self._send_kwargs,
-            )
-        except Exception as err:
-            raise translate_error(err) from err
+                    return wrap_response(raw, url, adapter)
+            request = requests.PreparedRequest()
+            request.method = method
+            request.url = url
+            request.headers = headers  # type: ignore[assignment]
+            request.body = body
+            return adapter.send(request, stream=True, timeout=(connect, read), **self._send_kwargs)
+        finally:
+            sending.handle = None
 
-    def _read_all(self, response: requests.Response, deadline: float, read_timeout: float) -> bytes:
+    def _read_all(self, response: requests.Response, attempt: Attempt) -> bytes:
         try:
-            return b"".join(raw_pieces(response.raw, deadline, read_timeout))
-        except DeepSeekError:
+            return b"".join(raw_pieces(response.raw, attempt.deadline))
+        except BaseException as err:
             response.close()
+            if isinstance(err, Exception):
+                raise attempt.translate(err) from err
             raise
-        except Exception as err:
-            response.close()
-            raise translate_error(err) from err
 
     def _status_error(self, response: requests.Response, data: bytes) -> APIStatusError:
         request_id = request_id_of(response.headers)
@@ -362,85 +457,163 @@ class DeepSeekClient:
         payload: Optional[Mapping[str, Any]],
         *,
         timeout: TimeoutLike,
-        on_retry: Optional[RetryListener],
-        parse: Callable[[Any, requests.Response, float], Any],
+        control: Optional[CallControl],
+        parse: Callable[[Optional[bytes], requests.Response, Attempt], Any],
         stream: bool = False,
     ) -> Any:
-        """Send, read, check, parse; retry what only the body shows to be transient.
+        """Make the call: every attempt, every wait, under the call's deadline.
 
-        urllib3 retries statuses and connection failures inside ``adapter.send``; this
-        loop adds failures seen in the body (deadline passed, blank body,
-        ``insufficient_system_resource``), keeping the total attempts within
-        ``max_retries + 1``.
+        This loop owns every attempt (urllib3 makes none of its own) and asks the retry
+        policy, a :class:`DeepSeekRetry` value, whether and when to retry each failure,
+        whether a status, a broken connection, or a body that shows the answer is not one.
+        No exception that could carry the API key leaves it.
         """
+        try:
+            return self._attempts(method, url, payload, timeout, control, parse, stream)
+        except DeepSeekError as err:
+            clean = without_secret(err, self._api_key)
+            if clean is err:
+                raise
+        raise clean  # outside the except block, so the original is not its context
+
+    def _attempts(
+        self,
+        method: str,
+        url: str,
+        payload: Optional[Mapping[str, Any]],
+        timeout: TimeoutLike,
+        control: Optional[CallControl],
+        parse: Callable[[Optional[bytes], requests.Response, Attempt], Any],
+        stream: bool,
+    ) -> Any:
         attempt_timeout = Timeout.coerce(timeout) if timeout is not None else self.timeout
         body = encode_body(payload) if payload is not None else None
-        start = time.monotonic()
-        call_deadline = start + self.call_timeout if self.call_timeout else float("inf")
-        context = call_context
-        context.listener = on_retry
-        context.deadline = call_deadline if self.call_timeout else None
-        context.stopped = None
-        attempts = 0
+        if control is None:
+            control = CallControl()
+        call_deadline = control.deadline
+        if call_deadline is None:
+            call_deadline = time.monotonic() + self.call_timeout if self.call_timeout else math.inf
+        retry = self.retry
+        number = 0
+        while True:
+            number += 1
+            control.check()
+            now = time.monotonic()
+            if now >= call_deadline:
+                raise APITimeoutError(f"the call's deadline passed before attempt {number} (call_timeout)")
+            total = attempt_timeout.total
+            attempt = Attempt(min(call_deadline, now + total) if total else call_deadline, control.handle)
+            control.attempt_started(number)
+            try:
+                return self._attempt(method, url, body, attempt_timeout, attempt, control, parse, stream)
+            except _Retryable as failure:
+                error, cause, raw = failure.error, failure.cause, failure.response
+            try:
+                retry = retry.increment(method, url, response=raw, error=cause)
+            except Exception:  # retries exhausted, or this failure is not retried (a timeout, say)
+                if number > 1:
+                    _add_note(error, f"after {number} attempts")
+                raise error from None
+            delay = retry.delay_after(raw)
+            if time.monotonic() + delay >= call_deadline:
+                _add_note(error, "not retried: the call's deadline would pass first")
+                raise error from None
+            status = raw.status if raw is not None else None
+            try:
+                control.before_retry(RetryEvent(number, status, error, delay, _kind_of(cause)))
+            except RetryBudgetExceeded as budget:
+                _add_note(error, str(budget))
+                raise error from None
+            log.info("retry %d of %s after %s in %.2fs", number, retry.total, status or type(error).__name__, delay)
+            control.wait(delay, call_deadline)
+
+    def _attempt(
+        self,
+        method: str,
+        url: str,
+        body: Optional[bytes],
+        timeout: Timeout,
+        attempt: Attempt,
+        control: CallControl,
+        parse: Callable[[Optional[bytes], requests.Response, Attempt], Any],
+        stream: bool,
+    ) -> Any:
+        """One attempt: a result, a :class:`_Retryable` failure, or a final error."""
+        handed_over = False
         try:
-            while True:
-                now = time.monotonic()
-                total = attempt_timeout.total
-                deadline = min(call_deadline, now + total) if total else call_deadline
-                context.prior_attempts = attempts
-                response = self._send(method, url, body, attempt_timeout, deadline)
-                if context.on_status is not None:
-                    context.on_status(response.status_code)
-                retries = getattr(response.raw, "retries", None)
-                attempts += 1 + (len(retries.history) if retries is not None else 0)
+            try:
+                response = self._send(method, url, body, timeout, attempt)
+            except DeepSeekError:
+                raise  # cancelled, or expired before sending
+            except Exception as err:
+                cause = urllib3_cause(err)
+                raise _Retryable(
+                    _chained(attempt.translate(err), err), cause if isinstance(cause, Exception) else err
+                ) from None
+            status = response.status_code
+            raw = response.raw
+            if status >= 400:
+                control.response_received(status, self.retry.get_retry_after(raw))
+                data = self._read_or_retry(response, attempt)
+                error = self._status_error(response, data)
+                if self.retry.is_retry(method, status, _has_retry_after(raw)):
+                    raise _Retryable(error, None, raw)
+                raise error
+            control.response_received(status, None)
+            if stream:
+                handed_over = True
                 try:
-                    if stream and response.status_code < 400:
-                        return parse(None, response, deadline)
-                    data = self._read_all(response, deadline, attempt_timeout.read)
-                    if response.status_code >= 400:
-                        raise self._status_error(response, data)
-                    return parse(data, response, deadline)
-                except (APITimeoutError, APIConnectionError, IncompleteResponseError) as err:
-                    if isinstance(err, APITimeoutError) and not self.retry.retry_timeouts:
-                        raise
+                    return parse(None, response, attempt)
+                except (IncompleteResponseError, APIConnectionError) as err:
                     if getattr(err, "_after_chunks", False):
                         raise  # the caller already saw part of this answer: a retry would repeat it
-                    if attempts > self.max_retries:
-                        raise
-                    delay = self.retry.backoff_for(attempts)
-                    if time.monotonic() + delay >= call_deadline:
-                        _add_note(err, "not retried: the call's deadline would pass")
-                        raise
-                    if on_retry is not None:
-                        kind = "timeout" if isinstance(err, APITimeoutError) else "read"
-                        try:
-                            on_retry(RetryEvent(attempts, response.status_code, err, delay, kind))
-                        except RetryBudgetExceeded as budget:
-                            _add_note(err, str(budget))
-                            raise err from None
-                    log.info("retry %d of %d after %s in %.2fs", attempts, self.max_retries, type(err).__name__, delay)
-                    wait_for_retry(delay)
-        except APIStatusError as err:
-            if context.stopped:
-                _add_note(err, f"not retried: {context.stopped}")
-            raise
+                    raise _Retryable(err, _body_cause(err), raw) from None
+            data = self._read_or_retry(response, attempt)
+            try:
+                return parse(data, response, attempt)
+            except IncompleteResponseError as err:
+                raise _Retryable(err, None, raw) from None
         finally:
-            context.listener = None
-            context.deadline = None
-            context.prior_attempts = 0
+            if not handed_over:
+                attempt.end()
+
+    def _read_or_retry(self, response: requests.Response, attempt: Attempt) -> bytes:
+        try:
+            return self._read_all(response, attempt)
+        except APIConnectionError as err:  # timeouts included
+            raise _Retryable(err, _body_cause(err), None) from None
 
     @staticmethod
-    def _json(data: bytes) -> Any:
-        if not data.strip():
-            raise IncompleteResponseError("the server sent an empty body", status_code=200)
+    def _json(data: Optional[bytes], response: requests.Response, check: Optional[Callable[[Any], Optional[str]]] = None) -> Any:
+        """The body as JSON, checked by ``check``; an empty body is a load failure (retried)."""
+        if not data or not data.strip():
+            raise IncompleteResponseError("the server sent an empty body", status_code=response.status_code)
         try:
-            return json.loads(data)
+            value = json.loads(data)
         except ValueError as err:
-            raise APIStatusError(
+            raise APIResponseValidationError(
                 f"the server's answer is not JSON: {data[:200]!r}",
-                status_code=200,
+                status_code=response.status_code,
                 body=data.decode("utf-8", "replace"),
+                request_id=request_id_of(response.headers),
             ) from err
+        problem = check(value) if check is not None else None
+        if problem is not None:
+            raise APIResponseValidationError(
+                f"the server's answer is not a completion: {problem}",
+                status_code=response.status_code,
+                body=value,
+                request_id=request_id_of(response.headers),
+            )
+        return value
+
+    @staticmethod
+    def _control(control: Optional[CallControl], on_retry: Optional[RetryListener]) -> Optional[CallControl]:
+        if on_retry is None:
+            return control
+        if control is not None:
+            raise TypeError("give on_retry= or control=, not both (a CallControl has its own on_retry)")
+        return CallControl(on_retry=on_retry)
 
     # -- API -------------------------------------------------------------------------
 
@@ -454,6 +627,7 @@ class DeepSeekClient:
         on_chunk: Optional[ChunkCallback] = None,
         stream: bool = False,
         restart_streams: bool = False,
+        control: Optional[CallControl] = None,
         **params: Any,
     ) -> ChatCompletion:
         """Send one chat request and return its answer.
@@ -468,40 +642,43 @@ class DeepSeekClient:
             that broke after ``on_chunk`` saw some of it (the retry starts over, so
             ``on_chunk`` sees the new attempt from its first chunk). By default such a
             stream raises instead, so a relay never shows text twice.
-        :param on_retry: called before each retry with a :class:`~deepseek_pool.retry.RetryEvent`.
+        :param on_retry: called before each retry with a :class:`~deepseek_pool.RetryEvent`.
+        :param control: a :class:`~deepseek_pool.CallControl` (deadline, cancel event,
+            abort handle, hooks) for callers that run calls themselves.
         :param params: any other chat field (``max_tokens``, ``temperature``, ``tools`` ...).
         :raises DeepSeekError: see :mod:`deepseek_pool.errors`.
         """
         body = build_chat_body(messages, self.model if model is None else model, params)
+        control = self._control(control, on_retry)
         if stream:
             body["stream"] = True
-            read_timeout = (Timeout.coerce(timeout) if timeout is not None else self.timeout).read
             return self._call(  # type: ignore[no-any-return]
                 "POST",
                 self._chat_url,
                 body,
                 timeout=timeout,
-                on_retry=on_retry,
+                control=control,
                 stream=True,
-                parse=partial(self._aggregate, on_chunk, restart_streams, read_timeout),
+                parse=partial(self._aggregate, on_chunk, restart_streams),
             )
         return self._call(  # type: ignore[no-any-return]
-            "POST", self._chat_url, body, timeout=timeout, on_retry=on_retry, parse=self._parse_chat
+            "POST", self._chat_url, body, timeout=timeout, control=control, parse=self._parse_chat
         )
 
-    def _parse_chat(self, data: bytes, response: requests.Response, deadline: float) -> ChatCompletion:
-        return _answered(ChatCompletion(self._json(data), request_id_of(response.headers)))
+    def _parse_chat(self, data: Optional[bytes], response: requests.Response, attempt: Attempt) -> ChatCompletion:
+        assert data is not None
+        raw = self._json(data, response, completion_problem)
+        return _answered(ChatCompletion(raw, request_id_of(response.headers)))
 
     def _aggregate(
         self,
         on_chunk: Optional[ChunkCallback],
         restart: bool,
-        read_timeout: float,
-        data: None,
+        data: Optional[bytes],
         response: requests.Response,
-        deadline: float,
+        attempt: Attempt,
     ) -> ChatCompletion:
-        stream = ChatStream(response, deadline, read_timeout)
+        stream = ChatStream(response, attempt)
         delivered = False
         try:
             with stream:
@@ -523,6 +700,7 @@ class DeepSeekClient:
         model: Optional[str] = None,
         timeout: TimeoutLike = None,
         on_retry: Optional[RetryListener] = None,
+        control: Optional[CallControl] = None,
         **params: Any,
     ) -> ChatStream:
         """Start a streamed chat answer; use the result as a context manager and iterate it.
@@ -539,13 +717,14 @@ class DeepSeekClient:
         """
         body = build_chat_body(messages, self.model if model is None else model, params)
         body["stream"] = True
-        attempt_timeout = Timeout.coerce(timeout) if timeout is not None else self.timeout
-
-        def start(data: None, response: requests.Response, deadline: float) -> ChatStream:
-            return ChatStream(response, deadline, attempt_timeout.read)
-
         return self._call(  # type: ignore[no-any-return]
-            "POST", self._chat_url, body, timeout=timeout, on_retry=on_retry, stream=True, parse=start
+            "POST",
+            self._chat_url,
+            body,
+            timeout=timeout,
+            control=self._control(control, on_retry),
+            stream=True,
+            parse=lambda data, response, attempt: ChatStream(response, attempt),
         )
 
     def fim(
@@ -555,6 +734,7 @@ class DeepSeekClient:
         *,
         model: Optional[str] = None,
         timeout: TimeoutLike = None,
+        control: Optional[CallControl] = None,
         **params: Any,
     ) -> FIMCompletion:
         """Fill in the middle between ``prompt`` and ``suffix`` (DeepSeek's beta completions)."""
@@ -571,8 +751,8 @@ class DeepSeekClient:
             self._fim_url,
             body,
             timeout=timeout,
-            on_retry=None,
-            parse=lambda data, response, deadline: FIMCompletion(self._json(data)),
+            control=control,
+            parse=lambda data, response, attempt: FIMCompletion(self._json(data, response, completion_problem)),
         )
 
     def models(self, *, timeout: TimeoutLike = None) -> List[str]:
@@ -582,10 +762,10 @@ class DeepSeekClient:
             self.base_url + "/models",
             None,
             timeout=timeout,
-            on_retry=None,
-            parse=lambda data, response, deadline: self._json(data),
+            control=None,
+            parse=lambda data, response, attempt: self._json(data, response, model_list_problem),
         )
-        return [entry["id"] for entry in data.get("data", []) if isinstance(entry, dict) and "id" in entry]
+        return [entry["id"] for entry in data["data"] if isinstance(entry, dict) and isinstance(entry.get("id"), str)]
 
     def balance(self, *, timeout: TimeoutLike = None) -> Balance:
         """The account balance (``is_available`` tells whether calls can be paid for)."""
@@ -594,8 +774,8 @@ class DeepSeekClient:
             self.base_url + "/user/balance",
             None,
             timeout=timeout,
-            on_retry=None,
-            parse=lambda data, response, deadline: Balance(self._json(data)),
+            control=None,
+            parse=lambda data, response, attempt: Balance(self._json(data, response, object_problem)),
         )
 
     def close(self) -> None:

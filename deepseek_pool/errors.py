@@ -15,8 +15,10 @@
           ├── RateLimitError             429  retried with backoff; slows the whole pool
           ├── InternalServerError        500 (and other 5xx); retried
           ├── ServiceUnavailableError    503  overloaded; retried
-          └── IncompleteResponseError    200 that is no answer (empty body,
-                                               insufficient_system_resource); retried
+          ├── IncompleteResponseError    200 that is no answer (empty body,
+          │                                    insufficient_system_resource); retried
+          └── APIResponseValidationError 200 whose body is not the expected shape
+                                               (not JSON, not a completion); not retried
 
 Every exception pickles (they cross thread and process boundaries) and never
 contains the API key.
@@ -24,10 +26,12 @@ contains the API key.
 
 from __future__ import annotations
 
+import pickle
 from typing import Any, Dict, Optional, Type
 
 __all__ = [
     "APIConnectionError",
+    "APIResponseValidationError",
     "APIStatusError",
     "APITimeoutError",
     "AuthenticationError",
@@ -42,6 +46,7 @@ __all__ = [
     "ServiceUnavailableError",
     "UnprocessableEntityError",
     "status_error",
+    "without_secret",
 ]
 
 
@@ -151,6 +156,16 @@ class IncompleteResponseError(APIStatusError):
     """A 200 that carries no answer: empty body or ``insufficient_system_resource``."""
 
 
+class APIResponseValidationError(APIStatusError):
+    """A 200 whose body is not what the endpoint returns (not JSON, not a completion).
+
+    ``body`` keeps what the server sent, parsed when it was JSON. Not retried: a server
+    that answers in the wrong shape will answer the same way again.
+    """
+
+    advice = "the server at base_url does not speak this API; check base_url"
+
+
 _STATUS_CLASSES: Dict[int, Type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
@@ -170,3 +185,50 @@ def status_error(
     if cls is None:
         cls = InternalServerError if status_code >= 500 else APIStatusError
     return cls(message, status_code=status_code, body=body, request_id=request_id)
+
+
+#: What stands in for a secret that an error message would otherwise quote.
+SECRET_MASK = "<api key>"
+
+
+def _carries(err: BaseException, secret: str) -> bool:
+    """Whether ``err``'s text, args or pickle contains ``secret``."""
+    try:
+        if secret in str(err) or secret in repr(err.args) or secret in repr(vars(err)):
+            return True
+        return secret.encode() in pickle.dumps(err)
+    except Exception:  # an exception that cannot be shown or pickled is judged by its text
+        return secret in repr(err)
+
+
+def without_secret(err: DeepSeekError, secret: str) -> DeepSeekError:
+    """``err`` itself when nothing in it or its chain carries ``secret``, else a clean copy.
+
+    The copy has the same class and message with the secret masked, and no cause or
+    context: a foreign exception deep in the chain (an encoder quoting a header, a
+    requests error holding the request) cannot be trusted not to carry it.
+    """
+    seen = set()
+    link: Optional[BaseException] = err
+    leak = False
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if _carries(link, secret):
+            leak = True
+            break
+        link = link.__cause__ or link.__context__
+    if not leak:
+        return err
+    message = str(err.message if isinstance(err, APIStatusError) else (err.args[0] if err.args else err))
+    message = message.replace(secret, SECRET_MASK)
+    clean: DeepSeekError
+    if isinstance(err, APIStatusError):
+        body = err.body if not _carries(Exception(err.body), secret) else None
+        clean = type(err)(message, status_code=err.status_code, body=body, request_id=err.request_id)
+    else:
+        try:
+            clean = type(err)(message)
+        except Exception:
+            clean = DeepSeekError(message)
+    clean.__suppress_context__ = True
+    return clean

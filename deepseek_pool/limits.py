@@ -88,6 +88,12 @@ CANCEL_POLL_INTERVAL = 0.1
 # not a reason to wait again.
 _TOKEN_EPSILON = 1e-6
 
+#: Stands for the Permit about to be made for a start that takes the probe.
+_PROBING_START = object()
+
+#: Stands for the Permit about to be made for a start that takes the probe.
+_PROBING_START = object()
+
 WaitFunction = Callable[[threading.Event, Optional[float]], bool]
 
 
@@ -141,9 +147,10 @@ class Permit:
         ``spend_retry(kind, permit=permit)``; refunded if the call succeeds.
     """
 
-    __slots__ = ("_limiter", "_released", "retry_cost", "started_at", "tokens", "waited")
+    __slots__ = ("_epoch", "_limiter", "_released", "retry_cost", "started_at", "tokens", "waited")
 
     def __init__(self, limiter: Limiter, tokens: int, started_at: float, waited: float) -> None:
+        self._epoch = limiter._cool_epoch
         self.tokens = tokens
         self.started_at = started_at
         self.waited = waited
@@ -233,10 +240,15 @@ class Limiter:
         self._interval: Optional[float] = None if rpm is None else 60.0 / rpm
         self._next_start = -math.inf
         self._cool_until = -math.inf
+        # Counts cool-downs; an outcome ends the probing phase only if its attempt
+        # started in the current epoch (after the latest 429), so an older call that
+        # happens to succeed during the cool-down does not let every held thread rush in.
+        self._cool_epoch = 0
         # After a cool-down: one call at a time probes until one succeeds.
         self._probing = False
         self._probe_until = -math.inf
-        self._prober: Optional[int] = None
+        # Who probes: the Permit of a probing start, or the thread of a probing retry.
+        self._prober: Any = None
         self._gate_changed = threading.Condition(self._lock)
         self._tpm_capacity = float(tpm) if tpm is not None else 0.0
         self._tpm_rate = self._tpm_capacity / 60.0
@@ -324,7 +336,7 @@ class Limiter:
         self._in_flight += 1
         self._started += 1
         if self._probing:
-            self._take_probe(now)
+            self._take_probe(now, _PROBING_START)
         if self._interval is not None:
             # Spaced from this start, not from the schedule: catching up after a late
             # wake-up would squeeze two starts closer than the interval.
@@ -333,9 +345,16 @@ class Limiter:
             self._tpm_level -= tokens
         return 0.0
 
-    def _take_probe(self, now: float) -> None:
+    def _take_probe(self, now: float, owner: Any) -> None:
         self._probe_until = now + PROBE_LEASE
-        self._prober = threading.get_ident()
+        self._prober = owner
+
+    def _grant(self, tokens: int, now: float, waited: float) -> Permit:
+        """The Permit of a start ``_reserve`` just granted (lock held); a probing start owns the probe."""
+        permit = Permit(self, tokens, now, waited)
+        if self._prober is _PROBING_START:
+            self._prober = permit
+        return permit
 
     def _end_probing(self) -> None:
         """The rate limit is over: let every held start and retry go (lock held)."""
@@ -389,7 +408,7 @@ class Limiter:
             if not self._waiters:
                 now = self._clock()
                 if self._reserve(now, tokens) == 0.0:
-                    return Permit(self, tokens, now, 0.0)
+                    return self._grant(tokens, now, 0.0)
         return self._acquire_slow(tokens, timeout, cancelled)
 
     def _acquire_slow(self, tokens: int, timeout: Optional[float], cancelled: Optional[threading.Event]) -> Permit:
@@ -418,7 +437,7 @@ class Limiter:
                             self._throttled += 1
                             self._wait_seconds += waited
                             outcome = "granted"
-                            return Permit(self, tokens, now, waited)
+                            return self._grant(tokens, now, waited)
                     else:
                         delay = math.inf
                 if cancelled is not None:
@@ -497,9 +516,9 @@ class Limiter:
                 left = self._budget_left + earned
                 self._budget_left = left if left < self._retry_budget else self._retry_budget
             if self._probing:
-                if ok:
+                if ok and permit._epoch == self._cool_epoch:
                     self._end_probing()
-                elif self._prober == threading.get_ident():
+                elif self._prober is permit or self._prober == threading.get_ident():
                     # The probe failed for another reason: the next call may probe.
                     self._probe_until = -math.inf
                     self._prober = None
@@ -528,6 +547,7 @@ class Limiter:
             else:
                 starting = False
             self._probing = True
+            self._cool_epoch += 1
             self._probe_until = -math.inf
             self._prober = None
             # Waiters need no wake-up: a cool-down only ever pushes their start later,
@@ -535,19 +555,33 @@ class Limiter:
         if starting and seconds > 0:
             log.info("rate limited: holding new calls back for %.2f s", seconds)
 
-    def wait_before_retry(self, delay: float, *, cancelled: Optional[threading.Event] = None) -> None:
+    def wait_before_retry(
+        self,
+        delay: float,
+        *,
+        cancelled: Optional[threading.Event] = None,
+        timeout: Optional[float] = None,
+        permit: Optional[Permit] = None,
+    ) -> None:
         """Sleep ``delay`` seconds before a retry, and longer while the pool cools down.
 
         After a cool-down only one call probes at a time, so a retry waits for the
         probe's outcome too; if none is out, this retry becomes the probe.
 
+        :param timeout: most seconds to wait in all (a call's deadline); a wait that
+            would pass it raises at once rather than sleeping first.
+        :param permit: the call's permit: if the call started as the probe, this retry
+            means the probe failed, and the call probes again rather than waiting for itself.
         :raises concurrent.futures.CancelledError: ``cancelled`` was set while waiting.
+        :raises TimeoutError: the wait would pass ``timeout``.
         """
         clock = self._clock
-        end = clock() + delay
+        begin = clock()
+        end = begin + delay
+        limit = math.inf if timeout is None else begin + timeout
         me = threading.get_ident()
         with self._gate_changed:
-            if self._prober == me:
+            if self._prober == me or (permit is not None and self._prober is permit):
                 self._probe_until = -math.inf  # this call's own probe failed: probe again
                 self._prober = None
             while True:
@@ -555,24 +589,39 @@ class Limiter:
                     self._cancellations += 1
                     raise CancelledError("retry wait cancelled")
                 now = clock()
+                if max(end, self._cool_until) > limit or now >= limit:
+                    self._timeouts += 1
+                    raise TimeoutError(f"the retry could not start within {timeout} s ({self!r})")
                 wait = max(end - now, self._cool_until - now)
                 if wait <= 0.0:
                     if not self._probing:
                         return
                     if now >= self._probe_until:
-                        self._take_probe(now)
+                        self._take_probe(now, me)
                         return
                     wait = self._probe_until - now
                 if cancelled is not None and wait > CANCEL_POLL_INTERVAL:
                     wait = CANCEL_POLL_INTERVAL
+                if wait > limit - now:
+                    wait = limit - now
                 self._gate_changed.wait(wait)
 
-    def note_success(self) -> None:
-        """A call got an answer that is not an error: a cool-down's probe has succeeded."""
+    @property
+    def epoch(self) -> int:
+        """Cool-downs so far; read it when an attempt starts and give it to :meth:`note_success`."""
+        return self._cool_epoch
+
+    def note_success(self, epoch: Optional[int] = None) -> None:
+        """An attempt got an answer that is not an error: a cool-down's probe has succeeded.
+
+        :param epoch: :attr:`epoch` when the attempt started. An attempt that started
+            before the latest cool-down says nothing about whether it is over, so its
+            success does not end the probing phase (None: the attempt is recent).
+        """
         if not self._probing:  # unlocked read: the common case costs nothing
             return
         with self._lock:
-            if self._probing:
+            if self._probing and (epoch is None or epoch == self._cool_epoch):
                 self._end_probing()
 
     def spend_retry(self, kind: str = "status", *, permit: Optional[Permit] = None) -> int:

@@ -7,9 +7,9 @@ batch item with broken messages never reaches the network.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Mapping, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-__all__ = ["Messages", "build_chat_body", "encode_body", "normalize_messages"]
+__all__ = ["Messages", "build_chat_body", "encode_body", "header_problem", "normalize_messages"]
 
 Messages = Union[str, Sequence[Mapping[str, Any]]]
 
@@ -85,3 +85,31 @@ def encode_body(body: Mapping[str, Any]) -> bytes:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except (TypeError, ValueError) as err:
         raise TypeError(f"the request is not JSON serializable: {err}") from None
+
+
+def header_problem(value: str, *, token: bool = False) -> Optional[str]:
+    """What keeps ``value`` from being sent as an HTTP header value, or None.
+
+    http.client encodes header values as Latin-1 and refuses CR/LF; an error from deep
+    inside it would quote the whole value (an API key included), so values are checked
+    once, up front, and the message names the problem and its position, never the value.
+    With ``token`` (an API key) only visible ASCII is allowed.
+    """
+    if token and not value:
+        return "is empty"
+    for position, char in enumerate(value):
+        code = ord(char)
+        if token and not 0x21 <= code <= 0x7E:
+            kind = (
+                "a space"
+                if char == " "
+                else "a control character"
+                if code < 0x20 or code == 0x7F
+                else "a non-ASCII character"
+            )
+            return f"contains {kind} (U+{code:04X}) at position {position}"
+        if code > 0xFF:
+            return f"contains a character that is not Latin-1 (U+{code:04X}) at position {position}"
+        if (code < 0x20 and char != "\t") or code == 0x7F:
+            return f"contains a control character (U+{code:04X}) at position {position}"
+    return None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import math
 import queue
 import sys
 import threading
@@ -29,12 +30,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .calls import CallControl, CallHandle, RetryCancelled, RetryEvent
 from .client import DeepSeekClient
-from .errors import APIStatusError
-from .limits import Limiter
+from .errors import APIStatusError, APITimeoutError, status_error
+from .limits import Limiter, Permit
 from .messages import Messages, normalize_messages
-from .retry import RetryEvent, call_context
-from .transport import CallHandle
 from .types import ChatChunk, ChatCompletion, Usage
 
 __all__ = ["DeepSeekPool", "PoolStats", "Request", "Result", "parse_request"]
@@ -53,8 +53,12 @@ _POOL_OWNED = frozenset({"on_retry", "on_chunk", "restart_streams"})
 WINDOW_PER_WORKER = 2
 #: Seconds between looks at an ``as_completed(stop=...)`` event while no result arrives.
 STOP_POLL_INTERVAL = 0.1
+#: Most seconds leaving an ``as_completed`` loop early waits for its aborted calls to end.
+ABORT_WAIT = 2.0
 #: Tokens reserved for the answer when a request sets no ``max_tokens``.
 DEFAULT_COMPLETION_RESERVE = 1024
+#: Statuses after which a pool sends nothing more: the key is wrong, the balance is spent.
+STOP_STATUSES = frozenset({401, 402})
 _CHAT_URLS = ("/chat/completions", "/v1/chat/completions", "/beta/chat/completions")
 
 
@@ -125,10 +129,13 @@ class PoolStats:
     failed: int
     retried: int
     usage: Usage
+    #: submitted calls that were cancelled before they started
+    cancelled: int = 0
 
     @property
     def in_flight(self) -> int:
-        return self.submitted - self.done
+        """Calls submitted and neither finished nor cancelled."""
+        return self.submitted - self.done - self.cancelled
 
 
 def parse_request(request: Request) -> Tuple[Optional[str], Messages, Dict[str, Any]]:
@@ -190,6 +197,51 @@ def estimate_tokens(messages: Messages, params: Mapping[str, Any]) -> int:
     return chars // 4 + 4 * count + reserve
 
 
+class _PoolCall(CallControl):
+    """One pool call's control: its attempts feed the pool's limiter and stop."""
+
+    def __init__(
+        self, pool: DeepSeekPool, permit: Permit, deadline: Optional[float], cancelled: threading.Event
+    ) -> None:
+        super().__init__(deadline=deadline, cancelled=cancelled)
+        self.pool = pool
+        self.limiter = pool.limiter
+        self.permit = permit
+        self.attempts = 0
+        self.retries = 0
+        self._epoch = 0
+
+    def attempt_started(self, attempt: int) -> None:
+        self.attempts = attempt
+        self._epoch = self.limiter.epoch
+
+    def response_received(self, status: int, retry_after: Optional[float]) -> None:
+        if status < 300:
+            self.limiter.note_success(self._epoch)
+        elif status == 429:
+            if self.pool.cool_down:
+                seconds = retry_after if retry_after is not None else self.pool.client.retry.backoff_for(1)
+                self.limiter.cool_down(seconds)
+        elif status in self.pool.stop_on:
+            self.pool._note_stop(status)
+
+    def before_retry(self, event: RetryEvent) -> None:
+        self.limiter.spend_retry(event.kind, permit=self.permit)
+        self.retries += 1
+
+    def wait(self, delay: float, deadline: float) -> None:
+        timeout = None if deadline == math.inf else deadline - time.monotonic()
+        try:
+            self.limiter.wait_before_retry(delay, cancelled=self.cancelled, timeout=timeout, permit=self.permit)
+        except cf.CancelledError:
+            raise RetryCancelled("not retried: the pool is shutting down") from None
+        except TimeoutError:
+            raise APITimeoutError(
+                "not retried: the call's deadline (call_timeout) would pass while the limiter holds retries back"
+            ) from None
+        self.check()
+
+
 class DeepSeekPool:
     """Run many DeepSeek chat calls at once on a thread pool, within shared limits.
 
@@ -211,6 +263,9 @@ class DeepSeekPool:
         limiter) back for the wait the server asked for, then probe with one call. Right
         for DeepSeek, whose 429 means the account's concurrency cap is reached; turn it off
         for an endpoint whose 429s are sporadic, so only the call that got one waits.
+    :param stop_on: statuses after which the pool sends nothing more (default 401 and
+        402: a wrong key or a spent balance fails every call alike); later calls fail at
+        once with the same error class, without being sent. ``()`` never stops.
     """
 
     def __init__(
@@ -228,6 +283,7 @@ class DeepSeekPool:
         on_result: Optional[ResultCallback] = None,
         on_chunk: Optional[PoolChunkCallback] = None,
         cool_down: bool = True,
+        stop_on: Iterable[int] = STOP_STATUSES,
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
@@ -239,13 +295,16 @@ class DeepSeekPool:
         self._owns_client = client is None
         self.client = client if client is not None else DeepSeekClient()
         self.max_workers = max_workers
-        self.client.ensure_pool_size(max_workers)
+        self.client.reserve_connections(max_workers)
+        self._connections_released = False
+        self._stopped_by: Optional[int] = None
         self._owns_executor = executor is None
         self._executor = executor or cf.ThreadPoolExecutor(max_workers, thread_name_prefix="deepseek-pool")
         self.window = window or WINDOW_PER_WORKER * max_workers
         self.on_result = on_result
         self.on_chunk = on_chunk
         self.cool_down = cool_down
+        self.stop_on = frozenset(stop_on)
         self._closing = threading.Event()
         self._closed = False
         self._client_closed = False
@@ -258,7 +317,18 @@ class DeepSeekPool:
         self._ok = 0
         self._failed = 0
         self._retried = 0
+        self._cancelled = 0
         self._usage = Usage()
+
+    @property
+    def stopped_by(self) -> Optional[int]:
+        """The status (one of ``stop_on``) that stopped the pool, or None.
+
+        A wrong key or an empty balance fails every call the same way, so after the
+        first such answer, on any attempt, the pool sends nothing more: later calls fail
+        at once with the same error class.
+        """
+        return self._stopped_by
 
     def __repr__(self) -> str:
         return f"DeepSeekPool(max_workers={self.max_workers}, window={self.window}, limiter={self.limiter!r})"
@@ -281,47 +351,39 @@ class DeepSeekPool:
         normalize_messages(messages)  # bad input fails here, before any limiter or network
         for key in _POOL_OWNED & params.keys():
             raise TypeError(f"{key!r} is set by the pool; use DeepSeekPool(on_chunk=...) or its limiter instead")
+        stopped = self._stopped_by
+        if stopped is not None:
+            raise status_error(stopped, f"not sent: an earlier call of this pool was answered {stopped}")
         tokens = estimate_tokens(messages, params)
         limiter = self.limiter
         start = time.monotonic()
-        permit = limiter.acquire(tokens, cancelled=cancelled)
+        call_timeout = self.client.call_timeout
+        try:
+            permit = limiter.acquire(tokens, cancelled=cancelled, timeout=call_timeout)
+        except TimeoutError:
+            raise APITimeoutError(
+                f"the call's deadline (call_timeout={call_timeout} s) passed while waiting for the limiter"
+            ) from None
         begun = time.monotonic()
         result.started_at = begun
         result.queued = begun - start
-        retries = 0
-
-        def on_retry(event: RetryEvent) -> None:
-            nonlocal retries
-            if event.status == 429 and self.cool_down:
-                limiter.cool_down(event.delay)
-            limiter.spend_retry(event.kind, permit=permit)
-            retries += 1
-
+        control = _PoolCall(self, permit, None if call_timeout is None else start + call_timeout, cancelled)
+        handle = control.handle
         completion: Optional[ChatCompletion] = None
-        context = call_context
-        context.cancelled = cancelled
-        context.retry_gate = partial(limiter.wait_before_retry, cancelled=cancelled)
-        context.on_status = self._note_status
-        handle = CallHandle()
-        context.handle = handle
         with self._lock:
             self._handles[handle] = cancelled
         if cancelled.is_set():
             handle.abort()
         try:
             if params.get("stream"):
-                completion = self._stream(result, messages, dict(params), on_retry, begun)
+                completion = self._stream(result, messages, dict(params), control, begun)
             else:
-                completion = self.client.chat(messages, on_retry=on_retry, **params)
+                completion = self.client.chat(messages, control=control, **params)
             return completion
         finally:
-            context.cancelled = None
-            context.handle = None
-            context.retry_gate = None
-            context.on_status = None
             with self._lock:
                 del self._handles[handle]
-            result.attempts = retries + 1
+            result.attempts = control.attempts
             result.elapsed = time.monotonic() - begun
             usage = completion.usage if completion is not None else None
             if usage is not None:
@@ -331,18 +393,19 @@ class DeepSeekPool:
                 # stream the server may have spent tokens, so the estimate stays charged.
                 error = sys.exc_info()[1]
                 used = 0 if isinstance(error, (APIStatusError, TypeError, ValueError)) else None
-            limiter.release(permit, tokens_used=used, retries=retries, ok=completion is not None)
+            limiter.release(permit, tokens_used=used, retries=control.retries, ok=completion is not None)
 
-    def _note_status(self, status: int) -> None:
-        if status < 300:
-            self.limiter.note_success()
+    def _note_stop(self, status: int) -> None:
+        if self._stopped_by is None:
+            self._stopped_by = status
+            log.error("stopping: DeepSeek answered %d; calls not yet sent now fail without being sent", status)
 
     def _stream(
         self,
         result: Result,
         messages: Messages,
         params: Dict[str, Any],
-        on_retry: Callable[[RetryEvent], None],
+        control: CallControl,
         begun: float,
     ) -> ChatCompletion:
         params.pop("stream")
@@ -361,7 +424,7 @@ class DeepSeekPool:
             stream=True,
             on_chunk=on_chunk,
             restart_streams=user_callback is None,
-            on_retry=on_retry,
+            control=control,
             **params,
         )
 
@@ -406,6 +469,8 @@ class DeepSeekPool:
     def _untrack(self, future: cf.Future[Any]) -> None:
         with self._lock:
             self._futures.discard(future)
+            if future.cancelled():
+                self._cancelled += 1
 
     def submit(self, messages: Messages, **params: Any) -> cf.Future[ChatCompletion]:
         """Start one chat call and return its ``concurrent.futures.Future`` at once.
@@ -512,9 +577,11 @@ class DeepSeekPool:
             if pending:
                 cancelled.set()
                 self.limiter.wake_waiters()
-                for future in pending:
-                    future.cancel()
+                running = [future for future in pending if not future.cancel()]
                 self._abort_running(cancelled)
+                # Aborted calls end within moments; waiting for them keeps the stats true
+                # (nothing of this loop is left in flight) and the limiter's slots given back.
+                cf.wait(running, timeout=ABORT_WAIT)
 
     def map(self, requests: Iterable[Request]) -> List[Result]:
         """Run ``requests`` and return their :class:`Result` objects in input order."""
@@ -526,7 +593,9 @@ class DeepSeekPool:
     def stats(self) -> PoolStats:
         """A snapshot of the counters: submitted, done, ok, failed, retried, usage."""
         with self._lock:
-            return PoolStats(self._submitted, self._done, self._ok, self._failed, self._retried, self._usage)
+            return PoolStats(
+                self._submitted, self._done, self._ok, self._failed, self._retried, self._usage, self._cancelled
+            )
 
     def close(self, *, wait: bool = True, cancel: bool = False) -> None:
         """Stop accepting work; ``cancel`` drops what has not started; ``wait`` waits for the rest.
@@ -550,6 +619,9 @@ class DeepSeekPool:
             self._executor.shutdown(wait=wait, cancel_futures=cancel)
         elif wait:
             cf.wait(futures)
+        if not self._connections_released:
+            self._connections_released = True
+            self.client.release_connections(self.max_workers)
         if self._owns_client and not self._client_closed and (wait or cancel):
             self._client_closed = True
             self.client.close()

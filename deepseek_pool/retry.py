@@ -156,6 +156,14 @@ class DeepSeekRetry(Retry):
             value += random.random() * self.backoff_jitter
         return float(max(0.0, value))
 
+    def delay_after(self, response: Any = None) -> float:
+        """Seconds to wait before the next attempt: the response's Retry-After, else the backoff."""
+        if response is not None and self.respect_retry_after_header:
+            delay = self.get_retry_after(response)
+            if delay is not None:
+                return delay
+        return self.get_backoff_time()
+
     def parse_retry_after(self, retry_after: str) -> float:
         """Seconds (fractional too, which urllib3 rejects) or an HTTP date; capped."""
         if _SECONDS.match(retry_after):

@@ -1,8 +1,8 @@
 """The wire: requests/urllib3 plumbing under :class:`~deepseek_pool.DeepSeekClient`.
 
-* :class:`DeepSeekAdapter` -- requests' ``HTTPAdapter`` whose connections apply the
-  calling thread's per-call state (abort handle, call deadline) to every attempt,
-  urllib3's own retries included;
+* :class:`DeepSeekAdapter` -- requests' ``HTTPAdapter`` whose connections report
+  themselves to the abort handle of the call they carry, and leave it when the
+  connection pool takes them back;
 * :class:`Route` -- the urllib3 pool the adapter would pick, resolved once, so a call
   skips what ``HTTPAdapter.send`` recomputes every time;
 * :func:`raw_pieces` -- the body as it arrives, under the attempt's total deadline;
@@ -12,11 +12,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
+import math
 import time
 from functools import partial
+from http.client import HTTPException
 from typing import Any, Dict, Generator, Iterator, Mapping, Optional
 
 import requests
@@ -28,28 +28,30 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
+from .calls import WATCHDOG, CallHandle, release_connection, sending
 from .errors import (
     APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
     APITimeoutError,
     ConfigurationError,
     DeepSeekError,
-    RetryBudgetExceeded,
     status_error,
 )
-from .retry import RetryCancelled, call_context
 from .streaming import SSEDecoder
 from .types import ChatChunk, ChatCompletion, ChatCompletionBuilder
 
 __all__ = [
     "GENUINE_SEND",
     "STREAM_END_GRACE",
-    "CallHandle",
+    "Attempt",
     "ChatStream",
     "DeepSeekAdapter",
     "Route",
     "raw_pieces",
     "request_id_of",
     "translate_error",
+    "urllib3_cause",
     "wrap_response",
 ]
 
@@ -72,12 +74,12 @@ def request_id_of(headers: Mapping[str, str]) -> Optional[str]:
     return None
 
 
-def raw_pieces(raw: Any, deadline: float, read_timeout: float) -> Iterator[bytes]:
-    """Yield the decoded body as it arrives, enforcing the attempt's total deadline.
+def raw_pieces(raw: Any, deadline: float) -> Iterator[bytes]:
+    """Yield the decoded body as it arrives, under the attempt's total deadline.
 
     Every piece (a blank keep-alive line included) resets the socket's read timeout,
-    so the deadline is checked between pieces and the socket timeout is shortened
-    when the deadline is nearer than a full read timeout.
+    so the deadline is checked between pieces; a read that blocks past it is broken
+    by the watchdog (:mod:`deepseek_pool.calls`).
     """
     if raw.chunked and raw.supports_chunked_reads():
         source: Iterator[bytes] = raw.read_chunked(None, decode_content=True)
@@ -85,109 +87,107 @@ def raw_pieces(raw: Any, deadline: float, read_timeout: float) -> Iterator[bytes
         read = getattr(raw, "read1", None) or raw.read
         source = iter(partial(read, _READ_SIZE, decode_content=True), b"")
     clock = time.monotonic
-    remaining = deadline - clock()
-    if remaining < read_timeout:
-        _set_socket_timeout(raw, remaining)
+    if clock() >= deadline:
+        raise APITimeoutError("the request's total deadline passed while waiting for the server")
     for piece in source:
         yield piece
-        remaining = deadline - clock()
-        if remaining <= 0:
+        if clock() >= deadline:
             raise APITimeoutError("the request's total deadline passed while the server was still sending")
-        if remaining < read_timeout:
-            _set_socket_timeout(raw, remaining)
 
 
 def _set_socket_timeout(raw: Any, seconds: float) -> None:
-    if seconds <= 0:
-        raise APITimeoutError("the request's total deadline passed while waiting for the server")
     connection = getattr(raw, "connection", None)
     sock = getattr(connection, "sock", None)
     if sock is not None:
-        sock.settimeout(seconds)
+        sock.settimeout(max(seconds, 0.001))
+
+
+def urllib3_cause(err: BaseException) -> BaseException:
+    """The urllib3 (or socket) error under a requests wrapper or a ``MaxRetryError``."""
+    if isinstance(err, requests.RequestException) and err.args and isinstance(err.args[0], BaseException):
+        err = err.args[0]
+    if isinstance(err, MaxRetryError) and err.reason is not None:
+        err = err.reason
+    return err
 
 
 def translate_error(err: BaseException) -> DeepSeekError:
     """Turn a requests/urllib3 exception into ours (the only place that does)."""
     if isinstance(err, DeepSeekError):
         return err
-    if isinstance(err, MaxRetryError):  # raised by urllib3 directly on the direct route
-        reason: Any = err.reason
-    else:  # wrapped by requests' adapter
-        cause = err.args[0] if err.args else None
-        reason = getattr(cause, "reason", None) if isinstance(cause, MaxRetryError) else None
-    if isinstance(reason, RetryBudgetExceeded):
-        return RetryBudgetExceeded(str(reason))
-    if isinstance(err, (requests.Timeout, ReadTimeoutError)) or isinstance(reason, ReadTimeoutError):
+    cause = urllib3_cause(err)
+    if isinstance(cause, DeepSeekError):
+        return cause
+    if isinstance(err, requests.Timeout) or isinstance(cause, ReadTimeoutError):
         return APITimeoutError(f"request timed out: {err}")
-    if isinstance(reason, ConnectTimeoutError) and not isinstance(reason, NewConnectionError):
+    if isinstance(cause, ConnectTimeoutError) and not isinstance(cause, NewConnectionError):
         return APITimeoutError(f"connecting timed out: {err}")  # what requests calls ConnectTimeout
-    if isinstance(err, (requests.ConnectionError, Urllib3HTTPError, OSError)):
-        return APIConnectionError(f"connection failed: {err}")
     if isinstance(err, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
         return ConfigurationError(f"invalid URL: {err}")
-    return APIConnectionError(f"request failed: {err!r}")
+    if isinstance(err, (requests.ConnectionError, Urllib3HTTPError, OSError, HTTPException)):
+        return APIConnectionError(f"connection failed: {err}")
+    return APIConnectionError(f"request failed: {type(err).__name__}: {err}")
 
 
-class CallHandle:
-    """Lets another thread abort the HTTP exchange a call is blocked in.
+class Attempt:
+    """One attempt's total deadline, watched by the watchdog; ended exactly once.
 
-    A pool that is cancelled (Ctrl-C, ``break`` out of ``as_completed``) must not wait
-    minutes for answers nobody will read: it sets the handle into the worker's call
-    context, the connection reports itself when it sends, and :meth:`abort` shuts
-    the socket down, which ends a blocked read at once.
+    The watchdog breaks the attempt's connection when the deadline passes, so a read
+    that blocks (a trickled head, a stalled body) fails, and :meth:`translate` then
+    reports it as the timeout it is.
     """
 
-    __slots__ = ("_connection", "aborted")
+    __slots__ = ("_watch", "deadline", "handle")
 
-    def __init__(self) -> None:
-        self._connection: Any = None
-        self.aborted = False
+    def __init__(self, deadline: float, handle: CallHandle) -> None:
+        self.deadline = deadline
+        self.handle = handle
+        handle.expired = False
+        self._watch = WATCHDOG.watch(deadline, handle) if deadline != math.inf else None
 
-    def attach(self, connection: Any) -> None:
-        """Called by the connection that is about to send this call's request."""
-        if self.aborted:
-            raise RetryCancelled("the call was cancelled before it was sent")
-        self._connection = connection
+    @property
+    def expired(self) -> bool:
+        return self.handle.expired
 
-    def abort(self) -> None:
-        """Break the call's connection (idempotent; safe from any thread)."""
-        self.aborted = True
-        sock = getattr(self._connection, "sock", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):  # already closed: nothing to break
-                sock.shutdown(socket.SHUT_RDWR)
+    def translate(self, err: BaseException) -> DeepSeekError:
+        if self.handle.expired and not isinstance(err, DeepSeekError):
+            return APITimeoutError(f"the attempt's total deadline passed ({type(err).__name__}: {err})")
+        return translate_error(err)
+
+    def end(self) -> None:
+        """The attempt is over: stop watching it and forget its connection."""
+        watch = self._watch
+        if watch is not None:
+            self._watch = None
+            WATCHDOG.cancel(watch)
+        self.handle.detach()
 
 
 class _CallAwareConnectionMixin:
-    """Applies the calling thread's per-call state to every attempt, urllib3's retries included.
+    """Reports the connection to the :class:`~deepseek_pool.calls.CallHandle` of the call it carries.
 
-    It tells the call's :class:`CallHandle` which connection carries the request, and
-    cuts the connect and read timeouts to what is left of the call's deadline, so a
-    retry made inside urllib3 cannot outlive ``call_timeout``.
+    It attaches before connecting and before sending (a handle aborted meanwhile stops
+    the attempt there, before any byte of the request leaves), and checks again once a
+    new connection is open, since an abort cannot break a socket that does not exist yet.
     """
 
-    timeout: Any
-
-    def _cut_timeout(self, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        timeout = self.timeout
-        if not isinstance(timeout, (int, float)) or timeout > remaining:
-            self.timeout = max(remaining, 0.001)
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        context = call_context
-        handle = context.handle
+    def connect(self) -> None:
+        handle = sending.handle
         if handle is not None:
             handle.attach(self)
-        if context.deadline is not None:
-            self._cut_timeout(context.deadline)
-        super().request(*args, **kwargs)  # type: ignore[misc]
+        super().connect()  # type: ignore[misc]
+        if handle is not None:
+            try:
+                handle.attach(self)
+            except BaseException:
+                self.close()  # type: ignore[attr-defined]
+                raise
 
-    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-        deadline = call_context.deadline
-        if deadline is not None:
-            self._cut_timeout(deadline)
-        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        handle = sending.handle
+        if handle is not None:
+            handle.attach(self)
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
 
 class _HTTPConnection(_CallAwareConnectionMixin, HTTPConnection):
@@ -201,13 +201,23 @@ class _HTTPSConnection(_CallAwareConnectionMixin, HTTPSConnection):
 class _HTTPConnectionPool(HTTPConnectionPool):
     ConnectionCls = _HTTPConnection
 
+    def _put_conn(self, conn: Any) -> None:
+        if conn is not None:
+            release_connection(conn)  # back in the pool: no handle may touch it now
+        super()._put_conn(conn)
+
 
 class _HTTPSConnectionPool(HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
 
+    def _put_conn(self, conn: Any) -> None:
+        if conn is not None:
+            release_connection(conn)
+        super()._put_conn(conn)
+
 
 class DeepSeekAdapter(HTTPAdapter):
-    """requests' ``HTTPAdapter`` whose connections can be aborted through a :class:`CallHandle`.
+    """requests' ``HTTPAdapter`` whose connections can be aborted through a call's handle.
 
     It does not override ``send``, so ``responses`` and other adapter-level mocks still apply.
     """
@@ -254,15 +264,19 @@ class ChatStream:
     """A streamed chat answer: iterate for :class:`ChatChunk`, one per server event.
 
     Use it as a context manager: leaving the block early closes the connection at
-    once; a stream read to ``data: [DONE]`` gives its connection back to the pool.
+    once; a stream read to its end gives its connection back to the pool.
     :meth:`completion` folds the (rest of the) stream into a :class:`ChatCompletion`.
+
+    When a stream is complete: ``data: [DONE]`` ends it at once (a body held open
+    afterwards is closed after :data:`STREAM_END_GRACE`, not waited for); a body that
+    ends, or breaks, after a chunk with a ``finish_reason`` is complete too; a body
+    that ends or breaks before any ``finish_reason`` raises :class:`APIConnectionError`.
     """
 
-    def __init__(self, response: requests.Response, deadline: float, read_timeout: float) -> None:
+    def __init__(self, response: requests.Response, attempt: Attempt) -> None:
         self.response = response
         self.request_id = request_id_of(response.headers)
-        self._deadline = deadline
-        self._read_timeout = read_timeout
+        self._attempt = attempt
         self._builder = ChatCompletionBuilder()
         self._iterator = self._chunks()
         self._closed = False
@@ -270,14 +284,15 @@ class ChatStream:
     def _chunks(self) -> Generator[ChatChunk, None, None]:
         raw = self.response.raw
         decoder = SSEDecoder()
-        pieces = raw_pieces(raw, self._deadline, self._read_timeout)
+        pieces = raw_pieces(raw, self._attempt.deadline)
         loads = json.loads
+        builder = self._builder
         try:
             for piece in pieces:
                 for event in decoder.feed(piece):
                     data = event.data
                     if data == "[DONE]":
-                        self._finish(raw, pieces)
+                        self._drain(pieces)
                         return
                     if not data:
                         continue
@@ -285,34 +300,47 @@ class ChatStream:
                         payload = loads(data)
                     except ValueError as err:
                         raise APIConnectionError(f"the stream sent an event that is not JSON: {data[:200]!r}") from err
-                    if "error" in payload and not payload.get("choices"):
+                    if payload.__class__ is dict and "error" in payload and not payload.get("choices"):
                         raise self._stream_error(payload)
-                    chunk = ChatChunk(payload)
-                    self._builder.add(chunk)
+                    try:
+                        chunk = ChatChunk(payload)
+                        builder.add(chunk)
+                    except (ValueError, TypeError, AttributeError) as err:
+                        raise APIResponseValidationError(
+                            f"the stream sent an event that is not a chat chunk: {data[:200]!r}",
+                            status_code=self.response.status_code,
+                            body=payload,
+                            request_id=self.request_id,
+                        ) from err
                     yield chunk
-        except DeepSeekError:
+        except Exception as err:
             self.close()
-            raise
-        except Exception as err:  # urllib3 read errors, timeouts
-            self.close()
-            translated = translate_error(err)
+            if builder.finish_reason is not None and not isinstance(err, APIStatusError):
+                return  # the answer was complete; only the end of the body went wrong
+            if isinstance(err, DeepSeekError) and not (isinstance(err, APITimeoutError) or self._attempt.expired):
+                raise
+            translated = self._attempt.translate(err)
             if type(translated) is APIConnectionError:
-                translated = APIConnectionError(f"the stream broke before 'data: [DONE]': {err}")
+                translated = APIConnectionError(f"the stream broke before any finish_reason: {err}")
             raise translated from err
         self.close()
-        raise APIConnectionError("the stream ended before 'data: [DONE]' (connection closed by the server)")
+        if builder.finish_reason is None:
+            raise APIConnectionError("the stream ended before any finish_reason (connection closed by the server)")
 
-    def _finish(self, raw: Any, pieces: Iterator[bytes]) -> None:
+    def _drain(self, pieces: Iterator[bytes]) -> None:
         """Read the end of the body quickly so the connection can be reused, else close it."""
-        self._closed = True
+        grace_end = time.monotonic() + STREAM_END_GRACE
+        watch = WATCHDOG.watch(grace_end, self._attempt.handle)
         try:
-            _set_socket_timeout(raw, STREAM_END_GRACE)
-            grace_end = time.monotonic() + STREAM_END_GRACE
+            _set_socket_timeout(self.response.raw, STREAM_END_GRACE)
             for _ in pieces:
                 if time.monotonic() > grace_end:
                     raise APITimeoutError("data after [DONE]")
         except Exception:
             self.response.close()
+        finally:
+            WATCHDOG.cancel(watch)
+        self.close()
 
     def _stream_error(self, payload: Dict[str, Any]) -> DeepSeekError:
         error = payload.get("error")
@@ -337,7 +365,9 @@ class ChatStream:
         """Stop reading; an unfinished body's connection is closed, not reused."""
         if not self._closed:
             self._closed = True
-            self.response.close()
+            self._attempt.end()
+            if not self.response.raw.isclosed():
+                self.response.close()
 
     def __enter__(self) -> ChatStream:
         return self

@@ -16,6 +16,9 @@ __all__ = [
     "ChatCompletionBuilder",
     "FIMCompletion",
     "Usage",
+    "completion_problem",
+    "model_list_problem",
+    "object_problem",
 ]
 
 _EMPTY: Dict[str, Any] = {}
@@ -102,6 +105,45 @@ _USAGE_FIELDS = (
 )
 
 
+def completion_problem(raw: Any) -> Optional[str]:
+    """What makes ``raw`` not a chat completion, or None when it is one.
+
+    Checked once, before :class:`ChatCompletion` reads it, so a server that answers
+    200 in another shape gets an error that says so rather than an AttributeError.
+    """
+    if not isinstance(raw, dict):
+        return f"expected a JSON object, got {type(raw).__name__}"
+    choices = raw.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return "it has no 'choices' list"
+    for index, choice in enumerate(choices):
+        if not isinstance(choice, dict):
+            return f"choices[{index}] is not an object"
+        message = choice.get("message")
+        if message is not None and not isinstance(message, dict):
+            return f"choices[{index}].message is not an object"
+        if message and not isinstance(message.get("content", ""), (str, type(None))):
+            return f"choices[{index}].message.content is not a string"
+        if not isinstance(choice.get("text", ""), (str, type(None))):  # FIM's choices carry text
+            return f"choices[{index}].text is not a string"
+    usage = raw.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        return "'usage' is not an object"
+    return None
+
+
+def object_problem(raw: Any) -> Optional[str]:
+    """What makes ``raw`` not a JSON object (``/user/balance``), or None."""
+    return None if isinstance(raw, dict) else f"expected a JSON object, got {type(raw).__name__}"
+
+
+def model_list_problem(raw: Any) -> Optional[str]:
+    """What makes ``raw`` not a ``/models`` list, or None."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
+        return "expected an object with a 'data' list"
+    return None
+
+
 class ChatCompletion:
     """One chat answer (the first choice; all of them stay in ``raw["choices"]``).
 
@@ -166,15 +208,24 @@ class ChatChunk:
 
     Attributes are read from the first choice's ``delta``; chunks whose ``choices``
     is empty (the final usage chunk) give None for them.
+
+    :raises ValueError: ``raw`` is not shaped like a chunk (checked at once, cheaply).
     """
 
     __slots__ = ("_choice", "_delta", "raw")
 
     def __init__(self, raw: Dict[str, Any]) -> None:
         self.raw = raw
-        choices = raw.get("choices")
-        self._choice: Dict[str, Any] = choices[0] if choices else _EMPTY
-        self._delta: Dict[str, Any] = self._choice.get("delta") or _EMPTY
+        try:
+            choices = raw.get("choices")
+            choice = choices[0] if choices else _EMPTY
+            delta = choice.get("delta") or _EMPTY
+        except (AttributeError, TypeError, KeyError, IndexError):
+            delta = None
+        if delta.__class__ is not dict:
+            raise ValueError(f"not a chat completion chunk: {str(raw)[:200]}")
+        self._choice: Dict[str, Any] = choice
+        self._delta: Dict[str, Any] = delta
 
     @property
     def id(self) -> str:
@@ -265,6 +316,11 @@ class ChatCompletionBuilder:
         finish = chunk._choice.get("finish_reason")
         if finish:
             self._finish = finish
+
+    @property
+    def finish_reason(self) -> Optional[str]:
+        """The finish_reason seen so far (None until a chunk carried one)."""
+        return self._finish
 
     def _add_tool_fragments(self, fragments: Iterable[Dict[str, Any]]) -> None:
         for fragment in fragments:

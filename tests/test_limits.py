@@ -304,11 +304,33 @@ def test_cool_down_holds_new_starts_until_it_ends_and_spares_running_calls() -> 
     assert (stats.cool_downs, stats.cooling_for, stats.in_flight) == (2, 5.0, 1)
     limiter.release(running)  # the running call is untouched and ends normally
     assert limiter.stats.in_flight == 0
-    held_back = limiter.acquire()
+    held_back = limiter.acquire()  # the probe
     assert held_back.started_at == pytest.approx(5.0)
+    limiter.release(held_back)  # its success ends the probing phase
     after = limiter.acquire()
     assert (after.started_at, after.waited) == (held_back.started_at, 0.0)
     assert limiter.stats.cooling_for == 0.0
+
+
+def test_a_call_older_than_the_cool_down_does_not_end_the_probing_phase() -> None:
+    """Only the probe's outcome, or a call that started after the 429, says the limit is over."""
+    limiter, _ = fake_limiter()
+    old = limiter.acquire()
+    old_epoch = limiter.epoch
+    limiter.cool_down(1.0)
+    probe = limiter.acquire()  # at t=1.0, after the cool-down: the one probe
+    assert probe.started_at == pytest.approx(1.0)
+    limiter.note_success(old_epoch)  # the old call's answer arrives during the probe
+    limiter.release(old)
+    second = limiter.acquire()  # still held: waits for the probe's outcome, up to its lease
+    assert second.started_at == pytest.approx(1.0 + limits.PROBE_LEASE)
+    limiter.release(probe)
+    limiter.release(second)
+    limiter.cool_down(1.0)
+    probe = limiter.acquire()
+    limiter.note_success(limiter.epoch)  # the probe's own attempt (started in this epoch) succeeded
+    third = limiter.acquire()
+    assert third.waited == 0.0
 
 
 def test_a_longer_cool_down_extends_the_current_one() -> None:

@@ -87,7 +87,7 @@ def test_all_request_shapes_and_custom_id_never_sent(fake_deepseek: FakeDeepSeek
 def test_errors_stay_on_their_result_and_never_stop_the_batch(fake_deepseek: FakeDeepSeek) -> None:
     fake_deepseek.script("402")
     requests: List[Any] = ["fine 1", 42, {"messages": []}, {"model": "nope", "prompt": "bad model"}, "fine 2", "fine 3"]
-    with DeepSeekPool(make_client(fake_deepseek), max_workers=1) as pool:
+    with DeepSeekPool(make_client(fake_deepseek), max_workers=1, stop_on=()) as pool:
         results = pool.map(requests)
     errors = {r.index: type(r.error) for r in results if not r.ok}
     assert errors == {0: dp.InsufficientBalanceError, 1: TypeError, 2: ValueError, 3: dp.BadRequestError}
@@ -212,6 +212,13 @@ class _StubClient:
     """Answers instantly without a network: for memory and scheduling properties only."""
 
     model = "stub"
+    call_timeout = None
+
+    def reserve_connections(self, threads: int) -> None:
+        pass
+
+    def release_connections(self, threads: int) -> None:
+        pass
 
     def ensure_pool_size(self, threads: int) -> None:
         pass
