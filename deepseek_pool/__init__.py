@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+from .calls import CallControl, CallHandle, RetryEvent
 from .client import ChatStream, DeepSeekClient
 from .config import Timeout
 from .errors import (
     APIConnectionError,
+    APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
     AuthenticationError,
@@ -30,18 +32,21 @@ from .errors import (
 )
 from .limits import Limiter, LimiterStats
 from .pool import DeepSeekPool, PoolStats, Result
-from .retry import DeepSeekRetry, RetryEvent
+from .retry import DeepSeekRetry
 from .types import Balance, ChatChunk, ChatCompletion, ChatCompletionBuilder, FIMCompletion, Usage
 
 __version__ = "0.1.0"
 
 __all__ = [
     "APIConnectionError",
+    "APIResponseValidationError",
     "APIStatusError",
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
     "Balance",
+    "CallControl",
+    "CallHandle",
     "ChatChunk",
     "ChatCompletion",
     "ChatCompletionBuilder",

@@ -50,10 +50,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Generator, Iterator, List, Optional, Set, Tuple, Union
 
+from .calls import RetryCancelled
 from .errors import APIStatusError, AuthenticationError, DeepSeekError, InsufficientBalanceError
 from .pool import DeepSeekPool, Result, parse_request
 from .progress import BatchProgress, Tally
-from .retry import RetryCancelled
 from .types import ChatCompletion
 
 try:  # POSIX: one writer per output file

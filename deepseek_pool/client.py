@@ -94,6 +94,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ChunkCallback = Callable[[ChatChunk], None]
+#: Says what makes a parsed body not the expected shape, or None when it is fine.
+ShapeCheck = Callable[[Any], Optional[str]]
 
 _USER_AGENT = f"deepseek-pool/0.1 (python-requests/{requests.__version__})"
 #: A 200 that stopped for this reason is a load failure, not an answer.
@@ -584,7 +586,7 @@ class DeepSeekClient:
             raise _Retryable(err, _body_cause(err), None) from None
 
     @staticmethod
-    def _json(data: Optional[bytes], response: requests.Response, check: Optional[Callable[[Any], Optional[str]]] = None) -> Any:
+    def _json(data: Optional[bytes], response: requests.Response, check: Optional[ShapeCheck] = None) -> Any:
         """The body as JSON, checked by ``check``; an empty body is a load failure (retried)."""
         if not data or not data.strip():
             raise IncompleteResponseError("the server sent an empty body", status_code=response.status_code)

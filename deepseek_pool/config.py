@@ -33,6 +33,9 @@ DEFAULT_BACKOFF_JITTER = 0.25
 DEFAULT_MAX_RETRY_AFTER = 60.0
 #: Statuses worth retrying: rate limit and transient server failures.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Statuses whose Retry-After alone makes a response retryable (urllib3 adds 413, which
+#: waiting cannot fix: a too-large request stays too large).
+RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 #: Connections kept per host when the caller does not size the pool; covers the
 #: threads of a typical web server. DeepSeekPool sizes it to its own workers.

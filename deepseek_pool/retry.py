@@ -1,193 +1,143 @@
-"""The retry policy: urllib3's ``Retry``, taught what DeepSeek needs.
+"""The retry policy: urllib3's ``Retry`` as a value, with DeepSeek's defaults.
 
-urllib3 does the retrying (it is mounted on the client's ``HTTPAdapter``); this
-subclass changes only the policy:
+The client's own loop owns every attempt and asks this value what to do (``is_retry``,
+``increment``, ``delay_after``); urllib3 makes no retries of its own. The value keeps
+urllib3's ``Retry`` contract, so it also works mounted on a plain urllib3 pool or requests
+adapter. Where it differs from urllib3, and why:
 
-* POST is retried (urllib3 leaves it out by default);
-* the first retry already waits (urllib3 retries at once, which hammers a 429);
-* ``Retry-After`` may be fractional seconds, ``retry-after-ms``, or an HTTP date,
-  and is capped;
-* timeouts after the request was sent can be excluded (a retried POST may be billed twice);
-* each retry is logged and reported to the calling thread's listener, which may veto
-  it (a spent retry budget) and which the pool uses to cool everyone down after a 429;
-* a per-call deadline stops retrying when the next attempt could not finish in time.
-
-Listeners and deadlines are per call, so they travel in a thread-local set by the
-client around each request: urllib3 calls the policy in the requesting thread.
+* POST is retried too (DeepSeek's API is POST; urllib3 retries only idempotent methods);
+* the first retry already waits ``backoff_factor`` (urllib3 retries at once, which hammers
+  a 429), and the jitter is added after the ``backoff_max`` cap, so threads that all reached
+  the cap still do not retry in step (urllib3 caps after adding it, which erases it there);
+* ``Retry-After`` may be fractional seconds or come as ``retry-after-ms`` (as
+  openai-python honours); it is capped at ``retry_after_max``, 60 s by default (urllib3: 6 h);
+* a ``Retry-After`` alone makes 429 and 503 retryable, not 413 (waiting cannot shrink a request);
+* ``retry_timeouts=False`` re-raises a read timeout instead of counting it: the request was
+  sent, and a retried POST may be billed twice;
+* the final error response is returned, not raised (``raise_on_status=False``), so the
+  caller can raise it typed, with its body; redirects are not followed (``redirect=0``).
 """
 
 from __future__ import annotations
 
 import email.utils
-import logging
 import random
 import re
-import threading
 import time
-from concurrent.futures import CancelledError
-from typing import Any, Callable, NamedTuple, Optional
+from itertools import takewhile
+from typing import Any, ClassVar, Collection, Optional, Tuple, Union
 
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ReadTimeoutError, ResponseError
-from urllib3.util.retry import Retry
+from urllib3.exceptions import InvalidHeader, ReadTimeoutError
+from urllib3.util.retry import RequestHistory, Retry
 
 from . import config
-from .errors import APIConnectionError, RetryBudgetExceeded
+from .calls import RetryCancelled, RetryEvent, RetryListener  # where they lived before; kept importable
 
-__all__ = ["DeepSeekRetry", "RetryCancelled", "RetryEvent", "RetryListener", "call_context", "wait_for_retry"]
+__all__ = ["DeepSeekRetry", "RetryCancelled", "RetryEvent", "RetryListener"]
 
-log = logging.getLogger(__name__)
-
-_SECONDS = re.compile(r"^\s*[0-9]+(?:\.[0-9]*)?\s*$")
-
-
-class RetryCancelled(APIConnectionError):
-    """A retry was abandoned because the pool running the call is shutting down."""
+#: A header value in seconds (or milliseconds): digits, optionally a decimal fraction. No sign,
+#: exponent, NaN or infinity, and only ASCII digits (``float`` would also take "²" or "1e9").
+_NUMBER = re.compile(r"^\s*[0-9]+(?:\.[0-9]+)?\s*$")
 
 
-class RetryEvent(NamedTuple):
-    """What a listener learns before a retry: attempt ``attempt`` failed, next one in ``delay`` s."""
-
-    attempt: int
-    status: Optional[int]
-    error: Optional[BaseException]
-    delay: float
-    kind: str  # "status", "connect", "read" or "timeout"
-
-
-RetryListener = Callable[[RetryEvent], None]
-
-
-class _CallContext(threading.local):
-    """Per-thread, per-call state the policy reads (set and cleared by the client)."""
-
-    listener: Optional[RetryListener] = None
-    deadline: Optional[float] = None
-    #: why the last retry was refused, so the client can say it in the final error
-    stopped: Optional[str] = None
-    #: set by a pool that is shutting down: backoff sleeps end at once and the call fails
-    cancelled: Optional[threading.Event] = None
-    #: the call's abort handle (see ``client.CallHandle``), told which connection it uses
-    handle: Any = None
-    #: replaces the plain sleep before a retry (a pool waits out its cool-down there)
-    retry_gate: Optional[Callable[[float], None]] = None
-    #: told the status of every response the call receives (a pool ends a cool-down on a 2xx)
-    on_status: Optional[Callable[[int], None]] = None
-    #: attempts the call made in earlier sends, so urllib3's retries stay within the call's total
-    prior_attempts = 0
-
-
-call_context = _CallContext()
-
-
-def _kind_of(error: Optional[BaseException], status: Optional[int]) -> str:
-    if error is None:
-        return "status"
-    if isinstance(error, ReadTimeoutError):
-        return "timeout"
-    return "connect" if isinstance(error, ConnectTimeoutError) else "read"
-
-
-def wait_for_retry(delay: float) -> None:
-    """Sleep ``delay`` seconds before a retry, or stop at once if the caller's pool is closing."""
-    context = call_context
-    cancelled = context.cancelled
-    gate = context.retry_gate
-    if gate is not None:
-        try:
-            gate(delay)
-        except CancelledError:
-            raise RetryCancelled("not retried: the pool is shutting down") from None
-    elif cancelled is None:
-        if delay > 0:
-            time.sleep(delay)
-    elif cancelled.wait(delay) or cancelled.is_set():
-        raise RetryCancelled("not retried: the pool is shutting down")
+def _seconds_until(http_date: str) -> Optional[float]:
+    """Seconds from now until an HTTP date (negative if past); None if it is not one."""
+    try:
+        parsed = email.utils.parsedate_tz(http_date)
+        return None if parsed is None else email.utils.mktime_tz(parsed) - time.time()
+    except (TypeError, ValueError, OverflowError, IndexError):  # parsedate_tz raises on some garbage
+        return None
 
 
 class DeepSeekRetry(Retry):
-    """``urllib3.util.Retry`` with DeepSeek's policy (see the module docstring).
+    """``urllib3.util.Retry`` with DeepSeek's defaults, used as a policy value (see the module docstring).
 
-    :param max_retry_after: cap, in seconds, on a server-directed wait.
-    :param retry_timeouts: retry read timeouts after the request was sent (may bill twice).
+    Arguments are urllib3's, in urllib3's order; only the defaults differ. Two more, keyword-only:
+
+    :param retry_timeouts: count a read timeout as retryable (False: re-raise it, since the
+        request was sent and a retried POST may be billed twice).
+    :param max_retry_after: older name of ``retry_after_max``, the cap in seconds on a
+        server-directed wait (None: :attr:`DEFAULT_RETRY_AFTER_MAX`).
     """
 
-    DEFAULT_ALLOWED_METHODS = frozenset({"GET", "POST"})
-    #: Statuses whose Retry-After makes a response retryable (urllib3 adds 413; DeepSeek
-    #: sends no such 413, and a too-large request will not shrink by waiting).
-    RETRY_AFTER_STATUS_CODES = frozenset({429, 503})
+    #: urllib3's idempotent methods, plus POST: DeepSeek's API is POST, and a failed call is
+    #: worth repeating (``retry_timeouts=False`` avoids the one case that may bill twice).
+    DEFAULT_ALLOWED_METHODS = Retry.DEFAULT_ALLOWED_METHODS | {"POST"}
+    #: Statuses whose Retry-After alone makes a response retryable (urllib3 adds 413).
+    RETRY_AFTER_STATUS_CODES = config.RETRY_AFTER_STATUSES
+    #: Default cap, in seconds, on the computed backoff (before jitter).
+    DEFAULT_BACKOFF_MAX = config.DEFAULT_BACKOFF_MAX  # type: ignore[assignment]  # urllib3 infers int; float is meant
+    #: Default cap, in seconds, on a server-directed wait (urllib3: 6 hours).
+    DEFAULT_RETRY_AFTER_MAX = config.DEFAULT_MAX_RETRY_AFTER  # type: ignore[misc, assignment]  # Final there
+
+    DEFAULT: ClassVar[DeepSeekRetry]
+
+    retry_after_max: float  # type: ignore[assignment]
 
     def __init__(
         self,
-        total: Any = config.DEFAULT_MAX_RETRIES,
+        total: Union[bool, int, None] = config.DEFAULT_MAX_RETRIES,
+        connect: Optional[int] = None,
+        read: Optional[int] = None,
+        redirect: Union[bool, int, None] = 0,
+        status: Optional[int] = None,
+        other: Optional[int] = None,
+        allowed_methods: Optional[Collection[str]] = DEFAULT_ALLOWED_METHODS,
+        status_forcelist: Optional[Collection[int]] = config.RETRY_STATUSES,
+        backoff_factor: float = config.DEFAULT_BACKOFF_FACTOR,
+        backoff_max: float = DEFAULT_BACKOFF_MAX,
+        raise_on_redirect: bool = False,
+        raise_on_status: bool = False,
+        history: Optional[Tuple[RequestHistory, ...]] = None,
+        respect_retry_after_header: bool = True,
+        remove_headers_on_redirect: Collection[str] = Retry.DEFAULT_REMOVE_HEADERS_ON_REDIRECT,
+        backoff_jitter: float = config.DEFAULT_BACKOFF_JITTER,
+        retry_after_max: Optional[float] = None,
         *,
-        max_retry_after: float = config.DEFAULT_MAX_RETRY_AFTER,
         retry_timeouts: bool = True,
-        **kwargs: Any,
+        max_retry_after: Optional[float] = None,
     ) -> None:
-        kwargs.setdefault("allowed_methods", self.DEFAULT_ALLOWED_METHODS)
-        kwargs.setdefault("status_forcelist", config.RETRY_STATUSES)
-        kwargs.setdefault("backoff_factor", config.DEFAULT_BACKOFF_FACTOR)
-        kwargs.setdefault("backoff_max", config.DEFAULT_BACKOFF_MAX)
-        kwargs.setdefault("backoff_jitter", config.DEFAULT_BACKOFF_JITTER)
-        # The final error response is returned, so the caller raises it typed, with its body.
-        kwargs.setdefault("raise_on_status", False)
-        kwargs.setdefault("raise_on_redirect", False)
-        kwargs.setdefault("redirect", 0)
-        super().__init__(total, **kwargs)
-        self.max_retry_after = max_retry_after
+        # retry_after_max is not passed on: urllib3 before 2.6 has no such argument.
+        super().__init__(
+            total,
+            connect,
+            read,
+            redirect,
+            status,
+            other,
+            allowed_methods,
+            status_forcelist,
+            backoff_factor,
+            backoff_max,
+            raise_on_redirect,
+            raise_on_status,
+            history,
+            respect_retry_after_header,
+            remove_headers_on_redirect,
+            backoff_jitter,
+        )
+        if retry_after_max is not None and max_retry_after is not None and retry_after_max != max_retry_after:
+            raise TypeError(
+                f"retry_after_max={retry_after_max!r} and max_retry_after={max_retry_after!r} "
+                "name the same cap: give one of them"
+            )
+        cap = retry_after_max if retry_after_max is not None else max_retry_after
+        self.retry_after_max = self.DEFAULT_RETRY_AFTER_MAX if cap is None else cap
         self.retry_timeouts = retry_timeouts
-        self._planned_delay: Optional[float] = None
+
+    @property
+    def max_retry_after(self) -> float:
+        """The older name of :attr:`retry_after_max`."""
+        return self.retry_after_max
 
     def new(self, **kw: Any) -> DeepSeekRetry:
-        kw.setdefault("max_retry_after", self.max_retry_after)
+        """A copy with ``kw`` changed; keeps every DeepSeek field (urllib3's copies only its own)."""
+        if "max_retry_after" in kw:  # the alias replaces the current cap instead of conflicting with it
+            kw.setdefault("retry_after_max", kw["max_retry_after"])
+        else:
+            kw.setdefault("retry_after_max", self.retry_after_max)
         kw.setdefault("retry_timeouts", self.retry_timeouts)
         return super().new(**kw)
-
-    def get_backoff_time(self) -> float:
-        """``backoff_factor * 2 ** (n - 1)`` before retry n, capped, plus jitter (from the first retry)."""
-        return self.backoff_for(len(self.history))
-
-    def backoff_for(self, n: int) -> float:
-        """Seconds to wait before retry ``n`` (1-based); 0 before the first attempt."""
-        if n <= 0:
-            return 0.0
-        value = min(self.backoff_max, self.backoff_factor * (2 ** (n - 1)))
-        if self.backoff_jitter:
-            value += random.random() * self.backoff_jitter
-        return float(max(0.0, value))
-
-    def delay_after(self, response: Any = None) -> float:
-        """Seconds to wait before the next attempt: the response's Retry-After, else the backoff."""
-        if response is not None and self.respect_retry_after_header:
-            delay = self.get_retry_after(response)
-            if delay is not None:
-                return delay
-        return self.get_backoff_time()
-
-    def parse_retry_after(self, retry_after: str) -> float:
-        """Seconds (fractional too, which urllib3 rejects) or an HTTP date; capped."""
-        if _SECONDS.match(retry_after):
-            seconds = float(retry_after)
-        else:
-            parsed = email.utils.parsedate_tz(retry_after)
-            if parsed is None:
-                return -1.0  # unusable header: fall back to backoff
-            seconds = email.utils.mktime_tz(parsed) - time.time()
-        return min(max(seconds, 0.0), self.max_retry_after)
-
-    def get_retry_after(self, response: Any) -> Optional[float]:
-        headers = response.headers
-        value = headers.get("retry-after-ms")
-        if value is not None:
-            try:
-                return min(max(float(value) / 1000.0, 0.0), self.max_retry_after)
-            except ValueError:
-                pass
-        value = headers.get("Retry-After")
-        if value is None:
-            return None
-        seconds = self.parse_retry_after(value)
-        return None if seconds < 0 else seconds
 
     def increment(
         self,
@@ -198,61 +148,76 @@ class DeepSeekRetry(Retry):
         _pool: Any = None,
         _stacktrace: Any = None,
     ) -> DeepSeekRetry:
-        if error is not None and isinstance(error, ReadTimeoutError) and not self.retry_timeouts:
+        """urllib3's ``increment``, except that a read timeout is re-raised with ``retry_timeouts=False``."""
+        if isinstance(error, ReadTimeoutError) and not self.retry_timeouts:
             raise error
-        new = super().increment(method, url, response, error, _pool, _stacktrace)
-        status = response.status if response is not None else None
-        delay = None
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+    def get_backoff_time(self) -> float:
+        """Backoff before the next attempt: ``backoff_for`` the errors since the last redirect."""
+        errors = sum(1 for _ in takewhile(lambda entry: entry.redirect_location is None, reversed(self.history)))
+        return self.backoff_for(errors)
+
+    def backoff_for(self, n: int) -> float:
+        """Seconds before retry ``n`` (1-based): ``backoff_factor * 2 ** (n - 1)``, capped, plus jitter; 0 if n <= 0."""
+        if n <= 0:
+            return 0.0
+        doublings = min(n - 1, 1000)  # 2.0 ** 1024 overflows; any cap is reached long before
+        value = min(self.backoff_max, self.backoff_factor * 2.0**doublings)
+        if self.backoff_jitter:
+            value += random.random() * self.backoff_jitter  # after the cap, so it survives there
+        return float(max(0.0, value))
+
+    def parse_retry_after(self, retry_after: str) -> float:
+        """Seconds in a Retry-After value (whole, fractional, or an HTTP date), capped at ``retry_after_max``.
+
+        :raises InvalidHeader: for anything else (negative, NaN, empty, garbage), as urllib3 does;
+            :meth:`get_retry_after` treats such a header as absent.
+        """
+        seconds = float(retry_after) if _NUMBER.match(retry_after) else _seconds_until(retry_after)
+        if seconds is None:
+            raise InvalidHeader(f"Invalid Retry-After header: {retry_after}")
+        return min(max(seconds, 0.0), self.retry_after_max)
+
+    def get_retry_after(self, response: Any) -> Optional[float]:
+        """Seconds the server asked for (``retry-after-ms`` first, then Retry-After); None if absent or unusable."""
+        headers = response.headers
+        millis = headers.get("retry-after-ms")
+        if isinstance(millis, str) and _NUMBER.match(millis):
+            return min(float(millis) / 1000.0, self.retry_after_max)
+        value = headers.get("Retry-After")
+        if not isinstance(value, str):
+            return None
+        try:
+            return self.parse_retry_after(value)
+        except InvalidHeader:
+            return None
+
+    def delay_after(self, response: Any = None) -> float:
+        """Seconds to wait before the next attempt: exactly what :meth:`sleep` would sleep.
+
+        A positive Retry-After of ``response`` when it is respected, else the backoff. A zero
+        Retry-After (or a date already past) falls back to the backoff, as in urllib3.
+        """
+        # ``is not None``: a requests.Response with an error status is falsy.
         if response is not None and self.respect_retry_after_header:
-            delay = new.get_retry_after(response)
-        if delay is None:
-            delay = new.get_backoff_time()
-        new._planned_delay = delay
-        context = call_context
-        reason: Optional[BaseException] = error
-        prior = context.prior_attempts
-        if prior and isinstance(self.total, int) and prior + len(new.history) > self.total:
-            # Earlier sends of this call already used the retries: stop, as urllib3 would.
-            raise MaxRetryError(_pool, url or "", error or ResponseError(f"too many {status} error responses"))
-        if context.cancelled is not None and context.cancelled.is_set():
-            context.stopped = "the pool is shutting down"
-        elif context.deadline is not None and time.monotonic() + delay >= context.deadline:
-            context.stopped = "the call's deadline would pass before the next attempt"
-        elif context.listener is not None:
-            event = RetryEvent(len(new.history), status, error, delay, _kind_of(error, status))
-            try:
-                context.listener(event)
-            except RetryBudgetExceeded as exc:
-                context.stopped = str(exc)
-                reason = exc
-        if context.stopped is not None:
-            level = (
-                logging.DEBUG
-                if reason is error and context.cancelled is not None and context.cancelled.is_set()
-                else logging.WARNING
-            )
-            log.log(level, "not retrying %s %s: %s", method, url, context.stopped)
-            raise MaxRetryError(_pool, url or "", reason)  # type: ignore[arg-type]
-        return new
+            retry_after = self.get_retry_after(response)
+            if retry_after:
+                return retry_after
+        return self.get_backoff_time()
 
     def sleep(self, response: Any = None) -> None:
-        delay = self._planned_delay
-        if delay is None:
-            super().sleep(response)
-            return
-        last = self.history[-1] if self.history else None
-        log.info(
-            "retry %d of %s after %s in %.2fs",
-            len(self.history),
-            self.total if self.total is None else len(self.history) + self.total,
-            (last.status or type(last.error).__name__) if last else "?",
-            delay,
-        )
-        wait_for_retry(delay)
+        """Block for :meth:`delay_after`, as urllib3's ``sleep`` does when this policy is mounted on it."""
+        delay = self.delay_after(response)
+        if delay > 0:
+            time.sleep(delay)
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(total={self.total}, backoff_factor={self.backoff_factor}, "
-            f"backoff_max={self.backoff_max}, max_retry_after={self.max_retry_after}, "
-            f"retry_timeouts={self.retry_timeouts}, history={len(self.history)})"
+            f"{type(self).__name__}(total={self.total}, connect={self.connect}, read={self.read}, "
+            f"redirect={self.redirect}, status={self.status}, retry_after_max={self.retry_after_max}, "
+            f"retry_timeouts={self.retry_timeouts})"
         )
+
+
+DeepSeekRetry.DEFAULT = DeepSeekRetry()

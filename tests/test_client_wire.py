@@ -306,8 +306,9 @@ def test_leaving_a_stream_early_releases_the_connection(fake: FakeDeepSeek) -> N
 
 def test_stream_cut_midway_is_a_connection_error(fake: FakeDeepSeek) -> None:
     fake.script("cut:3")
-    with pytest.raises(dp.APIConnectionError, match="before any finish_reason"), make_client(fake).chat_stream("x") as stream:
-        list(stream)
+    with pytest.raises(dp.APIConnectionError, match="before any finish_reason"):  # noqa: SIM117
+        with make_client(fake).chat_stream("x") as stream:
+            list(stream)
 
 
 def test_stream_keep_alive_comments_are_skipped(fake: FakeDeepSeek) -> None:
