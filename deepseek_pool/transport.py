@@ -267,10 +267,11 @@ class ChatStream:
     once; a stream read to its end gives its connection back to the pool.
     :meth:`completion` folds the (rest of the) stream into a :class:`ChatCompletion`.
 
-    When a stream is complete: ``data: [DONE]`` ends it at once (a body held open
-    afterwards is closed after :data:`STREAM_END_GRACE`, not waited for); a body that
-    ends, or breaks, after a chunk with a ``finish_reason`` is complete too; a body
-    that ends or breaks before any ``finish_reason`` raises :class:`APIConnectionError`.
+    When a stream is complete: a chunk with a ``finish_reason`` makes the answer whole;
+    ``data: [DONE]`` then ends the iteration at once (a body held open afterwards is
+    closed after :data:`STREAM_END_GRACE`, not waited for), and so does the end of the
+    body, clean or broken. A body that ends, breaks or sends ``[DONE]`` before any
+    ``finish_reason`` (a server cutting the answer short) raises :class:`APIConnectionError`.
     """
 
     def __init__(self, response: requests.Response, attempt: Attempt) -> None:
@@ -293,6 +294,10 @@ class ChatStream:
                     data = event.data
                     if data == "[DONE]":
                         self._drain(pieces)
+                        if builder.finish_reason is None:
+                            raise APIConnectionError(
+                                "the stream sent 'data: [DONE]' before any finish_reason (the server cut it short)"
+                            )
                         return
                     if not data:
                         continue
