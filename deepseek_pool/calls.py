@@ -209,6 +209,10 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=WATCHDOG._after_fork)
 
 
+#: Longest a wait before a retry sleeps before it looks at the call's handle again.
+ABORT_POLL_INTERVAL = 0.1
+
+
 class CallControl:
     """What the caller of one call hands down to the client's retry loop.
 
@@ -260,9 +264,14 @@ class CallControl:
         as the loop only retries when the delay fits).
         """
         cancelled = self.cancelled
-        if cancelled is None:
-            if delay > 0:
-                time.sleep(delay)
-        elif cancelled.wait(delay) or cancelled.is_set():
-            raise RetryCancelled("not retried: the pool is shutting down")
-        self.check()
+        end = time.monotonic() + delay
+        while True:
+            self.check()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            # An abort through the handle has no event to wake this wait: look every so often.
+            if cancelled is None:
+                time.sleep(min(left, ABORT_POLL_INTERVAL))
+            elif cancelled.wait(min(left, ABORT_POLL_INTERVAL)):
+                raise RetryCancelled("not retried: the pool is shutting down")

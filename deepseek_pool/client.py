@@ -510,24 +510,33 @@ class DeepSeekClient:
                 return self._attempt(method, url, body, attempt_timeout, attempt, control, parse, stream)
             except _Retryable as failure:
                 error, cause, raw = failure.error, failure.cause, failure.response
+            refusal: Optional[str] = None  # why not to retry ("" when it needs no note)
             try:
                 retry = retry.increment(method, url, response=raw, error=cause)
             except Exception:  # retries exhausted, or this failure is not retried (a timeout, say)
-                if number > 1:
-                    _add_note(error, f"after {number} attempts")
-                raise error from None
-            delay = retry.delay_after(raw)
-            if time.monotonic() + delay >= call_deadline:
-                _add_note(error, "not retried: the call's deadline would pass first")
-                raise error from None
-            status = raw.status if raw is not None else None
-            try:
-                control.before_retry(RetryEvent(number, status, error, delay, _kind_of(cause)))
-            except RetryBudgetExceeded as budget:
-                _add_note(error, str(budget))
-                raise error from None
+                refusal = f"after {number} attempts" if number > 1 else ""
+            else:
+                delay = retry.delay_after(raw)
+                status = raw.status if raw is not None else None
+                if time.monotonic() + delay >= call_deadline:
+                    refusal = "not retried: the call's deadline would pass first"
+                else:
+                    refusal = self._refused(control, RetryEvent(number, status, error, delay, _kind_of(cause)))
+            if refusal is not None:
+                if refusal:
+                    _add_note(error, refusal)
+                raise error  # outside any except block: its cause stays the transport's error
             log.info("retry %d of %s after %s in %.2fs", number, retry.total, status or type(error).__name__, delay)
             control.wait(delay, call_deadline)
+
+    @staticmethod
+    def _refused(control: CallControl, event: RetryEvent) -> Optional[str]:
+        """Tell the control a retry is coming; why it refused it, or None."""
+        try:
+            control.before_retry(event)
+        except RetryBudgetExceeded as budget:
+            return str(budget)
+        return None
 
     def _attempt(
         self,

@@ -124,18 +124,25 @@ def test_an_abort_breaks_only_the_connection_its_call_holds_now() -> None:
             conn.sendall(ok())
         return False
 
+    in_backoff = threading.Event()
+
+    class Waiting(dp.CallControl):
+        def wait(self, delay: float, deadline: float) -> None:
+            in_backoff.set()  # the 503 was read: A's connection is back in the pool
+            super().wait(delay, deadline)
+
     server = RawServer(handler)
     with server, ThreadPoolExecutor(2) as executor:
         client = client_for(server.url, pool_maxsize=1)
-        control = dp.CallControl()
+        control = Waiting()
         a = executor.submit(client.chat, "a", control=control)
-        assert server.wait_until(lambda s: s.requests == 1)
+        assert in_backoff.wait(5)
         b = executor.submit(client.chat, "b")
         assert b_started.wait(5)
         control.handle.abort()
         assert b.result(timeout=5).content == "hi"
-        with pytest.raises(dp.APIConnectionError):
-            a.result(timeout=5)
+        with pytest.raises(dp.APIConnectionError, match="cancelled"):
+            a.result(timeout=1)  # the abort also ends its wait before the retry
     assert seen == ["a", "b"]  # B was not broken and sent again; A was not retried
     assert server.connections == 1
 
