@@ -153,6 +153,8 @@ def run_step(conn: socket.socket, request: bytes, step: Step) -> bool:
     * ``("trickle", data, interval)`` or ``("trickle", data, interval, count)`` —
       send ``data`` every ``interval`` seconds, ``count`` times or until the
       server stops or the client goes away;
+    * ``("drip", data, interval)`` — send ``data`` one byte at a time, ``interval``
+      seconds apart (a response head trickled byte by byte);
     * ``("wait_close", timeout)`` — read until the client closes the connection;
     * ``("close",)`` — close now (FIN), ending the script;
     * ``("reset",)`` — close now with a TCP RST, ending the script;
@@ -173,6 +175,11 @@ def run_step(conn: socket.socket, request: bytes, step: Step) -> bool:
         while count is None or sent < count:
             conn.sendall(data)
             sent += 1
+            _wait(interval)
+    elif verb == "drip":
+        data, interval = bytes(step[1]), step[2]
+        for i in range(len(data)):
+            conn.sendall(data[i : i + 1])
             _wait(interval)
     elif verb == "wait_close":
         _wait_close(conn, step[1])
