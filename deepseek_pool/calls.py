@@ -248,8 +248,13 @@ class CallControl:
     def attempt_started(self, attempt: int) -> None:
         """Attempt ``attempt`` (1-based) is about to be sent."""
 
-    def response_received(self, status: int, retry_after: Optional[float]) -> None:
-        """A response head arrived (every attempt's, the last one's included)."""
+    def response_received(self, status: int, retry_after: Optional[float], error: Optional[Exception]) -> None:
+        """A response arrived (every attempt's, the last one's included).
+
+        For an error status this is called once its body is read: ``error`` is the
+        :class:`~deepseek_pool.errors.APIStatusError` it makes (its message may name
+        the account's concurrency cap); for a success, at the head, with None.
+        """
 
     def before_retry(self, event: RetryEvent) -> None:
         """A retry is about to be waited for; raise RetryBudgetExceeded to refuse it."""

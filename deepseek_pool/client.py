@@ -564,13 +564,13 @@ class DeepSeekClient:
             status = response.status_code
             raw = response.raw
             if status >= 400:
-                control.response_received(status, self.retry.get_retry_after(raw))
                 data = self._read_or_retry(response, attempt)
                 error = self._status_error(response, data)
+                control.response_received(status, self.retry.get_retry_after(raw), error)
                 if self.retry.is_retry(method, status, _has_retry_after(raw)):
                     raise _Retryable(error, None, raw)
                 raise error
-            control.response_received(status, None)
+            control.response_received(status, None, None)
             if stream:
                 handed_over = True
                 try:

@@ -1,24 +1,24 @@
-"""Shared rate-limit gates: one :class:`Limiter` that any number of threads and pools consult.
+"""Shared rate-limit gates: one :class:`Limiter` that any number of threads, pools and processes consult.
 
 A worker asks :meth:`Limiter.acquire` for permission to *start* a call and hands the
 returned :class:`Permit` back to :meth:`Limiter.release` when the call has ended.
-A start is granted only when every configured gate allows it:
+A start is granted only when every gate of the budget allows it
+(:mod:`deepseek_pool.budget` has the rules):
 
-* ``max_in_flight`` -- at most N calls between acquire and release;
+* ``max_in_flight`` -- the ceiling of an adaptive cap on calls between acquire and
+  release: a 429 lowers the cap (to the number DeepSeek names, else by a factor when it
+  speaks of concurrency), successes raise it back (AIMD); ``stats.cap`` shows it. A 429
+  that names a cap applies even without a ceiling;
 * ``rpm`` -- starts spaced at least ``60 / rpm`` seconds apart, so no one-second
   window ever sees more than ``ceil(rpm / 60)`` starts and no burst can draw a 429;
 * ``tpm`` -- a token bucket that holds one minute of tokens (``tpm``) and refills
   continuously at ``tpm / 60`` per second. A start takes its estimate out; release
   gives back what was over-estimated (never above ``tpm``) or charges what was
-  under-estimated (the bucket may go negative, which delays later starts). After an
-  idle minute up to ``tpm`` tokens may start at once; afterwards the flow is smooth. A
-  request bigger than ``tpm`` starts when the bucket is full (the "window is empty");
-* a cool-down -- :meth:`Limiter.cool_down`, called after any 429, holds every *new*
-  start, and every retry that goes through :meth:`Limiter.wait_before_retry`, back
-  until it ends. Then one call probes: the others wait until it gets an answer that
-  is not an error (:meth:`Limiter.note_success`), or until :data:`PROBE_LEASE` passes,
-  so a pool that hit the rate limit sends one request, not one per thread, to find
-  out whether the limit is over (a circuit breaker's half-open state).
+  under-estimated (the bucket may go negative, which delays later starts). A request
+  bigger than ``tpm`` starts when the bucket is full;
+* a cool-down -- :meth:`Limiter.cool_down`, called after a 429, holds new starts back,
+  and retries that go through :meth:`Limiter.wait_before_retry` too when the 429 was
+  about concurrency; a 429 that says nothing about it holds new starts only briefly.
 
 Separately, a retry budget in the spirit of the AWS SDKs' retry quota makes a failing
 API cost about ``budget / RETRY_COST`` retries in all rather than workers x retries:
@@ -26,35 +26,41 @@ API cost about ``budget / RETRY_COST`` retries in all rather than workers x retr
 :class:`~deepseek_pool.errors.RetryBudgetExceeded` when the budget cannot pay; a call
 that succeeds earns :data:`NO_RETRY_INCREMENT` back, or what its retries cost.
 
-Waiting threads form a FIFO queue: only the head one watches the clock, the rest sleep
-until it has started, so a start wakes one thread rather than all of them, and a large
-request is never starved by small ones behind it.
+The budget lives in a storage chosen by URI (:mod:`deepseek_pool.storage`):
+``memory://`` (this limiter alone, the default), ``sqlite:////path.db`` (every process
+of the machine that names the same file and ``name``). There an in-flight slot is a
+lease that the limiter renews while its call runs; a process that dies gives its slots
+back within ``lease_seconds`` (at once, for sqlite, when the process is seen gone).
+
+Waiting threads of one limiter form a FIFO queue: only the head one watches the clock
+(and, for a shared storage, polls it), so a start wakes one thread rather than all.
 
 Example::
 
-    limiter = Limiter(max_in_flight=32, rpm=600, tpm=1_000_000)
-    permit = limiter.acquire(tokens=estimate)
-    try:
+    limiter = Limiter(max_in_flight=32, rpm=600, tpm=1_000_000, storage="sqlite:////var/tmp/ds.db")
+    with limiter.acquire(tokens=estimate) as permit:
         completion = client.chat(messages, max_tokens=1000)
-    except BaseException:
-        limiter.release(permit, tokens_used=0, ok=False)
-        raise
-    limiter.release(permit, tokens_used=completion.usage.total_tokens)
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, Optional, Type
+from typing import Any, Callable, Deque, Dict, Optional, Set, Type, Union
 
+from . import budget
+from .budget import BudgetConfig, BudgetState, Lease, RateLimitSignal
 from .errors import RetryBudgetExceeded
+from .storage import Storage, storage_from_uri
 
 __all__ = ["Limiter", "LimiterStats", "Permit"]
 
@@ -69,7 +75,7 @@ RETRY_COST = 5
 TIMEOUT_RETRY_COST = 10
 #: What a call that succeeds at the first attempt earns back.
 NO_RETRY_INCREMENT = 1
-#: Cost of a retry by kind; the kinds are those of :class:`deepseek_pool.retry.RetryEvent`.
+#: Cost of a retry by kind; the kinds are those of :class:`deepseek_pool.RetryEvent`.
 RETRY_COSTS: Dict[str, int] = {
     "status": RETRY_COST,
     "connect": TIMEOUT_RETRY_COST,
@@ -77,44 +83,42 @@ RETRY_COSTS: Dict[str, int] = {
     "read": TIMEOUT_RETRY_COST,
     "timeout": TIMEOUT_RETRY_COST,
 }
-#: Most seconds the others wait for a probe's outcome after a cool-down before
-#: another call may probe.
-PROBE_LEASE = 10.0
+#: Seconds an in-flight lease lasts unless renewed; renewed every third of it.
+DEFAULT_LEASE_SECONDS = 30.0
 #: Longest a waiter given a ``cancelled`` event sleeps before looking at it again;
 #: :meth:`Limiter.wake_waiters` makes it look at once.
 CANCEL_POLL_INTERVAL = 0.1
-
-# Tokens are whole numbers, so a shortfall this small is float rounding in the refill,
-# not a reason to wait again.
-_TOKEN_EPSILON = 1e-6
-
-#: Stands for the Permit about to be made for a start that takes the probe.
-_PROBING_START = object()
-
-#: Stands for the Permit about to be made for a start that takes the probe.
-_PROBING_START = object()
+#: How often the head waiter looks at a shared storage whose cap is full: a release
+#: in another process cannot wake it.
+SHARED_POLL_INTERVAL = 0.02
 
 WaitFunction = Callable[[threading.Event, Optional[float]], bool]
+
+_LIMITERS: weakref.WeakSet[Limiter] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
 class LimiterStats:
-    """A consistent snapshot of a :class:`Limiter`'s counters (taken under its lock).
+    """A consistent snapshot of a :class:`Limiter`'s counters.
 
-    :ivar in_flight: calls between acquire and release now.
+    Budget figures (``in_flight`` to ``cap``) are the shared budget's, summed over every
+    limiter that shares it; ``waiting`` to ``cancellations`` are this limiter's own.
+
+    :ivar in_flight: calls between acquire and release now (live leases).
     :ivar started: starts granted so far.
     :ivar finished: permits released so far.
-    :ivar waiting: threads queued in :meth:`Limiter.acquire` now.
-    :ivar throttled: acquires that had to wait (whatever their outcome).
-    :ivar wait_seconds: total seconds those acquires waited.
-    :ivar timeouts: acquires that gave up with :class:`TimeoutError`.
-    :ivar cancellations: acquires that gave up because their ``cancelled`` event was set.
-    :ivar cool_downs: calls to :meth:`Limiter.cool_down`.
+    :ivar cool_downs: calls to :meth:`Limiter.cool_down` (429s seen).
     :ivar cooling_for: seconds left in the current cool-down (0.0 when none).
     :ivar retries: retries paid for by :meth:`Limiter.spend_retry`.
     :ivar retries_refused: retries refused because the budget could not pay.
     :ivar retry_budget: what is left in the retry budget (None when it is off).
     :ivar tokens_used: real tokens reported to :meth:`Limiter.release`.
+    :ivar cap: the adaptive in-flight cap now (None: no cap).
+    :ivar waiting: threads queued in this limiter's :meth:`Limiter.acquire` now.
+    :ivar throttled: acquires that had to wait (whatever their outcome).
+    :ivar wait_seconds: total seconds those acquires waited.
+    :ivar timeouts: acquires that gave up with :class:`TimeoutError`.
+    :ivar cancellations: acquires that gave up because their ``cancelled`` event was set.
     """
 
     in_flight: int
@@ -131,6 +135,7 @@ class LimiterStats:
     retries_refused: int
     retry_budget: Optional[int]
     tokens_used: int
+    cap: Optional[float] = None
 
 
 class Permit:
@@ -143,17 +148,18 @@ class Permit:
     :ivar tokens: the tokens reserved for the call (its estimate).
     :ivar started_at: the limiter's clock when the start was granted.
     :ivar waited: seconds the acquire waited.
+    :ivar lease: the id of the call's in-flight lease in the storage.
     :ivar retry_cost: budget spent on this call's retries via
         ``spend_retry(kind, permit=permit)``; refunded if the call succeeds.
     """
 
-    __slots__ = ("_epoch", "_limiter", "_released", "retry_cost", "started_at", "tokens", "waited")
+    __slots__ = ("_limiter", "_released", "lease", "retry_cost", "started_at", "tokens", "waited")
 
-    def __init__(self, limiter: Limiter, tokens: int, started_at: float, waited: float) -> None:
-        self._epoch = limiter._cool_epoch
+    def __init__(self, limiter: Limiter, tokens: int, started_at: float, waited: float, lease: str) -> None:
         self.tokens = tokens
         self.started_at = started_at
         self.waited = waited
+        self.lease = lease
         self.retry_cost = 0
         self._limiter = limiter
         self._released = False
@@ -187,27 +193,36 @@ def _check_count(name: str, value: Any, minimum: int) -> int:
 
 
 class Limiter:
-    """Thread-safe gates that decide when a call may start; share one across pools.
+    """Gates that decide when a call may start; share one across threads, pools, processes.
 
-    :param max_in_flight: most calls between acquire and release at once (None: no cap).
+    :param max_in_flight: the ceiling of the adaptive in-flight cap (None: no ceiling).
     :param rpm: most starts per minute, evenly spaced (None: no limit).
     :param tpm: most tokens per minute, as a token bucket (None: no limit).
     :param retry_budget: capacity of the retry budget (None: retries are never refused).
-    :param clock: monotonic seconds; every decision reads it, so tests can fake it.
+    :param storage: where the budget lives: ``"memory://"`` (this limiter alone),
+        ``"sqlite:////abs/path.db"`` (processes on one machine), a registered scheme
+        such as ``"redis://..."``, or a :class:`~deepseek_pool.storage.Storage`.
+    :param name: the budget's name in the storage; limiters with the same storage and
+        name share one budget (give them the same limits).
+    :param lease_seconds: how long an in-flight slot outlives a process that died
+        holding it (storages whose leases expire; renewed while the call runs).
+    :param clock: monotonic seconds for this limiter's own waits (and the budget's, in
+        memory); tests inject a fake one.
     :param wait: ``wait(event, timeout)`` blocks until the event is set or the timeout
         (None: forever) passes, like :meth:`threading.Event.wait`; tests inject one that
         advances a fake clock instead of sleeping.
-
-    Locks are held for a few microseconds and never while waiting.
     """
 
     def __init__(
         self,
-        *,
         max_in_flight: Optional[int] = None,
         rpm: Optional[float] = None,
         tpm: Optional[int] = None,
+        *,
         retry_budget: Optional[int] = DEFAULT_RETRY_BUDGET,
+        storage: Union[str, Storage] = "memory://",
+        name: str = "default",
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         wait: WaitFunction = threading.Event.wait,
     ) -> None:
@@ -226,157 +241,86 @@ class Limiter:
             raise TypeError(f"clock must be callable, got {clock!r}")
         if not callable(wait):
             raise TypeError(f"wait must be callable, got {wait!r}")
-
-        self._max_in_flight = max_in_flight
-        self._rpm = rpm
-        self._tpm = tpm
-        self._retry_budget = retry_budget
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty str, got {name!r}")
+        if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) or not lease_seconds > 0:
+            raise ValueError(f"lease_seconds must be a positive number of seconds, got {lease_seconds!r}")
+        self._config = BudgetConfig(max_in_flight, rpm, tpm, retry_budget)
+        self._owns_storage = not isinstance(storage, Storage)
+        self.storage = storage_from_uri(storage, clock=clock)
+        self.name = name
+        self.lease_seconds = float(lease_seconds)
         self._clock = clock
         self._wait = wait
+        self._reset_local()
+        _LIMITERS.add(self)
+
+    def _reset_local(self) -> None:
+        """This process's own part: the waiting queue, held leases, local counters."""
         self._lock = threading.Lock()
         # Head of the queue is the only waiter that watches the clock.
         self._waiters: Deque[threading.Event] = deque()
-
-        self._interval: Optional[float] = None if rpm is None else 60.0 / rpm
-        self._next_start = -math.inf
-        self._cool_until = -math.inf
-        # Counts cool-downs; an outcome ends the probing phase only if its attempt
-        # started in the current epoch (after the latest 429), so an older call that
-        # happens to succeed during the cool-down does not let every held thread rush in.
-        self._cool_epoch = 0
-        # After a cool-down: one call at a time probes until one succeeds.
-        self._probing = False
-        self._probe_until = -math.inf
-        # Who probes: the Permit of a probing start, or the thread of a probing retry.
-        self._prober: Any = None
-        self._gate_changed = threading.Condition(self._lock)
-        self._tpm_capacity = float(tpm) if tpm is not None else 0.0
-        self._tpm_rate = self._tpm_capacity / 60.0
-        self._tpm_level = self._tpm_capacity
-        self._tpm_last = clock()
-        self._budget_left = retry_budget if retry_budget is not None else 0
+        self._retry_waiters: Set[threading.Event] = set()
+        self._held: Set[str] = set()
+        self._lease_ids = itertools.count(1)
+        self._pid = os.getpid()
+        self._renewer: Optional[threading.Thread] = None
+        self._closed = threading.Event()
         self._budget_exhausted = False
-
-        self._in_flight = 0
-        self._started = 0
-        self._finished = 0
         self._throttled = 0
         self._wait_seconds = 0.0
         self._timeouts = 0
         self._cancellations = 0
-        self._cool_downs = 0
-        self._retries = 0
-        self._retries_refused = 0
-        self._tokens_used = 0
 
     # -- configuration ---------------------------------------------------------------
 
     @property
     def max_in_flight(self) -> Optional[int]:
-        """The in-flight cap (None: off)."""
-        return self._max_in_flight
+        """The ceiling of the in-flight cap (None: off)."""
+        return self._config.max_in_flight
 
     @property
     def rpm(self) -> Optional[float]:
         """The requests-per-minute limit (None: off)."""
-        return self._rpm
+        return self._config.rpm
 
     @property
     def tpm(self) -> Optional[int]:
         """The tokens-per-minute limit (None: off)."""
-        return self._tpm
+        return self._config.tpm
 
     @property
     def retry_budget(self) -> Optional[int]:
         """The retry budget's capacity (None: off)."""
-        return self._retry_budget
+        return self._config.retry_budget
 
     def __repr__(self) -> str:
-        return (
-            f"Limiter(max_in_flight={self._max_in_flight!r}, rpm={self._rpm!r}, "
-            f"tpm={self._tpm!r}, retry_budget={self._retry_budget!r})"
+        config = self._config
+        text = (
+            f"Limiter(max_in_flight={config.max_in_flight!r}, rpm={config.rpm!r}, "
+            f"tpm={config.tpm!r}, retry_budget={config.retry_budget!r}"
         )
-
-    # -- the clock-driven core (call with the lock held) -----------------------------
-
-    def _refill(self, now: float) -> None:
-        elapsed = now - self._tpm_last
-        if elapsed > 0.0:
-            level = self._tpm_level + elapsed * self._tpm_rate
-            self._tpm_level = level if level < self._tpm_capacity else self._tpm_capacity
-            self._tpm_last = now
-
-    def _reserve(self, now: float, tokens: int) -> float:
-        """Grant and record a start at ``now`` (return 0.0) or say how long to wait.
-
-        The wait is the time until every clock-driven gate opens, or ``math.inf`` when
-        the in-flight cap is reached (only a release can open it). The caller holds the
-        lock; tests call it directly with a fake ``now``.
-        """
-        if self._max_in_flight is not None and self._in_flight >= self._max_in_flight:
-            return math.inf
-        delay = self._cool_until - now
-        if delay <= 0.0 and self._probing and now < self._probe_until:
-            delay = self._probe_until - now  # wait for the probe's outcome
-        if self._interval is not None:
-            gap = self._next_start - now
-            if gap > delay:
-                delay = gap
-        if self._tpm is not None:
-            self._refill(now)
-            # An oversize request needs a full bucket, not more than the bucket can hold.
-            need = tokens if tokens < self._tpm_capacity else self._tpm_capacity
-            short = need - self._tpm_level
-            if short > _TOKEN_EPSILON:
-                gap = short / self._tpm_rate
-                if gap > delay:
-                    delay = gap
-        if delay > 0.0:
-            return delay
-        self._in_flight += 1
-        self._started += 1
-        if self._probing:
-            self._take_probe(now, _PROBING_START)
-        if self._interval is not None:
-            # Spaced from this start, not from the schedule: catching up after a late
-            # wake-up would squeeze two starts closer than the interval.
-            self._next_start = now + self._interval
-        if self._tpm is not None:
-            self._tpm_level -= tokens
-        return 0.0
-
-    def _take_probe(self, now: float, owner: Any) -> None:
-        self._probe_until = now + PROBE_LEASE
-        self._prober = owner
-
-    def _grant(self, tokens: int, now: float, waited: float) -> Permit:
-        """The Permit of a start ``_reserve`` just granted (lock held); a probing start owns the probe."""
-        permit = Permit(self, tokens, now, waited)
-        if self._prober is _PROBING_START:
-            self._prober = permit
-        return permit
-
-    def _end_probing(self) -> None:
-        """The rate limit is over: let every held start and retry go (lock held)."""
-        self._probing = False
-        self._probe_until = -math.inf
-        self._prober = None
-        self._gate_changed.notify_all()
-        if self._waiters:
-            self._waiters[0].set()
-
-    def _leave(self, waiter: threading.Event) -> None:
-        """Take ``waiter`` out of the queue; if it was the head, wake the next one."""
-        waiters = self._waiters
-        if waiters and waiters[0] is waiter:
-            waiters.popleft()
-            if waiters:
-                waiters[0].set()
-        else:
-            with contextlib.suppress(ValueError):
-                waiters.remove(waiter)
+        if not self._owns_storage or self.storage.shared:
+            text += f", storage={self.storage!r}, name={self.name!r}"
+        return text + ")"
 
     # -- acquire / release -----------------------------------------------------------
+
+    def _try_start(self, tokens: int) -> Union[Permit, float]:
+        """One attempt at a start (the caller holds ``self._lock``): a Permit, or seconds to wait."""
+        storage = self.storage
+        lease_id = f"{self._pid}:{next(self._lease_ids)}"
+        with storage.transaction(self.name) as state:
+            now = storage.clock()
+            expires = now + self.lease_seconds if storage.leases_expire else math.inf
+            delay = budget.try_start(state, self._config, now, tokens, Lease(lease_id, expires, self._pid))
+        if delay > 0.0:
+            return delay
+        if storage.leases_expire:
+            self._held.add(lease_id)
+            if self._renewer is None:
+                self._start_renewer()
+        return Permit(self, tokens, self._clock(), 0.0, lease_id)
 
     def acquire(
         self,
@@ -406,9 +350,9 @@ class Limiter:
             raise CancelledError("limiter wait cancelled before it started")
         with self._lock:
             if not self._waiters:
-                now = self._clock()
-                if self._reserve(now, tokens) == 0.0:
-                    return self._grant(tokens, now, 0.0)
+                granted = self._try_start(tokens)
+                if isinstance(granted, Permit):
+                    return granted
         return self._acquire_slow(tokens, timeout, cancelled)
 
     def _acquire_slow(self, tokens: int, timeout: Optional[float], cancelled: Optional[threading.Event]) -> Permit:
@@ -427,17 +371,19 @@ class Limiter:
                     # Cleared under the lock, so a set() that follows is never missed.
                     waiter.clear()
                     if waiters[0] is waiter:
-                        now = clock()
-                        delay = self._reserve(now, tokens)
-                        if delay == 0.0:
+                        granted = self._try_start(tokens)
+                        if isinstance(granted, Permit):
                             waiters.popleft()
                             if waiters:
                                 waiters[0].set()
-                            waited = now - begin
+                            granted.waited = clock() - begin
                             self._throttled += 1
-                            self._wait_seconds += waited
+                            self._wait_seconds += granted.waited
                             outcome = "granted"
-                            return self._grant(tokens, now, waited)
+                            return granted
+                        delay = granted
+                        if self.storage.shared and delay > SHARED_POLL_INTERVAL:
+                            delay = SHARED_POLL_INTERVAL  # another process may release first
                     else:
                         delay = math.inf
                 if cancelled is not None:
@@ -465,6 +411,17 @@ class Limiter:
                     elif outcome == "cancelled":
                         self._cancellations += 1
 
+    def _leave(self, waiter: threading.Event) -> None:
+        """Take ``waiter`` out of the queue; if it was the head, wake the next one."""
+        waiters = self._waiters
+        if waiters and waiters[0] is waiter:
+            waiters.popleft()
+            if waiters:
+                waiters[0].set()
+        else:
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
+
     def release(
         self,
         permit: Permit,
@@ -480,7 +437,8 @@ class Limiter:
         :param retries: how many retries the call made. A call that succeeded after
             retries is refunded what they cost: exactly, if they were paid with
             ``spend_retry(kind, permit=permit)``, else ``retries * RETRY_COST``.
-        :param ok: whether the call succeeded; a failed call earns nothing back.
+        :param ok: whether the call succeeded; a failed call earns nothing back, and a
+            success lets the adaptive cap grow.
         :raises RuntimeError: the permit was already released.
         :raises ValueError: the permit came from another limiter.
         """
@@ -490,70 +448,60 @@ class Limiter:
             tokens_used = _check_count("tokens_used", tokens_used, 0)
         if retries.__class__ is not int or retries < 0:
             retries = _check_count("retries", retries, 0)
+        if permit.retry_cost:
+            earned = permit.retry_cost
+        elif retries:
+            earned = retries * RETRY_COST
+        else:
+            earned = NO_RETRY_INCREMENT
+        storage = self.storage
         with self._lock:
             if permit._released:
                 raise RuntimeError("permit already released")
             permit._released = True
-            self._in_flight -= 1
-            self._finished += 1
-            wake = self._max_in_flight is not None
-            if tokens_used is not None:
-                self._tokens_used += tokens_used
-                if self._tpm is not None:
-                    self._refill(self._clock())
-                    refund = permit.tokens - tokens_used
-                    level = self._tpm_level + refund
-                    self._tpm_level = level if level < self._tpm_capacity else self._tpm_capacity
-                    if refund > 0:
-                        wake = True
-            if ok and self._retry_budget is not None:
-                if permit.retry_cost:
-                    earned = permit.retry_cost
-                elif retries:
-                    earned = retries * RETRY_COST
-                else:
-                    earned = NO_RETRY_INCREMENT
-                left = self._budget_left + earned
-                self._budget_left = left if left < self._retry_budget else self._retry_budget
-            if self._probing:
-                if ok and permit._epoch == self._cool_epoch:
-                    self._end_probing()
-                elif self._prober is permit or self._prober == threading.get_ident():
-                    # The probe failed for another reason: the next call may probe.
-                    self._probe_until = -math.inf
-                    self._prober = None
-                    self._gate_changed.notify_all()
-                    wake = True
-            if wake and self._waiters:
+            self._held.discard(permit.lease)
+            with storage.transaction(self.name) as state:
+                budget.finish(
+                    state,
+                    self._config,
+                    storage.clock(),
+                    permit.lease,
+                    reserved=permit.tokens,
+                    tokens_used=tokens_used,
+                    earned=earned,
+                    ok=ok,
+                )
+            if self._waiters:
                 self._waiters[0].set()
 
     # -- cool-down and retry budget --------------------------------------------------
 
-    def cool_down(self, seconds: float) -> None:
-        """Hold every new start back for ``seconds`` (keeping any longer cool-down).
+    def cool_down(
+        self, seconds: float, *, message: Optional[str] = None, signal: Optional[RateLimitSignal] = None
+    ) -> None:
+        """A call saw a 429: lower the cap if it speaks of concurrency, and hold starts back.
 
-        Call it when a call sees a 429, with the Retry-After value or the backoff delay;
-        calls already running are not touched. The caller caps server-directed values.
+        :param seconds: the Retry-After value, or the backoff delay (the caller caps
+            server-directed values).
+        :param message: the 429's message; DeepSeek names the account's cap there
+            ("concurrency limit of 39"). Without ``message`` or ``signal``, new starts and
+            retries wait ``seconds`` and the cap stays.
+        :param signal: what the 429 says, already read (:func:`~deepseek_pool.budget.rate_limit_signal`).
         """
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (0 <= seconds < math.inf):
             raise ValueError(f"cool-down seconds must be a finite number >= 0, got {seconds!r}")
-        with self._lock:
-            now = self._clock()
-            until = now + seconds
-            self._cool_downs += 1
-            starting = self._cool_until <= now
-            if until > self._cool_until:
-                self._cool_until = until
-            else:
-                starting = False
-            self._probing = True
-            self._cool_epoch += 1
-            self._probe_until = -math.inf
-            self._prober = None
-            # Waiters need no wake-up: a cool-down only ever pushes their start later,
-            # and the head re-checks when its current wait ends.
-        if starting and seconds > 0:
-            log.info("rate limited: holding new calls back for %.2f s", seconds)
+        if signal is None:
+            signal = budget.rate_limit_signal(message) if message is not None else RateLimitSignal()
+        storage = self.storage
+        with self._lock, storage.transaction(self.name) as state:
+            now = storage.clock()
+            quiet = state.cool_until <= now
+            budget.rate_limited(state, self._config, now, seconds, signal)
+            cap = state.cap
+        if signal.named_cap is not None:
+            log.warning("DeepSeek named its concurrency cap: %d; the limiter's cap is now %g", signal.named_cap, cap)
+        elif quiet and seconds > 0:
+            log.info("rate limited: holding new calls back for up to %.2f s (cap %g)", seconds, cap)
 
     def wait_before_retry(
         self,
@@ -563,15 +511,11 @@ class Limiter:
         timeout: Optional[float] = None,
         permit: Optional[Permit] = None,
     ) -> None:
-        """Sleep ``delay`` seconds before a retry, and longer while the pool cools down.
-
-        After a cool-down only one call probes at a time, so a retry waits for the
-        probe's outcome too; if none is out, this retry becomes the probe.
+        """Sleep ``delay`` seconds before a retry, and longer while a concurrency cool-down lasts.
 
         :param timeout: most seconds to wait in all (a call's deadline); a wait that
             would pass it raises at once rather than sleeping first.
-        :param permit: the call's permit: if the call started as the probe, this retry
-            means the probe failed, and the call probes again rather than waiting for itself.
+        :param permit: the call's permit (accepted for symmetry with the other calls).
         :raises concurrent.futures.CancelledError: ``cancelled`` was set while waiting.
         :raises TimeoutError: the wait would pass ``timeout``.
         """
@@ -579,50 +523,38 @@ class Limiter:
         begin = clock()
         end = begin + delay
         limit = math.inf if timeout is None else begin + timeout
-        me = threading.get_ident()
-        with self._gate_changed:
-            if self._prober == me or (permit is not None and self._prober is permit):
-                self._probe_until = -math.inf  # this call's own probe failed: probe again
-                self._prober = None
+        waiter = threading.Event()
+        with self._lock:
+            self._retry_waiters.add(waiter)
+        try:
             while True:
                 if cancelled is not None and cancelled.is_set():
-                    self._cancellations += 1
+                    with self._lock:
+                        self._cancellations += 1
                     raise CancelledError("retry wait cancelled")
+                hold = self._retry_hold_left()
                 now = clock()
-                if max(end, self._cool_until) > limit or now >= limit:
-                    self._timeouts += 1
-                    raise TimeoutError(f"the retry could not start within {timeout} s ({self!r})")
-                wait = max(end - now, self._cool_until - now)
+                wait = max(end - now, hold)
                 if wait <= 0.0:
-                    if not self._probing:
-                        return
-                    if now >= self._probe_until:
-                        self._take_probe(now, me)
-                        return
-                    wait = self._probe_until - now
+                    return
+                if now + wait > limit:
+                    with self._lock:
+                        self._timeouts += 1
+                    raise TimeoutError(f"the retry could not start within {timeout} s ({self!r})")
                 if cancelled is not None and wait > CANCEL_POLL_INTERVAL:
                     wait = CANCEL_POLL_INTERVAL
-                if wait > limit - now:
-                    wait = limit - now
-                self._gate_changed.wait(wait)
+                if self.storage.shared and wait > SHARED_POLL_INTERVAL * 10:
+                    wait = SHARED_POLL_INTERVAL * 10  # another process may cool down meanwhile
+                waiter.clear()
+                self._wait(waiter, wait)
+        finally:
+            with self._lock:
+                self._retry_waiters.discard(waiter)
 
-    @property
-    def epoch(self) -> int:
-        """Cool-downs so far; read it when an attempt starts and give it to :meth:`note_success`."""
-        return self._cool_epoch
-
-    def note_success(self, epoch: Optional[int] = None) -> None:
-        """An attempt got an answer that is not an error: a cool-down's probe has succeeded.
-
-        :param epoch: :attr:`epoch` when the attempt started. An attempt that started
-            before the latest cool-down says nothing about whether it is over, so its
-            success does not end the probing phase (None: the attempt is recent).
-        """
-        if not self._probing:  # unlocked read: the common case costs nothing
-            return
-        with self._lock:
-            if self._probing and (epoch is None or epoch == self._cool_epoch):
-                self._end_probing()
+    def _retry_hold_left(self) -> float:
+        storage = self.storage
+        with storage.transaction(self.name) as state:
+            return state.retry_hold_until - storage.clock()
 
     def spend_retry(self, kind: str = "status", *, permit: Optional[Permit] = None) -> int:
         """Pay for one retry from the shared budget; return what it cost.
@@ -636,58 +568,119 @@ class Limiter:
         cost = RETRY_COSTS.get(kind)
         if cost is None:
             raise ValueError(f"kind must be one of {sorted(RETRY_COSTS)}, got {kind!r}")
+        storage = self.storage
         with self._lock:
-            if self._retry_budget is None:
-                self._retries += 1
-                return 0
-            left = self._budget_left
-            if left >= cost:
-                self._budget_left = left - cost
-                self._retries += 1
+            with storage.transaction(self.name) as state:
+                paid = budget.spend_retry(state, self._config, storage.clock(), cost)
+                left = state.budget_left
+            if paid is not None:
                 self._budget_exhausted = False
                 if permit is not None:
-                    permit.retry_cost += cost
-                return cost
-            self._retries_refused += 1
+                    permit.retry_cost += paid
+                return paid
             first = not self._budget_exhausted
             self._budget_exhausted = True
-            capacity = self._retry_budget
         message = (
-            f"the API keeps failing: retry budget of {capacity} exhausted ({left} left, a {kind} "
+            f"the API keeps failing: retry budget of {self._config.retry_budget} exhausted ({left} left, a {kind} "
             f"retry costs {cost}); calls now fail fast until calls succeed again"
         )
         if first:
             log.warning("%s", message)
         raise RetryBudgetExceeded(message)
 
-    # -- observing -------------------------------------------------------------------
+    # -- observing, renewing, closing ------------------------------------------------
 
     def wake_waiters(self) -> None:
-        """Wake every thread waiting in :meth:`acquire` to re-check its ``cancelled``
-        event and timeout now (call it right after setting a ``cancelled`` event)."""
+        """Wake every thread waiting in :meth:`acquire` or :meth:`wait_before_retry` to
+        re-check its ``cancelled`` event and timeout now (call it right after setting one)."""
         with self._lock:
             for waiter in self._waiters:
                 waiter.set()
-            self._gate_changed.notify_all()
+            for waiter in self._retry_waiters:
+                waiter.set()
 
     @property
     def stats(self) -> LimiterStats:
-        """A consistent snapshot of the counters."""
-        with self._lock:
-            now = self._clock()
+        """A consistent snapshot of the counters (the budget's from one transaction)."""
+        storage = self.storage
+        with self._lock, storage.transaction(self.name) as state:
+            now = storage.clock()
+            budget._fill(state, self._config, now)
+            in_flight = state.alive(now)
+            figures = _budget_figures(state)
+            cooling = max(0.0, state.cool_until - now)
+            cap = None if state.cap == math.inf else state.cap
+            left = None if self._config.retry_budget is None else int(state.budget_left)
             return LimiterStats(
-                in_flight=self._in_flight,
-                started=self._started,
-                finished=self._finished,
+                in_flight=in_flight,
                 waiting=len(self._waiters),
                 throttled=self._throttled,
                 wait_seconds=self._wait_seconds,
                 timeouts=self._timeouts,
                 cancellations=self._cancellations,
-                cool_downs=self._cool_downs,
-                cooling_for=max(0.0, self._cool_until - now),
-                retries=self._retries,
-                retries_refused=self._retries_refused,
-                retry_budget=None if self._retry_budget is None else self._budget_left,
-                tokens_used=self._tokens_used,
+                cooling_for=cooling,
+                retry_budget=left,
+                cap=cap,
+                **figures,
             )
+
+    def _start_renewer(self) -> None:
+        self._renewer = threading.Thread(
+            target=_renew_leases, args=(weakref.ref(self), self._closed), name="deepseek-lease-renewer", daemon=True
+        )
+        self._renewer.start()
+
+    def _renew(self) -> None:
+        with self._lock:
+            held = list(self._held)
+        if held:
+            storage = self.storage
+            with storage.transaction(self.name) as state:
+                state.renew(held, storage.clock() + self.lease_seconds)
+
+    def close(self) -> None:
+        """Stop renewing leases and close the storage if this limiter opened it."""
+        self._closed.set()
+        if self._owns_storage:
+            self.storage.close()
+
+    def _after_fork(self) -> None:
+        # The parent's calls, waiters and renewal thread stay in the parent.
+        self._reset_local()
+        self.storage.after_fork()
+
+
+def _budget_figures(state: BudgetState) -> Dict[str, Any]:
+    return {
+        "started": state.started,
+        "finished": state.finished,
+        "cool_downs": state.cool_downs,
+        "retries": state.retries,
+        "retries_refused": state.retries_refused,
+        "tokens_used": state.tokens_used,
+    }
+
+
+def _renew_leases(ref: weakref.ReferenceType[Limiter], closed: threading.Event) -> None:
+    """Renew a limiter's leases every third of their life, until it is closed or gone."""
+    while True:
+        limiter = ref()
+        if limiter is None:
+            return
+        interval = limiter.lease_seconds / 3
+        try:
+            limiter._renew()
+        except Exception:  # a storage hiccup: the next round tries again, leases last 3 rounds
+            log.warning("could not renew the limiter's leases", exc_info=True)
+        del limiter
+        if closed.wait(interval):
+            return
+
+
+def _after_fork_in_child() -> None:
+    for limiter in list(_LIMITERS):
+        limiter._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

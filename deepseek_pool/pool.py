@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .budget import rate_limit_signal
 from .calls import CallControl, CallHandle, RetryCancelled, RetryEvent
 from .client import DeepSeekClient
 from .errors import APIStatusError, APITimeoutError, status_error
@@ -198,30 +199,36 @@ def estimate_tokens(messages: Messages, params: Mapping[str, Any]) -> int:
 
 
 class _PoolCall(CallControl):
-    """One pool call's control: its attempts feed the pool's limiter and stop."""
+    """One pool call's control: its attempts feed the pool's limiter and stop.
+
+    A call whose attempt met the account's concurrency cap (a 429 about concurrency)
+    gives its in-flight slot back and queues for a new one before it retries: the cap
+    was just lowered, and retrying on the old slot would only meet it again.
+    """
 
     def __init__(
-        self, pool: DeepSeekPool, permit: Permit, deadline: Optional[float], cancelled: threading.Event
+        self, pool: DeepSeekPool, permit: Permit, tokens: int, deadline: Optional[float], cancelled: threading.Event
     ) -> None:
         super().__init__(deadline=deadline, cancelled=cancelled)
         self.pool = pool
         self.limiter = pool.limiter
-        self.permit = permit
+        self.permit: Optional[Permit] = permit
+        self.tokens = tokens
         self.attempts = 0
         self.retries = 0
-        self._epoch = 0
+        self._requeue = False
 
     def attempt_started(self, attempt: int) -> None:
         self.attempts = attempt
-        self._epoch = self.limiter.epoch
 
-    def response_received(self, status: int, retry_after: Optional[float]) -> None:
-        if status < 300:
-            self.limiter.note_success(self._epoch)
-        elif status == 429:
+    def response_received(self, status: int, retry_after: Optional[float], error: Optional[Exception]) -> None:
+        if status == 429:
             if self.pool.cool_down:
                 seconds = retry_after if retry_after is not None else self.pool.client.retry.backoff_for(1)
-                self.limiter.cool_down(seconds)
+                message = error.message if isinstance(error, APIStatusError) else None
+                signal = rate_limit_signal(message)
+                self.limiter.cool_down(seconds, signal=signal)
+                self._requeue = signal.concurrency
         elif status in self.pool.stop_on:
             self.pool._note_stop(status)
 
@@ -239,7 +246,27 @@ class _PoolCall(CallControl):
             raise APITimeoutError(
                 "not retried: the call's deadline (call_timeout) would pass while the limiter holds retries back"
             ) from None
+        if self._requeue:
+            self._requeue = False
+            self._queue_again(deadline)
         self.check()
+
+    def _queue_again(self, deadline: float) -> None:
+        limiter, old = self.limiter, self.permit
+        assert old is not None
+        limiter.release(old, tokens_used=0, ok=False)  # a 429 generated nothing
+        timeout = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+        try:
+            self.permit = limiter.acquire(self.tokens, cancelled=self.cancelled, timeout=timeout)
+            self.permit.retry_cost = old.retry_cost  # refunded if the call succeeds
+        except cf.CancelledError:
+            self.permit = None
+            raise RetryCancelled("not retried: the pool is shutting down") from None
+        except TimeoutError:
+            self.permit = None
+            raise APITimeoutError(
+                "not retried: the call's deadline (call_timeout) passed while it queued for the concurrency cap"
+            ) from None
 
 
 class DeepSeekPool:
@@ -259,10 +286,11 @@ class DeepSeekPool:
         (default ``2 * max_workers``).
     :param on_result: called with each finished :class:`Result`, in the worker thread.
     :param on_chunk: called with ``(result, chunk)`` for each chunk of streamed requests.
-    :param cool_down: after a 429, hold every call of the pool (and of pools sharing the
-        limiter) back for the wait the server asked for, then probe with one call. Right
-        for DeepSeek, whose 429 means the account's concurrency cap is reached; turn it off
-        for an endpoint whose 429s are sporadic, so only the call that got one waits.
+    :param cool_down: tell the limiter of every 429: one about the account's concurrency
+        cap lowers the limiter's adaptive cap (to the number DeepSeek names) and holds
+        every call sharing the limiter back for the wait the server asked for, and the call
+        queues for a slot again before retrying; any other 429 holds new starts briefly.
+        Turn it off and only the call that got a 429 waits.
     :param stop_on: statuses after which the pool sends nothing more (default 401 and
         402: a wrong key or a spent balance fails every call alike); later calls fail at
         once with the same error class, without being sent. ``()`` never stops.
@@ -367,7 +395,7 @@ class DeepSeekPool:
         begun = time.monotonic()
         result.started_at = begun
         result.queued = begun - start
-        control = _PoolCall(self, permit, None if call_timeout is None else start + call_timeout, cancelled)
+        control = _PoolCall(self, permit, tokens, None if call_timeout is None else start + call_timeout, cancelled)
         handle = control.handle
         completion: Optional[ChatCompletion] = None
         with self._lock:
@@ -393,7 +421,8 @@ class DeepSeekPool:
                 # stream the server may have spent tokens, so the estimate stays charged.
                 error = sys.exc_info()[1]
                 used = 0 if isinstance(error, (APIStatusError, TypeError, ValueError)) else None
-            limiter.release(permit, tokens_used=used, retries=control.retries, ok=completion is not None)
+            if control.permit is not None:  # None: it gave its slot back and did not get a new one
+                limiter.release(control.permit, tokens_used=used, retries=control.retries, ok=completion is not None)
 
     def _note_stop(self, status: int) -> None:
         if self._stopped_by is None:

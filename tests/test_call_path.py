@@ -28,6 +28,8 @@ from deepseek_pool.testing import FakeDeepSeek
 from .rawserver import RawServer, respond, script, sequence
 
 KEY = "sk-SECRET-0123456789"
+#: DeepSeek's 429 when the account's concurrency cap is reached (it names the cap).
+CAP_429 = json.dumps({"error": {"message": "concurrency limit of 10 based on your remaining balance"}}).encode()
 OK_BODY = json.dumps(
     {
         "id": "c1",
@@ -77,7 +79,7 @@ def test_each_attempt_has_its_own_deadline_even_after_a_retry_after_sleep() -> N
 
 def test_call_timeout_bounds_a_wait_for_another_pools_cool_down() -> None:
     """Pool A's 429 asks for 8 s; pool B's call with call_timeout=1 ends in time, unsent."""
-    server = RawServer(script([respond(429, b"{}", {"Retry-After": "8"})], close=False))
+    server = RawServer(script([respond(429, CAP_429, {"Retry-After": "8"})], close=False))
     limiter = dp.Limiter(max_in_flight=10)
     with server:
         pool_a = dp.DeepSeekPool(client_for(server.url, max_retries=0), limiter=limiter)
@@ -95,7 +97,7 @@ def test_call_timeout_bounds_a_wait_for_another_pools_cool_down() -> None:
 
 def test_call_timeout_bounds_a_retry_held_back_by_the_cool_down() -> None:
     """The retry waits for the cool-down; when that would pass call_timeout, the call ends now."""
-    server = RawServer(script([respond(429, b"{}", {"Retry-After": "5"})], close=False))
+    server = RawServer(script([respond(429, CAP_429, {"Retry-After": "5"})], close=False))
     with server, dp.DeepSeekPool(client_for(server.url, call_timeout=1.0)) as pool:
         start = time.monotonic()
         result = pool.map(["a"])[0]
@@ -170,14 +172,14 @@ def test_an_abort_that_lands_while_connecting_stops_the_request_before_it_is_sen
 # -- the pool hears every status ------------------------------------------------------------
 
 
-def test_a_429_on_the_last_attempt_still_cools_the_pool_down(fake_deepseek: FakeDeepSeek) -> None:
-    fake_deepseek.script("429:1")
-    client = dp.DeepSeekClient(KEY, base_url=fake_deepseek.base_url, max_retries=0)
-    with dp.DeepSeekPool(client) as pool:
+def test_a_429_on_the_last_attempt_still_cools_the_pool_down() -> None:
+    server = RawServer(script([respond(429, CAP_429, {"Retry-After": "1"})], close=False))
+    with server, dp.DeepSeekPool(client_for(server.url, max_retries=0)) as pool:
         with pytest.raises(dp.RateLimitError):
             pool.submit("x").result(timeout=5)
-        assert pool.limiter.stats.cool_downs == 1
-        assert pool.limiter.stats.cooling_for > 0.5
+        stats = pool.limiter.stats
+        assert (stats.cool_downs, stats.cap) == (1, 10)
+        assert stats.cooling_for > 0.5
 
 
 @pytest.mark.parametrize("status, error", [(401, dp.AuthenticationError), (402, dp.InsufficientBalanceError)])
@@ -203,44 +205,15 @@ def test_a_nonsense_retry_after_ms_is_ignored_in_a_pool(value: str) -> None:
     assert server.requests == 2
 
 
-def test_a_call_that_started_before_the_cool_down_does_not_end_the_probing_phase() -> None:
-    """A slow call started before the 429 succeeds while the probe is out: the held calls must
-    still wait for the probe's own answer, not rush in when the old call ends."""
-    lock = threading.Lock()
-    got_429 = threading.Event()
-    probe_answered = threading.Event()
-    before_the_probes_answer: List[str] = []
-
-    def handler(conn: socket.socket, request: bytes) -> bool:
-        prompt = prompt_of(request)
-        after_429 = got_429.is_set()
-        with lock:
-            if after_429 and not probe_answered.is_set():
-                before_the_probes_answer.append(prompt)
-        if prompt == "slow":
-            time.sleep(0.6)
-        elif prompt == "limited" and not after_429:
-            got_429.set()
-            conn.sendall(respond(429, b"{}", {"Retry-After": "0.3"}))
-            return False
-        else:
-            time.sleep(0.3)
-        conn.sendall(ok())
-        if after_429:
-            probe_answered.set()
-        return False
-
-    server = RawServer(handler)
-    with server, dp.DeepSeekPool(client_for(server.url), max_workers=8) as pool:
-        slow = pool.submit("slow")
-        time.sleep(0.1)
-        limited = pool.submit("limited")
-        assert got_429.wait(5)
-        held = [pool.submit(f"held {i}") for i in range(6)]
-        for future in [slow, limited, *held]:
-            assert future.result(timeout=10).content == "hi"
-    # the slow call ends at ~0.6 s, the probe (sent at ~0.4 s) is answered at ~0.7 s
-    assert len(before_the_probes_answer) == 1, before_the_probes_answer
+def test_a_pool_of_64_finds_and_holds_a_cap_of_8() -> None:
+    """DeepSeek names its cap in the 429; the pool lowers its own to it and queues retries."""
+    with FakeDeepSeek(max_concurrency=8, latency=0.02) as fake:
+        with dp.DeepSeekPool(client_for(fake.base_url, max_retries=fast_retry(3)), max_workers=64) as pool:
+            results = pool.map(f"q{i}" for i in range(1000))
+        assert all(r.ok for r in results), next(r.error for r in results if not r.ok)
+        assert pool.limiter.stats.cap == 8
+        rejected = fake.stats.by_status.get(429, 0)
+        assert rejected <= 0.1 * fake.stats.requests, (rejected, fake.stats.requests)
 
 
 # -- the connection pool ---------------------------------------------------------------------

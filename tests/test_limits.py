@@ -14,7 +14,7 @@ from typing import Any, Callable, List, Optional
 
 import pytest
 
-from deepseek_pool import limits
+from deepseek_pool import budget, limits
 from deepseek_pool.errors import RetryBudgetExceeded
 from deepseek_pool.limits import Limiter, LimiterStats, Permit
 
@@ -47,6 +47,13 @@ class FakeClock:
 def fake_limiter(**kwargs: Any) -> tuple[Limiter, FakeClock]:
     clock = FakeClock()
     return Limiter(clock=clock, wait=clock.wait, **kwargs), clock
+
+
+def reserve(limiter: Limiter, now: float, tokens: int) -> float:
+    """One start decision of the budget's rules at a chosen ``now`` (0.0: granted)."""
+    with limiter.storage.transaction(limiter.name) as state:
+        lease = budget.Lease(f"t{state.started}-{random.random()}", math.inf, 0)
+        return budget.try_start(state, limiter._config, now, tokens, lease)
 
 
 def until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
@@ -98,7 +105,7 @@ def test_rpm_spacing_caps_every_second_and_keeps_the_long_run_rate(rpm: float) -
     starts: List[float] = []
     now = 0.0
     while len(starts) < 500:  # callers that always want to start, woken exactly on time
-        delay = limiter._reserve(now, 0)
+        delay = reserve(limiter, now, 0)
         if delay == 0.0:
             starts.append(now)
         else:
@@ -119,7 +126,7 @@ def test_rpm_cap_holds_with_random_arrivals_and_late_wakeups(rpm: float) -> None
     for arrival in arrivals:
         now = max(now, arrival)
         while True:
-            delay = limiter._reserve(now, 0)
+            delay = reserve(limiter, now, 0)
             if delay == 0.0:
                 starts.append(now)
                 break
@@ -144,9 +151,9 @@ def test_acquire_waits_out_the_interval_on_the_injected_clock() -> None:
 def test_tpm_reserves_the_estimate_and_refunds_the_overestimate() -> None:
     limiter, _ = fake_limiter(tpm=600)  # refills 10 tokens a second
     first = limiter.acquire(400)
-    assert limiter._reserve(0.0, 400) == pytest.approx(20.0)  # 200 left, 200 short
+    assert reserve(limiter, 0.0, 400) == pytest.approx(20.0)  # 200 left, 200 short
     limiter.release(first, tokens_used=100)  # 300 given back: 500 available
-    assert limiter._reserve(0.0, 400) == 0.0
+    assert reserve(limiter, 0.0, 400) == 0.0
     assert limiter.stats.tokens_used == 100
 
 
@@ -154,15 +161,15 @@ def test_tpm_charges_an_underestimate_as_debt() -> None:
     limiter, _ = fake_limiter(tpm=600)
     permit = limiter.acquire(100)
     limiter.release(permit, tokens_used=700)  # 600 more than reserved: 100 in debt
-    assert limiter._reserve(0.0, 0) == pytest.approx(10.0)
-    assert limiter._reserve(0.0, 100) == pytest.approx(20.0)
+    assert reserve(limiter, 0.0, 0) == pytest.approx(10.0)
+    assert reserve(limiter, 0.0, 100) == pytest.approx(20.0)
     assert limiter.acquire(100).started_at == pytest.approx(20.0)
 
 
 def test_tpm_release_without_usage_keeps_the_estimate() -> None:
     limiter, _ = fake_limiter(tpm=600)
     limiter.release(limiter.acquire(600))
-    assert limiter._reserve(0.0, 1) > 0.0
+    assert reserve(limiter, 0.0, 1) > 0.0
 
 
 def test_tpm_refund_never_overfills_the_bucket() -> None:
@@ -170,8 +177,8 @@ def test_tpm_refund_never_overfills_the_bucket() -> None:
     permit = limiter.acquire(100)
     clock.advance(60.0)  # bucket full again while the call ran
     limiter.release(permit, tokens_used=0)
-    assert limiter._reserve(clock.now, 600) == 0.0
-    assert limiter._reserve(clock.now, 1) > 0.0  # the refund of 100 added nothing on top
+    assert reserve(limiter, clock.now, 600) == 0.0
+    assert reserve(limiter, clock.now, 1) > 0.0  # the refund of 100 added nothing on top
 
 
 def test_tpm_oversize_request_passes_on_a_full_bucket_and_leaves_debt() -> None:
@@ -179,7 +186,7 @@ def test_tpm_oversize_request_passes_on_a_full_bucket_and_leaves_debt() -> None:
     big = limiter.acquire(5000, timeout=3600)
     assert big.started_at == 0.0
     # 4000 in debt at 1000/60 a second: the next one-token call waits for 4001 tokens.
-    assert limiter._reserve(0.0, 1) == pytest.approx(4001 * 60 / 1000)
+    assert reserve(limiter, 0.0, 1) == pytest.approx(4001 * 60 / 1000)
     assert limiter.acquire(1).started_at == pytest.approx(4001 * 60 / 1000)
 
 
@@ -224,7 +231,7 @@ def test_in_flight_cap_holds_across_many_threads() -> None:
 def test_full_cap_times_out_then_a_release_opens_it() -> None:
     limiter = Limiter(max_in_flight=2)
     a, b = limiter.acquire(), limiter.acquire()
-    assert limiter._reserve(time.monotonic(), 0) == math.inf
+    assert reserve(limiter, time.monotonic(), 0) == math.inf
     with pytest.raises(TimeoutError):
         limiter.acquire(timeout=0)
     limiter.release(a)
@@ -304,33 +311,11 @@ def test_cool_down_holds_new_starts_until_it_ends_and_spares_running_calls() -> 
     assert (stats.cool_downs, stats.cooling_for, stats.in_flight) == (2, 5.0, 1)
     limiter.release(running)  # the running call is untouched and ends normally
     assert limiter.stats.in_flight == 0
-    held_back = limiter.acquire()  # the probe
+    held_back = limiter.acquire()
     assert held_back.started_at == pytest.approx(5.0)
-    limiter.release(held_back)  # its success ends the probing phase
     after = limiter.acquire()
     assert (after.started_at, after.waited) == (held_back.started_at, 0.0)
     assert limiter.stats.cooling_for == 0.0
-
-
-def test_a_call_older_than_the_cool_down_does_not_end_the_probing_phase() -> None:
-    """Only the probe's outcome, or a call that started after the 429, says the limit is over."""
-    limiter, _ = fake_limiter()
-    old = limiter.acquire()
-    old_epoch = limiter.epoch
-    limiter.cool_down(1.0)
-    probe = limiter.acquire()  # at t=1.0, after the cool-down: the one probe
-    assert probe.started_at == pytest.approx(1.0)
-    limiter.note_success(old_epoch)  # the old call's answer arrives during the probe
-    limiter.release(old)
-    second = limiter.acquire()  # still held: waits for the probe's outcome, up to its lease
-    assert second.started_at == pytest.approx(1.0 + limits.PROBE_LEASE)
-    limiter.release(probe)
-    limiter.release(second)
-    limiter.cool_down(1.0)
-    probe = limiter.acquire()
-    limiter.note_success(limiter.epoch)  # the probe's own attempt (started in this epoch) succeeded
-    third = limiter.acquire()
-    assert third.waited == 0.0
 
 
 def test_a_longer_cool_down_extends_the_current_one() -> None:
@@ -341,64 +326,83 @@ def test_a_longer_cool_down_extends_the_current_one() -> None:
     assert limiter.acquire().started_at == pytest.approx(3.5)
 
 
-def test_after_a_cool_down_one_call_probes_and_its_success_lets_the_rest_go() -> None:
-    limiter = Limiter()
-    limiter.cool_down(0.1)
-    began = time.monotonic()
-    workers = [Worker(lambda: limiter.acquire(timeout=5)) for _ in range(4)]
-    for w in workers:
-        w.start()
-    time.sleep(0.3)
-    started = [w for w in workers if w.finished_at is not None]
-    assert len(started) == 1  # the probe; the others wait for its outcome
-    assert 0.09 <= started[0].finished_at - began < 0.3  # type: ignore[operator]
-    limiter.note_success()
-    for w in workers:
-        w.finish()
-    assert [isinstance(w.result, Permit) for w in workers] == [True] * 4
+def test_a_429_that_names_the_cap_sets_it_and_holds_it() -> None:
+    limiter, clock = fake_limiter(max_in_flight=100)
+    assert limiter.stats.cap == 100
+    limiter.cool_down(0.0, message="Rate limit: concurrency limit of 3 based on your remaining balance")
+    assert limiter.stats.cap == 3
+    held = [limiter.acquire() for _ in range(3)]
+    with pytest.raises(TimeoutError):
+        limiter.acquire(timeout=1.0)
+    limiter.release(held.pop())
+    held.append(limiter.acquire(timeout=0))
+    for permit in held:
+        limiter.release(permit)
+    # successes raise it again, slowly, once the named cap's hold has passed
+    clock.advance(budget.NAMED_CAP_HOLD)
+    for _ in range(int(budget.INCREASE_PATIENCE * 3)):
+        limiter.release(limiter.acquire())
+    assert limiter.stats.cap == 4
 
 
-def test_a_failed_probe_frees_the_probe_for_the_next_call() -> None:
-    limiter = Limiter()
-    limiter.cool_down(0.0)
-    probe = limiter.acquire(timeout=1)
-    waiting = Worker(lambda: limiter.acquire(timeout=5))
-    waiting.start()
-    time.sleep(0.1)
-    assert waiting.finished_at is None
-    limiter.release(probe, ok=False)  # same thread that probed: the probe is over
-    waiting.finish()
-    assert isinstance(waiting.result, Permit)
+def test_a_named_cap_applies_without_a_ceiling() -> None:
+    limiter, _ = fake_limiter()
+    assert limiter.stats.cap is None
+    limiter.cool_down(0.0, message="concurrency limit of 39")
+    assert limiter.stats.cap == 39
 
 
-def test_probe_lease_expires(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(limits, "PROBE_LEASE", 0.1)
-    limiter = Limiter()
-    limiter.cool_down(0.0)
-    limiter.acquire(timeout=1)  # a probe that never reports back
-    start = time.monotonic()
-    limiter.acquire(timeout=2)
-    assert 0.08 <= time.monotonic() - start < 1.0
+def test_a_concurrency_429_without_a_number_lowers_the_cap_by_a_factor() -> None:
+    limiter, _ = fake_limiter(max_in_flight=40)
+    limiter.cool_down(0.0, message="too many concurrent requests")
+    assert limiter.stats.cap == math.floor(40 * budget.DECREASE_FACTOR)
+    limiter.cool_down(0.0, message="too many concurrent requests")
+    assert limiter.stats.cap == math.floor(math.floor(40 * budget.DECREASE_FACTOR) * budget.DECREASE_FACTOR)
 
 
-def test_retries_wait_out_the_cool_down_and_the_probe() -> None:
-    limiter = Limiter()
-    limiter.cool_down(0.15)
-    start = time.monotonic()
-    limiter.wait_before_retry(0.01)  # becomes the probe once the cool-down is over
-    assert 0.14 <= time.monotonic() - start < 1.0
-    second = Worker(lambda: limiter.wait_before_retry(0.0))
-    second.start()
-    time.sleep(0.1)
-    assert second.finished_at is None  # held: a probe is out
-    limiter.note_success()
-    second.finish()
-    assert second.error is None
+def test_a_sporadic_429_holds_new_starts_only_briefly_and_never_retries() -> None:
+    limiter, clock = fake_limiter(max_in_flight=40)
+    limiter.cool_down(5.0, message="Rate limit reached, try again later")
+    assert limiter.stats.cap == 40  # nothing about concurrency: the cap stays
+    assert limiter.acquire().started_at == pytest.approx(budget.SPORADIC_COOL_DOWN)
+    start = clock.now
+    limiter.wait_before_retry(0.0)  # retries are not held
+    assert clock.now == start
+
+
+def test_a_concurrency_429_holds_retries_too() -> None:
+    limiter, clock = fake_limiter()
+    limiter.cool_down(2.0)
+    limiter.wait_before_retry(0.5)
+    assert clock.now == pytest.approx(2.0)
+
+
+def test_retry_wait_that_would_pass_its_timeout_raises_at_once() -> None:
+    limiter, clock = fake_limiter()
+    limiter.cool_down(10.0)
+    with pytest.raises(TimeoutError):
+        limiter.wait_before_retry(0.1, timeout=1.0)
+    assert clock.now == 0.0
+
+
+@pytest.mark.parametrize(
+    "message, named, concurrency",
+    [
+        ("concurrency limit of 39 based on your remaining balance", 39, True),
+        ("Concurrency limit of 2500 reached", 2500, True),
+        ("too many concurrent requests", None, True),
+        ("Rate limit reached for requests", None, False),
+        ("", None, False),
+        (None, None, False),
+    ],
+)
+def test_what_a_429_message_says(message: Optional[str], named: Optional[int], concurrency: bool) -> None:
+    assert budget.rate_limit_signal(message) == budget.RateLimitSignal(named, concurrency, not concurrency)
 
 
 def test_retry_wait_is_cancellable() -> None:
     limiter = Limiter()
-    limiter.cool_down(30)
+    limiter.cool_down(30)  # no message: retries wait too
     cancelled = threading.Event()
     waiter = Worker(lambda: limiter.wait_before_retry(0.0, cancelled=cancelled))
     waiter.start()

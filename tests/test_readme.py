@@ -38,7 +38,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import pytest
 
 import deepseek_pool as dp
-from deepseek_pool import config, errors, limits, pool
+from deepseek_pool import budget, config, errors, limits, pool
 from deepseek_pool.testing import FakeDeepSeek
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,7 +203,10 @@ def test_readme_numbers_are_the_code_defaults() -> None:
         f"``retry_budget={inspect.signature(dp.DeepSeekPool).parameters['retry_budget'].default}`` by default",
         f"a retry costs {limits.RETRY_COST} (error status) or {limits.TIMEOUT_RETRY_COST}",
         f"earns {limits.NO_RETRY_INCREMENT} back",
-        f"(or after {limits.PROBE_LEASE:g} s)",
+        f"default {limits.DEFAULT_LEASE_SECONDS:g} s",
+        f"for {budget.SPORADIC_COOL_DOWN:g} s at most",
+        f"a named cap is held {budget.NAMED_CAP_HOLD:g} s first",
+        f"one slot per ``{budget.INCREASE_PATIENCE:g} x cap`` successes",
         f"The default is {inspect.signature(dp.DeepSeekPool).parameters['max_workers'].default}.",
         f"or {pool.DEFAULT_COMPLETION_RESERVE:,} without one",
         f"the default model is ``{dp.models.DEFAULT_MODEL}``",

@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="stream each answer in exactly N content events (default: tiny 1-4 character pieces)",
     )
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="answer 429 'concurrency limit of N' above N requests in flight, as DeepSeek's account cap does",
+    )
     return parser
 
 
@@ -105,6 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             retry_after=args.retry_after,
             stream_chunk_delay=args.stream_chunk_delay,
             chunks_per_answer=args.chunks_per_answer,
+            max_concurrency=args.max_concurrency,
         )
     except SystemExit as exc:  # argparse exits on bad input; a main() returns its status
         return exc.code if isinstance(exc.code, int) else 2

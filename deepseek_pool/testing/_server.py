@@ -61,8 +61,8 @@ STOP_JOIN_SECONDS = 2.0
 _ERRORS: Dict[int, Tuple[str, str, str]] = {
     402: ("Insufficient Balance", "unknown_error", "invalid_request_error"),
     429: (
-        "Rate Limit Reached: your account has reached its limit of concurrent requests. "
-        "Please pace your requests and retry later.",
+        # DeepSeek's documented text for a 429 that is not about the account's cap.
+        "Rate Limit Reached: you are sending your requests too quickly. Please pace your requests reasonably.",
         "rate_limit_error",
         "rate_limit_exceeded",
     ),
@@ -168,6 +168,9 @@ class FakeDeepSeek:
     :param chunks_per_answer: stream the content (and the reasoning) in exactly this many
         events instead of tiny 1-4 character pieces.
     :param max_received: how many requests :attr:`received` keeps (oldest dropped).
+    :param max_concurrency: the account's concurrency cap, as DeepSeek enforces it: a chat
+        or FIM request that arrives while this many are in flight is answered 429 with
+        DeepSeek's message naming the number ("concurrency limit of N"). None: no cap.
     """
 
     def __init__(
@@ -186,6 +189,7 @@ class FakeDeepSeek:
         trickle_interval: float = DEFAULT_TRICKLE_INTERVAL,
         chunks_per_answer: Optional[int] = None,
         max_received: Optional[int] = DEFAULT_MAX_RECEIVED,
+        max_concurrency: Optional[int] = None,
     ) -> None:
         if api_key is not None and not api_key:
             raise ValueError("api_key must be None (accept any key) or a non-empty string")
@@ -195,6 +199,8 @@ class FakeDeepSeek:
             raise ValueError(f"retry_after must be None or >= 0, got {retry_after!r}")
         if chunks_per_answer is not None and chunks_per_answer < 1:
             raise ValueError(f"chunks_per_answer must be None or >= 1, got {chunks_per_answer!r}")
+        if max_concurrency is not None and (isinstance(max_concurrency, bool) or not max_concurrency >= 1):
+            raise ValueError(f"max_concurrency must be None or >= 1, got {max_concurrency!r}")
         if isinstance(models, str) or not models:
             raise ValueError("models must be a non-empty sequence of model ids")
         self._api_key = api_key
@@ -211,6 +217,8 @@ class FakeDeepSeek:
         self._has_balance = float(balance) > 0
         self._trickle_interval = float(trickle_interval)
         self._chunks = chunks_per_answer
+        self._max_concurrency = max_concurrency
+        self._generating = 0  # chat and FIM requests in flight, for the cap
         self._models_body = json.dumps(
             {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "deepseek"} for m in self._models]}
         ).encode()
@@ -496,7 +504,13 @@ class FakeDeepSeek:
                 self._peak = self._in_flight
             self._received.append(ReceivedRequest(method, target, headers, body))
             rid = f"{self._id_rng.getrandbits(128):032x}"
-            if eligible:
+            over_cap = counted = False
+            if eligible and route is not None and route[1] in ("chat", "fim") and self._max_concurrency is not None:
+                over_cap = self._generating >= self._max_concurrency
+                if not over_cap:
+                    self._generating += 1
+                    counted = True
+            if eligible and not over_cap:
                 if self._script:
                     fault = self._script.popleft()
                 elif self._storm is not None and time.monotonic() < self._storm[0]:
@@ -527,6 +541,8 @@ class FakeDeepSeek:
                 )
             if route[0] != method:
                 return ex.error(405, f"Method Not Allowed: use {route[0]} for {path}", extra=f"Allow: {route[0]}\r\n")
+            if over_cap:
+                return self._cap_reached(ex)
             if fault is not None:
                 if fault.kind == "reset":
                     ex.end(None)
@@ -541,6 +557,17 @@ class FakeDeepSeek:
             return self._generate(ex, kind, route[2], body, bad_json, fault)
         finally:
             ex.end(None)
+            if counted:
+                with self._lock:
+                    self._generating -= 1
+
+    def _cap_reached(self, ex: Exchange) -> int:
+        """DeepSeek's answer above the account's cap (the wording of a 429 users reported)."""
+        with self._lock:
+            self._faults_injected["cap"] = self._faults_injected.get("cap", 0) + 1
+        extra = f"Retry-After: {_format_seconds(self._retry_after)}\r\n" if self._retry_after is not None else ""
+        message = f"Rate Limit Reached: concurrency limit of {self._max_concurrency} based on your remaining balance"
+        return ex.error(429, message, type_="rate_limit_error", code="rate_limit_exceeded", extra=extra)
 
     def _draw_latency(self) -> float:
         """Call the latency function with the shared RNG (the lock is held by the caller)."""
