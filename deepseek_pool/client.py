@@ -31,6 +31,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from functools import partial
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 from urllib.parse import urlsplit
@@ -168,6 +169,18 @@ def _answered(completion: ChatCompletion) -> ChatCompletion:
     return completion
 
 
+_CLIENTS: weakref.WeakSet[DeepSeekClient] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_CLIENTS):
+        client._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class DeepSeekClient:
     """A thread-safe client for the DeepSeek API.
 
@@ -286,6 +299,7 @@ class DeepSeekClient:
             "proxies": settings.get("proxies") or {},
         }
         self._chat_url = self.base_url + "/chat/completions"
+        _CLIENTS.add(self)
         self.beta_url = self._normalize_base_url(beta_url) if beta_url else self._default_beta_url(self.base_url)
         self._fim_url = self.beta_url + "/completions"
 
@@ -788,6 +802,17 @@ class DeepSeekClient:
             control=None,
             parse=lambda data, response, attempt: Balance(self._json(data, response, object_problem)),
         )
+
+    def _after_fork(self) -> None:
+        """In a forked child: the pooled connections are the parent's sockets; never reuse them.
+
+        Closing the child's copies leaves the parent's connections open; the pools stay
+        usable and connect afresh.
+        """
+        self._lock = threading.Lock()
+        self._route = None
+        for adapter in self.session.adapters.values():
+            adapter.close()
 
     def close(self) -> None:
         """Close the connections (and the session, when the client created it)."""

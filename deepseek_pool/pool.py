@@ -22,10 +22,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import math
+import os
 import queue
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -269,6 +271,18 @@ class _PoolCall(CallControl):
             ) from None
 
 
+_POOLS: weakref.WeakSet[DeepSeekPool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_POOLS):
+        pool._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class DeepSeekPool:
     """Run many DeepSeek chat calls at once on a thread pool, within shared limits.
 
@@ -347,6 +361,20 @@ class DeepSeekPool:
         self._retried = 0
         self._cancelled = 0
         self._usage = Usage()
+        _POOLS.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's worker threads are not here; start with fresh ones.
+
+        The parent's calls in flight belong to the parent: the child forgets them (its
+        counters start again) and runs its own work on a new executor.
+        """
+        self._lock = threading.Lock()
+        self._iterations = set()
+        self._handles = {}
+        self._futures = set()
+        if self._owns_executor:
+            self._executor = cf.ThreadPoolExecutor(self.max_workers, thread_name_prefix="deepseek-pool")
 
     @property
     def stopped_by(self) -> Optional[int]:
