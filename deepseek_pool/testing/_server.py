@@ -43,8 +43,11 @@ from deepseek_pool.testing._http import (
     LINGER_RST,
     STATUS_LINES,
     BadRequest,
+    http_date,
+    origin_form,
     read_request,
 )
+from deepseek_pool.testing._shapes import BALANCE, MODEL, MODEL_LIST, dumps, fill_shape
 
 logger = logging.getLogger(__name__)
 
@@ -211,22 +214,10 @@ class FakeDeepSeek:
         self._has_balance = float(balance) > 0
         self._trickle_interval = float(trickle_interval)
         self._chunks = chunks_per_answer
-        self._models_body = json.dumps(
-            {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "deepseek"} for m in self._models]}
+        self._models_body = dumps(
+            fill_shape(MODEL_LIST, models=[fill_shape(MODEL, id=m) for m in self._models])
         ).encode()
-        self._balance_body = json.dumps(
-            {
-                "is_available": self._has_balance,
-                "balance_infos": [
-                    {
-                        "currency": "USD",
-                        "total_balance": balance,
-                        "granted_balance": "0.00",
-                        "topped_up_balance": balance,
-                    }
-                ],
-            }
-        ).encode()
+        self._balance_body = dumps(fill_shape(BALANCE, available=self._has_balance, balance=balance)).encode()
 
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
@@ -444,7 +435,7 @@ class FakeDeepSeek:
                 except BadRequest as exc:
                     body = proto.error_body(str(exc))
                     sock.sendall(
-                        f"{STATUS_LINES[exc.status]}Content-Type: application/json\r\n"
+                        f"{STATUS_LINES[exc.status]}Date: {http_date()}\r\nContent-Type: application/json\r\n"
                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1")
                         + body
                     )
@@ -470,7 +461,13 @@ class FakeDeepSeek:
     def _handle(
         self, sock: socket.socket, method: str, target: str, version: str, headers: Dict[str, str], raw: bytes
     ) -> int:
+        target = origin_form(target)
         path = target.split("?", 1)[0]
+        # HEAD is GET without a body (RFC 9110, section 9.3.2): same status and headers.
+        received_method = method
+        head_only = method == "HEAD"
+        if head_only:
+            method = "GET"
         connection = headers.get("connection", "").lower()
         keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
         body: Any = None
@@ -494,7 +491,7 @@ class FakeDeepSeek:
             self._in_flight += 1
             if self._in_flight > self._peak:
                 self._peak = self._in_flight
-            self._received.append(ReceivedRequest(method, target, headers, body))
+            self._received.append(ReceivedRequest(received_method, target, headers, body))
             rid = f"{self._id_rng.getrandbits(128):032x}"
             if eligible:
                 if self._script:
@@ -515,7 +512,7 @@ class FakeDeepSeek:
                 if self._latency is not None:
                     delay = self._draw_latency()
         rid = f"{rid[:8]}-{rid[8:12]}-{rid[12:16]}-{rid[16:20]}-{rid[20:]}"
-        ex = Exchange(self._wire, sock, rid, keep_alive, delay)
+        ex = Exchange(self._wire, sock, rid, keep_alive, delay, head_only)
         try:
             if route is None:
                 return ex.error(404, f"Not Found: no endpoint at {path}", param=None)
