@@ -771,3 +771,56 @@ def test_litellm_maps_a_429(litellm: Any, fake: FakeDeepSeek) -> None:
             max_retries=0,
         )
     assert fake.stats.by_status == {429: 1}
+
+
+# -- curl ------------------------------------------------------------------------------------------
+
+
+def test_curl_head_then_get_on_one_connection_and_through_a_proxy(fake: FakeDeepSeek) -> None:
+    """curl: a HEAD then a GET on one kept-alive connection, and, told the fake is its proxy,
+    absolute-form targets (``GET http://host/v1/models``), which must be served, not 404.
+
+    (curl tolerates a body after a HEAD; the raw-socket tests in test_fake_server.py catch that.)
+    """
+    import shutil
+    import subprocess
+
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    auth = ["-H", f"Authorization: Bearer {KEY}"]
+    both = subprocess.run(
+        [
+            curl,
+            "-sS",
+            "--max-time",
+            "10",
+            "-I",
+            *auth,
+            fake.base_url + "/models",
+            "--next",
+            "-sS",
+            "--max-time",
+            "10",
+            *auth,
+            fake.base_url + "/user/balance",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+        env={"PATH": os.environ.get("PATH", "")},
+    )
+    assert both.returncode == 0, both.stderr
+    head, _, body = both.stdout.replace("\r\n", "\n").partition("\n\n")
+    assert head.startswith("HTTP/1.1 200") and "Date: " in head
+    assert json.loads(body)["is_available"] is True
+    assert fake.stats.connections_opened == 1
+    proxied = subprocess.run(
+        [curl, "-sS", "--max-time", "10", "--proxy", fake.base_url, *auth, fake.base_url + "/v1/models"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+        env={"PATH": os.environ.get("PATH", "")},
+    )
+    assert proxied.returncode == 0 and json.loads(proxied.stdout)["data"][0]["id"] == "deepseek-flash"
+    assert [r.path for r in fake.received] == ["/models", "/user/balance", "/v1/models"]

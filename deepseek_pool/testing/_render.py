@@ -140,14 +140,20 @@ def stream_events(
 
         events.append(event(deltas["first_thinking" if thinking else "first"].fill()))
         if plan.reasoning:
-            reasoning = deltas["reasoning"]
-            events.extend(event(reasoning.fill(piece=enc(p))) for p in split_pieces(plan.reasoning, chunks))
+            # The hot path (thousands of pieces): one concatenation per event.
+            head, tail = deltas["reasoning"].around()
+            head, tail = before_delta + head, tail + between + _NULL + after
+            events.extend(head + enc(p) + tail for p in split_pieces(plan.reasoning, chunks))
         if plan.content or not plan.tool_calls:
             content = deltas["content_thinking" if thinking else "content"]
             top = plan.logprobs
-            for p in split_pieces(plan.content, chunks):
-                logprobs = _NULL if top is None else dumps(logprobs_for([p], top))
-                events.append(event(content.fill(piece=enc(p)), logprobs))
+            if top is None:
+                head, tail = content.around()
+                head, tail = before_delta + head, tail + between + _NULL + after
+                events.extend(head + enc(p) + tail for p in split_pieces(plan.content, chunks))
+            else:
+                for p in split_pieces(plan.content, chunks):
+                    events.append(event(content.fill(piece=enc(p)), dumps(logprobs_for([p], top))))
         start = deltas["tool_call_start_thinking" if thinking else "tool_call_start"]
         arguments = deltas["tool_call_arguments"]
         for index, call in enumerate(plan.tool_calls):

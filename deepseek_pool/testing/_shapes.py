@@ -54,6 +54,12 @@ class Template:
         self.parts: Tuple[str, ...] = tuple(pieces[0::2])
         self.names: Tuple[str, ...] = tuple(pieces[1::2])
 
+    def around(self) -> Tuple[str, str]:
+        """The text before and after the one slot of this template (for the hottest paths)."""
+        if len(self.names) != 1:
+            raise ValueError(f"around() needs exactly one slot, this shape has {self.names}")
+        return self.parts[0], self.parts[1]
+
     def fill(self, **json_texts: str) -> str:
         """The shape's JSON text with each slot replaced by the given (already encoded) JSON."""
         parts, names = self.parts, self.names
