@@ -442,7 +442,7 @@ def test_stream_event_sequence(fake: FakeDeepSeek, http: requests.Session) -> No
     for event in events[:-1]:
         assert event["object"] == "chat.completion.chunk" and event["model"] == "deepseek-flash"
         assert event["id"] == r.headers["x-ds-trace-id"] and isinstance(event["created"], int)
-    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": None, "reasoning_content": ""}
     deltas = [e["choices"][0]["delta"] for e in events[1:-3]]
     kinds = ["r" if d.get("reasoning_content") else "c" for d in deltas]
     assert kinds == sorted(kinds, reverse=True) and "r" in kinds and "c" in kinds  # reasoning first
@@ -843,3 +843,124 @@ def test_serve_fake_command_serves_until_ctrl_c(tmp_path: Any) -> None:
             proc.wait(TIMEOUT)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+# -- HTTP details any client may rely on ------------------------------------------------------
+
+
+def test_head_answers_headers_only_and_the_connection_stays_usable(fake: FakeDeepSeek) -> None:
+    get_length = len(requests.get(fake.base_url + "/models", headers=AUTH, timeout=TIMEOUT).content)
+    request = f"HEAD /models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n"
+    follow = f"GET /user/balance HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nConnection: close\r\n\r\n"
+    with raw(fake, (request + follow).encode()) as sock:
+        data = read_all(sock)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and f"Content-Length: {get_length}".encode() in head
+    assert rest.startswith(b"HTTP/1.1 200 "), "the HEAD answer carried a body"
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["is_available"] is True
+    assert [r.method for r in fake.received] == ["GET", "HEAD", "GET"]
+
+
+@pytest.mark.parametrize("path, status", [("/chat/completions", 405), ("/nope", 404), ("/v1/models", 200)])
+def test_head_never_has_a_body_whatever_the_status(fake: FakeDeepSeek, path: str, status: int) -> None:
+    with raw(
+        fake, f"HEAD {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nConnection: close\r\n\r\n".encode()
+    ) as sock:
+        data = read_all(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()) and body == b""
+    assert requests.head(fake.base_url + path, headers=AUTH, timeout=TIMEOUT).status_code == status
+
+
+def test_head_ignores_body_faults(fake: FakeDeepSeek) -> None:
+    fake.script("trickle:3")
+    r = requests.head(fake.base_url + "/models", headers=AUTH, timeout=TIMEOUT)
+    assert r.status_code == 200 and r.content == b"" and int(r.headers["Content-Length"]) > 0
+
+
+def test_every_answer_has_a_date_header(fake: FakeDeepSeek, http: requests.Session) -> None:
+    from email.utils import parsedate_to_datetime
+
+    answers = [
+        post(http, fake),
+        post(http, fake, stream=True),
+        http.get(fake.base_url + "/nope", timeout=TIMEOUT),
+        requests.post(fake.base_url + "/chat/completions", json={}, timeout=TIMEOUT),  # 401
+    ]
+    for r in answers:
+        when = parsedate_to_datetime(r.headers["Date"])
+        assert r.headers["Date"].endswith(" GMT") and abs(when.timestamp() - time.time()) < 5, r.headers
+    with raw(fake, b"NONSENSE\r\n\r\n") as sock:  # a malformed request still gets a dated 400
+        assert b"\r\nDate: " in read_all(sock).partition(b"\r\n\r\n")[0]
+
+
+def test_absolute_form_targets_are_served(fake: FakeDeepSeek) -> None:
+    host = fake.base_url.split("//", 1)[1]
+    request = (
+        f"GET http://{host}/models HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n\r\n"
+        f"GET http://api.deepseek.example/v1/user/balance?x=1 HTTP/1.1\r\nHost: api.deepseek.example\r\n"
+        f"Authorization: Bearer {KEY}\r\nConnection: close\r\n\r\n"
+    )
+    with raw(fake, request.encode()) as sock:
+        data = read_all(sock)
+    first, second = data.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200 ") and b'"object":"list"' in first
+    assert second.startswith(b"200 ") and b'"is_available"' in second
+    assert [r.path for r in fake.received] == ["/models", "/v1/user/balance?x=1"]
+
+
+def test_a_client_using_the_fake_as_its_http_proxy_sends_absolute_form(fake: FakeDeepSeek) -> None:
+    # requests, told the fake is its proxy, sends "POST http://<fake>/chat/completions": only
+    # loopback is ever connected to, as the target is the fake itself.
+    r = requests.post(
+        fake.base_url + "/chat/completions",
+        json={"model": "deepseek-flash", "messages": USER},
+        headers=AUTH,
+        proxies={"http": fake.base_url},
+        timeout=TIMEOUT,
+    )
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == FakeDeepSeek.answer_for(
+        "What is 2+2?"
+    )
+    assert fake.received[-1].path == "/chat/completions"
+
+
+# -- logprobs -----------------------------------------------------------------------------------
+
+
+def test_logprobs_in_the_apis_shape(fake: FakeDeepSeek, http: requests.Session) -> None:
+    body = post(http, fake, model="deepseek-chat", logprobs=True, top_logprobs=2).json()
+    choice = body["choices"][0]
+    tokens = choice["logprobs"]["content"]
+    assert set(choice["logprobs"]) == {"content"}
+    assert "".join(t["token"] for t in tokens) == choice["message"]["content"]
+    for t in tokens:
+        assert set(t) == {"token", "logprob", "bytes", "top_logprobs"} and bytes(t["bytes"]).decode() == t["token"]
+        assert t["top_logprobs"][0]["token"] == t["token"] and len(t["top_logprobs"]) == 2
+        assert all(set(a) == {"token", "logprob", "bytes"} for a in t["top_logprobs"])
+    again = post(http, fake, model="deepseek-chat", logprobs=True, top_logprobs=2).json()
+    assert again["choices"][0]["logprobs"] == choice["logprobs"]  # deterministic
+    assert post(http, fake, logprobs=False).json()["choices"][0]["logprobs"] is None
+
+
+def test_streamed_logprobs_follow_the_content_pieces(fake: FakeDeepSeek, http: requests.Session) -> None:
+    events = sse(post(http, fake, stream=True, logprobs=True, top_logprobs=1))
+    pieces = []
+    for event in events[:-1]:
+        choice = event["choices"][0]
+        if choice["delta"].get("content"):
+            [entry] = choice["logprobs"]["content"]
+            assert entry["token"] == choice["delta"]["content"] and len(entry["top_logprobs"]) == 1
+            pieces.append(entry["token"])
+        else:
+            assert choice["logprobs"] is None  # role, reasoning and finish chunks
+    assert "".join(pieces) == FakeDeepSeek.answer_for("What is 2+2?")
+
+
+@pytest.mark.parametrize(
+    "params, status",
+    [({"logprobs": "yes"}, 422), ({"logprobs": True, "top_logprobs": 21}, 422), ({"top_logprobs": 2}, 400)],
+)
+def test_logprobs_validation(fake: FakeDeepSeek, http: requests.Session, params: Dict[str, Any], status: int) -> None:
+    r = post(http, fake, **params)
+    assert r.status_code == status and "logprobs" in r.json()["error"]["message"]

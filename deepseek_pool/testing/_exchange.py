@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional
 
 from deepseek_pool.testing._faults import Fault
-from deepseek_pool.testing._http import BLANK_CHUNK, CHUNK_END, KEEPALIVE_CHUNK, STATUS_LINES
+from deepseek_pool.testing._http import BLANK_CHUNK, CHUNK_END, KEEPALIVE_CHUNK, STATUS_LINES, http_date
 from deepseek_pool.testing._protocol import error_body
 
 #: What the connection does after an answer: keep it, close it, or reset it (RST).
@@ -39,16 +39,23 @@ class Wire:
 
 
 class Exchange:
-    """The state of one answer: socket, request id, keep-alive, latency still to wait."""
+    """The state of one answer: socket, request id, keep-alive, latency still to wait.
 
-    __slots__ = ("delay", "ended", "keep_alive", "rid", "sock", "wire")
+    ``head_only`` (a HEAD request): every answer is sent as its status and headers alone, its
+    ``Content-Length`` kept, its body and body faults left out.
+    """
 
-    def __init__(self, wire: Wire, sock: socket.socket, rid: str, keep_alive: bool, delay: float) -> None:
+    __slots__ = ("delay", "ended", "head_only", "keep_alive", "rid", "sock", "wire")
+
+    def __init__(
+        self, wire: Wire, sock: socket.socket, rid: str, keep_alive: bool, delay: float, head_only: bool = False
+    ) -> None:
         self.wire = wire
         self.sock = sock
         self.rid = rid
         self.keep_alive = keep_alive
         self.delay = delay
+        self.head_only = head_only
         self.ended = False
 
     def head(self, status: int, content_type: str, length: Optional[int], extra: str = "") -> bytes:
@@ -56,7 +63,7 @@ class Exchange:
         framing = "Transfer-Encoding: chunked\r\n" if length is None else f"Content-Length: {length}\r\n"
         close = "" if self.keep_alive else "Connection: close\r\n"
         return (
-            f"{STATUS_LINES[status]}Content-Type: {content_type}\r\n{framing}"
+            f"{STATUS_LINES[status]}Date: {http_date()}\r\nContent-Type: {content_type}\r\n{framing}"
             f"x-ds-trace-id: {self.rid}\r\nx-request-id: {self.rid}\r\n{extra}{close}\r\n"
         ).encode("latin-1")
 
@@ -87,7 +94,8 @@ class Exchange:
         if not self.wait_latency():
             return CLOSE
         self.end(status)
-        self.sock.sendall(self.head(status, content_type, len(body), extra) + body)
+        head = self.head(status, content_type, len(body), extra)
+        self.sock.sendall(head if self.head_only else head + body)
         return self._after()
 
     def error(
@@ -105,7 +113,7 @@ class Exchange:
 
     def plain(self, body: bytes, fault: Optional[Fault]) -> int:
         """A non-streamed 200, with the body faults that apply to it."""
-        kind = fault.kind if fault is not None else "ok"
+        kind = fault.kind if fault is not None and not self.head_only else "ok"
         count = fault.count if fault is not None else 0
         if kind == "empty":
             return self.send(200, b" \n\n  \n")

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import BinaryIO, Dict, List, Optional, Tuple
+from urllib.parse import urlsplit
 
 MAX_LINE = 65_536
 MAX_HEADERS = 100
@@ -24,6 +27,37 @@ LINGER_RST = struct.pack("ii", 1, 0)
 
 #: (method, target, version, lower-cased headers, body)
 Request = Tuple[str, str, str, Dict[str, str], bytes]
+
+
+_date_cache: Tuple[int, str] = (0, "")
+
+
+def http_date() -> str:
+    """Now as an RFC 9110 IMF-fixdate (``Sun, 06 Nov 1994 08:49:37 GMT``), for the ``Date`` header.
+
+    An origin server with a clock must send ``Date`` (RFC 9110, section 6.6.1); the text is
+    rebuilt once a second, not once per answer.
+    """
+    global _date_cache
+    now = int(time.time())
+    second, text = _date_cache
+    if second != now:
+        text = formatdate(now, usegmt=True)
+        _date_cache = (now, text)
+    return text
+
+
+def origin_form(target: str) -> str:
+    """The ``/path?query`` of a request target, whether origin-form or absolute-form.
+
+    A server must accept the absolute form (``GET http://host/models``, RFC 9112, section 3.2.2),
+    which clients send to a proxy and some send everywhere.
+    """
+    if target.startswith("/") or "://" not in target:
+        return target
+    parts = urlsplit(target)
+    path = parts.path or "/"
+    return f"{path}?{parts.query}" if parts.query else path
 
 
 class BadRequest(Exception):

@@ -14,6 +14,7 @@ from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 # Old ids are rewritten to the canonical one in the response ``model`` field, as the service does.
 from deepseek_pool.models import ALIASES
+from deepseek_pool.testing._shapes import ERROR, dumps, fill_shape
 
 #: Roles a chat message may have.
 ROLES: Tuple[str, ...] = ("system", "user", "assistant", "tool")
@@ -25,9 +26,8 @@ MAX_CONTEXT_TOKENS = 1_000_000
 MAX_OUTPUT_TOKENS = 393_216
 MAX_FIM_TOKENS = 4096
 REASONING_EFFORTS: FrozenSet[str] = frozenset({"low", "medium", "high", "max"})
-
-# One prebuilt encoder: compact like the service, and cheaper than json.dumps(**options) per call.
-dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+#: ``top_logprobs`` is "an integer between 0 and 20" (API doc).
+MAX_TOP_LOGPROBS = 20
 _DESERIALIZE = "Failed to deserialize the JSON body into the target type: "
 
 
@@ -64,7 +64,7 @@ def error_body(
     param: Optional[str] = None,
 ) -> bytes:
     """Serialize DeepSeek's error shape ``{"error": {"message", "type", "param", "code"}}``."""
-    return dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
+    return dumps(fill_shape(ERROR, message=message, type=type_, param=param, code=code)).encode()
 
 
 def tokens(text: str) -> int:
@@ -138,6 +138,7 @@ class Plan:
     include_usage: bool
     cache_keys: List[int] = field(default_factory=list)  # cumulative prefix hashes
     cache_tokens: List[int] = field(default_factory=list)  # tokens up to each prefix
+    logprobs: Optional[int] = None  # None: no logprobs; else how many top_logprobs per token
 
     def completion_tokens(self) -> Tuple[int, int]:
         """Return (completion tokens, reasoning tokens)."""
@@ -219,6 +220,24 @@ def _stream_flags(body: Dict[str, Any]) -> Tuple[bool, bool]:
             raise _bad_type("stream_options.include_usage: ", flag, "a boolean")
         include_usage = flag
     return bool(stream), include_usage
+
+
+def _logprobs(body: Dict[str, Any]) -> Optional[int]:
+    """``logprobs`` / ``top_logprobs``: None when off, else the number of alternatives per token."""
+    on = body.get("logprobs")
+    if on is not None and not isinstance(on, bool):
+        raise _bad_type("logprobs: ", on, "a boolean")
+    top = body.get("top_logprobs")
+    if top is not None:
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise ApiError(
+                422,
+                f"Invalid top_logprobs value, the valid range of top_logprobs is [0, {MAX_TOP_LOGPROBS}]",
+                param="top_logprobs",
+            )
+        if not on:
+            raise ApiError(400, "`logprobs` must be true when `top_logprobs` is set", param="top_logprobs")
+    return (top or 0) if on else None
 
 
 def _messages(body: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -439,6 +458,7 @@ def plan_chat(body: Any, models: FrozenSet[str], ordered_models: Sequence[str], 
     tool, forced = _chosen_tool(body, tools)
     thinking = _thinking(body, body["model"])
     json_mode = _json_mode(body, messages)
+    logprobs = _logprobs(body)
 
     last = messages[-1]
     if last.get("prefix") is True and last["role"] == "assistant" and not beta:
@@ -461,11 +481,11 @@ def plan_chat(body: Any, models: FrozenSet[str], ordered_models: Sequence[str], 
         calls = message.get("tool_calls")
         if role == "assistant" and calls:
             if thinking and not isinstance(message.get("reasoning_content"), str):
+                # The API's own first sentence (as users report it), then where it is missing.
                 raise ApiError(
                     400,
-                    f"Missing `reasoning_content` field in the assistant message at "
-                    f"message index {i}. In thinking mode every assistant message "
-                    "with `tool_calls` must be sent back with its `reasoning_content`.",
+                    "The `reasoning_content` in the thinking mode must be passed back to the API. "
+                    f"Missing in the assistant message with `tool_calls` at messages[{i}].",
                     param="messages",
                 )
             text += dumps(calls)
@@ -499,7 +519,18 @@ def plan_chat(body: Any, models: FrozenSet[str], ordered_models: Sequence[str], 
             answer = dumps({"answer": answer})
         content, reasoning, finish = _budget(answer, reasoning, max_tokens, stops)
     return Plan(
-        "chat", model, content, reasoning, tool_calls, finish, total, stream, include_usage, cache_keys, cache_tokens
+        "chat",
+        model,
+        content,
+        reasoning,
+        tool_calls,
+        finish,
+        total,
+        stream,
+        include_usage,
+        cache_keys,
+        cache_tokens,
+        logprobs,
     )
 
 

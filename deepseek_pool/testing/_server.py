@@ -43,8 +43,11 @@ from deepseek_pool.testing._http import (
     LINGER_RST,
     STATUS_LINES,
     BadRequest,
+    http_date,
+    origin_form,
     read_request,
 )
+from deepseek_pool.testing._shapes import BALANCE, MODEL, MODEL_LIST, dumps, fill_shape
 
 logger = logging.getLogger(__name__)
 
@@ -219,22 +222,10 @@ class FakeDeepSeek:
         self._chunks = chunks_per_answer
         self._max_concurrency = max_concurrency
         self._generating = 0  # chat and FIM requests in flight, for the cap
-        self._models_body = json.dumps(
-            {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "deepseek"} for m in self._models]}
+        self._models_body = dumps(
+            fill_shape(MODEL_LIST, models=[fill_shape(MODEL, id=m) for m in self._models])
         ).encode()
-        self._balance_body = json.dumps(
-            {
-                "is_available": self._has_balance,
-                "balance_infos": [
-                    {
-                        "currency": "USD",
-                        "total_balance": balance,
-                        "granted_balance": "0.00",
-                        "topped_up_balance": balance,
-                    }
-                ],
-            }
-        ).encode()
+        self._balance_body = dumps(fill_shape(BALANCE, available=self._has_balance, balance=balance)).encode()
 
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
@@ -452,7 +443,7 @@ class FakeDeepSeek:
                 except BadRequest as exc:
                     body = proto.error_body(str(exc))
                     sock.sendall(
-                        f"{STATUS_LINES[exc.status]}Content-Type: application/json\r\n"
+                        f"{STATUS_LINES[exc.status]}Date: {http_date()}\r\nContent-Type: application/json\r\n"
                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1")
                         + body
                     )
@@ -478,7 +469,13 @@ class FakeDeepSeek:
     def _handle(
         self, sock: socket.socket, method: str, target: str, version: str, headers: Dict[str, str], raw: bytes
     ) -> int:
+        target = origin_form(target)
         path = target.split("?", 1)[0]
+        # HEAD is GET without a body (RFC 9110, section 9.3.2): same status and headers.
+        received_method = method
+        head_only = method == "HEAD"
+        if head_only:
+            method = "GET"
         connection = headers.get("connection", "").lower()
         keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
         body: Any = None
@@ -502,7 +499,7 @@ class FakeDeepSeek:
             self._in_flight += 1
             if self._in_flight > self._peak:
                 self._peak = self._in_flight
-            self._received.append(ReceivedRequest(method, target, headers, body))
+            self._received.append(ReceivedRequest(received_method, target, headers, body))
             rid = f"{self._id_rng.getrandbits(128):032x}"
             over_cap = counted = False
             if eligible and route is not None and route[1] in ("chat", "fim") and self._max_concurrency is not None:
@@ -529,7 +526,7 @@ class FakeDeepSeek:
                 if self._latency is not None:
                     delay = self._draw_latency()
         rid = f"{rid[:8]}-{rid[8:12]}-{rid[12:16]}-{rid[16:20]}-{rid[20:]}"
-        ex = Exchange(self._wire, sock, rid, keep_alive, delay)
+        ex = Exchange(self._wire, sock, rid, keep_alive, delay, head_only)
         try:
             if route is None:
                 return ex.error(404, f"Not Found: no endpoint at {path}", param=None)
