@@ -152,6 +152,7 @@ class ChatCompletion:
     :ivar tool_calls: OpenAI-shaped tool calls, or None.
     :ivar finish_reason: ``stop``, ``length``, ``tool_calls``, ``content_filter`` ...
     :ivar usage: token counts (:class:`Usage`) or None.
+    :ivar logprobs: the choice's ``logprobs`` (``{"content": [...]}``) when asked for, else None.
     :ivar request_id: the server's request id header, when it sent one.
     """
 
@@ -159,6 +160,7 @@ class ChatCompletion:
         "content",
         "finish_reason",
         "id",
+        "logprobs",
         "model",
         "raw",
         "reasoning_content",
@@ -179,6 +181,7 @@ class ChatCompletion:
         self.reasoning_content: Optional[str] = message.get("reasoning_content")
         self.tool_calls: Optional[List[Dict[str, Any]]] = message.get("tool_calls") or None
         self.finish_reason: Optional[str] = choice.get("finish_reason")
+        self.logprobs: Optional[Dict[str, Any]] = choice.get("logprobs")
         self.usage = Usage.from_dict(raw.get("usage"))
 
     def to_message(self) -> Dict[str, Any]:
@@ -276,13 +279,25 @@ class ChatCompletionBuilder:
     accumulated per ``index`` (parallel calls interleave).
     """
 
-    __slots__ = ("_content", "_created", "_finish", "_id", "_model", "_reasoning", "_tools", "_usage", "chunks")
+    __slots__ = (
+        "_content",
+        "_created",
+        "_finish",
+        "_id",
+        "_logprobs",
+        "_model",
+        "_reasoning",
+        "_tools",
+        "_usage",
+        "chunks",
+    )
 
     def __init__(self) -> None:
         self._content: List[str] = []
         self._reasoning: List[str] = []
         self._tools: Dict[int, Dict[str, Any]] = {}
         self._finish: Optional[str] = None
+        self._logprobs: Optional[List[Any]] = None
         self._usage: Optional[Dict[str, Any]] = None
         self._id = ""
         self._model = ""
@@ -316,6 +331,11 @@ class ChatCompletionBuilder:
         finish = chunk._choice.get("finish_reason")
         if finish:
             self._finish = finish
+        logprobs = chunk._choice.get("logprobs")
+        if logprobs:
+            if self._logprobs is None:
+                self._logprobs = []
+            self._logprobs.extend(logprobs.get("content") or ())
 
     @property
     def finish_reason(self) -> Optional[str]:
@@ -358,7 +378,14 @@ class ChatCompletionBuilder:
             "object": "chat.completion",
             "created": self._created,
             "model": self._model,
-            "choices": [{"index": 0, "message": message, "finish_reason": self._finish}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None if self._logprobs is None else {"content": self._logprobs},
+                    "finish_reason": self._finish,
+                }
+            ],
         }
         if self._usage is not None:
             raw["usage"] = self._usage

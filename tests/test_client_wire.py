@@ -466,3 +466,15 @@ def test_a_streamed_answer_cut_for_lack_of_resources_is_retried(fake: FakeDeepSe
     assert completion.content == FakeDeepSeek.answer_for("x")
     assert completion.finish_reason == "stop"
     assert fake.stats.requests == 2
+
+
+def test_logprobs_reach_the_completion_streamed_and_not(fake: FakeDeepSeek) -> None:
+    client = dp.DeepSeekClient("sk-test", base_url=fake.base_url)
+    plain = client.chat("Say hi", logprobs=True, top_logprobs=2, thinking=False)
+    streamed = client.chat("Say hi", logprobs=True, top_logprobs=2, thinking=False, stream=True)
+    assert plain.logprobs is not None and plain.logprobs["content"]
+    assert streamed.logprobs is not None
+    assert [entry["token"] for entry in streamed.logprobs["content"]] == [
+        entry["token"] for entry in plain.logprobs["content"]
+    ]
+    assert client.chat("Say hi", thinking=False).logprobs is None
