@@ -185,7 +185,7 @@ def _decode(value: Any) -> Any:
 # -- the rules (each runs inside one transaction) ------------------------------------
 
 
-def _fill(state: BudgetState, config: BudgetConfig, now: float) -> None:
+def fill(state: BudgetState, config: BudgetConfig, now: float) -> None:
     """First use of a budget, or a budget whose configured limits changed."""
     if state.budget_left < 0:
         state.budget_left = config.retry_budget or 0
@@ -209,7 +209,7 @@ def cap_of(state: BudgetState) -> float:
 
 def try_start(state: BudgetState, config: BudgetConfig, now: float, tokens: int, lease: Lease) -> float:
     """Admit a start (record its lease, return 0.0) or say how long to wait (inf: until a release)."""
-    _fill(state, config, now)
+    fill(state, config, now)
     cap = cap_of(state)
     if cap != math.inf and state.alive(now) >= cap:
         return math.inf
@@ -251,7 +251,7 @@ def finish(
     ok: bool,
 ) -> None:
     """A call ended: give its slot back, correct its token reservation, learn from its success."""
-    _fill(state, config, now)
+    fill(state, config, now)
     state.drop(lease_id)
     state.finished += 1
     if tokens_used is not None:
@@ -280,7 +280,7 @@ def rate_limited(state: BudgetState, config: BudgetConfig, now: float, seconds: 
     concurrency), which holds new starts for :data:`SPORADIC_COOL_DOWN` at most and
     leaves retries to their own backoff, so that sporadic 429s cost little.
     """
-    _fill(state, config, now)
+    fill(state, config, now)
     state.rate_limited += 1
     state.cool_downs += 1
     if signal.named_cap is not None:
@@ -300,7 +300,7 @@ def rate_limited(state: BudgetState, config: BudgetConfig, now: float, seconds: 
 
 def spend_retry(state: BudgetState, config: BudgetConfig, now: float, cost: int) -> Optional[int]:
     """Pay ``cost`` from the retry budget; None when it cannot pay (the retry is refused)."""
-    _fill(state, config, now)
+    fill(state, config, now)
     if config.retry_budget is None:
         state.retries += 1
         return 0

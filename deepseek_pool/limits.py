@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, Optional, Set, Type, Union
 
 from . import budget
-from .budget import BudgetConfig, BudgetState, Lease, RateLimitSignal
+from .budget import BudgetConfig, RateLimitSignal
 from .errors import RetryBudgetExceeded
 from .storage import Storage, storage_from_uri
 
@@ -310,10 +310,7 @@ class Limiter:
         """One attempt at a start (the caller holds ``self._lock``): a Permit, or seconds to wait."""
         storage = self.storage
         lease_id = f"{self._pid}:{next(self._lease_ids)}"
-        with storage.transaction(self.name) as state:
-            now = storage.clock()
-            expires = now + self.lease_seconds if storage.leases_expire else math.inf
-            delay = budget.try_start(state, self._config, now, tokens, Lease(lease_id, expires, self._pid))
+        delay = storage.start(self.name, self._config, tokens, lease_id, self.lease_seconds)
         if delay > 0.0:
             return delay
         if storage.leases_expire:
@@ -460,17 +457,15 @@ class Limiter:
                 raise RuntimeError("permit already released")
             permit._released = True
             self._held.discard(permit.lease)
-            with storage.transaction(self.name) as state:
-                budget.finish(
-                    state,
-                    self._config,
-                    storage.clock(),
-                    permit.lease,
-                    reserved=permit.tokens,
-                    tokens_used=tokens_used,
-                    earned=earned,
-                    ok=ok,
-                )
+            storage.finish(
+                self.name,
+                self._config,
+                permit.lease,
+                reserved=permit.tokens,
+                tokens_used=tokens_used,
+                earned=earned,
+                ok=ok,
+            )
             if self._waiters:
                 self._waiters[0].set()
 
@@ -492,15 +487,11 @@ class Limiter:
             raise ValueError(f"cool-down seconds must be a finite number >= 0, got {seconds!r}")
         if signal is None:
             signal = budget.rate_limit_signal(message) if message is not None else RateLimitSignal()
-        storage = self.storage
-        with self._lock, storage.transaction(self.name) as state:
-            now = storage.clock()
-            quiet = state.cool_until <= now
-            budget.rate_limited(state, self._config, now, seconds, signal)
-            cap = state.cap
+        with self._lock:
+            cap = self.storage.rate_limited(self.name, self._config, seconds, signal)
         if signal.named_cap is not None:
             log.warning("DeepSeek named its concurrency cap: %d; the limiter's cap is now %g", signal.named_cap, cap)
-        elif quiet and seconds > 0:
+        elif seconds > 0:
             log.info("rate limited: holding new calls back for up to %.2f s (cap %g)", seconds, cap)
 
     def wait_before_retry(
@@ -532,7 +523,7 @@ class Limiter:
                     with self._lock:
                         self._cancellations += 1
                     raise CancelledError("retry wait cancelled")
-                hold = self._retry_hold_left()
+                hold = self.storage.retry_hold(self.name)
                 now = clock()
                 wait = max(end - now, hold)
                 if wait <= 0.0:
@@ -551,11 +542,6 @@ class Limiter:
             with self._lock:
                 self._retry_waiters.discard(waiter)
 
-    def _retry_hold_left(self) -> float:
-        storage = self.storage
-        with storage.transaction(self.name) as state:
-            return state.retry_hold_until - storage.clock()
-
     def spend_retry(self, kind: str = "status", *, permit: Optional[Permit] = None) -> int:
         """Pay for one retry from the shared budget; return what it cost.
 
@@ -568,11 +554,8 @@ class Limiter:
         cost = RETRY_COSTS.get(kind)
         if cost is None:
             raise ValueError(f"kind must be one of {sorted(RETRY_COSTS)}, got {kind!r}")
-        storage = self.storage
         with self._lock:
-            with storage.transaction(self.name) as state:
-                paid = budget.spend_retry(state, self._config, storage.clock(), cost)
-                left = state.budget_left
+            paid, left = self.storage.spend_retry(self.name, self._config, cost)
             if paid is not None:
                 self._budget_exhausted = False
                 if permit is not None:
@@ -602,26 +585,24 @@ class Limiter:
     @property
     def stats(self) -> LimiterStats:
         """A consistent snapshot of the counters (the budget's from one transaction)."""
-        storage = self.storage
-        with self._lock, storage.transaction(self.name) as state:
-            now = storage.clock()
-            budget._fill(state, self._config, now)
-            in_flight = state.alive(now)
-            figures = _budget_figures(state)
-            cooling = max(0.0, state.cool_until - now)
-            cap = None if state.cap == math.inf else state.cap
-            left = None if self._config.retry_budget is None else int(state.budget_left)
+        with self._lock:
+            shared = self.storage.snapshot(self.name, self._config)
             return LimiterStats(
-                in_flight=in_flight,
+                in_flight=shared.in_flight,
+                started=shared.started,
+                finished=shared.finished,
                 waiting=len(self._waiters),
                 throttled=self._throttled,
                 wait_seconds=self._wait_seconds,
                 timeouts=self._timeouts,
                 cancellations=self._cancellations,
-                cooling_for=cooling,
-                retry_budget=left,
-                cap=cap,
-                **figures,
+                cool_downs=shared.cool_downs,
+                cooling_for=shared.cooling_for,
+                retries=shared.retries,
+                retries_refused=shared.retries_refused,
+                retry_budget=None if self._config.retry_budget is None else shared.budget_left,
+                tokens_used=shared.tokens_used,
+                cap=None if shared.cap == math.inf else shared.cap,
             )
 
     def _start_renewer(self) -> None:
@@ -634,9 +615,7 @@ class Limiter:
         with self._lock:
             held = list(self._held)
         if held:
-            storage = self.storage
-            with storage.transaction(self.name) as state:
-                state.renew(held, storage.clock() + self.lease_seconds)
+            self.storage.renew(self.name, held, self.lease_seconds)
 
     def close(self) -> None:
         """Stop renewing leases and close the storage if this limiter opened it."""
@@ -648,17 +627,6 @@ class Limiter:
         # The parent's calls, waiters and renewal thread stay in the parent.
         self._reset_local()
         self.storage.after_fork()
-
-
-def _budget_figures(state: BudgetState) -> Dict[str, Any]:
-    return {
-        "started": state.started,
-        "finished": state.finished,
-        "cool_downs": state.cool_downs,
-        "retries": state.retries,
-        "retries_refused": state.retries_refused,
-        "tokens_used": state.tokens_used,
-    }
 
 
 def _renew_leases(ref: weakref.ReferenceType[Limiter], closed: threading.Event) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Optional
 
 from .budget import BudgetState, Lease
 from .errors import ConfigurationError
-from .storage import Storage
+from .storage import TransactionalStorage
 
 __all__ = ["SQLiteStorage"]
 
@@ -89,7 +89,7 @@ class _SQLiteState(BudgetState):
         )
 
 
-class SQLiteStorage(Storage):
+class SQLiteStorage(TransactionalStorage):
     """Budgets in an SQLite database file shared by the processes of one machine."""
 
     shared = True

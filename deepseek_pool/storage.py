@@ -1,18 +1,15 @@
 """Where a :class:`~deepseek_pool.Limiter`'s budget lives: this process, this machine, or further.
 
-A storage keeps one :class:`~deepseek_pool.budget.BudgetState` per budget name and runs
-the limiter's rules on it atomically. The interface is small, so that users' own
-storages plug in:
-
-* :meth:`Storage.transaction` -- a context manager that yields the state of one
-  budget, locked against every other sharer, and saves it when the block ends;
-* :meth:`Storage.clock` -- the clock every sharer agrees on (lease expiries and
-  cool-downs are in it);
-* :attr:`Storage.shared` -- whether other processes change the state (then a waiting
-  limiter polls, as no release of theirs can wake it);
-* :attr:`Storage.leases_expire` -- whether leases must be renewed (a storage that dies
-  with its process needs no expiry);
-* :meth:`Storage.close` and :meth:`Storage.after_fork`.
+A storage keeps the state of each named budget and applies the limiter's operations to
+it atomically: :class:`Storage` lists them (start, finish, rate_limited, spend_retry,
+retry_hold, renew, snapshot). Most storages need only two methods: a
+:class:`TransactionalStorage` gives :meth:`~TransactionalStorage.transaction` (the state
+of one budget, held against every other sharer, saved when the block ends) and
+:meth:`~Storage.clock` (the clock every sharer agrees on), and the rules of
+:mod:`deepseek_pool.budget` do the rest. Two flags tell the limiter how to behave:
+:attr:`~Storage.shared` (other processes change the state: a waiting limiter polls, as no
+release of theirs can wake it) and :attr:`~Storage.leases_expire` (leases must be
+renewed; a storage that dies with its process needs no expiry).
 
 Storages are chosen by URI, as Celery's broker URLs and Flask-Limiter's ``storage_uri``
 are (:func:`storage_from_uri`): ``memory://`` (the default: this limiter alone),
@@ -23,18 +20,51 @@ are (:func:`storage_from_uri`): ``memory://`` (the default: this limiter alone),
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from .budget import BudgetState, Lease
+from . import budget
+from .budget import BudgetConfig, BudgetState, Lease, RateLimitSignal
 from .errors import ConfigurationError
 
-__all__ = ["MemoryStorage", "Storage", "register_scheme", "storage_from_uri"]
+__all__ = [
+    "BudgetSnapshot",
+    "MemoryStorage",
+    "Storage",
+    "TransactionalStorage",
+    "register_scheme",
+    "storage_from_uri",
+]
+
+
+@dataclass(frozen=True)
+class BudgetSnapshot:
+    """A budget's shared figures at one moment (what :attr:`Limiter.stats` shows of it)."""
+
+    in_flight: int
+    cap: float
+    cooling_for: float
+    budget_left: int
+    started: int
+    finished: int
+    cool_downs: int
+    retries: int
+    retries_refused: int
+    tokens_used: int
 
 
 class Storage:
-    """The interface every storage implements (see the module docstring)."""
+    """The operations a limiter asks of its storage; each is atomic across every sharer.
+
+    ``config`` is the asking limiter's :class:`~deepseek_pool.budget.BudgetConfig`; the
+    rules are those of :mod:`deepseek_pool.budget`. :class:`TransactionalStorage`
+    implements all of them over one method, :meth:`~TransactionalStorage.transaction`;
+    a storage with a scripting engine (Redis and Lua) may implement them natively.
+    """
 
     #: other processes may change the state: waiters poll it
     shared = False
@@ -45,8 +75,41 @@ class Storage:
         """Seconds on the clock every sharer of this storage agrees on."""
         raise NotImplementedError
 
-    def transaction(self, name: str) -> contextlib.AbstractContextManager[BudgetState]:
-        """The state of budget ``name``, held exclusively until the block ends, then saved."""
+    def start(self, name: str, config: BudgetConfig, tokens: int, lease: str, lease_seconds: float) -> float:
+        """Admit a start under lease id ``lease`` (0.0) or say how long to wait (inf: for a release)."""
+        raise NotImplementedError
+
+    def finish(
+        self,
+        name: str,
+        config: BudgetConfig,
+        lease: str,
+        *,
+        reserved: int,
+        tokens_used: Optional[int],
+        earned: int,
+        ok: bool,
+    ) -> None:
+        """A call ended: free its lease, settle its tokens, let a success raise the cap."""
+        raise NotImplementedError
+
+    def rate_limited(self, name: str, config: BudgetConfig, seconds: float, signal: RateLimitSignal) -> float:
+        """A 429: lower the cap if it says so, cool down; return the cap after."""
+        raise NotImplementedError
+
+    def spend_retry(self, name: str, config: BudgetConfig, cost: int) -> Tuple[Optional[int], int]:
+        """Pay for a retry: (what it cost or None when refused, what is left)."""
+        raise NotImplementedError
+
+    def retry_hold(self, name: str) -> float:
+        """Seconds retries must still wait (a cool-down about concurrency), <= 0 when none."""
+        raise NotImplementedError
+
+    def renew(self, name: str, leases: Iterable[str], lease_seconds: float) -> None:
+        """Push the expiry of these leases ``lease_seconds`` ahead."""
+        raise NotImplementedError
+
+    def snapshot(self, name: str, config: BudgetConfig) -> BudgetSnapshot:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -54,6 +117,74 @@ class Storage:
 
     def after_fork(self) -> None:
         """In a forked child: drop what the parent's connections and threads held."""
+
+
+class TransactionalStorage(Storage):
+    """A storage that runs :mod:`deepseek_pool.budget`'s rules on a state it loads and saves.
+
+    Subclasses give :meth:`transaction` (the state of one budget, held exclusively until
+    the block ends, then saved) and :meth:`clock`; everything else follows.
+    """
+
+    def transaction(self, name: str) -> contextlib.AbstractContextManager[BudgetState]:
+        raise NotImplementedError
+
+    def start(self, name: str, config: BudgetConfig, tokens: int, lease: str, lease_seconds: float) -> float:
+        with self.transaction(name) as state:
+            now = self.clock()
+            expires = now + lease_seconds if self.leases_expire else math.inf
+            return budget.try_start(state, config, now, tokens, Lease(lease, expires, os.getpid()))
+
+    def finish(
+        self,
+        name: str,
+        config: BudgetConfig,
+        lease: str,
+        *,
+        reserved: int,
+        tokens_used: Optional[int],
+        earned: int,
+        ok: bool,
+    ) -> None:
+        with self.transaction(name) as state:
+            budget.finish(
+                state, config, self.clock(), lease, reserved=reserved, tokens_used=tokens_used, earned=earned, ok=ok
+            )
+
+    def rate_limited(self, name: str, config: BudgetConfig, seconds: float, signal: RateLimitSignal) -> float:
+        with self.transaction(name) as state:
+            budget.rate_limited(state, config, self.clock(), seconds, signal)
+            return state.cap
+
+    def spend_retry(self, name: str, config: BudgetConfig, cost: int) -> Tuple[Optional[int], int]:
+        with self.transaction(name) as state:
+            paid = budget.spend_retry(state, config, self.clock(), cost)
+            return paid, int(state.budget_left)
+
+    def retry_hold(self, name: str) -> float:
+        with self.transaction(name) as state:
+            return float(state.retry_hold_until - self.clock())
+
+    def renew(self, name: str, leases: Iterable[str], lease_seconds: float) -> None:
+        with self.transaction(name) as state:
+            state.renew(list(leases), self.clock() + lease_seconds)
+
+    def snapshot(self, name: str, config: BudgetConfig) -> BudgetSnapshot:
+        with self.transaction(name) as state:
+            now = self.clock()
+            budget.fill(state, config, now)
+            return BudgetSnapshot(
+                in_flight=state.alive(now),
+                cap=state.cap,
+                cooling_for=max(0.0, state.cool_until - now),
+                budget_left=int(state.budget_left),
+                started=state.started,
+                finished=state.finished,
+                cool_downs=state.cool_downs,
+                retries=state.retries,
+                retries_refused=state.retries_refused,
+                tokens_used=state.tokens_used,
+            )
 
 
 class _MemoryState(BudgetState):
@@ -76,7 +207,7 @@ class _MemoryState(BudgetState):
         pass
 
 
-class MemoryStorage(Storage):
+class MemoryStorage(TransactionalStorage):
     """Budgets in this process's memory, behind one lock: the fast default.
 
     ``storage="memory://"`` gives each limiter a storage of its own; to share one budget
