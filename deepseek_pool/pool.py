@@ -28,16 +28,41 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 from .calls import CallControl, CallHandle, RetryCancelled, RetryEvent
 from .client import DeepSeekClient
 from .errors import APIStatusError, APITimeoutError, status_error
 from .limits import Limiter, Permit
 from .messages import Messages, normalize_messages
+from .models import ModelPrice
+from .spend import UNSET_MAX_TOKENS_RESERVE, Reservation, SpendCap
 from .types import ChatChunk, ChatCompletion, Usage
 
-__all__ = ["DeepSeekPool", "PoolStats", "Request", "Result", "parse_request"]
+__all__ = [
+    "BATCH_URLS",
+    "DeepSeekPool",
+    "DrainStopped",
+    "PoolStats",
+    "Request",
+    "Result",
+    "Routed",
+    "parse_request",
+    "route_request",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +84,20 @@ ABORT_WAIT = 2.0
 DEFAULT_COMPLETION_RESERVE = 1024
 #: Statuses after which a pool sends nothing more: the key is wrong, the balance is spent.
 STOP_STATUSES = frozenset({401, 402})
-_CHAT_URLS = ("/chat/completions", "/v1/chat/completions", "/beta/chat/completions")
+#: The ``url`` of an OpenAI batch line -> where the pool sends it: ``"chat"`` (the client's
+#: ``base_url``), ``"beta"`` (chat at the client's ``beta_url``: prefix completion, strict
+#: tools) or ``"fim"`` (``client.fim``). Any other url is refused before anything is sent.
+BATCH_URLS: Mapping[str, str] = {
+    "/chat/completions": "chat",
+    "/v1/chat/completions": "chat",
+    "/beta/chat/completions": "beta",
+    "/beta/completions": "fim",
+}
+
+
+class DrainStopped(RetryCancelled):
+    """Not sent: the pool is draining (``as_completed(stop=...)`` was set), so no request of
+    any kind goes out, retries included. The call was never answered: run it again later."""
 
 
 class Result:
@@ -138,26 +176,46 @@ class PoolStats:
         return self.submitted - self.done - self.cancelled
 
 
+class Routed(NamedTuple):
+    """A request split up: its ``custom_id``, messages (the prompt for FIM), params and endpoint."""
+
+    custom_id: Optional[str]
+    messages: Messages
+    params: Dict[str, Any]
+    endpoint: str  # "chat", "beta" or "fim" (see BATCH_URLS)
+
+
 def parse_request(request: Request) -> Tuple[Optional[str], Messages, Dict[str, Any]]:
     """Split a request into ``(custom_id, messages, params)``; raise naming the problem.
 
     Accepted: a str; a list of messages; a dict of chat params (``messages`` or
     ``prompt``, optional ``custom_id``); an OpenAI batch line
-    ``{"custom_id", "method", "url", "body"}``.
+    ``{"custom_id", "method", "url", "body"}`` (see :func:`route_request` for its endpoint).
+    """
+    custom_id, messages, params, _endpoint = route_request(request)
+    return custom_id, messages, params
+
+
+def route_request(request: Request) -> Routed:
+    """Like :func:`parse_request`, and also say where the request goes (:data:`BATCH_URLS`).
+
+    For a ``/beta/completions`` (FIM) line, ``messages`` is the body's ``prompt``.
     """
     if isinstance(request, str):
-        return None, request, {}
+        return Routed(None, request, {}, "chat")
     if isinstance(request, (list, tuple)):
-        return None, request, {}
+        return Routed(None, request, {}, "chat")
     if not isinstance(request, Mapping):
         raise TypeError(f"a request must be a str, a list of messages or a dict, got {type(request).__name__}")
     custom_id = request.get("custom_id")
     if custom_id is not None and not isinstance(custom_id, str):
         raise TypeError(f"custom_id must be a str, got {custom_id!r}")
+    endpoint = "chat"
     if "body" in request:
         url = request.get("url", "/v1/chat/completions")
-        if url not in _CHAT_URLS:
-            raise ValueError(f"unsupported batch url {url!r}; only /v1/chat/completions is supported")
+        endpoint = BATCH_URLS.get(url) if isinstance(url, str) else None  # type: ignore[assignment]
+        if endpoint is None:
+            raise ValueError(f"unsupported batch url {url!r}; supported: {', '.join(BATCH_URLS)}")
         method = request.get("method", "POST")
         if str(method).upper() != "POST":
             raise ValueError(f"unsupported batch method {method!r}; expected POST")
@@ -167,6 +225,15 @@ def parse_request(request: Request) -> Tuple[Optional[str], Messages, Dict[str, 
         params = dict(body)
     else:
         params = {key: value for key, value in request.items() if key not in POOL_KEYS}
+    if endpoint == "fim":
+        prompt = params.pop("prompt", None)
+        if not isinstance(prompt, str):
+            raise TypeError(f"a /beta/completions body needs a str 'prompt', got {type(prompt).__name__}")
+        if "messages" in params:
+            raise ValueError("a /beta/completions (FIM) body takes 'prompt' and 'suffix', not 'messages'")
+        if params.get("stream"):
+            raise ValueError("streaming is not supported for /beta/completions in a batch")
+        return Routed(custom_id, prompt, params, endpoint)
     if "messages" in params:
         messages = params.pop("messages")
         if "prompt" in params:
@@ -177,11 +244,20 @@ def parse_request(request: Request) -> Tuple[Optional[str], Messages, Dict[str, 
             raise TypeError(f"prompt must be a str, got {type(messages).__name__}")
     else:
         raise ValueError("a request dict needs 'messages' (or 'prompt')")
-    return custom_id, messages, params
+    return Routed(custom_id, messages, params, endpoint)
 
 
 def estimate_tokens(messages: Messages, params: Mapping[str, Any]) -> int:
     """Tokens to reserve before a call: prompt characters / 4 plus the answer's cap."""
+    max_tokens = params.get("max_tokens")
+    reserve = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else DEFAULT_COMPLETION_RESERVE
+    return estimate_prompt_tokens(messages, params) + reserve
+
+
+def estimate_prompt_tokens(messages: Messages, params: Mapping[str, Any]) -> int:
+    """The prompt's tokens, estimated: characters / 4, plus 4 per message."""
+    suffix = params.get("suffix")
+    extra = len(suffix) if isinstance(suffix, str) else 0
     if isinstance(messages, str):
         chars = len(messages)
         count = 1
@@ -192,18 +268,37 @@ def estimate_tokens(messages: Messages, params: Mapping[str, Any]) -> int:
             content = message.get("content") if isinstance(message, Mapping) else None
             if isinstance(content, str):
                 chars += len(content)
-    max_tokens = params.get("max_tokens")
-    reserve = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else DEFAULT_COMPLETION_RESERVE
-    return chars // 4 + 4 * count + reserve
+    return (chars + extra) // 4 + 4 * count
+
+
+class _Drain:
+    """One ``as_completed`` iteration's graceful stop, as its calls see it.
+
+    ``stop`` is the caller's event: once set, no attempt of any kind starts (checked
+    before every attempt and retry). ``wake`` is set when the iteration notices the stop
+    or is cancelled: it ends limiter waits and backoff sleeps at once.
+    """
+
+    __slots__ = ("stop", "wake")
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.wake = threading.Event()
 
 
 class _PoolCall(CallControl):
     """One pool call's control: its attempts feed the pool's limiter and stop."""
 
     def __init__(
-        self, pool: DeepSeekPool, permit: Permit, deadline: Optional[float], cancelled: threading.Event
+        self,
+        pool: DeepSeekPool,
+        permit: Permit,
+        deadline: Optional[float],
+        cancelled: threading.Event,
+        drain: Optional[_Drain] = None,
     ) -> None:
         super().__init__(deadline=deadline, cancelled=cancelled)
+        self.drain = drain
         self.pool = pool
         self.limiter = pool.limiter
         self.permit = permit
@@ -225,15 +320,25 @@ class _PoolCall(CallControl):
         elif status in self.pool.stop_on:
             self.pool._note_stop(status)
 
+    def check(self) -> None:
+        super().check()
+        drain = self.drain
+        if drain is not None and drain.stop.is_set():
+            raise DrainStopped("not sent: the pool is draining (stop was set); run this call again later")
+
     def before_retry(self, event: RetryEvent) -> None:
+        self.check()  # a drain refuses retries too: nothing at all is sent once stop is set
         self.limiter.spend_retry(event.kind, permit=self.permit)
         self.retries += 1
 
     def wait(self, delay: float, deadline: float) -> None:
         timeout = None if deadline == math.inf else deadline - time.monotonic()
+        # The drain's wake event is set by a cancel too, so one event ends the wait for both.
+        wake = self.drain.wake if self.drain is not None else self.cancelled
         try:
-            self.limiter.wait_before_retry(delay, cancelled=self.cancelled, timeout=timeout, permit=self.permit)
+            self.limiter.wait_before_retry(delay, cancelled=wake, timeout=timeout, permit=self.permit)
         except cf.CancelledError:
+            self.check()
             raise RetryCancelled("not retried: the pool is shutting down") from None
         except TimeoutError:
             raise APITimeoutError(
@@ -266,6 +371,13 @@ class DeepSeekPool:
     :param stop_on: statuses after which the pool sends nothing more (default 401 and
         402: a wrong key or a spent balance fails every call alike); later calls fail at
         once with the same error class, without being sent. ``()`` never stops.
+    :param max_cost: a spend cap in USD: no call starts once the money spent plus what the
+        running calls reserved (prompt estimate and ``max_tokens``, priced from the model
+        table at the peak or off-peak rate) would pass it; such a call fails at once with
+        :class:`~deepseek_pool.errors.SpendCapReached`, unsent. A model without a known
+        price is refused (:class:`~deepseek_pool.errors.ConfigurationError`) unless
+        ``prices`` gives one. See :mod:`deepseek_pool.spend`.
+    :param prices: model id -> :class:`~deepseek_pool.models.ModelPrice`, for ``max_cost``.
     """
 
     def __init__(
@@ -284,6 +396,8 @@ class DeepSeekPool:
         on_chunk: Optional[PoolChunkCallback] = None,
         cool_down: bool = True,
         stop_on: Iterable[int] = STOP_STATUSES,
+        max_cost: Optional[float] = None,
+        prices: Optional[Mapping[str, ModelPrice]] = None,
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
@@ -291,9 +405,17 @@ class DeepSeekPool:
             raise ValueError(f"window must be an int >= 1, got {window!r}")
         if limiter is not None and (max_in_flight is not None or rpm is not None or tpm is not None):
             raise ValueError("give either limiter= or max_in_flight/rpm/tpm, not both")
+        #: the spend cap (None without ``max_cost``): ``spend.spent``, ``spend.reserved`` ...
+        self.spend: Optional[SpendCap] = None
+        if max_cost is not None:
+            self.spend = SpendCap(max_cost, prices=prices)
+        elif prices:
+            raise ValueError("prices= is only used with max_cost=")
         self.limiter = limiter or Limiter(max_in_flight=max_in_flight, rpm=rpm, tpm=tpm, retry_budget=retry_budget)
         self._owns_client = client is None
         self.client = client if client is not None else DeepSeekClient()
+        if self.spend is not None:
+            self.spend.check_models([self.client.model])  # an unpriced default model is refused up front
         self.max_workers = max_workers
         self.client.reserve_connections(max_workers)
         self._connections_released = False
@@ -308,7 +430,7 @@ class DeepSeekPool:
         self._closing = threading.Event()
         self._closed = False
         self._client_closed = False
-        self._iterations: set[threading.Event] = set()
+        self._iterations: Dict[threading.Event, Optional[_Drain]] = {}
         self._handles: Dict[CallHandle, threading.Event] = {}
         self._lock = threading.Lock()
         self._futures: set[cf.Future[Any]] = set()
@@ -335,50 +457,94 @@ class DeepSeekPool:
 
     # -- one call ----------------------------------------------------------------------
 
-    def _run(self, result: Result, messages: Messages, params: Dict[str, Any], cancelled: threading.Event) -> Result:
+    def _run(
+        self,
+        result: Result,
+        messages: Messages,
+        params: Dict[str, Any],
+        cancelled: threading.Event,
+        endpoint: str = "chat",
+        drain: Optional[_Drain] = None,
+    ) -> Result:
         """Worker body for a batch item: never raises, the outcome goes on ``result``."""
         try:
-            result.completion = self._call(result, messages, params, cancelled)
+            result.completion = self._call(result, messages, params, cancelled, endpoint, drain)
         except BaseException as err:
             result.error = err
         self._finish(result)
         return result
 
     def _call(
-        self, result: Result, messages: Messages, params: Dict[str, Any], cancelled: threading.Event
-    ) -> ChatCompletion:
-        """Validate, wait for the limits, call, account; raise on failure (used by submit too)."""
-        normalize_messages(messages)  # bad input fails here, before any limiter or network
+        self,
+        result: Result,
+        messages: Messages,
+        params: Dict[str, Any],
+        cancelled: threading.Event,
+        endpoint: str = "chat",
+        drain: Optional[_Drain] = None,
+    ) -> Any:
+        """Validate, wait for the limits, call, account; raise on failure (used by submit too).
+
+        Returns a :class:`ChatCompletion` (a :class:`~deepseek_pool.FIMCompletion` for ``"fim"``).
+        """
+        if endpoint != "fim":
+            normalize_messages(messages)  # bad input fails here, before any limiter or network
         for key in _POOL_OWNED & params.keys():
             raise TypeError(f"{key!r} is set by the pool; use DeepSeekPool(on_chunk=...) or its limiter instead")
         stopped = self._stopped_by
         if stopped is not None:
             raise status_error(stopped, f"not sent: an earlier call of this pool was answered {stopped}")
+        spend = self.spend
+        model = params.get("model") or self.client.model
+        if spend is not None:
+            spend.price(model)  # an unpriced model is refused before it waits anywhere
         tokens = estimate_tokens(messages, params)
         limiter = self.limiter
         start = time.monotonic()
         call_timeout = self.client.call_timeout
         try:
-            permit = limiter.acquire(tokens, cancelled=cancelled, timeout=call_timeout)
+            permit = limiter.acquire(tokens, cancelled=cancelled if drain is None else drain.wake, timeout=call_timeout)
         except TimeoutError:
             raise APITimeoutError(
                 f"the call's deadline (call_timeout={call_timeout} s) passed while waiting for the limiter"
             ) from None
+        except cf.CancelledError:
+            if drain is not None and drain.stop.is_set() and not cancelled.is_set():
+                raise DrainStopped("not sent: the pool is draining (stop was set); run this call again later") from None
+            raise
+        reservation: Optional[Reservation] = None
+        if spend is not None:
+            max_tokens = params.get("max_tokens")
+            try:
+                reservation = spend.reserve(
+                    model,
+                    prompt_tokens=estimate_prompt_tokens(messages, params),
+                    completion_tokens=max_tokens
+                    if isinstance(max_tokens, int) and max_tokens > 0
+                    else UNSET_MAX_TOKENS_RESERVE,
+                )
+            except BaseException:
+                limiter.release(permit, tokens_used=0, ok=False)
+                raise
         begun = time.monotonic()
         result.started_at = begun
         result.queued = begun - start
-        control = _PoolCall(self, permit, None if call_timeout is None else start + call_timeout, cancelled)
+        control = _PoolCall(self, permit, None if call_timeout is None else start + call_timeout, cancelled, drain)
         handle = control.handle
-        completion: Optional[ChatCompletion] = None
+        completion: Any = None
         with self._lock:
             self._handles[handle] = cancelled
         if cancelled.is_set():
             handle.abort()
         try:
-            if params.get("stream"):
-                completion = self._stream(result, messages, dict(params), control, begun)
+            if endpoint == "fim":
+                assert isinstance(messages, str)  # route_request made it the FIM prompt
+                fim_params = dict(params)
+                completion = self.client.fim(messages, fim_params.pop("suffix", None), control=control, **fim_params)
+            elif params.get("stream"):
+                completion = self._stream(result, messages, dict(params), control, begun, endpoint == "beta")
             else:
-                completion = self.client.chat(messages, control=control, **params)
+                completion = self.client.chat(messages, control=control, beta=endpoint == "beta", **params)
             return completion
         finally:
             with self._lock:
@@ -392,8 +558,12 @@ class DeepSeekPool:
                 # An error status means nothing was generated; after a timeout or a cut
                 # stream the server may have spent tokens, so the estimate stays charged.
                 error = sys.exc_info()[1]
-                used = 0 if isinstance(error, (APIStatusError, TypeError, ValueError)) else None
+                unsent = control.attempts == 0 or isinstance(error, (TypeError, ValueError))
+                used = 0 if unsent or isinstance(error, APIStatusError) else None
             limiter.release(permit, tokens_used=used, retries=control.retries, ok=completion is not None)
+            if reservation is not None:
+                assert spend is not None
+                spend.settle(reservation, usage=usage, charge=used is None)
 
     def _note_stop(self, status: int) -> None:
         if self._stopped_by is None:
@@ -407,6 +577,7 @@ class DeepSeekPool:
         params: Dict[str, Any],
         control: CallControl,
         begun: float,
+        beta: bool = False,
     ) -> ChatCompletion:
         params.pop("stream")
         user_callback = self.on_chunk
@@ -425,6 +596,7 @@ class DeepSeekPool:
             on_chunk=on_chunk,
             restart_streams=user_callback is None,
             control=control,
+            beta=beta,
             **params,
         )
 
@@ -505,19 +677,23 @@ class DeepSeekPool:
         not started and aborts its calls still running (their connections are closed),
         so the ``with`` block is left at once.
 
-        :param stop: a graceful stop (a batch runner's first Ctrl-C): once set, no more
-            input is taken and queued requests that have not started are dropped, while
-            calls already started (waiting for a rate-limit slot included) finish and
-            are still yielded. It is looked at every :data:`STOP_POLL_INTERVAL` seconds.
+        :param stop: a graceful stop, a drain (a batch runner's first Ctrl-C): once set,
+            no request of any kind is sent. No more input is taken, queued requests that
+            have not started are dropped, attempts already sent finish and are yielded; a
+            call that would now need another attempt (a retry, or a first attempt after a
+            rate-limit wait) ends with :class:`DrainStopped` instead, and is yielded with
+            it: it was never answered. Waits notice the stop within
+            :data:`STOP_POLL_INTERVAL` seconds; attempts check it before they are sent.
         """
         self._check_open()
         done: queue.SimpleQueue[cf.Future[Result]] = queue.SimpleQueue()
         cancelled = threading.Event()
+        drain = _Drain(stop) if stop is not None else None
         pending: set[cf.Future[Result]] = set()
         source = enumerate(requests)
         exhausted = False
         with self._lock:
-            self._iterations.add(cancelled)
+            self._iterations[cancelled] = drain
         submit = self._executor.submit
         run = self._run
 
@@ -528,7 +704,7 @@ class DeepSeekPool:
             except StopIteration:
                 return False
             try:
-                custom_id, messages, params = parse_request(request)
+                custom_id, messages, params, endpoint = route_request(request)
             except (TypeError, ValueError) as err:
                 result = Result(index, request.get("custom_id") if isinstance(request, Mapping) else None, request)
                 result.error = err
@@ -538,7 +714,9 @@ class DeepSeekPool:
                 with self._lock:
                     self._submitted += 1
             else:
-                future = submit(partial(run, Result(index, custom_id, request), messages, params, cancelled))
+                future = submit(
+                    partial(run, Result(index, custom_id, request), messages, params, cancelled, endpoint, drain)
+                )
                 self._track(future)
             pending.add(future)
             future.add_done_callback(done.put)
@@ -547,6 +725,9 @@ class DeepSeekPool:
         get = done.get
         try:
             while True:
+                if drain is not None and drain.stop.is_set() and not drain.wake.is_set():
+                    drain.wake.set()  # end the limiter waits and backoff sleeps of this iteration's calls
+                    self.limiter.wake_waiters()
                 if stop is not None and stop.is_set() and not exhausted:
                     exhausted = True
                     # Cancelling calls done-callbacks at once: the dropped futures go
@@ -573,9 +754,11 @@ class DeepSeekPool:
                 yield future.result()
         finally:
             with self._lock:
-                self._iterations.discard(cancelled)
+                self._iterations.pop(cancelled, None)
             if pending:
                 cancelled.set()
+                if drain is not None:
+                    drain.wake.set()
                 self.limiter.wake_waiters()
                 running = [future for future in pending if not future.cancel()]
                 self._abort_running(cancelled)
@@ -606,11 +789,13 @@ class DeepSeekPool:
         self._closed = True
         with self._lock:
             futures = list(self._futures)
-            iterations = list(self._iterations)
+            iterations = list(self._iterations.items())
         if cancel:
             self._closing.set()
-            for event in iterations:
+            for event, drain in iterations:
                 event.set()
+                if drain is not None:
+                    drain.wake.set()
             self.limiter.wake_waiters()
             for future in futures:
                 future.cancel()
