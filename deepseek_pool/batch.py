@@ -14,9 +14,18 @@ Output: one line per item in OpenAI's batch output shape, in completion order::
 
 A failed item has ``"error": {"code": <exception class name>, "message": ...}`` and
 ``response`` holds the error status, request id and body when the server answered (else
-null). A line that is not JSON or not a request becomes such an error line too (code
-``JSONDecodeError``, ``ValueError`` ...; custom_id = its own when it has a usable one,
-else its line number), and the rest still run.
+null). A line that is not JSON, too long, nested too deep or not a request becomes such
+an error line too (code ``JSONDecodeError``, ``LineTooLong``, ``JSONTooDeep``,
+``ValueError`` ...; custom_id = its own when it has a usable one, else its line number),
+and the rest still run. Every line written is valid UTF-8 JSON that a resume reads back
+(:mod:`deepseek_pool.jsonl`). Batch ``url`` values are routed by
+:data:`deepseek_pool.pool.BATCH_URLS` (chat, beta chat, FIM).
+
+Locking: the output is locked (``flock``) for the whole run, compaction included; the
+lock is re-checked to be on the file at the path, so a run that opened the file just
+before another run replaced it starts over on the new one. Other programs must not
+append while a run owns the file: lines a resume cannot read are skipped with a warning
+naming their line numbers, and a compaction drops them.
 
 Durability: each line is written whole with one ``write`` and flushed as it completes,
 so a crash (even SIGKILL) loses at most the calls in flight -- flushed lines are in the
@@ -29,8 +38,15 @@ items that already have a successful line, and tries earlier failures again unle
 ``retry_failed=False``. A run that was not interrupted then compacts the file
 atomically (temporary file + ``os.replace``) when it holds superseded lines, so it
 ends with exactly one line per custom_id: its success, else its latest failure. A
-reader of a file from an interrupted run should take, per custom_id, the successful
-line if there is one, else the last line.
+compaction that fails (a full disk) is a warning naming the temporary file; the output
+stays complete and valid, and the next run finishes the job. A reader of a file from an
+interrupted run should take, per custom_id, the successful line if there is one, else
+the last line.
+
+Drain and spend cap: after the first Ctrl-C (:class:`Interrupter`) no request of any
+kind is sent; calls refused by the drain are not written, so the rerun sends them. With
+a pool's ``max_cost``, calls the cap refuses are not started and not written; the run
+stops feeding new requests and its summary says ``capped``.
 
 Example::
 
@@ -88,8 +104,9 @@ class BatchFileError(DeepSeekError, ValueError):
 class Interrupter:
     """Two-stage Ctrl-C for :func:`run_batch`; call it from a SIGINT handler.
 
-    The first call sets :attr:`stop`: no new requests are sent and calls already
-    started finish and are written. The second raises ``KeyboardInterrupt``, which
+    The first call sets :attr:`stop`, a drain: no request of any kind is sent any more
+    (retries included), answers already on their way are written, and calls that
+    would need another attempt are left for the rerun. The second raises ``KeyboardInterrupt``, which
     cancels the calls in flight -- but never while a result line is being written: it
     is then raised as soon as the line is complete.
     """
