@@ -28,10 +28,12 @@ from .errors import (
     RateLimitError,
     RetryBudgetExceeded,
     ServiceUnavailableError,
+    SpendCapReached,
     UnprocessableEntityError,
 )
 from .limits import Limiter, LimiterStats
-from .pool import DeepSeekPool, PoolStats, Result
+from .models import ModelPrice
+from .pool import DeepSeekPool, DrainStopped, PoolStats, Result
 from .retry import DeepSeekRetry
 from .types import Balance, ChatChunk, ChatCompletion, ChatCompletionBuilder, FIMCompletion, Usage
 
@@ -56,18 +58,21 @@ __all__ = [
     "DeepSeekError",
     "DeepSeekPool",
     "DeepSeekRetry",
+    "DrainStopped",
     "FIMCompletion",
     "IncompleteResponseError",
     "InsufficientBalanceError",
     "InternalServerError",
     "Limiter",
     "LimiterStats",
+    "ModelPrice",
     "PoolStats",
     "RateLimitError",
     "Result",
     "RetryBudgetExceeded",
     "RetryEvent",
     "ServiceUnavailableError",
+    "SpendCapReached",
     "Timeout",
     "UnprocessableEntityError",
     "Usage",

@@ -14,9 +14,18 @@ Output: one line per item in OpenAI's batch output shape, in completion order::
 
 A failed item has ``"error": {"code": <exception class name>, "message": ...}`` and
 ``response`` holds the error status, request id and body when the server answered (else
-null). A line that is not JSON or not a request becomes such an error line too (code
-``JSONDecodeError``, ``ValueError`` ...; custom_id = its own when it has a usable one,
-else its line number), and the rest still run.
+null). A line that is not JSON, too long, nested too deep or not a request becomes such
+an error line too (code ``JSONDecodeError``, ``LineTooLong``, ``JSONTooDeep``,
+``ValueError`` ...; custom_id = its own when it has a usable one, else its line number),
+and the rest still run. Every line written is valid UTF-8 JSON that a resume reads back
+(:mod:`deepseek_pool.jsonl`). Batch ``url`` values are routed by
+:data:`deepseek_pool.pool.BATCH_URLS` (chat, beta chat, FIM).
+
+Locking: the output is locked (``flock``) for the whole run, compaction included; the
+lock is re-checked to be on the file at the path, so a run that opened the file just
+before another run replaced it starts over on the new one. Other programs must not
+append while a run owns the file: lines a resume cannot read are skipped with a warning
+naming their line numbers, and a compaction drops them.
 
 Durability: each line is written whole with one ``write`` and flushed as it completes,
 so a crash (even SIGKILL) loses at most the calls in flight -- flushed lines are in the
@@ -29,8 +38,15 @@ items that already have a successful line, and tries earlier failures again unle
 ``retry_failed=False``. A run that was not interrupted then compacts the file
 atomically (temporary file + ``os.replace``) when it holds superseded lines, so it
 ends with exactly one line per custom_id: its success, else its latest failure. A
-reader of a file from an interrupted run should take, per custom_id, the successful
-line if there is one, else the last line.
+compaction that fails (a full disk) is a warning naming the temporary file; the output
+stays complete and valid, and the next run finishes the job. A reader of a file from an
+interrupted run should take, per custom_id, the successful line if there is one, else
+the last line.
+
+Drain and spend cap: after the first Ctrl-C (:class:`Interrupter`) no request of any
+kind is sent; calls refused by the drain are not written, so the rerun sends them. With
+a pool's ``max_cost``, calls the cap refuses are not started and not written; the run
+stops feeding new requests and its summary says ``capped``.
 
 Example::
 
@@ -42,19 +58,20 @@ Example::
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
+import contextlib
+import errno
 import logging
 import os
+import stat
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Dict, Generator, Iterator, List, Optional, Set, Tuple, Union
+from typing import Any, BinaryIO, Dict, Generator, Iterator, List, Optional, Set, Tuple, Union
 
 from .calls import RetryCancelled
-from .errors import APIStatusError, AuthenticationError, DeepSeekError, InsufficientBalanceError
-from .pool import DeepSeekPool, Result, parse_request
-from .progress import BatchProgress, Tally
-from .types import ChatCompletion
+from .errors import APIStatusError, AuthenticationError, DeepSeekError, InsufficientBalanceError, SpendCapReached
+from .jsonl import MAX_LINE_BYTES, LineError, check_bounds, dumps, loads, read_lines
+from .pool import DeepSeekPool, Result, Routed, route_request
+from .progress import BatchProgress, BatchSummary, Tally
 
 try:  # POSIX: one writer per output file
     import fcntl
@@ -73,6 +90,10 @@ FSYNC_INTERVAL = 5.0
 FATAL_ERRORS = (AuthenticationError, InsufficientBalanceError)
 #: How many duplicate custom_ids the error message lists.
 _DUPLICATES_SHOWN = 5
+#: How many unreadable output lines the warning names.
+_UNREADABLE_SHOWN = 5
+#: How often opening the output starts over because another run replaced the file meanwhile.
+_LOCK_ATTEMPTS = 20
 _READ_BLOCK = 65536
 
 
@@ -83,8 +104,9 @@ class BatchFileError(DeepSeekError, ValueError):
 class Interrupter:
     """Two-stage Ctrl-C for :func:`run_batch`; call it from a SIGINT handler.
 
-    The first call sets :attr:`stop`: no new requests are sent and calls already
-    started finish and are written. The second raises ``KeyboardInterrupt``, which
+    The first call sets :attr:`stop`, a drain: no request of any kind is sent any more
+    (retries included), answers already on their way are written, and calls that
+    would need another attempt are left for the rerun. The second raises ``KeyboardInterrupt``, which
     cancels the calls in flight -- but never while a result line is being written: it
     is then raised as soon as the line is complete.
     """
@@ -116,84 +138,71 @@ class Interrupter:
             raise KeyboardInterrupt
 
 
-@dataclass
-class BatchSummary:
-    """What a run did; :func:`~deepseek_pool.progress.format_summary` prints it.
-
-    :ivar items: items in the input (malformed lines included).
-    :ivar tally: this run's answered/failed counts, tokens and estimated cost.
-    :ivar skipped: items not tried because the output already had them.
-    :ivar skipped_failed: of those, items whose earlier attempt had failed.
-    :ivar not_run: items left for a later run by an interrupt.
-    :ivar interrupted: None, ``"stopped"`` (first Ctrl-C) or ``"cancelled"`` (second).
-    :ivar aborted: why the run stopped sending by itself (a wrong key, no balance), else None.
-    :ivar elapsed: wall-clock seconds.
-    :ivar repaired: bytes of a half-written last line removed from the output.
-    :ivar compacted: superseded lines removed from the output at the end.
-    """
-
-    items: int
-    tally: Tally
-    skipped: int = 0
-    skipped_failed: int = 0
-    not_run: int = 0
-    interrupted: Optional[str] = None
-    aborted: Optional[str] = None
-    elapsed: float = 0.0
-    repaired: int = 0
-    compacted: int = 0
-
-    @property
-    def complete(self) -> bool:
-        """True when every item of the input now has a successful line."""
-        return self.interrupted is None and not self.not_run and not self.tally.failed and not self.skipped_failed
-
-
 # -- input -------------------------------------------------------------------------------
 
 _Malformed = Tuple[int, str, str, str]  # line number, custom_id, error code, message
+_Scanned = Tuple[int, str, Optional[Routed], Optional[Tuple[str, str]]]
 
 
-def _scan(path: PathLike) -> Iterator[Tuple[int, str, Optional[Dict[str, Any]], Optional[Tuple[str, str]]]]:
-    """Yield ``(line number, custom_id, request, None)`` or ``(line number, custom_id, None, (code, message))``."""
+def _check_regular(path: PathLike, what: str) -> None:
+    """Refuse a path that exists but is no regular file (a device, a FIFO, a directory)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a pipe" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise BatchFileError(f"{os.fspath(path)} is {kind}; the {what} must be a regular file")
+
+
+def _scan(path: PathLike) -> Iterator[_Scanned]:
+    """Yield ``(line number, custom_id, routed request, None)`` or ``(line number, custom_id, None, (code, message))``.
+
+    Every line is read with bounded effort (:mod:`deepseek_pool.jsonl`): one too long,
+    too deep, not UTF-8 or not JSON is an error for that item, never a crash.
+    """
     with open(path, "rb") as lines:
-        for number, raw in enumerate(lines, 1):
+        for number, raw in read_lines(lines):
+            if raw is None:
+                yield number, str(number), None, ("LineTooLong", f"line {number} is longer than {MAX_LINE_BYTES} bytes")
+                continue
             if not raw.strip():
                 continue
             try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield number, str(number), None, ("UnicodeDecodeError", f"line {number} is not UTF-8: {err}")
-                continue
-            if number == 1 and text.startswith("\ufeff"):
-                text = text[1:]
-            try:
-                data = json.loads(text)
-            except ValueError as err:
-                yield number, str(number), None, ("JSONDecodeError", f"line {number} is not valid JSON: {err}")
+                data = loads(raw, strip_bom=number == 1)
+            except LineError as err:
+                yield number, str(number), None, (err.code, f"line {number} {err}")
                 continue
             given = data.get("custom_id") if isinstance(data, dict) else None
             try:
-                custom_id, messages, params = parse_request(data)
-                if custom_id == "":
+                routed = route_request(data)
+                if routed.custom_id == "":
                     raise ValueError("custom_id is an empty string")
             except (TypeError, ValueError) as err:
                 usable = given if isinstance(given, str) and given else str(number)
-                yield number, usable, None, (type(err).__name__, f"line {number} is not a chat request: {err}")
+                yield number, usable, None, (type(err).__name__, f"line {number} is not a request: {err}")
                 continue
-            params["messages"] = messages
-            yield number, custom_id or str(number), params, None
+            yield number, routed.custom_id or str(number), routed, None
 
 
-def _check_input(path: PathLike) -> Tuple[Dict[str, int], List[_Malformed]]:
-    """Read the whole input once: custom_id -> line number, and the malformed lines.
+class _InputCheck:
+    """What the first pass over the input found: custom_id -> line, the malformed lines, the models named."""
+
+    def __init__(self) -> None:
+        self.lines: Dict[str, int] = {}
+        self.malformed: List[_Malformed] = []
+        self.models: Set[str] = set()
+
+
+def _check_input(path: PathLike) -> _InputCheck:
+    """Read the whole input once.
 
     :raises BatchFileError: when custom_ids repeat, before anything is sent.
     """
-    lines: Dict[str, int] = {}
-    malformed: List[_Malformed] = []
+    found = _InputCheck()
+    lines = found.lines
     duplicates: List[str] = []
-    for number, custom_id, _request, error in _scan(path):
+    for number, custom_id, routed, error in _scan(path):
         first = lines.get(custom_id)
         if first is not None:
             if len(duplicates) < _DUPLICATES_SHOWN:
@@ -201,20 +210,20 @@ def _check_input(path: PathLike) -> Tuple[Dict[str, int], List[_Malformed]]:
             continue
         lines[custom_id] = number
         if error is not None:
-            malformed.append((number, custom_id, error[0], error[1]))
+            found.malformed.append((number, custom_id, error[0], error[1]))
+        elif routed is not None:
+            model = routed.params.get("model")
+            if isinstance(model, str) and model:
+                found.models.add(model)
     if duplicates:
         raise BatchFileError(
             f"{os.fspath(path)}: duplicate custom_id {', '.join(duplicates)}; each custom_id must be unique "
             "(a line without one gets its line number as its custom_id); nothing was sent"
         )
-    return lines, malformed
+    return found
 
 
 # -- output ------------------------------------------------------------------------------
-
-
-def _dumps(line: Dict[str, Any]) -> bytes:
-    return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
 def _is_success(line: Any) -> bool:
@@ -224,8 +233,18 @@ def _is_success(line: Any) -> bool:
     return isinstance(response, dict) and response.get("status_code") == 200
 
 
+def _pause_before_lock(path: str) -> None:
+    """A seam for tests: called between opening the output and locking it."""
+
+
 class _ResultsFile:
     """The output file: locked, repaired, indexed by custom_id, appended to line by line.
+
+    The lock (``flock``) is held on the file that is at the path for the whole run: after
+    taking it, the file held is checked to be the one at the path (another run may have
+    compacted, that is replaced, it in between), and if not the open starts over. The
+    compaction locks its new file before it replaces the old one, so the path is never
+    unlocked while the run lasts.
 
     For compaction it remembers which lines a later line superseded (a failure
     followed by a retry) instead of the whole file, so memory stays at one dict
@@ -234,16 +253,17 @@ class _ResultsFile:
 
     def __init__(self, path: PathLike, clock: Any = time.monotonic) -> None:
         self.path = os.fspath(path)
+        self.temporary = self.path + ".compacting"
         self._clock = clock
         self.keep: Dict[str, int] = {}  # custom_id -> index of the line that stands
         self.ok_ids: Set[str] = set()
         self._drop: Set[int] = set()  # indexes of superseded or unreadable lines
         self.count = 0
         self.repaired = 0
-        self.unreadable = 0
-        self._file = open(self.path, "ab")  # noqa: SIM115 - held for the whole run, closed by close()
+        self.unreadable: List[Tuple[int, str]] = []  # (line number, why), the first few
+        self.unreadable_count = 0
+        self._file = self._open_locked()
         try:
-            self._lock()
             self._repair()
             self._load()
         except BaseException:
@@ -252,20 +272,47 @@ class _ResultsFile:
         self._synced_at = clock()
         self._dirty = False
 
-    def _lock(self) -> None:
+    def _open_locked(self) -> BinaryIO:
+        for _ in range(_LOCK_ATTEMPTS):
+            _check_regular(self.path, "output")
+            # O_NONBLOCK: opening a FIFO that slipped in must fail, not wait for a reader.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NONBLOCK", 0), 0o666)
+            file = os.fdopen(fd, "ab")
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise BatchFileError(f"{self.path} is not a regular file; the output must be one")
+                _pause_before_lock(self.path)
+                if not self._lock(file):
+                    return file  # no locks on this filesystem
+                if _same_file(file, self.path):
+                    self._remove_stale_temporary()
+                    return file
+            except BaseException:
+                file.close()
+                raise
+            file.close()  # another run replaced the file while we waited: lock the new one
+        raise BatchFileError(f"{self.path} keeps being replaced by another process; nothing was sent")
+
+    def _lock(self, file: BinaryIO) -> bool:
+        """Take the lock; False when the filesystem has none."""
         if fcntl is None:  # pragma: no cover - Windows
-            return
+            return False
         try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise BatchFileError(
                 f"{self.path} is being written by another deepseek-pool run; wait for it or choose another output"
             ) from None
         except OSError as err:  # a filesystem without locks: go on without
             log.debug("cannot lock %s: %s", self.path, err)
-        stale = self.path + ".compacting"
-        if os.path.exists(stale):  # left by a run killed while compacting; the lock says it is dead
-            os.remove(stale)
+            return False
+        return True
+
+    def _remove_stale_temporary(self) -> None:
+        # Left by a run killed while compacting: we hold the lock on the file at the path,
+        # so no live run is compacting it.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.temporary)
 
     def _repair(self) -> None:
         """Make the file end with a newline: keep a complete last line, drop a torn one."""
@@ -286,12 +333,13 @@ class _ResultsFile:
                     start = begin + newline + 1
                     break
                 end = begin
-            reader.seek(start)
-            tail = reader.read()
-        try:
-            whole = isinstance(json.loads(tail), dict)
-        except ValueError:
             whole = False
+            if size - start <= MAX_LINE_BYTES:
+                reader.seek(start)
+                try:
+                    whole = isinstance(loads(reader.read()), dict)
+                except LineError:
+                    whole = False
         if whole:  # killed between the line and its newline: keep the result
             self._file.write(b"\n")
             self._file.flush()
@@ -302,15 +350,24 @@ class _ResultsFile:
 
     def _load(self) -> None:
         with open(self.path, "rb") as reader:
-            for raw in reader:
-                try:
-                    line = json.loads(raw)
-                    custom_id = line.get("custom_id")
-                except (ValueError, AttributeError):
-                    custom_id = None
+            for number, raw in read_lines(reader):
+                custom_id: Any = None
+                why = "it is longer than the longest line read"
+                if raw is not None and not raw.strip():
+                    why = ""
+                elif raw is not None:
+                    try:
+                        line = loads(raw)
+                    except LineError as err:
+                        why = str(err)
+                    else:
+                        custom_id = line.get("custom_id") if isinstance(line, dict) else None
+                        why = "it is not a result line (no str custom_id)"
                 if not isinstance(custom_id, str):
-                    if raw.strip():
-                        self.unreadable += 1
+                    if why:
+                        self.unreadable_count += 1
+                        if len(self.unreadable) < _UNREADABLE_SHOWN:
+                            self.unreadable.append((number, why))
                     self._drop.add(self.count)
                     self.count += 1
                     continue
@@ -354,25 +411,34 @@ class _ResultsFile:
         self._synced_at = self._clock() if now is None else now
 
     def compact(self) -> int:
-        """Rewrite the file without superseded lines, atomically; return how many went."""
+        """Rewrite the file without superseded lines, atomically; return how many went.
+
+        The new file is written beside the old one (:attr:`temporary`), locked, synced,
+        then renamed over it. If any of that fails the old file stays as it was, complete
+        and valid, and the :class:`OSError` is raised.
+        """
         dropped = len(self._drop)
         if not dropped:
             return 0
         self.sync()
-        temporary = self.path + ".compacting"
+        temporary = self.temporary
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        writer = os.fdopen(fd, "ab")
         try:
-            with open(self.path, "rb") as reader, open(temporary, "wb") as writer:
-                drop = self._drop
-                for index, raw in enumerate(reader):
-                    if index not in drop:
-                        writer.write(raw)
-                writer.flush()
-                os.fsync(writer.fileno())
+            os.chmod(temporary, stat.S_IMODE(os.fstat(self._file.fileno()).st_mode))
+            self._lock(writer)  # locked before it takes the path: the path is never unlocked
+            with open(self.path, "rb") as reader:
+                _copy_lines(reader, writer, self._drop)
+            writer.flush()
+            os.fsync(writer.fileno())
             os.replace(temporary, self.path)
         except BaseException:
-            if os.path.exists(temporary):
+            writer.close()
+            with contextlib.suppress(OSError):
                 os.remove(temporary)
             raise
+        old, self._file = self._file, writer
+        old.close()
         _fsync_directory(os.path.dirname(os.path.abspath(self.path)))
         self._drop = set()
         return dropped
@@ -383,6 +449,23 @@ class _ResultsFile:
                 self.sync()
             finally:
                 self._file.close()
+
+
+def _same_file(file: BinaryIO, path: str) -> bool:
+    """Whether the open ``file`` is still the file at ``path`` (not replaced or removed)."""
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(file.fileno())
+    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
+
+
+def _copy_lines(reader: BinaryIO, writer: BinaryIO, drop: Set[int]) -> None:
+    """Copy the lines of ``reader`` whose 0-based index is not in ``drop``."""
+    for number, raw in read_lines(reader):
+        if raw is not None and number - 1 not in drop:
+            writer.write(raw)
 
 
 def _fsync_directory(path: str) -> None:
@@ -400,7 +483,12 @@ def _fsync_directory(path: str) -> None:
 
 
 class _LineMaker:
-    """Builds output lines; ids are one random prefix per run plus a counter (no syscall per line)."""
+    """Builds output lines; ids are one random prefix per run plus a counter (no syscall per line).
+
+    Every line is valid UTF-8 JSON within the reader's bounds, whatever the answer holds
+    (:func:`deepseek_pool.jsonl.dumps`); an answer that could not be read back is written
+    as a failure saying why, so the item runs again rather than being lost.
+    """
 
     def __init__(self) -> None:
         self._prefix = "batch_req_" + os.urandom(8).hex()
@@ -410,19 +498,42 @@ class _LineMaker:
         self._count += 1
         return f"{self._prefix}{self._count:08x}"
 
-    def success(self, custom_id: str, completion: ChatCompletion) -> bytes:
-        return _dumps(
-            {
-                "id": self._id(),
-                "custom_id": custom_id,
-                "response": {"status_code": 200, "request_id": completion.request_id, "body": completion.raw},
-                "error": None,
-            }
-        )
+    def success(self, custom_id: str, completion: Any) -> Tuple[bytes, bool]:
+        """The line for an answer, and whether it is a success line."""
+        line_id = self._id()
+        try:
+            data = dumps(
+                {
+                    "id": line_id,
+                    "custom_id": custom_id,
+                    "response": {
+                        "status_code": 200,
+                        "request_id": getattr(completion, "request_id", None),
+                        "body": completion.raw,
+                    },
+                    "error": None,
+                }
+            )
+            problem = check_bounds(data)
+        except ValueError as err:
+            problem = str(err)
+        if problem is None:
+            return data, True
+        return self.failure(
+            custom_id, "UnstorableAnswer", f"the answer cannot be stored as a result line: {problem}"
+        ), False
 
     def failure(self, custom_id: str, code: str, message: str, response: Optional[Dict[str, Any]] = None) -> bytes:
         error = {"code": code, "message": message}
-        return _dumps({"id": self._id(), "custom_id": custom_id, "response": response, "error": error})
+        line = {"id": self._id(), "custom_id": custom_id, "response": response, "error": error}
+        try:
+            data = dumps(line)
+            if check_bounds(data) is None:
+                return data
+        except ValueError:
+            pass
+        line["response"] = None  # an error body that cannot be stored: keep the error, drop the body
+        return dumps(line)
 
     def error(self, custom_id: str, error: BaseException) -> bytes:
         response = None
@@ -433,16 +544,35 @@ class _LineMaker:
 
 # -- the run -----------------------------------------------------------------------------
 
+#: The url a non-chat endpoint is written back as, for the pool to route.
+_URL_OF = {"beta": "/beta/chat/completions", "fim": "/beta/completions"}
 
-def _requests(path: PathLike, should_run: Any, model: Optional[str]) -> Generator[Dict[str, Any], None, None]:
-    """Second pass over the input: the valid requests this run sends, read lazily."""
-    for _number, custom_id, request, _error in _scan(path):
-        if request is None or not should_run(custom_id):
-            continue
-        if model is not None:
-            request["model"] = model
-        request["custom_id"] = custom_id
-        yield request
+
+class _Feed:
+    """Second pass over the input: the requests this run sends, read lazily, until told to stop."""
+
+    def __init__(self, path: PathLike, should_run: Any, model: Optional[str]) -> None:
+        self.path = path
+        self.should_run = should_run
+        self.model = model
+        self.stopped = False  # set when the spend cap refuses a call: nothing more is fed
+
+    def __iter__(self) -> Generator[Dict[str, Any], None, None]:
+        for _number, custom_id, routed, _error in _scan(self.path):
+            if self.stopped:
+                return
+            if routed is None or not self.should_run(custom_id):
+                continue
+            params = routed.params
+            if self.model is not None:
+                params["model"] = self.model
+            if routed.endpoint == "chat":
+                params["messages"] = routed.messages
+                params["custom_id"] = custom_id
+                yield params
+            else:
+                params["prompt" if routed.endpoint == "fim" else "messages"] = routed.messages
+                yield {"custom_id": custom_id, "method": "POST", "url": _URL_OF[routed.endpoint], "body": params}
 
 
 def run_batch(
@@ -458,27 +588,40 @@ def run_batch(
     """Run every request of ``input_path`` not yet answered in ``output_path`` through ``pool``.
 
     See the module docstring for the file formats, durability and resume rules. Nothing
-    is sent when the input has duplicate custom_ids.
+    is sent when the input has duplicate custom_ids, when a path cannot be used, or when
+    the pool has a spend cap and a model of the input has no known price.
 
-    :param pool: the pool to run on (its workers, limits and client apply); not closed here.
+    :param pool: the pool to run on (its workers, limits, spend cap and client apply); not closed here.
     :param retry_failed: try again items whose last line in the output is a failure.
     :param model: a model for every request, replacing the one a line names.
     :param interrupter: the Ctrl-C handling (see :class:`Interrupter`); the CLI installs it.
     :param progress: where the progress bar and notices go (default: nowhere).
     :returns: the :class:`BatchSummary`; after a second Ctrl-C (``KeyboardInterrupt``) the
         run ends early and its summary says ``interrupted="cancelled"``.
-    :raises BatchFileError: duplicate custom_ids, input and output being one file, or
-        an output file another run is writing.
+    :raises BatchFileError: duplicate custom_ids, input and output being one file, an
+        input or output that is not a regular file, or an output another run is writing.
+    :raises ConfigurationError: a spend cap with a model whose price is unknown.
+    :raises ValueError: an empty ``model``.
     :raises OSError: the input cannot be read or the output cannot be written.
     """
     started = time.monotonic()
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise ValueError(f"model must be a non-empty model id, got {model!r}")
+    _check_regular(input_path, "input (it is read twice: save a pipe to a file first)")
+    if not os.path.exists(input_path):
+        raise FileNotFoundError(errno.ENOENT, "no such file", os.fspath(input_path))
+    _check_regular(output_path, "output")
     if os.path.exists(output_path) and os.path.samefile(input_path, output_path):
         raise BatchFileError("the output file must not be the input file")
-    ids, malformed = _check_input(input_path)
+    found = _check_input(input_path)
+    spend = pool.spend
+    if spend is not None:
+        spend.check_models({model} if model is not None else found.models | {pool.client.model})
+    ids = found.lines
     interrupter = interrupter or Interrupter()
     progress = progress or BatchProgress()
-    tally = Tally()
-    summary = BatchSummary(items=len(ids), tally=tally)
+    tally = Tally(prices=spend.prices if spend is not None else None)
+    summary = BatchSummary(items=len(ids), tally=tally, max_cost=spend.max_cost if spend is not None else None)
     out = _ResultsFile(output_path)
     try:
         summary.repaired = out.repaired
@@ -487,8 +630,15 @@ def run_batch(
                 f"repaired {out.path}: removed a half-written last line ({out.repaired} bytes) left by an "
                 "interrupted run; that item runs again"
             )
+        summary.unreadable = out.unreadable_count
         if out.unreadable:
-            progress.warn(f"{out.path}: ignoring {out.unreadable} lines that are not result lines")
+            shown = "; ".join(f"line {number}: {why}" for number, why in out.unreadable)
+            more = out.unreadable_count - len(out.unreadable)
+            progress.warn(
+                f"{out.path}: skipped {out.unreadable_count} lines that are not readable result lines ({shown}"
+                + (f"; and {more} more" if more else "")
+                + "); their items, if any, run again"
+            )
         ok_ids = out.ok_ids
         seen = out.keep
 
@@ -508,14 +658,23 @@ def run_batch(
                 text += f", {summary.skipped_failed} failed ones skipped (--no-retry-failed)"
             progress.info(text + f"; {to_run} to run")
         progress.start(to_run)
-        interrupted = _run(pool, out, input_path, malformed, should_run, model, interrupter, progress, summary)
+        feed = _Feed(input_path, should_run, model)
+        interrupted = _run(pool, out, feed, found.malformed, should_run, model, interrupter, progress, summary)
         summary.not_run = to_run - tally.ok - tally.failed
         if interrupted == "stopped" and (summary.aborted is not None or not summary.not_run):
             interrupted = None  # stopped by a fatal error, or Ctrl-C after the last request: not an interrupt
         summary.interrupted = interrupted
         if summary.interrupted is None:
             out.sync()
-            summary.compacted = out.compact()
+            try:
+                summary.compacted = out.compact()
+            except OSError as err:
+                summary.compaction_error = f"writing {out.temporary} failed: {err.strerror or err}"
+                progress.warn(
+                    f"could not compact {out.path}: {summary.compaction_error}. The output is complete and valid "
+                    "(it still holds superseded lines: per custom_id its success stands, else its last line); "
+                    "a rerun with nothing left to do finishes the compaction"
+                )
     finally:
         progress.close()
         out.close()
@@ -526,7 +685,7 @@ def run_batch(
 def _run(
     pool: DeepSeekPool,
     out: _ResultsFile,
-    input_path: PathLike,
+    feed: _Feed,
     malformed: List[_Malformed],
     should_run: Any,
     model: Optional[str],
@@ -539,7 +698,7 @@ def _run(
     lines = _LineMaker()
     begin, end = interrupter._begin_write, interrupter._end_write
     default_model = model or pool.client.model
-    requests = _requests(input_path, should_run, model)
+    requests = iter(feed)
     results = pool.as_completed(requests, stop=interrupter.stop)
     try:
         for _number, custom_id, code, message in malformed:
@@ -558,10 +717,13 @@ def _run(
             custom_id = result.custom_id or str(result.index + 1)
             completion = result.completion
             if error is None and completion is not None:
-                data = lines.success(custom_id, completion)
-                ok = True
+                data, ok = lines.success(custom_id, completion)
+            elif isinstance(error, SpendCapReached):
+                summary.capped = True
+                feed.stopped = True  # not started: left for a rerun, and nothing more is fed
+                continue
             elif _is_cancellation(error):
-                continue  # never answered: not written, so the next run sends it
+                continue  # never answered (cancelled, or refused by the drain): not written, so a rerun sends it
             else:
                 assert error is not None
                 data = lines.error(custom_id, error)
@@ -575,7 +737,6 @@ def _run(
             finally:
                 end()
             if ok:
-                assert completion is not None
                 tally.add_ok(completion, _requested_model(result, default_model))
             else:
                 tally.add_failed()
@@ -588,12 +749,16 @@ def _run(
         close = getattr(results, "close", None)
         if close is not None:
             close()
-        requests.close()
+        close = getattr(requests, "close", None)
+        if close is not None:
+            close()
     return "stopped" if interrupter.stop.is_set() else None
 
 
 def _requested_model(result: Result, default: str) -> str:
     request = result.request
+    if isinstance(request, dict) and isinstance(request.get("body"), dict):
+        request = request["body"]
     model = request.get("model") if isinstance(request, dict) else None
     return model if isinstance(model, str) else default
 

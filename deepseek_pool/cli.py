@@ -8,20 +8,25 @@
     deepseek-pool serve-fake --latency 0.2-0.5      # a local DeepSeek-compatible server
 
 Exit status: 0 success, 1 some items or the call failed, 2 bad invocation or
-configuration, 130 interrupted. A bad invocation prints one line on stderr, never a
-traceback. The API key comes from ``DEEPSEEK_API_KEY`` or ``--api-key-file``, never
-from an argument that would show in ``ps``.
+configuration, 3 the spend cap (``run --max-cost``) stopped the run, 130
+interrupted. A bad invocation prints one line on stderr, never a traceback. The API
+key comes from ``DEEPSEEK_API_KEY`` or ``--api-key-file``, never from an argument
+that would show in ``ps``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import shlex
+import shutil
 import signal
+import stat
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, TextIO, Tuple
@@ -31,9 +36,9 @@ from .batch import BatchFileError, BatchSummary, Interrupter, run_batch
 from .client import DeepSeekClient
 from .config import ENV_API_KEY
 from .errors import ConfigurationError, DeepSeekError
-from .models import DEFAULT_MODEL
+from .models import DEFAULT_MODEL, ModelPrice
 from .pool import DeepSeekPool
-from .progress import BatchProgress, Tally, format_cost, format_summary
+from .progress import BatchProgress, Tally, format_cost, format_summary, summary_dict
 
 __all__ = ["main"]
 
@@ -41,6 +46,8 @@ PROG = "deepseek-pool"
 #: Seconds a cancelled run waits for its worker threads before exiting without them.
 CANCEL_EXIT_GRACE = 2.0
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: ``run`` stopped by its spend cap (``--max-cost``): the items not started are left for a rerun.
+EXIT_SPEND_CAP = 3
 
 #: The demo's prompts: varied, like a real batch (answers are made up by FakeDeepSeek).
 DEMO_PROMPTS = (
@@ -140,6 +147,37 @@ def _latency_range(text: str) -> Tuple[float, float]:
     return pair
 
 
+def _dollars(text: str) -> float:
+    try:
+        value = float(text.strip().lstrip("$"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an amount of USD > 0 like 5.00, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected an amount of USD > 0 like 5.00, got {text!r}")
+    return value
+
+
+def _model_id(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a model id, got {text!r}")
+    return text.strip()
+
+
+def _price(text: str) -> Tuple[str, ModelPrice]:
+    model, sep, figures = text.partition("=")
+    parts = figures.split(",")
+    message = f"expected MODEL=HIT,MISS,OUTPUT in USD per 1M tokens (e.g. my-model=0.01,0.3,1.2), got {text!r}"
+    if not sep or not model.strip() or len(parts) != 3:
+        raise argparse.ArgumentTypeError(message)
+    try:
+        hit, miss, output = (float(part) for part in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(message) from None
+    if not all(math.isfinite(v) and v >= 0 for v in (hit, miss, output)):
+        raise argparse.ArgumentTypeError(message)
+    return model.strip(), ModelPrice(hit, miss, output, off_peak_factor=1.0)
+
+
 _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
@@ -154,7 +192,7 @@ def _add_connection_options(parser: argparse.ArgumentParser, model_help: str) ->
     parser.add_argument(
         "--api-key-file", metavar="PATH", help=f"read the API key from this file (default: ${ENV_API_KEY})"
     )
-    parser.add_argument("--model", metavar="ID", help=model_help)
+    parser.add_argument("--model", type=_model_id, metavar="ID", help=model_help)
     parser.add_argument(
         "--timeout", type=_seconds, metavar="SECONDS", help="most seconds one attempt may take (default 900)"
     )
@@ -186,16 +224,33 @@ def _build_parser(prog: str) -> _Parser:
         description=(
             "Run every request of a JSONL file and append one result line per item to the\n"
             "output as each completes (OpenAI batch output shape). Rerun the same command\n"
-            "to resume: items already answered are skipped. Ctrl-C once stops sending and\n"
-            "lets the calls in flight finish; Ctrl-C twice cancels them."
+            "to resume: items already answered are skipped, failed ones are tried again,\n"
+            "and a run that ends by itself compacts the output to one line per item.\n\n"
+            "The output is locked for the whole run (compaction included): a second run on\n"
+            "the same output is refused. Do not append to it from other programs while a\n"
+            "run owns it: such lines may be lost in the compaction; lines a resume cannot\n"
+            "read are skipped with a warning naming their line numbers.\n\n"
+            "Ctrl-C once drains: no request of any kind is sent any more (retries\n"
+            "included), the answers already coming are saved, and calls that would need\n"
+            "another attempt are left for the rerun. Ctrl-C twice cancels the calls in flight."
         ),
         epilog=(
             "input lines, one JSON value each:\n"
             '  {"prompt": "..."}\n'
             '  {"messages": [...], "model": "...", "custom_id": "..."}    (any chat parameter)\n'
             '  {"custom_id": "...", "method": "POST", "url": "/v1/chat/completions", "body": {...}}\n'
-            "a line without a custom_id gets its line number as one.\n\n"
-            "exit status: 0 all items answered, 1 some failed, 2 bad invocation, 130 interrupted."
+            "batch urls: /chat/completions and /v1/chat/completions (chat), /beta/chat/completions\n"
+            "(chat at the beta base: prefix completion), /beta/completions (FIM); any other url\n"
+            "is an error line. A line without a custom_id gets its line number as one. A line\n"
+            "that is not JSON, too long or nested too deep is an error line; the rest still run.\n"
+            "IN.jsonl may be - (or a pipe) to read the requests from stdin: they are saved to a\n"
+            "temporary file first; to resume, give the same lines again.\n\n"
+            "spend cap: with --max-cost USD no call starts once the cost so far plus what the\n"
+            "calls in flight reserved (prompt estimate + max_tokens, priced from the model table,\n"
+            "peak or off-peak) would pass it; set max_tokens for a hard bound. Models without a\n"
+            "known price are refused up front unless --price gives one.\n\n"
+            "exit status: 0 all items answered, 1 some failed, 2 bad invocation (nothing sent),\n"
+            f"{EXIT_SPEND_CAP} stopped by the spend cap (rerun with a higher cap for the rest), 130 interrupted."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -224,6 +279,22 @@ def _build_parser(prog: str) -> _Parser:
         default=True,
         help="on resume, try again the items that failed before (default: yes)",
     )
+    run.add_argument(
+        "--max-cost",
+        type=_dollars,
+        metavar="USD",
+        help=f"spend cap: start no call that could pass it; items left are for a rerun (exit {EXIT_SPEND_CAP})",
+    )
+    run.add_argument(
+        "--price",
+        type=_price,
+        action="append",
+        default=[],
+        metavar="MODEL=HIT,MISS,OUTPUT",
+        help="a model's price in USD per 1M tokens (cache-hit input, cache-miss input, output), "
+        "flat at all hours; for models the built-in table does not know (repeatable)",
+    )
+    run.add_argument("--json-summary", metavar="FILE", help="also write the summary as JSON to FILE (for scripts)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar, notices or summary")
     _add_connection_options(
         run,
@@ -322,15 +393,63 @@ def _is_tty(stream: TextIO) -> bool:
 # -- run ---------------------------------------------------------------------------------------
 
 
-def _cmd_run(args: argparse.Namespace, command_line: str) -> int:
-    if not os.path.isfile(args.input):
-        reason = "is a directory" if os.path.isdir(args.input) else "no such file"
-        raise _Fail(f"cannot read {args.input}: {reason}")
-    directory = os.path.dirname(os.path.abspath(args.output))
+def _check_run_paths(args: argparse.Namespace) -> None:
+    """Refuse, before anything is sent, paths the run could not use."""
+    if args.input != "-":
+        try:
+            mode = os.stat(args.input).st_mode
+        except FileNotFoundError:
+            raise _Fail(f"cannot read {args.input}: no such file") from None
+        except OSError as err:
+            raise _Fail(f"cannot read {args.input}: {err.strerror or err}") from None
+        if stat.S_ISDIR(mode):
+            raise _Fail(f"cannot read {args.input}: it is a directory")
+        if stat.S_ISREG(mode) and not os.access(args.input, os.R_OK):
+            raise _Fail(f"cannot read {args.input}: permission denied")
+    output = args.output
+    directory = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(directory):
-        raise _Fail(f"cannot write {args.output}: the directory {directory} does not exist")
-    if os.path.isdir(args.output):
-        raise _Fail(f"cannot write {args.output}: it is a directory")
+        raise _Fail(f"cannot write {output}: the directory {directory} does not exist")
+    try:
+        mode = os.stat(output).st_mode
+    except FileNotFoundError:
+        if not os.access(directory, os.W_OK):
+            raise _Fail(f"cannot use {output}: permission denied (the directory {directory} is not writable)") from None
+    else:
+        if stat.S_ISDIR(mode):
+            raise _Fail(f"cannot write {output}: it is a directory")
+        if not stat.S_ISREG(mode):
+            raise _Fail(f"cannot write {output}: it is not a regular file (a device or a pipe); give a file path")
+        if not os.access(output, os.R_OK | os.W_OK):
+            raise _Fail(f"cannot use {output}: permission denied (it is read to resume and appended to)")
+    if args.json_summary:
+        where = os.path.dirname(os.path.abspath(args.json_summary))
+        if os.path.isdir(args.json_summary) or not os.path.isdir(where):
+            raise _Fail(f"cannot write the summary to {args.json_summary}: no such directory or it is one")
+
+
+@contextlib.contextmanager
+def _input_file(path: str, output: str) -> Any:
+    """The input as a regular file: a pipe (``-``, ``/dev/stdin``, a FIFO) is saved to a temporary one first."""
+    if path != "-" and stat.S_ISREG(os.stat(path).st_mode):
+        yield path
+        return
+    directory = os.path.dirname(os.path.abspath(output))
+    with tempfile.NamedTemporaryFile(prefix=".deepseek-pool-input-", suffix=".jsonl", dir=directory) as spool:
+        if path == "-":
+            shutil.copyfileobj(sys.stdin.buffer, spool)
+        else:
+            with open(path, "rb") as source:
+                shutil.copyfileobj(source, spool)
+        spool.flush()
+        yield spool.name
+
+
+def _cmd_run(args: argparse.Namespace, command_line: str) -> int:
+    _check_run_paths(args)
+    prices = dict(args.price)
+    if prices and args.max_cost is None:
+        raise _Fail("--price is only used with --max-cost")
     client = _client(args, max_retries=args.max_retries)
     try:
         pool = DeepSeekPool(
@@ -340,6 +459,8 @@ def _cmd_run(args: argparse.Namespace, command_line: str) -> int:
             rpm=args.rpm,
             tpm=args.tpm,
             retry_budget=args.retry_budget,
+            max_cost=args.max_cost,
+            prices=prices or None,
         )
     except ValueError as err:
         client.close()
@@ -351,8 +472,8 @@ def _cmd_run(args: argparse.Namespace, command_line: str) -> int:
     def on_sigint(signum: int, frame: Any) -> None:
         if interrupter.presses == 0:
             _raw_stderr(
-                "\nCtrl-C: stopping. No new requests are sent; the calls in flight finish and are saved. "
-                "Press Ctrl-C again to cancel them.\n"
+                "\nCtrl-C: stopping (a drain). No request of any kind is sent any more (retries included); the answers "
+                "already coming are saved. Press Ctrl-C again to cancel them.\n"
             )
         else:
             _raw_stderr("\nCtrl-C again: cancelling the calls in flight (a rerun sends them again).\n")
@@ -361,16 +482,17 @@ def _cmd_run(args: argparse.Namespace, command_line: str) -> int:
     previous = _set_sigint(on_sigint)
     summary: Optional[BatchSummary] = None
     try:
-        summary = run_batch(
-            args.input,
-            args.output,
-            pool,
-            retry_failed=args.retry_failed,
-            model=args.model,
-            interrupter=interrupter,
-            progress=progress,
-        )
-    except BatchFileError as err:
+        with _input_file(args.input, args.output) as input_path:
+            summary = run_batch(
+                input_path,
+                args.output,
+                pool,
+                retry_failed=args.retry_failed,
+                model=args.model,
+                interrupter=interrupter,
+                progress=progress,
+            )
+    except (BatchFileError, ConfigurationError) as err:
         raise _Fail(str(err)) from None
     except OSError as err:
         name = err.filename or args.output
@@ -391,12 +513,34 @@ def _set_sigint(handler: Any) -> Any:
     return signal.signal(signal.SIGINT, handler)
 
 
+def _run_status(summary: BatchSummary) -> int:
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    if summary.complete:
+        return EXIT_OK
+    if summary.capped and not summary.failed:
+        return EXIT_SPEND_CAP
+    return EXIT_FAILED
+
+
 def _report_run(summary: BatchSummary, args: argparse.Namespace, command_line: str) -> int:
     err = sys.stderr
+    status = _run_status(summary)
+    if args.json_summary:
+        data = summary_dict(summary)
+        data["exit_status"] = status
+        try:
+            with open(args.json_summary, "w", encoding="utf-8") as file:
+                json.dump(data, file, indent=2)
+                file.write("\n")
+        except OSError as error:
+            print(f"{PROG} run: cannot write {args.json_summary}: {error.strerror or error}", file=err)
     if summary.aborted:
         print(f"{PROG} run: stopped early: {summary.aborted}", file=err)
-    if not args.quiet or summary.interrupted:
+    if not args.quiet or summary.interrupted or summary.capped:
         print(format_summary(summary), file=err)
+    if summary.capped and not summary.interrupted:
+        print(f"to run the items left, raise --max-cost and rerun: {command_line}", file=err, flush=True)
     if summary.interrupted:
         verb = "cancelled" if summary.interrupted == "cancelled" else "interrupted"
         print(f"{verb}: {summary.not_run} items not run; everything completed is in {args.output}", file=err)
@@ -404,8 +548,8 @@ def _report_run(summary: BatchSummary, args: argparse.Namespace, command_line: s
         if summary.interrupted == "cancelled":
             _exit_without_workers(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
-    if summary.complete:
-        return EXIT_OK
+    if status != EXIT_FAILED:
+        return status
     if not args.quiet or summary.tally.failed:
         failed = summary.tally.failed + summary.skipped_failed
         hint = command_line if args.retry_failed else command_line.replace("--no-retry-failed", "--retry-failed")

@@ -302,6 +302,7 @@ class DeepSeekClient:
         _CLIENTS.add(self)
         self.beta_url = self._normalize_base_url(beta_url) if beta_url else self._default_beta_url(self.base_url)
         self._fim_url = self.beta_url + "/completions"
+        self._beta_chat_url = self.beta_url + "/chat/completions"
 
     @staticmethod
     def _normalize_base_url(url: str) -> str:
@@ -653,6 +654,7 @@ class DeepSeekClient:
         stream: bool = False,
         restart_streams: bool = False,
         control: Optional[CallControl] = None,
+        beta: bool = False,
         **params: Any,
     ) -> ChatCompletion:
         """Send one chat request and return its answer.
@@ -670,16 +672,19 @@ class DeepSeekClient:
         :param on_retry: called before each retry with a :class:`~deepseek_pool.RetryEvent`.
         :param control: a :class:`~deepseek_pool.CallControl` (deadline, cancel event,
             abort handle, hooks) for callers that run calls themselves.
+        :param beta: post to ``beta_url + "/chat/completions"`` (chat prefix completion,
+            strict tool schemas) instead of ``base_url + "/chat/completions"``.
         :param params: any other chat field (``max_tokens``, ``temperature``, ``tools`` ...).
         :raises DeepSeekError: see :mod:`deepseek_pool.errors`.
         """
         body = build_chat_body(messages, self.model if model is None else model, params)
         control = self._control(control, on_retry)
+        url = self._beta_chat_url if beta else self._chat_url
         if stream:
             body["stream"] = True
             return self._call(  # type: ignore[no-any-return]
                 "POST",
-                self._chat_url,
+                url,
                 body,
                 timeout=timeout,
                 control=control,
@@ -687,7 +692,7 @@ class DeepSeekClient:
                 parse=partial(self._aggregate, on_chunk, restart_streams),
             )
         return self._call(  # type: ignore[no-any-return]
-            "POST", self._chat_url, body, timeout=timeout, control=control, parse=self._parse_chat
+            "POST", url, body, timeout=timeout, control=control, parse=self._parse_chat
         )
 
     def _parse_chat(self, data: Optional[bytes], response: requests.Response, attempt: Attempt) -> ChatCompletion:

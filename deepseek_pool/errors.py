@@ -5,6 +5,7 @@
     DeepSeekError
      ├── ConfigurationError              bad settings (no API key, bad base URL, bad option)
      ├── RetryBudgetExceeded             the pool's retry budget is spent: fail fast
+     ├── SpendCapReached                 the pool's spend cap (max_cost) would pass: not sent
      ├── APIConnectionError              no usable HTTP response (refused, reset, cut stream)
      │    └── APITimeoutError            connect/read timeout or the total deadline passed
      └── APIStatusError                  the server answered with an error (.status_code, .body)
@@ -44,6 +45,7 @@ __all__ = [
     "RateLimitError",
     "RetryBudgetExceeded",
     "ServiceUnavailableError",
+    "SpendCapReached",
     "UnprocessableEntityError",
     "status_error",
     "without_secret",
@@ -60,6 +62,10 @@ class ConfigurationError(DeepSeekError, ValueError):
 
 class RetryBudgetExceeded(DeepSeekError):
     """The shared retry budget is spent: the API keeps failing, so calls fail fast."""
+
+
+class SpendCapReached(DeepSeekError):
+    """Not sent: the money spent plus what running calls reserved would pass ``max_cost``."""
 
 
 class APIConnectionError(DeepSeekError):

@@ -21,35 +21,63 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
-import math
 import os
 import queue
 import sys
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+)
 
-from .budget import rate_limit_signal
-from .calls import CallControl, CallHandle, RetryCancelled, RetryEvent
+from .calls import CallControl, CallHandle
 from .client import DeepSeekClient
 from .errors import APIStatusError, APITimeoutError, status_error
-from .limits import Limiter, Permit
+from .items import (
+    BATCH_URLS,
+    POOL_KEYS,
+    PoolStats,
+    Request,
+    Result,
+    Routed,
+    estimate_prompt_tokens,
+    estimate_tokens,
+    parse_request,
+    route_request,
+)
+from .limits import Limiter
 from .messages import Messages, normalize_messages
+from .models import ModelPrice
+from .poolcall import Drain, DrainStopped, PoolCall
+from .spend import UNSET_MAX_TOKENS_RESERVE, Reservation, SpendCap
 from .types import ChatChunk, ChatCompletion, Usage
 
-__all__ = ["DeepSeekPool", "PoolStats", "Request", "Result", "parse_request"]
+__all__ = [
+    "BATCH_URLS",
+    "DeepSeekPool",
+    "DrainStopped",
+    "PoolStats",
+    "Request",
+    "Result",
+    "Routed",
+    "parse_request",
+    "route_request",
+]
 
 log = logging.getLogger(__name__)
 
-Request = Union[str, Sequence[Mapping[str, Any]], Mapping[str, Any]]
 ResultCallback = Callable[["Result"], None]
 PoolChunkCallback = Callable[["Result", ChatChunk], None]
 
-#: Keys of a request dict that steer the pool and are never sent to the API.
-POOL_KEYS = frozenset({"custom_id"})
 #: Call options the pool sets itself, so a request may not.
 _POOL_OWNED = frozenset({"on_retry", "on_chunk", "restart_streams"})
 #: Submitted-but-unfinished requests per worker that as_completed/map keep queued.
@@ -58,217 +86,8 @@ WINDOW_PER_WORKER = 2
 STOP_POLL_INTERVAL = 0.1
 #: Most seconds leaving an ``as_completed`` loop early waits for its aborted calls to end.
 ABORT_WAIT = 2.0
-#: Tokens reserved for the answer when a request sets no ``max_tokens``.
-DEFAULT_COMPLETION_RESERVE = 1024
 #: Statuses after which a pool sends nothing more: the key is wrong, the balance is spent.
 STOP_STATUSES = frozenset({401, 402})
-_CHAT_URLS = ("/chat/completions", "/v1/chat/completions", "/beta/chat/completions")
-
-
-class Result:
-    """The outcome of one request of a batch; errors are kept here, never raised mid-batch.
-
-    :ivar index: position of the request in the input (0-based).
-    :ivar custom_id: the request's ``custom_id``, if it had one.
-    :ivar request: the request as given.
-    :ivar completion: the answer, or None on error.
-    :ivar error: the exception, or None on success.
-    :ivar attempts: HTTP attempts made (1 + retries).
-    :ivar started_at: ``time.monotonic()`` when the call started (after the rate limits).
-    :ivar queued: seconds spent waiting for the rate limits before starting.
-    :ivar elapsed: seconds from start to answer, retries included.
-    :ivar first_token: seconds from start to the first streamed token (streaming only).
-    """
-
-    __slots__ = (
-        "attempts",
-        "completion",
-        "custom_id",
-        "elapsed",
-        "error",
-        "first_token",
-        "index",
-        "queued",
-        "request",
-        "started_at",
-    )
-
-    def __init__(self, index: int, custom_id: Optional[str], request: Any) -> None:
-        self.index = index
-        self.custom_id = custom_id
-        self.request = request
-        self.completion: Optional[ChatCompletion] = None
-        self.error: Optional[BaseException] = None
-        self.attempts = 0
-        self.started_at: Optional[float] = None
-        self.queued = 0.0
-        self.elapsed = 0.0
-        self.first_token: Optional[float] = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the request got an answer."""
-        return self.error is None and self.completion is not None
-
-    def unwrap(self) -> ChatCompletion:
-        """The completion, or raise the error that replaced it."""
-        if self.error is not None:
-            raise self.error
-        assert self.completion is not None
-        return self.completion
-
-    def __repr__(self) -> str:
-        outcome = f"error={self.error!r}" if self.error is not None else f"completion={self.completion!r}"
-        return f"Result(index={self.index}, custom_id={self.custom_id!r}, {outcome}, attempts={self.attempts})"
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    """Counters of a pool, read with :attr:`DeepSeekPool.stats`."""
-
-    submitted: int
-    done: int
-    ok: int
-    failed: int
-    retried: int
-    usage: Usage
-    #: submitted calls that were cancelled before they started
-    cancelled: int = 0
-
-    @property
-    def in_flight(self) -> int:
-        """Calls submitted and neither finished nor cancelled."""
-        return self.submitted - self.done - self.cancelled
-
-
-def parse_request(request: Request) -> Tuple[Optional[str], Messages, Dict[str, Any]]:
-    """Split a request into ``(custom_id, messages, params)``; raise naming the problem.
-
-    Accepted: a str; a list of messages; a dict of chat params (``messages`` or
-    ``prompt``, optional ``custom_id``); an OpenAI batch line
-    ``{"custom_id", "method", "url", "body"}``.
-    """
-    if isinstance(request, str):
-        return None, request, {}
-    if isinstance(request, (list, tuple)):
-        return None, request, {}
-    if not isinstance(request, Mapping):
-        raise TypeError(f"a request must be a str, a list of messages or a dict, got {type(request).__name__}")
-    custom_id = request.get("custom_id")
-    if custom_id is not None and not isinstance(custom_id, str):
-        raise TypeError(f"custom_id must be a str, got {custom_id!r}")
-    if "body" in request:
-        url = request.get("url", "/v1/chat/completions")
-        if url not in _CHAT_URLS:
-            raise ValueError(f"unsupported batch url {url!r}; only /v1/chat/completions is supported")
-        method = request.get("method", "POST")
-        if str(method).upper() != "POST":
-            raise ValueError(f"unsupported batch method {method!r}; expected POST")
-        body = request["body"]
-        if not isinstance(body, Mapping):
-            raise TypeError(f"a batch line's body must be a dict, got {type(body).__name__}")
-        params = dict(body)
-    else:
-        params = {key: value for key, value in request.items() if key not in POOL_KEYS}
-    if "messages" in params:
-        messages = params.pop("messages")
-        if "prompt" in params:
-            raise ValueError("a request has both 'messages' and 'prompt'; give one")
-    elif "prompt" in params:
-        messages = params.pop("prompt")
-        if not isinstance(messages, str):
-            raise TypeError(f"prompt must be a str, got {type(messages).__name__}")
-    else:
-        raise ValueError("a request dict needs 'messages' (or 'prompt')")
-    return custom_id, messages, params
-
-
-def estimate_tokens(messages: Messages, params: Mapping[str, Any]) -> int:
-    """Tokens to reserve before a call: prompt characters / 4 plus the answer's cap."""
-    if isinstance(messages, str):
-        chars = len(messages)
-        count = 1
-    else:
-        chars = 0
-        count = len(messages)
-        for message in messages:
-            content = message.get("content") if isinstance(message, Mapping) else None
-            if isinstance(content, str):
-                chars += len(content)
-    max_tokens = params.get("max_tokens")
-    reserve = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else DEFAULT_COMPLETION_RESERVE
-    return chars // 4 + 4 * count + reserve
-
-
-class _PoolCall(CallControl):
-    """One pool call's control: its attempts feed the pool's limiter and stop.
-
-    A call whose attempt met the account's concurrency cap (a 429 about concurrency)
-    gives its in-flight slot back and queues for a new one before it retries: the cap
-    was just lowered, and retrying on the old slot would only meet it again.
-    """
-
-    def __init__(
-        self, pool: DeepSeekPool, permit: Permit, tokens: int, deadline: Optional[float], cancelled: threading.Event
-    ) -> None:
-        super().__init__(deadline=deadline, cancelled=cancelled)
-        self.pool = pool
-        self.limiter = pool.limiter
-        self.permit: Optional[Permit] = permit
-        self.tokens = tokens
-        self.attempts = 0
-        self.retries = 0
-        self._requeue = False
-
-    def attempt_started(self, attempt: int) -> None:
-        self.attempts = attempt
-
-    def response_received(self, status: int, retry_after: Optional[float], error: Optional[Exception]) -> None:
-        if status == 429:
-            if self.pool.cool_down:
-                seconds = retry_after if retry_after is not None else self.pool.client.retry.backoff_for(1)
-                message = error.message if isinstance(error, APIStatusError) else None
-                signal = rate_limit_signal(message)
-                self.limiter.cool_down(seconds, signal=signal)
-                self._requeue = signal.concurrency
-        elif status in self.pool.stop_on:
-            self.pool._note_stop(status)
-
-    def before_retry(self, event: RetryEvent) -> None:
-        self.limiter.spend_retry(event.kind, permit=self.permit)
-        self.retries += 1
-
-    def wait(self, delay: float, deadline: float) -> None:
-        timeout = None if deadline == math.inf else deadline - time.monotonic()
-        try:
-            self.limiter.wait_before_retry(delay, cancelled=self.cancelled, timeout=timeout, permit=self.permit)
-        except cf.CancelledError:
-            raise RetryCancelled("not retried: the pool is shutting down") from None
-        except TimeoutError:
-            raise APITimeoutError(
-                "not retried: the call's deadline (call_timeout) would pass while the limiter holds retries back"
-            ) from None
-        if self._requeue:
-            self._requeue = False
-            self._queue_again(deadline)
-        self.check()
-
-    def _queue_again(self, deadline: float) -> None:
-        limiter, old = self.limiter, self.permit
-        assert old is not None
-        limiter.release(old, tokens_used=0, ok=False)  # a 429 generated nothing
-        timeout = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
-        try:
-            self.permit = limiter.acquire(self.tokens, cancelled=self.cancelled, timeout=timeout)
-            self.permit.retry_cost = old.retry_cost  # refunded if the call succeeds
-        except cf.CancelledError:
-            self.permit = None
-            raise RetryCancelled("not retried: the pool is shutting down") from None
-        except TimeoutError:
-            self.permit = None
-            raise APITimeoutError(
-                "not retried: the call's deadline (call_timeout) passed while it queued for the concurrency cap"
-            ) from None
 
 
 _POOLS: weakref.WeakSet[DeepSeekPool] = weakref.WeakSet()
@@ -308,6 +127,13 @@ class DeepSeekPool:
     :param stop_on: statuses after which the pool sends nothing more (default 401 and
         402: a wrong key or a spent balance fails every call alike); later calls fail at
         once with the same error class, without being sent. ``()`` never stops.
+    :param max_cost: a spend cap in USD: no call starts once the money spent plus what the
+        running calls reserved (prompt estimate and ``max_tokens``, priced from the model
+        table at the peak or off-peak rate) would pass it; such a call fails at once with
+        :class:`~deepseek_pool.errors.SpendCapReached`, unsent. A model without a known
+        price is refused (:class:`~deepseek_pool.errors.ConfigurationError`) unless
+        ``prices`` gives one. See :mod:`deepseek_pool.spend`.
+    :param prices: model id -> :class:`~deepseek_pool.models.ModelPrice`, for ``max_cost``.
     """
 
     def __init__(
@@ -326,6 +152,8 @@ class DeepSeekPool:
         on_chunk: Optional[PoolChunkCallback] = None,
         cool_down: bool = True,
         stop_on: Iterable[int] = STOP_STATUSES,
+        max_cost: Optional[float] = None,
+        prices: Optional[Mapping[str, ModelPrice]] = None,
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
@@ -333,9 +161,17 @@ class DeepSeekPool:
             raise ValueError(f"window must be an int >= 1, got {window!r}")
         if limiter is not None and (max_in_flight is not None or rpm is not None or tpm is not None):
             raise ValueError("give either limiter= or max_in_flight/rpm/tpm, not both")
+        #: the spend cap (None without ``max_cost``): ``spend.spent``, ``spend.reserved`` ...
+        self.spend: Optional[SpendCap] = None
+        if max_cost is not None:
+            self.spend = SpendCap(max_cost, prices=prices)
+        elif prices:
+            raise ValueError("prices= is only used with max_cost=")
         self.limiter = limiter or Limiter(max_in_flight=max_in_flight, rpm=rpm, tpm=tpm, retry_budget=retry_budget)
         self._owns_client = client is None
         self.client = client if client is not None else DeepSeekClient()
+        if self.spend is not None:
+            self.spend.check_models([self.client.model])  # an unpriced default model is refused up front
         self.max_workers = max_workers
         self.client.reserve_connections(max_workers)
         self._connections_released = False
@@ -350,7 +186,7 @@ class DeepSeekPool:
         self._closing = threading.Event()
         self._closed = False
         self._client_closed = False
-        self._iterations: set[threading.Event] = set()
+        self._iterations: Dict[threading.Event, Optional[Drain]] = {}
         self._handles: Dict[CallHandle, threading.Event] = {}
         self._lock = threading.Lock()
         self._futures: set[cf.Future[Any]] = set()
@@ -370,7 +206,7 @@ class DeepSeekPool:
         counters start again) and runs its own work on a new executor.
         """
         self._lock = threading.Lock()
-        self._iterations = set()
+        self._iterations = {}
         self._handles = {}
         self._futures = set()
         if self._owns_executor:
@@ -391,50 +227,96 @@ class DeepSeekPool:
 
     # -- one call ----------------------------------------------------------------------
 
-    def _run(self, result: Result, messages: Messages, params: Dict[str, Any], cancelled: threading.Event) -> Result:
+    def _run(
+        self,
+        result: Result,
+        messages: Messages,
+        params: Dict[str, Any],
+        cancelled: threading.Event,
+        endpoint: str = "chat",
+        drain: Optional[Drain] = None,
+    ) -> Result:
         """Worker body for a batch item: never raises, the outcome goes on ``result``."""
         try:
-            result.completion = self._call(result, messages, params, cancelled)
+            result.completion = self._call(result, messages, params, cancelled, endpoint, drain)
         except BaseException as err:
             result.error = err
         self._finish(result)
         return result
 
     def _call(
-        self, result: Result, messages: Messages, params: Dict[str, Any], cancelled: threading.Event
-    ) -> ChatCompletion:
-        """Validate, wait for the limits, call, account; raise on failure (used by submit too)."""
-        normalize_messages(messages)  # bad input fails here, before any limiter or network
+        self,
+        result: Result,
+        messages: Messages,
+        params: Dict[str, Any],
+        cancelled: threading.Event,
+        endpoint: str = "chat",
+        drain: Optional[Drain] = None,
+    ) -> Any:
+        """Validate, wait for the limits, call, account; raise on failure (used by submit too).
+
+        Returns a :class:`ChatCompletion` (a :class:`~deepseek_pool.FIMCompletion` for ``"fim"``).
+        """
+        if endpoint != "fim":
+            normalize_messages(messages)  # bad input fails here, before any limiter or network
         for key in _POOL_OWNED & params.keys():
             raise TypeError(f"{key!r} is set by the pool; use DeepSeekPool(on_chunk=...) or its limiter instead")
         stopped = self._stopped_by
         if stopped is not None:
             raise status_error(stopped, f"not sent: an earlier call of this pool was answered {stopped}")
+        spend = self.spend
+        model = params.get("model") or self.client.model
+        if spend is not None:
+            spend.price(model)  # an unpriced model is refused before it waits anywhere
         tokens = estimate_tokens(messages, params)
         limiter = self.limiter
         start = time.monotonic()
         call_timeout = self.client.call_timeout
         try:
-            permit = limiter.acquire(tokens, cancelled=cancelled, timeout=call_timeout)
+            permit = limiter.acquire(tokens, cancelled=cancelled if drain is None else drain.wake, timeout=call_timeout)
         except TimeoutError:
             raise APITimeoutError(
                 f"the call's deadline (call_timeout={call_timeout} s) passed while waiting for the limiter"
             ) from None
+        except cf.CancelledError:
+            if drain is not None and drain.stop.is_set() and not cancelled.is_set():
+                raise DrainStopped("not sent: the pool is draining (stop was set); run this call again later") from None
+            raise
+        reservation: Optional[Reservation] = None
+        if spend is not None:
+            max_tokens = params.get("max_tokens")
+            try:
+                reservation = spend.reserve(
+                    model,
+                    prompt_tokens=estimate_prompt_tokens(messages, params),
+                    completion_tokens=max_tokens
+                    if isinstance(max_tokens, int) and max_tokens > 0
+                    else UNSET_MAX_TOKENS_RESERVE,
+                )
+            except BaseException:
+                limiter.release(permit, tokens_used=0, ok=False)
+                raise
         begun = time.monotonic()
         result.started_at = begun
         result.queued = begun - start
-        control = _PoolCall(self, permit, tokens, None if call_timeout is None else start + call_timeout, cancelled)
+        control = PoolCall(
+            self, permit, tokens, None if call_timeout is None else start + call_timeout, cancelled, drain
+        )
         handle = control.handle
-        completion: Optional[ChatCompletion] = None
+        completion: Any = None
         with self._lock:
             self._handles[handle] = cancelled
         if cancelled.is_set():
             handle.abort()
         try:
-            if params.get("stream"):
-                completion = self._stream(result, messages, dict(params), control, begun)
+            if endpoint == "fim":
+                assert isinstance(messages, str)  # route_request made it the FIM prompt
+                fim_params = dict(params)
+                completion = self.client.fim(messages, fim_params.pop("suffix", None), control=control, **fim_params)
+            elif params.get("stream"):
+                completion = self._stream(result, messages, dict(params), control, begun, endpoint == "beta")
             else:
-                completion = self.client.chat(messages, control=control, **params)
+                completion = self.client.chat(messages, control=control, beta=endpoint == "beta", **params)
             return completion
         finally:
             with self._lock:
@@ -448,9 +330,13 @@ class DeepSeekPool:
                 # An error status means nothing was generated; after a timeout or a cut
                 # stream the server may have spent tokens, so the estimate stays charged.
                 error = sys.exc_info()[1]
-                used = 0 if isinstance(error, (APIStatusError, TypeError, ValueError)) else None
+                unsent = control.attempts == 0 or isinstance(error, (TypeError, ValueError))
+                used = 0 if unsent or isinstance(error, APIStatusError) else None
             if control.permit is not None:  # None: it gave its slot back and did not get a new one
                 limiter.release(control.permit, tokens_used=used, retries=control.retries, ok=completion is not None)
+            if reservation is not None:
+                assert spend is not None
+                spend.settle(reservation, usage=usage, charge=used is None)
 
     def _note_stop(self, status: int) -> None:
         if self._stopped_by is None:
@@ -464,6 +350,7 @@ class DeepSeekPool:
         params: Dict[str, Any],
         control: CallControl,
         begun: float,
+        beta: bool = False,
     ) -> ChatCompletion:
         params.pop("stream")
         user_callback = self.on_chunk
@@ -482,6 +369,7 @@ class DeepSeekPool:
             on_chunk=on_chunk,
             restart_streams=user_callback is None,
             control=control,
+            beta=beta,
             **params,
         )
 
@@ -562,19 +450,23 @@ class DeepSeekPool:
         not started and aborts its calls still running (their connections are closed),
         so the ``with`` block is left at once.
 
-        :param stop: a graceful stop (a batch runner's first Ctrl-C): once set, no more
-            input is taken and queued requests that have not started are dropped, while
-            calls already started (waiting for a rate-limit slot included) finish and
-            are still yielded. It is looked at every :data:`STOP_POLL_INTERVAL` seconds.
+        :param stop: a graceful stop, a drain (a batch runner's first Ctrl-C): once set,
+            no request of any kind is sent. No more input is taken, queued requests that
+            have not started are dropped, attempts already sent finish and are yielded; a
+            call that would now need another attempt (a retry, or a first attempt after a
+            rate-limit wait) ends with :class:`DrainStopped` instead, and is yielded with
+            it: it was never answered. Waits notice the stop within
+            :data:`STOP_POLL_INTERVAL` seconds; attempts check it before they are sent.
         """
         self._check_open()
         done: queue.SimpleQueue[cf.Future[Result]] = queue.SimpleQueue()
         cancelled = threading.Event()
+        drain = Drain(stop) if stop is not None else None
         pending: set[cf.Future[Result]] = set()
         source = enumerate(requests)
         exhausted = False
         with self._lock:
-            self._iterations.add(cancelled)
+            self._iterations[cancelled] = drain
         submit = self._executor.submit
         run = self._run
 
@@ -585,7 +477,7 @@ class DeepSeekPool:
             except StopIteration:
                 return False
             try:
-                custom_id, messages, params = parse_request(request)
+                custom_id, messages, params, endpoint = route_request(request)
             except (TypeError, ValueError) as err:
                 result = Result(index, request.get("custom_id") if isinstance(request, Mapping) else None, request)
                 result.error = err
@@ -595,7 +487,9 @@ class DeepSeekPool:
                 with self._lock:
                     self._submitted += 1
             else:
-                future = submit(partial(run, Result(index, custom_id, request), messages, params, cancelled))
+                future = submit(
+                    partial(run, Result(index, custom_id, request), messages, params, cancelled, endpoint, drain)
+                )
                 self._track(future)
             pending.add(future)
             future.add_done_callback(done.put)
@@ -604,6 +498,9 @@ class DeepSeekPool:
         get = done.get
         try:
             while True:
+                if drain is not None and drain.stop.is_set() and not drain.wake.is_set():
+                    drain.wake.set()  # end the limiter waits and backoff sleeps of this iteration's calls
+                    self.limiter.wake_waiters()
                 if stop is not None and stop.is_set() and not exhausted:
                     exhausted = True
                     # Cancelling calls done-callbacks at once: the dropped futures go
@@ -630,9 +527,11 @@ class DeepSeekPool:
                 yield future.result()
         finally:
             with self._lock:
-                self._iterations.discard(cancelled)
+                self._iterations.pop(cancelled, None)
             if pending:
                 cancelled.set()
+                if drain is not None:
+                    drain.wake.set()
                 self.limiter.wake_waiters()
                 running = [future for future in pending if not future.cancel()]
                 self._abort_running(cancelled)
@@ -663,11 +562,13 @@ class DeepSeekPool:
         self._closed = True
         with self._lock:
             futures = list(self._futures)
-            iterations = list(self._iterations)
+            iterations = list(self._iterations.items())
         if cancel:
             self._closing.set()
-            for event in iterations:
+            for event, drain in iterations:
                 event.set()
+                if drain is not None:
+                    drain.wake.set()
             self.limiter.wake_waiters()
             for future in futures:
                 future.cancel()

@@ -2,22 +2,21 @@
 
 :class:`Tally` counts outcomes, tokens and the estimated cost (peak/off-peak aware, from
 :mod:`deepseek_pool.models`); :class:`BatchProgress` shows it on stderr with tqdm (and
-does nothing when disabled); :func:`format_summary` renders a finished or interrupted run.
+does nothing when disabled); :class:`BatchSummary` is what a run did, and
+:func:`format_summary` / :func:`summary_dict` render it for people and for scripts.
+The batch runner imports this module, never the other way round.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import logging
-from typing import TYPE_CHECKING, Any, List, Optional, TextIO
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, TextIO
 
-from .models import estimate_cost
-from .types import ChatCompletion
+from .models import ModelPrice, estimate_cost
 
-if TYPE_CHECKING:
-    from .batch import BatchSummary
-
-__all__ = ["BatchProgress", "Tally", "format_cost", "format_summary", "format_tokens"]
+__all__ = ["BatchProgress", "BatchSummary", "Tally", "format_cost", "format_summary", "format_tokens", "summary_dict"]
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +33,23 @@ class Tally:
     :ivar completion_tokens: output tokens (reasoning included).
     :ivar cost: estimated USD of the priced calls.
     :ivar unpriced: answered calls whose model has no price in the table.
+
+    :param prices: prices the user gave, used before the table (see :mod:`deepseek_pool.models`).
     """
 
-    __slots__ = ("cache_hit_tokens", "completion_tokens", "cost", "failed", "ok", "prompt_tokens", "unpriced")
+    __slots__ = (
+        "cache_hit_tokens",
+        "completion_tokens",
+        "cost",
+        "failed",
+        "ok",
+        "prices",
+        "prompt_tokens",
+        "unpriced",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, prices: Optional[Mapping[str, ModelPrice]] = None) -> None:
+        self.prices = prices
         self.ok = 0
         self.failed = 0
         self.prompt_tokens = 0
@@ -47,8 +58,8 @@ class Tally:
         self.cost = 0.0
         self.unpriced = 0
 
-    def add_ok(self, completion: ChatCompletion, model: str, when: Optional[_dt.datetime] = None) -> None:
-        """Count one answer; ``model`` prices it when the answer names none."""
+    def add_ok(self, completion: Any, model: str, when: Optional[_dt.datetime] = None) -> None:
+        """Count one answer (a chat or FIM completion); ``model`` prices it when the answer names none."""
         self.ok += 1
         usage = completion.usage
         if usage is None:
@@ -62,6 +73,7 @@ class Tally:
             prompt_cache_miss_tokens=usage.prompt_cache_miss_tokens,
             completion_tokens=usage.completion_tokens,
             when=when,
+            prices=self.prices,
         )
         if cost is None:
             self.unpriced += 1
@@ -106,6 +118,57 @@ def _dollars(amount: float) -> str:
     if amount < 0.01:
         return f"${amount:.6f}"
     return f"${amount:.4f}" if amount < 100 else f"${amount:,.2f}"
+
+
+@dataclass
+class BatchSummary:
+    """What a run did; :func:`format_summary` prints it, :func:`summary_dict` gives it to scripts.
+
+    :ivar items: items in the input (malformed lines included).
+    :ivar tally: this run's answered/failed counts, tokens and estimated cost.
+    :ivar skipped: items not tried because the output already had them.
+    :ivar skipped_failed: of those, items whose earlier attempt had failed.
+    :ivar not_run: items left for a later run (an interrupt, the drain, the spend cap).
+    :ivar interrupted: None, ``"stopped"`` (first Ctrl-C) or ``"cancelled"`` (second).
+    :ivar aborted: why the run stopped sending by itself (a wrong key, no balance), else None.
+    :ivar capped: the spend cap stopped the run: calls that would pass it were not started.
+    :ivar max_cost: the spend cap in USD, if any.
+    :ivar elapsed: wall-clock seconds.
+    :ivar repaired: bytes of a half-written last line removed from the output.
+    :ivar compacted: superseded lines removed from the output at the end.
+    :ivar compaction_error: why the compaction failed (the output is still complete), else None.
+    :ivar unreadable: lines of the output that could not be read and were skipped.
+    """
+
+    items: int
+    tally: Tally
+    skipped: int = 0
+    skipped_failed: int = 0
+    not_run: int = 0
+    interrupted: Optional[str] = None
+    aborted: Optional[str] = None
+    capped: bool = False
+    max_cost: Optional[float] = None
+    elapsed: float = 0.0
+    repaired: int = 0
+    compacted: int = 0
+    compaction_error: Optional[str] = None
+    unreadable: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """True when every item of the input now has a successful line."""
+        return self.interrupted is None and not self.not_run and not self.tally.failed and not self.skipped_failed
+
+    @property
+    def done(self) -> int:
+        """Items that now have a successful line (this run's and earlier runs')."""
+        return self.tally.ok + self.skipped - self.skipped_failed
+
+    @property
+    def failed(self) -> int:
+        """Items whose standing line is a failure (this run's, and earlier ones not retried)."""
+        return self.tally.failed + self.skipped_failed
 
 
 class BatchProgress:
@@ -186,7 +249,7 @@ def _duration(seconds: float) -> str:
 
 
 def format_summary(summary: BatchSummary) -> str:
-    """The lines printed at the end of a run: items, tokens (cache-hit share), cost, wall time."""
+    """The lines printed at the end of a run: items (done, failed, left), tokens (cache-hit share), cost, time."""
     tally = summary.tally
     items = f"items: {tally.ok} ok, {tally.failed} failed, {summary.skipped} skipped"
     if summary.skipped_failed:
@@ -194,17 +257,50 @@ def format_summary(summary: BatchSummary) -> str:
     if summary.not_run:
         items += f", {summary.not_run} not run"
     items += f" (of {summary.items} in the input)"
+    totals = f"done: {summary.done}, failed: {summary.failed}, left: {summary.not_run}"
     share = tally.cache_hit_share
     tokens = (
         f"tokens: {tally.prompt_tokens:,} in ({'-' if share is None else f'{share:.0%}'} cache hits), "
         f"{tally.completion_tokens:,} out"
     )
-    lines: List[str] = [
-        items,
-        tokens,
-        f"estimated cost: {format_cost(tally)}",
-        f"wall time: {_duration(summary.elapsed)}",
-    ]
+    cost = f"estimated cost: {format_cost(tally)}"
+    if summary.max_cost is not None:
+        cost += f" (spend cap {_dollars(summary.max_cost)})"
+    lines: List[str] = [items, totals, tokens, cost, f"wall time: {_duration(summary.elapsed)}"]
+    if summary.capped:
+        lines.append(
+            f"stopped by the spend cap: {summary.not_run} items not started (a rerun with a higher cap runs them)"
+        )
     if summary.compacted:
         lines.append(f"output compacted: {summary.compacted} superseded lines removed")
     return "\n".join(lines)
+
+
+def summary_dict(summary: BatchSummary) -> Dict[str, Any]:
+    """The summary as plain JSON-ready values (``deepseek-pool run --json-summary``)."""
+    tally = summary.tally
+    return {
+        "items": summary.items,
+        "done": summary.done,
+        "failed": summary.failed,
+        "left": summary.not_run,
+        "answered_this_run": tally.ok,
+        "failed_this_run": tally.failed,
+        "skipped": summary.skipped,
+        "prompt_tokens": tally.prompt_tokens,
+        "completion_tokens": tally.completion_tokens,
+        "cache_hit_tokens": tally.cache_hit_tokens,
+        "cache_hit_share": tally.cache_hit_share,
+        "cost_usd": tally.cost,
+        "unpriced_calls": tally.unpriced,
+        "max_cost_usd": summary.max_cost,
+        "capped": summary.capped,
+        "interrupted": summary.interrupted,
+        "aborted": summary.aborted,
+        "wall_seconds": round(summary.elapsed, 3),
+        "repaired_bytes": summary.repaired,
+        "compacted": summary.compacted,
+        "compaction_error": summary.compaction_error,
+        "unreadable_output_lines": summary.unreadable,
+        "complete": summary.complete,
+    }

@@ -38,7 +38,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import pytest
 
 import deepseek_pool as dp
-from deepseek_pool import budget, config, errors, limits, pool
+from deepseek_pool import budget, cli, config, errors, items, jsonl, limits, pool, spend
 from deepseek_pool.testing import FakeDeepSeek
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,8 +208,11 @@ def test_readme_numbers_are_the_code_defaults() -> None:
         f"a named cap is held {budget.NAMED_CAP_HOLD:g} s first",
         f"one slot per ``{budget.INCREASE_PATIENCE:g} x cap`` successes",
         f"The default is {inspect.signature(dp.DeepSeekPool).parameters['max_workers'].default}.",
-        f"or {pool.DEFAULT_COMPLETION_RESERVE:,} without one",
+        f"or {items.DEFAULT_COMPLETION_RESERVE:,} without one",
         f"the default model is ``{dp.models.DEFAULT_MODEL}``",
+        f"longer than {jsonl.MAX_LINE_BYTES // 2**20} MiB or nested more than {jsonl.MAX_DEPTH} deep",
+        f"output ({spend.UNSET_MAX_TOKENS_RESERVE} when it sets none;",
+        f"{cli.EXIT_SPEND_CAP} stopped by the spend cap",
     ]
     missing = [phrase for phrase in expected if phrase not in text]
     assert not missing, f"README.rst no longer matches the code: {missing}"

@@ -1,0 +1,215 @@
+"""What a :class:`~deepseek_pool.DeepSeekPool` is given and gives back.
+
+A request is a str, a list of messages, a dict of chat params, or an OpenAI batch line;
+:func:`route_request` checks it and says where it goes, before anything is sent. A
+:class:`Result` carries one request's outcome (an error stays on it, never raised
+mid-batch); :class:`PoolStats` counts them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+from .messages import Messages
+from .types import ChatCompletion, Usage
+
+__all__ = [
+    "BATCH_URLS",
+    "POOL_KEYS",
+    "PoolStats",
+    "Request",
+    "Result",
+    "Routed",
+    "estimate_prompt_tokens",
+    "estimate_tokens",
+    "parse_request",
+    "route_request",
+]
+
+Request = Union[str, Sequence[Mapping[str, Any]], Mapping[str, Any]]
+
+#: Keys of a request dict that steer the pool and are never sent to the API.
+POOL_KEYS = frozenset({"custom_id"})
+#: Tokens reserved for the answer when a request sets no ``max_tokens``.
+DEFAULT_COMPLETION_RESERVE = 1024
+#: The ``url`` of an OpenAI batch line -> where the pool sends it: ``"chat"`` (the client's
+#: ``base_url``), ``"beta"`` (chat at the client's ``beta_url``: prefix completion, strict
+#: tools) or ``"fim"`` (``client.fim``). Any other url is refused before anything is sent.
+BATCH_URLS: Mapping[str, str] = {
+    "/chat/completions": "chat",
+    "/v1/chat/completions": "chat",
+    "/beta/chat/completions": "beta",
+    "/beta/completions": "fim",
+}
+
+
+class Result:
+    """The outcome of one request of a batch; errors are kept here, never raised mid-batch.
+
+    :ivar index: position of the request in the input (0-based).
+    :ivar custom_id: the request's ``custom_id``, if it had one.
+    :ivar request: the request as given.
+    :ivar completion: the answer, or None on error.
+    :ivar error: the exception, or None on success.
+    :ivar attempts: HTTP attempts made (1 + retries).
+    :ivar started_at: ``time.monotonic()`` when the call started (after the rate limits).
+    :ivar queued: seconds spent waiting for the rate limits before starting.
+    :ivar elapsed: seconds from start to answer, retries included.
+    :ivar first_token: seconds from start to the first streamed token (streaming only).
+    """
+
+    __slots__ = (
+        "attempts",
+        "completion",
+        "custom_id",
+        "elapsed",
+        "error",
+        "first_token",
+        "index",
+        "queued",
+        "request",
+        "started_at",
+    )
+
+    def __init__(self, index: int, custom_id: Optional[str], request: Any) -> None:
+        self.index = index
+        self.custom_id = custom_id
+        self.request = request
+        self.completion: Optional[ChatCompletion] = None
+        self.error: Optional[BaseException] = None
+        self.attempts = 0
+        self.started_at: Optional[float] = None
+        self.queued = 0.0
+        self.elapsed = 0.0
+        self.first_token: Optional[float] = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the request got an answer."""
+        return self.error is None and self.completion is not None
+
+    def unwrap(self) -> ChatCompletion:
+        """The completion, or raise the error that replaced it."""
+        if self.error is not None:
+            raise self.error
+        assert self.completion is not None
+        return self.completion
+
+    def __repr__(self) -> str:
+        outcome = f"error={self.error!r}" if self.error is not None else f"completion={self.completion!r}"
+        return f"Result(index={self.index}, custom_id={self.custom_id!r}, {outcome}, attempts={self.attempts})"
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """Counters of a pool, read with :attr:`DeepSeekPool.stats`."""
+
+    submitted: int
+    done: int
+    ok: int
+    failed: int
+    retried: int
+    usage: Usage
+    #: submitted calls that were cancelled before they started
+    cancelled: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Calls submitted and neither finished nor cancelled."""
+        return self.submitted - self.done - self.cancelled
+
+
+class Routed(NamedTuple):
+    """A request split up: its ``custom_id``, messages (the prompt for FIM), params and endpoint."""
+
+    custom_id: Optional[str]
+    messages: Messages
+    params: Dict[str, Any]
+    endpoint: str  # "chat", "beta" or "fim" (see BATCH_URLS)
+
+
+def parse_request(request: Request) -> Tuple[Optional[str], Messages, Dict[str, Any]]:
+    """Split a request into ``(custom_id, messages, params)``; raise naming the problem.
+
+    Accepted: a str; a list of messages; a dict of chat params (``messages`` or
+    ``prompt``, optional ``custom_id``); an OpenAI batch line
+    ``{"custom_id", "method", "url", "body"}`` (see :func:`route_request` for its endpoint).
+    """
+    custom_id, messages, params, _endpoint = route_request(request)
+    return custom_id, messages, params
+
+
+def route_request(request: Request) -> Routed:
+    """Like :func:`parse_request`, and also say where the request goes (:data:`BATCH_URLS`).
+
+    For a ``/beta/completions`` (FIM) line, ``messages`` is the body's ``prompt``.
+    """
+    if isinstance(request, str):
+        return Routed(None, request, {}, "chat")
+    if isinstance(request, (list, tuple)):
+        return Routed(None, request, {}, "chat")
+    if not isinstance(request, Mapping):
+        raise TypeError(f"a request must be a str, a list of messages or a dict, got {type(request).__name__}")
+    custom_id = request.get("custom_id")
+    if custom_id is not None and not isinstance(custom_id, str):
+        raise TypeError(f"custom_id must be a str, got {custom_id!r}")
+    endpoint = "chat"
+    if "body" in request:
+        url = request.get("url", "/v1/chat/completions")
+        endpoint = BATCH_URLS.get(url) if isinstance(url, str) else None  # type: ignore[assignment]
+        if endpoint is None:
+            raise ValueError(f"unsupported batch url {url!r}; supported: {', '.join(BATCH_URLS)}")
+        method = request.get("method", "POST")
+        if str(method).upper() != "POST":
+            raise ValueError(f"unsupported batch method {method!r}; expected POST")
+        body = request["body"]
+        if not isinstance(body, Mapping):
+            raise TypeError(f"a batch line's body must be a dict, got {type(body).__name__}")
+        params = dict(body)
+    else:
+        params = {key: value for key, value in request.items() if key not in POOL_KEYS}
+    if endpoint == "fim":
+        prompt = params.pop("prompt", None)
+        if not isinstance(prompt, str):
+            raise TypeError(f"a /beta/completions body needs a str 'prompt', got {type(prompt).__name__}")
+        if "messages" in params:
+            raise ValueError("a /beta/completions (FIM) body takes 'prompt' and 'suffix', not 'messages'")
+        if params.get("stream"):
+            raise ValueError("streaming is not supported for /beta/completions in a batch")
+        return Routed(custom_id, prompt, params, endpoint)
+    if "messages" in params:
+        messages = params.pop("messages")
+        if "prompt" in params:
+            raise ValueError("a request has both 'messages' and 'prompt'; give one")
+    elif "prompt" in params:
+        messages = params.pop("prompt")
+        if not isinstance(messages, str):
+            raise TypeError(f"prompt must be a str, got {type(messages).__name__}")
+    else:
+        raise ValueError("a request dict needs 'messages' (or 'prompt')")
+    return Routed(custom_id, messages, params, endpoint)
+
+
+def estimate_tokens(messages: Messages, params: Mapping[str, Any]) -> int:
+    """Tokens to reserve before a call: prompt characters / 4 plus the answer's cap."""
+    max_tokens = params.get("max_tokens")
+    reserve = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else DEFAULT_COMPLETION_RESERVE
+    return estimate_prompt_tokens(messages, params) + reserve
+
+
+def estimate_prompt_tokens(messages: Messages, params: Mapping[str, Any]) -> int:
+    """The prompt's tokens, estimated: characters / 4, plus 4 per message."""
+    suffix = params.get("suffix")
+    extra = len(suffix) if isinstance(suffix, str) else 0
+    if isinstance(messages, str):
+        chars = len(messages)
+        count = 1
+    else:
+        chars = 0
+        count = len(messages)
+        for message in messages:
+            content = message.get("content") if isinstance(message, Mapping) else None
+            if isinstance(content, str):
+                chars += len(content)
+    return (chars + extra) // 4 + 4 * count

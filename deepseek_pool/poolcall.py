@@ -1,0 +1,133 @@
+"""One pool call's control: how its attempts feed the pool's limiter, stop and drain.
+
+The pool hands a :class:`PoolCall` to the client for each call (``control=``); the
+client's retry loop calls its hooks (see :class:`~deepseek_pool.calls.CallControl`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+import threading
+import time
+from typing import TYPE_CHECKING, Optional
+
+from .budget import rate_limit_signal
+from .calls import CallControl, RetryCancelled, RetryEvent
+from .errors import APIStatusError, APITimeoutError
+from .limits import Permit
+
+if TYPE_CHECKING:
+    from .pool import DeepSeekPool
+
+__all__ = ["Drain", "DrainStopped", "PoolCall"]
+
+
+class DrainStopped(RetryCancelled):
+    """Not sent: the pool is draining (``as_completed(stop=...)`` was set), so no request of
+    any kind goes out, retries included. The call was never answered: run it again later."""
+
+
+class Drain:
+    """One ``as_completed`` iteration's graceful stop, as its calls see it.
+
+    ``stop`` is the caller's event: once set, no attempt of any kind starts (checked
+    before every attempt and retry). ``wake`` is set when the iteration notices the stop
+    or is cancelled: it ends limiter waits and backoff sleeps at once.
+    """
+
+    __slots__ = ("stop", "wake")
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.wake = threading.Event()
+
+
+class PoolCall(CallControl):
+    """One pool call's control: its attempts feed the pool's limiter and stop.
+
+    A call whose attempt met the account's concurrency cap (a 429 about concurrency)
+    gives its in-flight slot back and queues for a new one before it retries: the cap
+    was just lowered, and retrying on the old slot would only meet it again.
+    """
+
+    def __init__(
+        self,
+        pool: DeepSeekPool,
+        permit: Permit,
+        tokens: int,
+        deadline: Optional[float],
+        cancelled: threading.Event,
+        drain: Optional[Drain] = None,
+    ) -> None:
+        super().__init__(deadline=deadline, cancelled=cancelled)
+        self.drain = drain
+        self.pool = pool
+        self.limiter = pool.limiter
+        self.permit: Optional[Permit] = permit
+        self.tokens = tokens
+        self.attempts = 0
+        self.retries = 0
+        self._requeue = False
+
+    def attempt_started(self, attempt: int) -> None:
+        self.attempts = attempt
+
+    def response_received(self, status: int, retry_after: Optional[float], error: Optional[Exception]) -> None:
+        if status == 429:
+            if self.pool.cool_down:
+                seconds = retry_after if retry_after is not None else self.pool.client.retry.backoff_for(1)
+                message = error.message if isinstance(error, APIStatusError) else None
+                signal = rate_limit_signal(message)
+                self.limiter.cool_down(seconds, signal=signal)
+                self._requeue = signal.concurrency
+        elif status in self.pool.stop_on:
+            self.pool._note_stop(status)
+
+    def check(self) -> None:
+        super().check()
+        drain = self.drain
+        if drain is not None and drain.stop.is_set():
+            raise DrainStopped("not sent: the pool is draining (stop was set); run this call again later")
+
+    def before_retry(self, event: RetryEvent) -> None:
+        self.check()  # a drain refuses retries too: nothing at all is sent once stop is set
+        self.limiter.spend_retry(event.kind, permit=self.permit)
+        self.retries += 1
+
+    def wait(self, delay: float, deadline: float) -> None:
+        timeout = None if deadline == math.inf else deadline - time.monotonic()
+        # The drain's wake event is set by a cancel too, so one event ends the wait for both.
+        wake = self.drain.wake if self.drain is not None else self.cancelled
+        try:
+            self.limiter.wait_before_retry(delay, cancelled=wake, timeout=timeout, permit=self.permit)
+        except cf.CancelledError:
+            self.check()
+            raise RetryCancelled("not retried: the pool is shutting down") from None
+        except TimeoutError:
+            raise APITimeoutError(
+                "not retried: the call's deadline (call_timeout) would pass while the limiter holds retries back"
+            ) from None
+        if self._requeue:
+            self._requeue = False
+            self._queue_again(deadline)
+        self.check()
+
+    def _queue_again(self, deadline: float) -> None:
+        limiter, old = self.limiter, self.permit
+        assert old is not None
+        limiter.release(old, tokens_used=0, ok=False)  # a 429 generated nothing
+        timeout = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+        wake = self.drain.wake if self.drain is not None else self.cancelled
+        try:
+            self.permit = limiter.acquire(self.tokens, cancelled=wake, timeout=timeout)
+            self.permit.retry_cost = old.retry_cost  # refunded if the call succeeds
+        except cf.CancelledError:
+            self.permit = None
+            self.check()
+            raise RetryCancelled("not retried: the pool is shutting down") from None
+        except TimeoutError:
+            self.permit = None
+            raise APITimeoutError(
+                "not retried: the call's deadline (call_timeout) passed while it queued for the concurrency cap"
+            ) from None

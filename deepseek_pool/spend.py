@@ -1,0 +1,179 @@
+"""The spend cap of a pool (``DeepSeekPool(max_cost=...)``): reserve before a call, settle after.
+
+Before a call starts, :meth:`SpendCap.reserve` prices its worst case -- the prompt
+estimate as cache misses plus ``max_tokens`` of output (:data:`UNSET_MAX_TOKENS_RESERVE`
+when the request sets none), at the peak or off-peak rate of that moment -- and refuses
+the call with :class:`~deepseek_pool.errors.SpendCapReached` when the money already
+spent plus every running call's reservation plus this one would pass the cap. After the
+call, :meth:`SpendCap.settle` replaces the reservation with what the answer's usage
+costs. So no call starts past the cap; a call can only spend more than it reserved when
+it sets no ``max_tokens``.
+
+Prices come from :mod:`deepseek_pool.models`, or from ``prices`` given by the user; a
+model without a price cannot be capped and is refused up front
+(:class:`~deepseek_pool.errors.ConfigurationError`), never treated as free.
+
+Example::
+
+    cap = SpendCap(5.00)
+    held = cap.reserve("deepseek-flash", prompt_tokens=1200, completion_tokens=800)
+    ...  # the call
+    cap.settle(held, usage=completion.usage)
+    print(cap.spent, cap.reserved)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import threading
+from typing import Callable, Iterable, Mapping, Optional
+
+from .errors import ConfigurationError, SpendCapReached
+from .models import ModelPrice, cost_of, price_of
+from .types import Usage
+
+__all__ = ["UNSET_MAX_TOKENS_RESERVE", "Reservation", "SpendCap"]
+
+#: Output tokens reserved for a request that sets no ``max_tokens`` (set it for a hard bound).
+UNSET_MAX_TOKENS_RESERVE = 8192
+
+Clock = Callable[[], _dt.datetime]
+
+
+def _utc_now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+class Reservation:
+    """Money held for one running call until :meth:`SpendCap.settle`."""
+
+    __slots__ = ("amount", "model", "price", "settled", "when")
+
+    def __init__(self, model: str, price: ModelPrice, amount: float, when: _dt.datetime) -> None:
+        self.model = model
+        self.price = price
+        self.amount = amount
+        self.when = when
+        self.settled = False
+
+    def __repr__(self) -> str:
+        return f"Reservation(model={self.model!r}, amount={self.amount:.6f}, settled={self.settled})"
+
+
+class SpendCap:
+    """A thread-safe budget in USD shared by the calls of a pool.
+
+    :param max_cost: the cap in USD (> 0).
+    :param prices: model id -> :class:`~deepseek_pool.models.ModelPrice`, used before the
+        built-in table (for models or servers it does not know).
+    :param clock: returns the current aware datetime; tells peak from off-peak hours.
+    """
+
+    def __init__(
+        self, max_cost: float, *, prices: Optional[Mapping[str, ModelPrice]] = None, clock: Clock = _utc_now
+    ) -> None:
+        if isinstance(max_cost, bool) or not isinstance(max_cost, (int, float)) or not math.isfinite(max_cost):
+            raise ValueError(f"max_cost must be a number of USD > 0, got {max_cost!r}")
+        if max_cost <= 0:
+            raise ValueError(f"max_cost must be a number of USD > 0, got {max_cost!r}")
+        for model, price in (prices or {}).items():
+            if not isinstance(price, ModelPrice):
+                raise TypeError(f"prices[{model!r}] must be a ModelPrice, got {type(price).__name__}")
+        self.max_cost = float(max_cost)
+        self.prices = dict(prices or {})
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._spent = 0.0
+        self._reserved = 0.0
+        #: calls refused because they would have passed the cap
+        self.refused = 0
+        #: calls that were let start
+        self.started = 0
+
+    def price(self, model: str) -> ModelPrice:
+        """The price of ``model``; :class:`ConfigurationError` when none is known."""
+        price = price_of(model, self.prices)
+        if price is None:
+            raise ConfigurationError(
+                f"no price is known for model {model!r}, so a spend cap cannot be kept; give its price "
+                "(DeepSeekPool(prices={...}) or deepseek-pool run --price MODEL=HIT,MISS,OUTPUT)"
+            )
+        return price
+
+    def check_models(self, models: Iterable[str]) -> None:
+        """Refuse up front (:class:`ConfigurationError`) when any of ``models`` has no price."""
+        for model in models:
+            self.price(model)
+
+    def reserve(self, model: str, *, prompt_tokens: int, completion_tokens: int) -> Reservation:
+        """Hold the worst case of one call, or raise :class:`SpendCapReached` if it does not fit."""
+        price = self.price(model)
+        when = self._clock()
+        amount = cost_of(
+            price,
+            prompt_cache_hit_tokens=0,
+            prompt_cache_miss_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            when=when,
+        )
+        with self._lock:
+            committed = self._spent + self._reserved
+            if committed + amount > self.max_cost:
+                self.refused += 1
+                raise SpendCapReached(
+                    f"not sent: the spend cap ${self.max_cost:g} would pass (spent ${self._spent:.6f}, "
+                    f"held by running calls ${self._reserved:.6f}, this call up to ${amount:.6f})"
+                )
+            self._reserved += amount
+            self.started += 1
+        return Reservation(model, price, amount, when)
+
+    def settle(self, reservation: Reservation, *, usage: Optional[Usage] = None, charge: bool = True) -> float:
+        """End a call: count what its ``usage`` cost, else the whole reservation (``charge``) or nothing.
+
+        Without usage (a timeout, a cut stream) the server may have billed the call, so
+        the reservation stays spent unless ``charge=False`` (an error status: nothing was
+        generated). Returns the amount counted as spent.
+        """
+        if usage is not None:
+            cost = cost_of(
+                reservation.price,
+                prompt_cache_hit_tokens=usage.prompt_cache_hit_tokens,
+                prompt_cache_miss_tokens=usage.prompt_cache_miss_tokens
+                if usage.prompt_cache_hit_tokens + usage.prompt_cache_miss_tokens
+                else usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                when=reservation.when,
+            )
+        else:
+            cost = reservation.amount if charge else 0.0
+        with self._lock:
+            if reservation.settled:
+                return 0.0
+            reservation.settled = True
+            self._reserved = max(0.0, self._reserved - reservation.amount)
+            self._spent += cost
+        return cost
+
+    @property
+    def spent(self) -> float:
+        """USD counted as spent by the calls that ended."""
+        return self._spent
+
+    @property
+    def reserved(self) -> float:
+        """USD held by the calls running now."""
+        return self._reserved
+
+    @property
+    def remaining(self) -> float:
+        """USD left before the cap, running calls' reservations deducted."""
+        with self._lock:
+            return max(0.0, self.max_cost - self._spent - self._reserved)
+
+    def __repr__(self) -> str:
+        return (
+            f"SpendCap(max_cost={self.max_cost:g}, spent={self._spent:.6f}, reserved={self._reserved:.6f}, "
+            f"started={self.started}, refused={self.refused})"
+        )
