@@ -36,6 +36,7 @@ from .batch import BatchFileError, BatchSummary, Interrupter, run_batch
 from .client import DeepSeekClient
 from .config import ENV_API_KEY
 from .errors import ConfigurationError, DeepSeekError
+from .limits import Limiter
 from .models import DEFAULT_MODEL, ModelPrice
 from .pool import DeepSeekPool
 from .progress import BatchProgress, Tally, format_cost, format_summary, summary_dict
@@ -294,6 +295,19 @@ def _build_parser(prog: str) -> _Parser:
         help="a model's price in USD per 1M tokens (cache-hit input, cache-miss input, output), "
         "flat at all hours; for models the built-in table does not know (repeatable)",
     )
+    run.add_argument(
+        "--limiter-storage",
+        metavar="URI",
+        help="share the rate limits and the concurrency budget with every limiter on this storage and name: "
+        "sqlite:////var/tmp/ds.db (processes on this machine), redis://host:6379/0 (many machines); "
+        "default: this run alone",
+    )
+    run.add_argument(
+        "--limiter-name",
+        default="default",
+        metavar="NAME",
+        help="the shared budget's name in --limiter-storage (default 'default')",
+    )
     run.add_argument("--json-summary", metavar="FILE", help="also write the summary as JSON to FILE (for scripts)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar, notices or summary")
     _add_connection_options(
@@ -445,25 +459,45 @@ def _input_file(path: str, output: str) -> Any:
         yield spool.name
 
 
+def _limits(args: argparse.Namespace) -> Dict[str, Any]:
+    """The limits of a run's own (unshared) limiter."""
+    return {"max_in_flight": args.max_in_flight, "rpm": args.rpm, "tpm": args.tpm, "retry_budget": args.retry_budget}
+
+
 def _cmd_run(args: argparse.Namespace, command_line: str) -> int:
     _check_run_paths(args)
     prices = dict(args.price)
     if prices and args.max_cost is None:
         raise _Fail("--price is only used with --max-cost")
+    limiter = None
+    if args.limiter_storage is not None:
+        try:  # checked (and the storage opened) before any request is sent
+            limiter = Limiter(
+                args.max_in_flight,
+                args.rpm,
+                args.tpm,
+                retry_budget=args.retry_budget,
+                storage=args.limiter_storage,
+                name=args.limiter_name,
+            )
+        except (ValueError, TypeError) as err:
+            raise _Fail(f"--limiter-storage: {err}") from None
+    elif args.limiter_name != "default":
+        raise _Fail("--limiter-name is only used with --limiter-storage")
     client = _client(args, max_retries=args.max_retries)
     try:
         pool = DeepSeekPool(
             client,
             max_workers=args.workers,
-            max_in_flight=args.max_in_flight,
-            rpm=args.rpm,
-            tpm=args.tpm,
-            retry_budget=args.retry_budget,
+            limiter=limiter,
+            **({} if limiter is not None else _limits(args)),
             max_cost=args.max_cost,
             prices=prices or None,
         )
     except ValueError as err:
         client.close()
+        if limiter is not None:
+            limiter.close()
         raise _Fail(str(err)) from None
     interrupter = Interrupter()
     stderr = sys.stderr
@@ -503,6 +537,8 @@ def _cmd_run(args: argparse.Namespace, command_line: str) -> int:
         pool.close(wait=not cancelled, cancel=summary is None or cancelled)
         if not cancelled:
             client.close()
+        if limiter is not None:
+            limiter.close()
     return _report_run(summary, args, command_line)
 
 

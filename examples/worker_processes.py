@@ -11,9 +11,11 @@ What this adds to the web examples:
   survive ``fork()`` and a forked copy of open connections is shared by two processes, so
   a pool made in the parent (at import time of a module the parent loads) is unusable in
   its children. Here ``init_worker`` runs in each process as the executor's initializer.
-* **Split the account's concurrency between processes.** DeepSeek caps concurrent
-  requests per account (all keys together); a :class:`~deepseek_pool.Limiter` is shared by
-  the threads of one process only, so give each process ``max_in_flight = budget // processes``.
+* **Share one budget between the processes.** DeepSeek caps concurrent requests per
+  account (all keys together). Each process builds its own :class:`~deepseek_pool.Limiter`
+  on the same ``sqlite://`` file and name, so they share one budget: a busy process may use
+  what an idle one does not, a process that dies gives its slots back, and a 429 naming a
+  lower cap lowers it for all of them. (``redis://`` does the same across machines.)
 * **A task fans out too.** A task runs in one thread of its worker; the pool lets it
   make its calls at once (here: one per section of a document, then one to combine them).
 
@@ -26,7 +28,14 @@ With Celery, the same functions plug into its signals (Celery is not needed to r
 
     @worker_process_init.connect
     def start_deepseek_pool(**kwargs):
-        init_worker(in_flight=ACCOUNT_BUDGET // PROCESSES)
+        init_worker(BUDGET_STORAGE)
+
+With gunicorn, the same in its config file (``gunicorn -c gunicorn.conf.py -w 4 app:app``)::
+
+    # gunicorn.conf.py: every worker process joins the one budget after it is forked
+    def post_fork(server, worker):
+        import app
+        app.init_worker("sqlite:////var/tmp/deepseek-budget.db")
 
     @app.task
     def summarize(document):
@@ -48,6 +57,8 @@ from deepseek_pool.testing import FakeDeepSeek
 #: Worker processes, and the concurrent requests all of them together may have open.
 PROCESSES = 2
 ACCOUNT_BUDGET = 32
+#: Where the shared budget lives (a file every worker on this machine opens).
+BUDGET_STORAGE = "sqlite:////var/tmp/deepseek-budget.db"
 #: Threads per process (calls beyond max_in_flight wait in the limiter, not at DeepSeek).
 THREADS_PER_PROCESS = 16
 #: Seconds the offline FakeDeepSeek takes per answer (the real API takes seconds).
@@ -57,11 +68,12 @@ OFFLINE_LATENCY = 0.2
 _pool: Optional[dp.DeepSeekPool] = None
 
 
-def init_worker(in_flight: int, api_key: Optional[str] = None, base_url: Optional[str] = None) -> None:
-    """Build this process's pool; run it in the worker process, never before the fork."""
+def init_worker(storage: str, api_key: Optional[str] = None, base_url: Optional[str] = None) -> None:
+    """Build this process's pool on the shared budget; run it in the worker process, after it starts."""
     global _pool
     client = dp.DeepSeekClient(api_key, base_url=base_url)  # None: DEEPSEEK_API_KEY / DEEPSEEK_BASE_URL
-    _pool = dp.DeepSeekPool(client, max_workers=THREADS_PER_PROCESS, max_in_flight=in_flight)
+    budget = dp.Limiter(max_in_flight=ACCOUNT_BUDGET, storage=storage, name="deepseek-account")
+    _pool = dp.DeepSeekPool(client, max_workers=THREADS_PER_PROCESS, limiter=budget)
 
 
 def summarize_document(document: Dict[str, Any]) -> Dict[str, Any]:
@@ -86,7 +98,7 @@ def sample_documents(count: int = 6) -> List[Dict[str, Any]]:
     ]
 
 
-def main(out: TextIO = sys.stdout) -> int:
+def main(out: TextIO = sys.stdout, storage: str = BUDGET_STORAGE) -> int:
     documents = sample_documents()
     fake: Optional[FakeDeepSeek] = None
     api_key = base_url = None
@@ -101,7 +113,7 @@ def main(out: TextIO = sys.stdout) -> int:
             PROCESSES,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=init_worker,
-            initargs=(ACCOUNT_BUDGET // PROCESSES, api_key, base_url),
+            initargs=(storage, api_key, base_url),
         ) as workers:
             for outcome in workers.map(summarize_document, documents):
                 text = outcome.get("summary", outcome.get("error"))

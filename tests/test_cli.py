@@ -376,3 +376,27 @@ def test_chat_with_a_rejected_key_is_one_line_and_exit_1(capsys: pytest.CaptureF
 def test_serve_fake_is_delegated_to_the_simulator(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve-fake", "--fault", "no-such-fault=0.1"]) == 2
     assert "no-such-fault" in capsys.readouterr().err
+
+
+def test_two_runs_share_one_budget_through_limiter_storage(tmp_path: Path) -> None:
+    """Two concurrent runs, each with 8 workers, one sqlite budget of 3 calls in flight."""
+    uri = f"sqlite:///{tmp_path / 'budget.db'}"
+    with FakeDeepSeek(latency=0.1) as fake:
+        runs = []
+        for name in ("a", "b"):
+            write_prompts(tmp_path / f"{name}.jsonl", 12)
+            args = (f"{name}.jsonl", "-o", f"{name}.out.jsonl", "-q", "--workers", "8", "--max-in-flight", "3")
+            shared = ("--limiter-storage", uri, "--limiter-name", "team")
+            runs.append(subprocess.Popen(command("run", *args, *shared), cwd=tmp_path, env=env_for(fake)))
+        assert [run.wait(timeout=SUBPROCESS_TIMEOUT) for run in runs] == [0, 0]
+        assert len(complete_lines(tmp_path / "a.out.jsonl")) == len(complete_lines(tmp_path / "b.out.jsonl")) == 12
+        assert fake.stats.peak_concurrency <= 3
+
+
+def test_a_bad_limiter_storage_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    write_prompts(tmp_path / "in.jsonl", 2)
+    with FakeDeepSeek() as fake:
+        done = cli("run", "in.jsonl", "-o", "out.jsonl", "--limiter-storage", "etcd://x", fake=fake, cwd=tmp_path)
+        assert done.returncode == 2
+        assert "--limiter-storage" in done.stderr and "etcd" in done.stderr
+        assert fake.stats.requests == 0

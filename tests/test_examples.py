@@ -482,13 +482,17 @@ def test_streaming_terminal_reports_a_broken_stream(
 
 
 def test_worker_processes_each_build_their_own_pool_and_fan_out(
-    examples: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
+    examples: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     module = examples("worker_processes")
     monkeypatch.setattr(module, "OFFLINE_LATENCY", 0.05)
     assert module._pool is None  # importing the module builds nothing
     out = io.StringIO()
-    assert module.main(out=out) == 0
+    budget = tmp_path / "budget.db"
+    assert module.main(out=out, storage=f"sqlite:///{budget}") == 0
+    shared = dp.Limiter(storage=f"sqlite:///{budget}", name="deepseek-account")
+    assert shared.stats.started == len(module.sample_documents()) * 5  # every call went through the one budget
+    assert shared.stats.in_flight == 0
     lines = [line for line in out.getvalue().splitlines() if line.startswith("Report")]
     assert len(lines) == len(module.sample_documents())
     pids = {line.split("(process ")[1].split(")")[0] for line in lines}
