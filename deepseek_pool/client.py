@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -39,26 +38,20 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import select_proxy
-from urllib3.exceptions import ConnectTimeoutError, ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from . import config
-from .calls import CallControl, CallHandle, RetryEvent, RetryListener, sending
+from .attempts import NO_RETRIES, AttemptLoop
+from .calls import CallControl, CallHandle, RetryListener, sending
 from .config import Timeout, TimeoutLike
 from .errors import (
-    APIConnectionError,
     APIResponseValidationError,
-    APIStatusError,
-    APITimeoutError,
     ConfigurationError,
     DeepSeekError,
     IncompleteResponseError,
-    RetryBudgetExceeded,
-    status_error,
-    without_secret,
 )
-from .messages import Messages, build_chat_body, encode_body, header_problem, normalize_messages
+from .messages import Messages, build_chat_body, header_problem, normalize_messages
 from .models import DEFAULT_MODEL
 from .retry import DeepSeekRetry
 from .transport import (
@@ -67,9 +60,7 @@ from .transport import (
     ChatStream,
     DeepSeekAdapter,
     Route,
-    raw_pieces,
     request_id_of,
-    urllib3_cause,
     wrap_response,
 )
 from .types import (
@@ -101,60 +92,6 @@ ShapeCheck = Callable[[Any], Optional[str]]
 _USER_AGENT = f"deepseek-pool/0.1 (python-requests/{requests.__version__})"
 #: A 200 that stopped for this reason is a load failure, not an answer.
 _INSUFFICIENT = "insufficient_system_resource"
-
-
-#: What urllib3 is told on every request: make no retries of your own, the client's loop does.
-NO_RETRIES = Retry(total=False, redirect=False)
-
-
-class _Retryable(Exception):
-    """An attempt failed in a way the retry policy may retry.
-
-    :ivar error: what the caller gets if it is not retried.
-    :ivar cause: the urllib3 error the policy classifies (None: judge by ``response``).
-    :ivar response: the urllib3 response, when there was one.
-    """
-
-    def __init__(self, error: DeepSeekError, cause: Optional[Exception], response: Any = None) -> None:
-        super().__init__(error)
-        self.error = error
-        self.cause = cause
-        self.response = response
-
-
-def _chained(error: DeepSeekError, cause: BaseException) -> DeepSeekError:
-    if error is not cause:
-        error.__cause__ = cause
-    return error
-
-
-def _body_cause(err: DeepSeekError) -> Optional[Exception]:
-    """How urllib3's policy should count a failure seen in the body (None: as a status)."""
-    if isinstance(err, APITimeoutError):
-        return ReadTimeoutError(None, "", str(err))  # type: ignore[arg-type]
-    if isinstance(err, APIConnectionError):
-        return ProtocolError(str(err))
-    return None
-
-
-def _kind_of(cause: Optional[BaseException]) -> str:
-    if cause is None:
-        return "status"
-    if isinstance(cause, ReadTimeoutError):
-        return "timeout"
-    return "connect" if isinstance(cause, ConnectTimeoutError) else "read"
-
-
-def _has_retry_after(raw: Any) -> bool:
-    headers = raw.headers
-    return bool(headers.get("Retry-After") or headers.get("retry-after-ms"))
-
-
-def _add_note(err: DeepSeekError, note: str) -> None:
-    if isinstance(err, APIStatusError):
-        err.message = f"{err.message} ({note})"
-    elif err.args:
-        err.args = (f"{err.args[0]} ({note})", *err.args[1:])
 
 
 def _answered(completion: ChatCompletion) -> ChatCompletion:
@@ -299,6 +236,7 @@ class DeepSeekClient:
             "proxies": settings.get("proxies") or {},
         }
         self._chat_url = self.base_url + "/chat/completions"
+        self._call = AttemptLoop(self).run  # every call's attempts, retries and waits
         _CLIENTS.add(self)
         self.beta_url = self._normalize_base_url(beta_url) if beta_url else self._default_beta_url(self.base_url)
         self._fim_url = self.beta_url + "/completions"
@@ -440,174 +378,6 @@ class DeepSeekClient:
             return adapter.send(request, stream=True, timeout=(connect, read), **self._send_kwargs)
         finally:
             sending.handle = None
-
-    def _read_all(self, response: requests.Response, attempt: Attempt) -> bytes:
-        try:
-            return b"".join(raw_pieces(response.raw, attempt.deadline))
-        except BaseException as err:
-            response.close()
-            if isinstance(err, Exception):
-                raise attempt.translate(err) from err
-            raise
-
-    def _status_error(self, response: requests.Response, data: bytes) -> APIStatusError:
-        request_id = request_id_of(response.headers)
-        text = data.decode("utf-8", "replace")
-        body: Any = text
-        message = text.strip()[:500] or response.reason or "no message"
-        try:
-            body = json.loads(text)
-        except ValueError:
-            pass
-        else:
-            error = body.get("error") if isinstance(body, dict) else None
-            if isinstance(error, dict) and error.get("message"):
-                message = str(error["message"])
-            elif isinstance(error, str):
-                message = error
-        return status_error(response.status_code, message, body=body, request_id=request_id)
-
-    def _call(
-        self,
-        method: str,
-        url: str,
-        payload: Optional[Mapping[str, Any]],
-        *,
-        timeout: TimeoutLike,
-        control: Optional[CallControl],
-        parse: Callable[[Optional[bytes], requests.Response, Attempt], Any],
-        stream: bool = False,
-    ) -> Any:
-        """Make the call: every attempt, every wait, under the call's deadline.
-
-        This loop owns every attempt (urllib3 makes none of its own) and asks the retry
-        policy, a :class:`DeepSeekRetry` value, whether and when to retry each failure,
-        whether a status, a broken connection, or a body that shows the answer is not one.
-        No exception that could carry the API key leaves it.
-        """
-        try:
-            return self._attempts(method, url, payload, timeout, control, parse, stream)
-        except DeepSeekError as err:
-            clean = without_secret(err, self._api_key)
-            if clean is err:
-                raise
-        raise clean  # outside the except block, so the original is not its context
-
-    def _attempts(
-        self,
-        method: str,
-        url: str,
-        payload: Optional[Mapping[str, Any]],
-        timeout: TimeoutLike,
-        control: Optional[CallControl],
-        parse: Callable[[Optional[bytes], requests.Response, Attempt], Any],
-        stream: bool,
-    ) -> Any:
-        attempt_timeout = Timeout.coerce(timeout) if timeout is not None else self.timeout
-        body = encode_body(payload) if payload is not None else None
-        if control is None:
-            control = CallControl()
-        call_deadline = control.deadline
-        if call_deadline is None:
-            call_deadline = time.monotonic() + self.call_timeout if self.call_timeout else math.inf
-        retry = self.retry
-        number = 0
-        while True:
-            number += 1
-            control.check()
-            now = time.monotonic()
-            if now >= call_deadline:
-                raise APITimeoutError(f"the call's deadline passed before attempt {number} (call_timeout)")
-            total = attempt_timeout.total
-            attempt = Attempt(min(call_deadline, now + total) if total else call_deadline, control.handle)
-            control.attempt_started(number)
-            try:
-                return self._attempt(method, url, body, attempt_timeout, attempt, control, parse, stream)
-            except _Retryable as failure:
-                error, cause, raw = failure.error, failure.cause, failure.response
-            refusal: Optional[str] = None  # why not to retry ("" when it needs no note)
-            try:
-                retry = retry.increment(method, url, response=raw, error=cause)
-            except Exception:  # retries exhausted, or this failure is not retried (a timeout, say)
-                refusal = f"after {number} attempts" if number > 1 else ""
-            else:
-                delay = retry.delay_after(raw)
-                status = raw.status if raw is not None else None
-                if time.monotonic() + delay >= call_deadline:
-                    refusal = "not retried: the call's deadline would pass first"
-                else:
-                    refusal = self._refused(control, RetryEvent(number, status, error, delay, _kind_of(cause)))
-            if refusal is not None:
-                if refusal:
-                    _add_note(error, refusal)
-                raise error  # outside any except block: its cause stays the transport's error
-            log.info("retry %d of %s after %s in %.2fs", number, retry.total, status or type(error).__name__, delay)
-            control.wait(delay, call_deadline)
-
-    @staticmethod
-    def _refused(control: CallControl, event: RetryEvent) -> Optional[str]:
-        """Tell the control a retry is coming; why it refused it, or None."""
-        try:
-            control.before_retry(event)
-        except RetryBudgetExceeded as budget:
-            return str(budget)
-        return None
-
-    def _attempt(
-        self,
-        method: str,
-        url: str,
-        body: Optional[bytes],
-        timeout: Timeout,
-        attempt: Attempt,
-        control: CallControl,
-        parse: Callable[[Optional[bytes], requests.Response, Attempt], Any],
-        stream: bool,
-    ) -> Any:
-        """One attempt: a result, a :class:`_Retryable` failure, or a final error."""
-        handed_over = False
-        try:
-            try:
-                response = self._send(method, url, body, timeout, attempt)
-            except DeepSeekError:
-                raise  # cancelled, or expired before sending
-            except Exception as err:
-                cause = urllib3_cause(err)
-                raise _Retryable(
-                    _chained(attempt.translate(err), err), cause if isinstance(cause, Exception) else err
-                ) from None
-            status = response.status_code
-            raw = response.raw
-            if status >= 400:
-                data = self._read_or_retry(response, attempt)
-                error = self._status_error(response, data)
-                control.response_received(status, self.retry.get_retry_after(raw), error)
-                if self.retry.is_retry(method, status, _has_retry_after(raw)):
-                    raise _Retryable(error, None, raw)
-                raise error
-            control.response_received(status, None, None)
-            if stream:
-                handed_over = True
-                try:
-                    return parse(None, response, attempt)
-                except (IncompleteResponseError, APIConnectionError) as err:
-                    if getattr(err, "_after_chunks", False):
-                        raise  # the caller already saw part of this answer: a retry would repeat it
-                    raise _Retryable(err, _body_cause(err), raw) from None
-            data = self._read_or_retry(response, attempt)
-            try:
-                return parse(data, response, attempt)
-            except IncompleteResponseError as err:
-                raise _Retryable(err, None, raw) from None
-        finally:
-            if not handed_over:
-                attempt.end()
-
-    def _read_or_retry(self, response: requests.Response, attempt: Attempt) -> bytes:
-        try:
-            return self._read_all(response, attempt)
-        except APIConnectionError as err:  # timeouts included
-            raise _Retryable(err, _body_cause(err), None) from None
 
     @staticmethod
     def _json(data: Optional[bytes], response: requests.Response, check: Optional[ShapeCheck] = None) -> Any:

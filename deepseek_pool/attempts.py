@@ -1,0 +1,288 @@
+"""The retry loop: one owner for every attempt of a call.
+
+urllib3 makes no retries of its own (it is told :data:`NO_RETRIES`). This loop sends
+each attempt through the client's transport, gives each its own total deadline (head
+and body, watched by the watchdog), passes every response and every failure through
+one place, and asks the retry policy -- a :class:`~deepseek_pool.DeepSeekRetry`, urllib3's
+``Retry`` used as a value: its ``increment``, history and backoff decide -- whether and
+when to try again. The caller's :class:`~deepseek_pool.CallControl` hears of every
+attempt, response, retry and wait. So attempts are counted once, the call's deadline
+bounds every wait, and no exception that could carry the API key leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import Any, Callable, Mapping, Optional, Protocol
+
+import requests
+from urllib3.exceptions import ConnectTimeoutError, ProtocolError, ReadTimeoutError
+from urllib3.util.retry import Retry
+
+from .calls import CallControl, RetryEvent
+from .config import Timeout, TimeoutLike
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    DeepSeekError,
+    IncompleteResponseError,
+    RetryBudgetExceeded,
+    status_error,
+    without_secret,
+)
+from .messages import encode_body
+from .retry import DeepSeekRetry
+from .transport import Attempt, raw_pieces, request_id_of, urllib3_cause
+
+__all__ = ["NO_RETRIES", "AttemptLoop", "Parse"]
+
+log = logging.getLogger(__name__)
+
+#: Reads a response into the call's result: ``parse(body or None when streaming, response, attempt)``.
+Parse = Callable[[Optional[bytes], requests.Response, Attempt], Any]
+
+
+class _Settings(Protocol):
+    """What the loop reads of its client, at every call (so later changes apply)."""
+
+    retry: DeepSeekRetry
+    timeout: Timeout
+    call_timeout: Optional[float]
+    _api_key: str
+
+    def _send(
+        self, method: str, url: str, body: Optional[bytes], timeout: Timeout, attempt: Attempt
+    ) -> requests.Response: ...
+
+
+#: What urllib3 is told on every request: make no retries of your own, the client's loop does.
+NO_RETRIES = Retry(total=False, redirect=False)
+
+
+class _Retryable(Exception):
+    """An attempt failed in a way the retry policy may retry.
+
+    :ivar error: what the caller gets if it is not retried.
+    :ivar cause: the urllib3 error the policy classifies (None: judge by ``response``).
+    :ivar response: the urllib3 response, when there was one.
+    """
+
+    def __init__(self, error: DeepSeekError, cause: Optional[Exception], response: Any = None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.cause = cause
+        self.response = response
+
+
+def _chained(error: DeepSeekError, cause: BaseException) -> DeepSeekError:
+    if error is not cause:
+        error.__cause__ = cause
+    return error
+
+
+def _body_cause(err: DeepSeekError) -> Optional[Exception]:
+    """How urllib3's policy should count a failure seen in the body (None: as a status)."""
+    if isinstance(err, APITimeoutError):
+        return ReadTimeoutError(None, "", str(err))  # type: ignore[arg-type]
+    if isinstance(err, APIConnectionError):
+        return ProtocolError(str(err))
+    return None
+
+
+def _kind_of(cause: Optional[BaseException]) -> str:
+    if cause is None:
+        return "status"
+    if isinstance(cause, ReadTimeoutError):
+        return "timeout"
+    return "connect" if isinstance(cause, ConnectTimeoutError) else "read"
+
+
+def _has_retry_after(raw: Any) -> bool:
+    headers = raw.headers
+    return bool(headers.get("Retry-After") or headers.get("retry-after-ms"))
+
+
+def _add_note(err: DeepSeekError, note: str) -> None:
+    if isinstance(err, APIStatusError):
+        err.message = f"{err.message} ({note})"
+    elif err.args:
+        err.args = (f"{err.args[0]} ({note})", *err.args[1:])
+
+
+class AttemptLoop:
+    """Runs the calls of one client: :meth:`run` is a whole call, every attempt and wait."""
+
+    def __init__(self, owner: _Settings) -> None:
+        self._owner = owner
+
+    def _read_all(self, response: requests.Response, attempt: Attempt) -> bytes:
+        try:
+            return b"".join(raw_pieces(response.raw, attempt.deadline))
+        except BaseException as err:
+            response.close()
+            if isinstance(err, Exception):
+                raise attempt.translate(err) from err
+            raise
+
+    def _status_error(self, response: requests.Response, data: bytes) -> APIStatusError:
+        request_id = request_id_of(response.headers)
+        text = data.decode("utf-8", "replace")
+        body: Any = text
+        message = text.strip()[:500] or response.reason or "no message"
+        try:
+            body = json.loads(text)
+        except ValueError:
+            pass
+        else:
+            error = body.get("error") if isinstance(body, dict) else None
+            if isinstance(error, dict) and error.get("message"):
+                message = str(error["message"])
+            elif isinstance(error, str):
+                message = error
+        return status_error(response.status_code, message, body=body, request_id=request_id)
+
+    def run(
+        self,
+        method: str,
+        url: str,
+        payload: Optional[Mapping[str, Any]],
+        *,
+        timeout: TimeoutLike,
+        control: Optional[CallControl],
+        parse: Callable[[Optional[bytes], requests.Response, Attempt], Any],
+        stream: bool = False,
+    ) -> Any:
+        """Make the call: every attempt, every wait, under the call's deadline.
+
+        This loop owns every attempt (urllib3 makes none of its own) and asks the retry
+        policy, a :class:`DeepSeekRetry` value, whether and when to retry each failure,
+        whether a status, a broken connection, or a body that shows the answer is not one.
+        No exception that could carry the API key leaves it.
+        """
+        try:
+            return self._attempts(method, url, payload, timeout, control, parse, stream)
+        except DeepSeekError as err:
+            clean = without_secret(err, self._owner._api_key)
+            if clean is err:
+                raise
+        raise clean  # outside the except block, so the original is not its context
+
+    def _attempts(
+        self,
+        method: str,
+        url: str,
+        payload: Optional[Mapping[str, Any]],
+        timeout: TimeoutLike,
+        control: Optional[CallControl],
+        parse: Callable[[Optional[bytes], requests.Response, Attempt], Any],
+        stream: bool,
+    ) -> Any:
+        attempt_timeout = Timeout.coerce(timeout) if timeout is not None else self._owner.timeout
+        body = encode_body(payload) if payload is not None else None
+        if control is None:
+            control = CallControl()
+        call_deadline = control.deadline
+        if call_deadline is None:
+            call_deadline = time.monotonic() + self._owner.call_timeout if self._owner.call_timeout else math.inf
+        retry = self._owner.retry
+        number = 0
+        while True:
+            number += 1
+            control.check()
+            now = time.monotonic()
+            if now >= call_deadline:
+                raise APITimeoutError(f"the call's deadline passed before attempt {number} (call_timeout)")
+            total = attempt_timeout.total
+            attempt = Attempt(min(call_deadline, now + total) if total else call_deadline, control.handle)
+            control.attempt_started(number)
+            try:
+                return self._attempt(method, url, body, attempt_timeout, attempt, control, parse, stream)
+            except _Retryable as failure:
+                error, cause, raw = failure.error, failure.cause, failure.response
+            refusal: Optional[str] = None  # why not to retry ("" when it needs no note)
+            try:
+                retry = retry.increment(method, url, response=raw, error=cause)
+            except Exception:  # retries exhausted, or this failure is not retried (a timeout, say)
+                refusal = f"after {number} attempts" if number > 1 else ""
+            else:
+                delay = retry.delay_after(raw)
+                status = raw.status if raw is not None else None
+                if time.monotonic() + delay >= call_deadline:
+                    refusal = "not retried: the call's deadline would pass first"
+                else:
+                    refusal = self._refused(control, RetryEvent(number, status, error, delay, _kind_of(cause)))
+            if refusal is not None:
+                if refusal:
+                    _add_note(error, refusal)
+                raise error  # outside any except block: its cause stays the transport's error
+            log.info("retry %d of %s after %s in %.2fs", number, retry.total, status or type(error).__name__, delay)
+            control.wait(delay, call_deadline)
+
+    @staticmethod
+    def _refused(control: CallControl, event: RetryEvent) -> Optional[str]:
+        """Tell the control a retry is coming; why it refused it, or None."""
+        try:
+            control.before_retry(event)
+        except RetryBudgetExceeded as budget:
+            return str(budget)
+        return None
+
+    def _attempt(
+        self,
+        method: str,
+        url: str,
+        body: Optional[bytes],
+        timeout: Timeout,
+        attempt: Attempt,
+        control: CallControl,
+        parse: Callable[[Optional[bytes], requests.Response, Attempt], Any],
+        stream: bool,
+    ) -> Any:
+        """One attempt: a result, a :class:`_Retryable` failure, or a final error."""
+        handed_over = False
+        try:
+            try:
+                response = self._owner._send(method, url, body, timeout, attempt)
+            except DeepSeekError:
+                raise  # cancelled, or expired before sending
+            except Exception as err:
+                cause = urllib3_cause(err)
+                raise _Retryable(
+                    _chained(attempt.translate(err), err), cause if isinstance(cause, Exception) else err
+                ) from None
+            status = response.status_code
+            raw = response.raw
+            if status >= 400:
+                data = self._read_or_retry(response, attempt)
+                error = self._status_error(response, data)
+                control.response_received(status, self._owner.retry.get_retry_after(raw), error)
+                if self._owner.retry.is_retry(method, status, _has_retry_after(raw)):
+                    raise _Retryable(error, None, raw)
+                raise error
+            control.response_received(status, None, None)
+            if stream:
+                handed_over = True
+                try:
+                    return parse(None, response, attempt)
+                except (IncompleteResponseError, APIConnectionError) as err:
+                    if getattr(err, "_after_chunks", False):
+                        raise  # the caller already saw part of this answer: a retry would repeat it
+                    raise _Retryable(err, _body_cause(err), raw) from None
+            data = self._read_or_retry(response, attempt)
+            try:
+                return parse(data, response, attempt)
+            except IncompleteResponseError as err:
+                raise _Retryable(err, None, raw) from None
+        finally:
+            if not handed_over:
+                attempt.end()
+
+    def _read_or_retry(self, response: requests.Response, attempt: Attempt) -> bytes:
+        try:
+            return self._read_all(response, attempt)
+        except APIConnectionError as err:  # timeouts included
+            raise _Retryable(err, _body_cause(err), None) from None
