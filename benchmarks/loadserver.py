@@ -7,11 +7,17 @@ the client limits the result. Its own CPU is reported so that this can be checke
 
 Each answer is held back ``latency`` seconds (a timer, not a sleep). Streamed answers
 send ``chunks`` SSE events ``gap`` seconds apart after that latency. Faults are drawn
-per request from a seeded RNG: 503, 429, or a TCP reset after the request is read.
+per request from a seeded RNG: 503, 429 (with DeepSeek's documented text for a 429
+that is not about the account's cap), or a TCP reset after the request is read. With
+``max_concurrency`` N, a request that arrives while N are being answered gets a 429 at
+once, naming the number as DeepSeek does ("concurrency limit of N based on your
+remaining balance"), like ``FakeDeepSeek(max_concurrency=N)``. ``jitter`` spreads each
+latency uniformly over ``latency * (1 +- jitter)``.
 
 Control is a line of JSON per command on stdin, answered by a line of JSON on stdout::
 
     {"cmd": "reset", "config": {"latency": 0.05, "faults": {"503": 0.1}}}   -> {"ok": true}
+    {"cmd": "reset", "config": {"latency": 0.2, "jitter": 0.25, "max_concurrency": 100}}
     {"cmd": "stats"}                                                       -> {"requests": ...}
     {"cmd": "stop"}
 
@@ -69,8 +75,9 @@ _LAST_EVENTS = (
 _ERROR_BODIES = {
     503: b'{"error":{"message":"Server overloaded, please retry shortly.","type":"service_unavailable_error",'
     b'"param":null,"code":"service_unavailable"}}',
-    429: b'{"error":{"message":"Rate Limit Reached","type":"rate_limit_error","param":null,'
-    b'"code":"rate_limit_exceeded"}}',
+    # DeepSeek's documented text for a 429 that is not about the account's concurrency cap.
+    429: b'{"error":{"message":"Rate Limit Reached: you are sending your requests too quickly. Please pace your '
+    b'requests reasonably.","type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"}}',
     404: b'{"error":{"message":"not found","type":"invalid_request_error","param":null,"code":null}}',
     400: b'{"error":{"message":"no #bench- marker in the request","type":"invalid_request_error",'
     b'"param":null,"code":null}}',
@@ -93,6 +100,19 @@ def _error_response(status: int) -> bytes:
 
 
 _ERRORS = {status: _error_response(status) for status in _ERROR_BODIES}
+_CAP_BODY = (
+    b'{"error":{"message":"Rate Limit Reached: concurrency limit of %d based on your remaining balance",'
+    b'"type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"}}'
+)
+
+
+def _cap_response(cap: int) -> bytes:
+    """The 429 above the account's concurrency cap, naming it (the wording users reported)."""
+    body = _CAP_BODY % cap
+    return b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
 
 
 class Config:
@@ -101,6 +121,9 @@ class Config:
     def __init__(self, raw: Optional[Dict[str, Any]] = None) -> None:
         raw = raw or {}
         self.latency = float(raw.get("latency", 0.05))
+        self.jitter = float(raw.get("jitter", 0.0))
+        self.max_concurrency = int(raw.get("max_concurrency") or 0)
+        self.cap_response = _cap_response(self.max_concurrency) if self.max_concurrency else b""
         self.chunks = int(raw.get("chunks", protocol.DEFAULT_CHUNKS))
         self.gap = float(raw.get("gap", 0.002))
         faults = raw.get("faults") or {}
@@ -123,7 +146,8 @@ class Stats:
         self.connections_used = 0
         self.open_now = 0
         self.max_open = 0
-        self.faults: Dict[str, int] = {"503": 0, "429": 0, "reset": 0}
+        self.faults: Dict[str, int] = {"503": 0, "429": 0, "reset": 0, "cap": 0}
+        self.max_answering = 0
         self.streams = 0
         self.events = 0
         self.bad = 0
@@ -141,6 +165,8 @@ class Server:
         self.stats = Stats(0)
         self.rng = random.Random(1)
         self.open_now = 0
+        #: requests admitted under ``max_concurrency`` and not yet answered
+        self.answering = 0
 
     def reset(self, raw: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         self.config = Config(raw)
@@ -157,6 +183,7 @@ class Server:
             "connections_opened": s.connections_opened,
             "connections_used": s.connections_used,
             "max_open": s.max_open,
+            "max_answering": s.max_answering,
             "faults": dict(s.faults),
             "streams": s.streams,
             "events": s.events,
@@ -170,7 +197,7 @@ class Server:
 class Connection(asyncio.Protocol):
     """One client connection: parse a request, answer it after the latency, repeat."""
 
-    __slots__ = ("buffer", "busy", "closed", "epoch", "server", "timers", "transport")
+    __slots__ = ("buffer", "busy", "closed", "epoch", "holding", "server", "timers", "transport")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -180,6 +207,8 @@ class Connection(asyncio.Protocol):
         self.epoch = -1
         self.timers: List[asyncio.TimerHandle] = []
         self.closed = False
+        #: this connection's request holds one of the ``max_concurrency`` slots
+        self.holding = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -192,6 +221,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.closed = True
         self.server.open_now -= 1
+        self._free()
         for timer in self.timers:
             timer.cancel()
         self.timers.clear()
@@ -248,6 +278,15 @@ class Connection(asyncio.Protocol):
         while stop < len(body) and 48 <= body[stop] <= 57:
             stop += 1
         index = int(body[start:stop] or b"0")
+        if config.max_concurrency:
+            if server.answering >= config.max_concurrency:
+                stats.faults["cap"] += 1
+                self._send_last(config.cap_response)  # at once, as DeepSeek answers above the cap
+                return
+            server.answering += 1
+            self.holding = True
+            if server.answering > stats.max_answering:
+                stats.max_answering = server.answering
         if config.any_fault:
             draw = server.rng.random()
             if draw < config.p503:
@@ -273,7 +312,10 @@ class Connection(asyncio.Protocol):
             return
         content = protocol.answer_for(answer_index).encode()
         payload = _COMPLETION % (index, content)
-        self._later(config.latency, self._send_last, (_JSON_HEAD % (len(payload), index)) + payload)
+        latency = config.latency
+        if config.jitter:
+            latency *= 1.0 + config.jitter * (2.0 * server.rng.random() - 1.0)
+        self._later(latency, self._send_last, (_JSON_HEAD % (len(payload), index)) + payload)
 
     def _stream(self, index: int, answer_index: int, config: Config) -> None:
         self.server.stats.streams += 1
@@ -305,13 +347,20 @@ class Connection(asyncio.Protocol):
         self.transport.write(data)
         self._done()
 
+    def _free(self) -> None:
+        if self.holding:
+            self.holding = False
+            self.server.answering -= 1
+
     def _done(self) -> None:
+        self._free()
         self.busy = False
         if self.buffer:
             self._next_request()
 
     def _reset(self) -> None:
         self.timers.clear()
+        self._free()
         self._abort()
 
     def _abort(self) -> None:

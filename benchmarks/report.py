@@ -11,6 +11,8 @@ import platform
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from benchmarks import storage_cost
+from benchmarks.cap import ARM_LABELS
 from benchmarks.contenders import CONTENDERS
 from benchmarks.harness import Cell, Figures
 
@@ -146,6 +148,40 @@ def faults_table(figures: Sequence[Figures], cell: Optional[Cell]) -> List[str]:
     return lines
 
 
+def cap_table(summary: Sequence[Dict[str, Any]], cell: Optional[Dict[str, Any]]) -> List[str]:
+    """The cap cell: one row per arm (its run with the median makespan)."""
+    if not summary or not cell:
+        return []
+    weights = ":".join(str(cell["weights"][i % len(cell["weights"])]) for i in range(cell["processes"]))
+    ideal = cell["n"] * cell["latency"] / cell["cap"]
+    lines = [
+        f'Cap: the server answers 429 "concurrency limit of {cell["cap"]}" at once above {cell["cap"]} requests '
+        f"in flight; {cell['processes']} processes {TIMES} {cell['workers']} workers (one DeepSeekPool each), "
+        f"N={cell['n']:,} calls split {weights}, L={1000 * cell['latency']:.0f} ms "
+        f"{chr(177)} {100 * cell['jitter']:.0f} %; ideal N{TIMES}L/{cell['cap']} = {ideal:.2f} s. Makespan runs from "
+        "the common start to the last answer; each arm's run with the median makespan. The shared budget's "
+        f"ceiling is max_in_flight={cell['ceiling']}, above the real cap.",
+        "",
+        "| arm | completed | failed (kinds) | requests sent | answered 429 | makespan s | efficiency "
+        "| client CPU ms/request |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summary:
+        label = ARM_LABELS.get(row["arm"], row["arm"])
+        if "makespan" not in row:
+            lines.append(f"| {label} | {DASH} | all {row['runs']} runs failed: {row['error']} | | | | | |")
+            continue
+        failed = sum(row["errors"].values())
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(row["errors"].items())) or DASH
+        note = f" ({row['failed_runs']} runs failed)" if row.get("failed_runs") else ""
+        lines.append(
+            f"| {label} | {row['ok']}/{row['n']}{note} | {failed} ({kinds}) | {row['requests']} | "
+            f"{100 * row['share_429']:.1f} % | {_f(row['makespan'])} | {_f(row['efficiency'])} | "
+            f"{_f(row['cpu_ms_per_request'])} |"
+        )
+    return lines
+
+
 def server_table(figures: Sequence[Figures], cells: Sequence[Cell]) -> List[str]:
     lines = [
         "| cell | load-server CPU ms/request (median, min-max over contenders) | busiest share of one core |",
@@ -181,6 +217,9 @@ def markdown(
     figures: Sequence[Figures],
     scale: Sequence[Dict[str, Any]],
     meta: Dict[str, Any],
+    *,
+    cap: Sequence[Dict[str, Any]] = (),
+    storage: Sequence[Dict[str, Any]] = (),
 ) -> str:
     by_name = {cell.name: cell for cell in cells}
     chat = [c for c in cells if c.kind == "chat"]
@@ -216,8 +255,18 @@ def markdown(
             "",
         ]
         out += [*scale_table(scale), ""]
-    out += ["The load server (its own process) is not the bottleneck:", ""]
-    out += [*server_table(figures, cells), ""]
+    out += [*cap_table(cap, meta.get("cap_cell")), ""]
+    if storage:
+        out += [
+            "Storage cost: one Limiter (a ceiling never reached), acquire + release in a loop; at 64 threads the "
+            "wall time is over all threads' pairs (what one process gets from that storage).",
+            "",
+            *storage_cost.table(storage),
+            "",
+        ]
+    if figures:
+        out += ["The load server (its own process) is not the bottleneck:", ""]
+        out += [*server_table(figures, cells), ""]
     return "\n".join(out)
 
 

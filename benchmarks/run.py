@@ -1,7 +1,9 @@
 """Run the whole benchmark: ``python -m benchmarks.run`` (full) or ``--quick``.
 
 Starts the load server, runs every cell for every contender whose packages are
-installed (``pip install -e '.[bench]'``), prints progress, and writes
+installed (``pip install -e '.[bench]'``), then the cap cell (:mod:`benchmarks.cap`:
+processes sharing one account cap) and the storage cost (:mod:`benchmarks.storage_cost`),
+prints progress, and writes
 ``results.md``, ``chart.png`` and ``raw.json`` to ``benchmarks/results/`` (or
 ``benchmarks/results/quick/`` in quick mode, or ``--out``). Only 127.0.0.1 is used.
 """
@@ -10,19 +12,46 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from benchmarks import harness, report, scale
+from benchmarks import cap, harness, report, scale
 from benchmarks.contenders import CONTENDERS
 from benchmarks.harness import Cell, Figures, Run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL_SCALE = (10_000, 1_000_000)
 QUICK_SCALE = (10_000, 100_000)
+#: acquire/release pairs per storage cost measurement in quick mode (full: storage_cost's defaults)
+QUICK_STORAGE_OPS = 10_000
+#: the cells that are not (cell, contender) runs: ``--cells`` names them too
+EXTRA_CELLS = ("cap", "storage")
+
+
+def run_storage_cost(
+    ops: Optional[int], *, timeout: float, cwd: Path, log: Optional[Callable[[str], None]] = None
+) -> List[Dict[str, Any]]:
+    """The storage cost rows, measured in a fresh process (``ops`` None: its defaults)."""
+    command = [sys.executable, "-m", "benchmarks.storage_cost", "--json"]
+    if ops:
+        command += ["--ops", str(ops)]
+    if log:
+        log("storage: µs per acquire + release, memory:// and sqlite://, 1 and 64 threads")
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=harness.child_env(), cwd=str(cwd), check=True
+    )
+    rows: List[Dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])
+    if log:
+        for row in rows:
+            log(
+                f"storage {row['storage']:9} {row['threads']:>3} threads: {row['wall_us']:.1f} µs wall, "
+                f"{row['cpu_us']:.1f} µs CPU per acquire + release"
+            )
+    return rows
 
 
 def run_benchmark(
@@ -37,10 +66,20 @@ def run_benchmark(
     chart: bool = True,
     log: Optional[Callable[[str], None]] = None,
     package_dir: Optional[Path] = None,
+    cap_cell: Optional[cap.CapCell] = None,
+    cap_arms: Sequence[str] = cap.ARMS,
+    storage: bool = False,
+    storage_ops: Optional[int] = None,
 ) -> Dict[str, Any]:
-    """Run, summarize and write the results; return them (the smoke test calls this)."""
+    """Run, summarize and write the results; return them (the smoke test calls this).
+
+    ``cap_cell`` adds the cap cell (its arms ``reps`` times each); ``storage`` the storage
+    cost (``storage_ops`` pairs per measurement; None: its defaults).
+    """
     started = time.monotonic()
-    runs: List[Run] = harness.run_cells(cells, contenders, reps, timeout=timeout, log=log, package_dir=package_dir)
+    runs: List[Run] = []
+    if cells:
+        runs = harness.run_cells(cells, contenders, reps, timeout=timeout, log=log, package_dir=package_dir)
     figures: List[Figures] = harness.summarize(cells, runs)
     scale_rows: List[Dict[str, Any]] = []
     if scale_sizes:
@@ -53,6 +92,21 @@ def run_benchmark(
                 log(
                     f"scale   {row['n']:>9,}: {row['wall']:.1f} s, peak RSS {row['maxrss_mb']:.1f} MB, ok {row['ok']:,}"
                 )
+    cap_rows: List[Dict[str, Any]] = []
+    if cap_cell is not None:
+        if log:
+            log(
+                f"cap: {cap_cell.processes} processes x {cap_cell.workers} workers, server cap {cap_cell.cap}, "
+                f"N={cap_cell.n:,}, L={1000 * cap_cell.latency:.0f} ms; arms {', '.join(cap_arms)}"
+            )
+        with harness.LoadServer() as server, harness.import_root(package_dir) as cwd:
+            cap_rows = cap.run_cell(
+                cap_cell, cap_arms, reps, server=server, timeout=timeout, env=harness.child_env(), cwd=cwd, log=log
+            )
+    storage_rows: List[Dict[str, Any]] = []
+    if storage:
+        with harness.import_root(package_dir) as cwd:
+            storage_rows = run_storage_cost(storage_ops, timeout=max(timeout, 600.0), cwd=cwd, log=log)
     meta = {
         "mode": mode,
         "reps": reps,
@@ -60,13 +114,31 @@ def run_benchmark(
         "machine": report.machine(),
         "cells": [{"name": c.name, "n": c.n} for c in cells],
         "package_dir": str(package_dir) if package_dir else None,
+        "cap_cell": asdict(cap_cell) if cap_cell is not None else None,
     }
     out.mkdir(parents=True, exist_ok=True)
-    text = report.markdown(cells, figures, scale_rows, meta)
+    cap_summary = cap.summarize(cap_rows)
+    text = report.markdown(cells, figures, scale_rows, meta, cap=cap_summary, storage=storage_rows)
     (out / "results.md").write_text(text + "\n")
-    harness.save_json(out / "raw.json", cells, runs, figures, {**meta, "scale": scale_rows})
-    drew = chart and report.chart(out / "chart.png", figures, cells, meta)
-    return {"runs": runs, "figures": figures, "scale": scale_rows, "markdown": text, "meta": meta, "chart": drew}
+    harness.save_json(
+        out / "raw.json",
+        cells,
+        runs,
+        figures,
+        {**meta, "scale": scale_rows, "cap": cap_rows, "storage": storage_rows},
+    )
+    drew = chart and bool(figures) and report.chart(out / "chart.png", figures, cells, meta)
+    return {
+        "runs": runs,
+        "figures": figures,
+        "scale": scale_rows,
+        "cap": cap_rows,
+        "cap_summary": cap_summary,
+        "storage": storage_rows,
+        "markdown": text,
+        "meta": meta,
+        "chart": drew,
+    }
 
 
 def rerender(raw: Path, out: Optional[Path] = None) -> str:
@@ -75,9 +147,16 @@ def rerender(raw: Path, out: Optional[Path] = None) -> str:
     cells = [Cell(**{**c, "faults": c.get("faults")}) for c in data["cells"]]
     runs = [Run(**r) for r in data["runs"]]
     figures = harness.summarize(cells, runs)
-    meta = {k: v for k, v in data["meta"].items() if k != "scale"}
+    meta = {k: v for k, v in data["meta"].items() if k not in ("scale", "cap", "storage")}
     out = out or raw.parent
-    text = report.markdown(cells, figures, data["meta"].get("scale", []), meta)
+    text = report.markdown(
+        cells,
+        figures,
+        data["meta"].get("scale", []),
+        meta,
+        cap=cap.summarize(data["meta"].get("cap", [])),
+        storage=data["meta"].get("storage", []),
+    )
     (out / "results.md").write_text(text + "\n")
     report.chart(out / "chart.png", figures, cells, meta)
     return text
@@ -88,7 +167,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small N, one run each (about a minute)")
     parser.add_argument("--reps", type=int, help="runs per (cell, contender); default 3, or 1 with --quick")
     parser.add_argument("--contenders", help=f"comma-separated subset of: {', '.join(CONTENDERS)}")
-    parser.add_argument("--cells", help="comma-separated subset of: C=16, C=64, C=256, stream, faults")
+    parser.add_argument("--cells", help="comma-separated subset of: C=16, C=64, C=256, stream, faults, cap, storage")
     parser.add_argument("--n", type=int, help="override N of the non-streaming and faults cells")
     parser.add_argument("--no-scale", action="store_true", help="skip the 1,000,000-request scale cell")
     parser.add_argument("--out", type=Path, help="directory for results.md, chart.png, raw.json")
@@ -103,9 +182,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
 
     cells = list(harness.QUICK_CELLS if args.quick else harness.FULL_CELLS)
+    wanted = [c.name for c in cells] + list(EXTRA_CELLS)
     if args.cells:
         wanted = [c.strip() for c in args.cells.split(",")]
-        unknown = set(wanted) - {c.name for c in cells}
+        unknown = set(wanted) - {c.name for c in cells} - set(EXTRA_CELLS)
         if unknown:
             parser.error(f"unknown cells: {', '.join(sorted(unknown))}")
         cells = [c for c in cells if c.name in wanted]
@@ -134,6 +214,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         timeout=args.timeout,
         log=log,
         package_dir=args.package_dir,
+        cap_cell=(cap.QUICK_CAP if args.quick else cap.FULL_CAP) if "cap" in wanted else None,
+        storage="storage" in wanted,
+        storage_ops=QUICK_STORAGE_OPS if args.quick else None,
     )
     print()
     print(result["markdown"])

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import pytest
+import urllib3
 
-from benchmarks import harness, report
+from benchmarks import cap, harness, protocol, report
+from benchmarks.cap import CapCell
 from benchmarks.contenders import CONTENDERS as LABELS
 from benchmarks.harness import Cell, Figures, LoadServer, Run
 from benchmarks.run import run_benchmark
+from deepseek_pool.budget import rate_limit_signal
 
 CONTENDERS = ["deepseek_pool", "urllib3", "requests"]
 CHAT = Cell("C=4", "chat", 24, 4, latency=0.005)
@@ -110,3 +115,77 @@ def test_chart_is_drawn_when_matplotlib_is_installed(bench: Dict[str, Any], tmp_
         pytest.skip("matplotlib is not installed (pip install -e '.[bench]')")
     assert report.chart(tmp_path / "chart.png", bench["figures"], [CHAT, STREAM], bench["meta"])
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- the cap cell, the storage cost and the load server's cap mode ----------------------
+
+TINY_CAP = CapCell(n=48, cap=4, processes=2, workers=4, latency=0.02, jitter=0.25, ceiling=8, weights=(2, 1))
+
+
+@pytest.fixture(scope="module")
+def cap_bench(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+    out = tmp_path_factory.mktemp("cap")
+    return run_benchmark(
+        [],
+        [],
+        reps=1,
+        out=out,
+        mode="smoke",
+        chart=False,
+        timeout=TIMEOUT,
+        cap_cell=TINY_CAP,
+        storage=True,
+        storage_ops=200,
+    )
+
+
+def test_the_cap_cell_runs_every_arm_against_a_capped_server(cap_bench: Dict[str, Any]) -> None:
+    rows = {row["arm"]: row for row in cap_bench["cap"]}
+    assert set(rows) == set(cap.ARMS)
+    for row in rows.values():
+        assert "error" not in row, row
+        assert row["wrong"] == 0 and row["ok"] + sum(row["errors"].values()) == TINY_CAP.n, row
+        assert row["requests"] >= TINY_CAP.n and 0 <= row["rejected"] < row["requests"], row
+        assert row["max_answering"] <= TINY_CAP.cap  # the server enforces its cap
+        assert row["makespan"] > 0 and row["efficiency"] == pytest.approx(TINY_CAP.ideal / row["makespan"])
+        assert len(row["per_process"]) == TINY_CAP.processes
+    # the static split never exceeds the cap, so it is never answered 429; the shared budget completes everything
+    assert rows["split"]["rejected"] == 0 and rows["split"]["ok"] == TINY_CAP.n
+    assert rows["shared"]["ok"] == TINY_CAP.n
+    text = cap_bench["markdown"]
+    assert "Cap: the server answers 429" in text and all(label in text for label in cap.ARM_LABELS.values())
+
+
+def test_the_storage_cost_is_measured_for_each_storage(cap_bench: Dict[str, Any]) -> None:
+    rows = cap_bench["storage"]
+    assert {(r["storage"], r["threads"]) for r in rows} == {(s, t) for s in ("memory://", "sqlite://") for t in (1, 64)}
+    for row in rows:
+        assert row["wall_us"] > 0 and row["cpu_us"] > 0 and row["ops"] > 0 and row["in_flight_after"] == 0
+    assert "acquire + release" in cap_bench["markdown"]
+
+
+def _post(base_url: str, i: int) -> Tuple[int, str]:
+    http = urllib3.PoolManager()
+    response = http.request(
+        "POST", base_url + "/chat/completions", body=json.dumps(protocol.chat_body(i, False)).encode(), retries=False
+    )
+    return response.status, response.data.decode()
+
+
+def test_the_load_server_names_its_cap_and_sends_the_sporadic_429_text() -> None:
+    with LoadServer() as server:
+        server.reset({"latency": 0.3, "max_concurrency": 1})
+        with ThreadPoolExecutor(2) as executor:
+            first = executor.submit(_post, server.base_url, 0)
+            time.sleep(0.1)
+            second = executor.submit(_post, server.base_url, 1)
+            answers = sorted([first.result(timeout=10), second.result(timeout=10)])
+        assert answers[0][0] == 200 and answers[1][0] == 429
+        message = json.loads(answers[1][1])["error"]["message"]
+        assert rate_limit_signal(message).named_cap == 1
+        assert server.stats()["faults"]["cap"] == 1
+        server.reset({"latency": 0.0, "faults": {"429": 1.0}})
+        status, body = _post(server.base_url, 2)
+        assert status == 429
+        signal = rate_limit_signal(json.loads(body)["error"]["message"])
+        assert signal.sporadic and not signal.concurrency
