@@ -42,7 +42,7 @@ NAMED_CAP_HOLD = 30.0
 #: TCP's one per window, so a hard cap costs a 429 only every few windows).
 INCREASE_PATIENCE = 4.0
 #: Most seconds a 429 that says nothing about concurrency holds new starts back.
-SPORADIC_COOL_DOWN = 0.1
+SPORADIC_COOL_DOWN = 0.01
 #: Tokens are whole numbers, so a shortfall this small is float rounding in the refill.
 _TOKEN_EPSILON = 1e-6
 

@@ -26,9 +26,9 @@ DEFAULT_TOTAL_TIMEOUT = 900.0
 DEFAULT_MAX_RETRIES = 2
 #: Backoff before retry n (1-based) is ``BACKOFF_FACTOR * 2 ** (n - 1)`` seconds, capped,
 #: plus up to ``BACKOFF_JITTER`` seconds of random jitter so threads do not retry in step.
-DEFAULT_BACKOFF_FACTOR = 0.5
+DEFAULT_BACKOFF_FACTOR = 0.25
 DEFAULT_BACKOFF_MAX = 8.0
-DEFAULT_BACKOFF_JITTER = 0.25
+DEFAULT_BACKOFF_JITTER = 0.1
 #: A server-directed wait (Retry-After) longer than this is cut to it.
 DEFAULT_MAX_RETRY_AFTER = 60.0
 #: Statuses worth retrying: rate limit and transient server failures.

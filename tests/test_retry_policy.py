@@ -52,7 +52,7 @@ def slept(monkeypatch: pytest.MonkeyPatch) -> List[float]:
 def test_defaults_are_deepseeks() -> None:
     retry = DeepSeekRetry()
     assert (retry.total, retry.redirect, retry.raise_on_status, retry.raise_on_redirect) == (2, 0, False, False)
-    assert (retry.backoff_factor, retry.backoff_max, retry.backoff_jitter) == (0.5, 8.0, 0.25)
+    assert (retry.backoff_factor, retry.backoff_max, retry.backoff_jitter) == (0.25, 8.0, 0.1)
     assert retry.retry_after_max == retry.max_retry_after == 60.0
     assert retry.status_forcelist == config.RETRY_STATUSES
     assert retry.allowed_methods is not None and {"GET", "POST"} <= set(retry.allowed_methods)
@@ -288,7 +288,7 @@ def test_delay_after_reads_a_falsy_requests_response() -> None:
 
 def test_sleep_blocks_for_exactly_delay_after(slept: List[float], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(random, "random", lambda: 0.5)
-    retry = DeepSeekRetry(backoff_jitter=0.25).increment(method="POST")
+    retry = DeepSeekRetry(backoff_factor=0.5, backoff_jitter=0.25).increment(method="POST")
     for response in (None, _Response({}), _Response({"Retry-After": "1.5"}), _Response({"retry-after-ms": "20"})):
         retry.sleep(response)  # type: ignore[arg-type]
         assert slept[-1] == retry.delay_after(response)
