@@ -110,6 +110,7 @@ def close_pool() -> None:
     if pool is not None and pid == os.getpid():
         pool.close(wait=True)
         pool.limiter.close()
+        log.info("closed the DeepSeek pool of worker process %d", pid)
 
 
 def _open_in_worker(**_: Any) -> None:
