@@ -29,6 +29,7 @@ from .errors import (
     RetryBudgetExceeded,
     ServiceUnavailableError,
     SpendCapReached,
+    StorageUnavailable,
     UnprocessableEntityError,
 )
 from .limits import Limiter, LimiterStats
@@ -73,6 +74,7 @@ __all__ = [
     "RetryEvent",
     "ServiceUnavailableError",
     "SpendCapReached",
+    "StorageUnavailable",
     "Timeout",
     "UnprocessableEntityError",
     "Usage",

@@ -65,7 +65,7 @@ import os
 import stat
 import threading
 import time
-from typing import Any, BinaryIO, Dict, Generator, Iterator, List, Optional, Set, Tuple, Union
+from typing import Any, BinaryIO, Dict, Generator, Iterable, Iterator, List, Optional, Set, Tuple, Union
 
 from .calls import RetryCancelled
 from .errors import APIStatusError, AuthenticationError, DeepSeekError, InsufficientBalanceError, SpendCapReached
@@ -78,7 +78,7 @@ try:  # POSIX: one writer per output file
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FSYNC_INTERVAL", "BatchFileError", "BatchSummary", "Interrupter", "run_batch"]
+__all__ = ["FSYNC_INTERVAL", "BatchFileError", "BatchSummary", "Interrupter", "run_batch", "run_lines"]
 
 log = logging.getLogger(__name__)
 
@@ -163,26 +163,30 @@ def _scan(path: PathLike) -> Iterator[_Scanned]:
     """
     with open(path, "rb") as lines:
         for number, raw in read_lines(lines):
-            if raw is None:
-                yield number, str(number), None, ("LineTooLong", f"line {number} is longer than {MAX_LINE_BYTES} bytes")
-                continue
-            if not raw.strip():
-                continue
-            try:
-                data = loads(raw, strip_bom=number == 1)
-            except LineError as err:
-                yield number, str(number), None, (err.code, f"line {number} {err}")
-                continue
-            given = data.get("custom_id") if isinstance(data, dict) else None
-            try:
-                routed = route_request(data)
-                if routed.custom_id == "":
-                    raise ValueError("custom_id is an empty string")
-            except (TypeError, ValueError) as err:
-                usable = given if isinstance(given, str) and given else str(number)
-                yield number, usable, None, (type(err).__name__, f"line {number} is not a request: {err}")
-                continue
-            yield number, routed.custom_id or str(number), routed, None
+            scanned = _parse_line(number, raw)
+            if scanned is not None:
+                yield scanned
+
+
+def _parse_line(number: int, raw: Optional[bytes]) -> Optional[_Scanned]:
+    """One input line (None: too long) as :func:`_scan` yields it; None for a blank line."""
+    if raw is None:
+        return number, str(number), None, ("LineTooLong", f"line {number} is longer than {MAX_LINE_BYTES} bytes")
+    if not raw.strip():
+        return None
+    try:
+        data = loads(raw, strip_bom=number == 1)
+    except LineError as err:
+        return number, str(number), None, (err.code, f"line {number} {err}")
+    given = data.get("custom_id") if isinstance(data, dict) else None
+    try:
+        routed = route_request(data)
+        if routed.custom_id == "":
+            raise ValueError("custom_id is an empty string")
+    except (TypeError, ValueError) as err:
+        usable = given if isinstance(given, str) and given else str(number)
+        return number, usable, None, (type(err).__name__, f"line {number} is not a request: {err}")
+    return number, routed.custom_id or str(number), routed, None
 
 
 class _InputCheck:
@@ -563,16 +567,67 @@ class _Feed:
                 return
             if routed is None or not self.should_run(custom_id):
                 continue
-            params = routed.params
-            if self.model is not None:
-                params["model"] = self.model
-            if routed.endpoint == "chat":
-                params["messages"] = routed.messages
-                params["custom_id"] = custom_id
-                yield params
-            else:
-                params["prompt" if routed.endpoint == "fim" else "messages"] = routed.messages
-                yield {"custom_id": custom_id, "method": "POST", "url": _URL_OF[routed.endpoint], "body": params}
+            yield _request_of(custom_id, routed, self.model)
+
+
+def _request_of(custom_id: str, routed: Routed, model: Optional[str]) -> Dict[str, Any]:
+    """The pool request for one routed input line."""
+    params = routed.params
+    if model is not None:
+        params["model"] = model
+    if routed.endpoint == "chat":
+        params["messages"] = routed.messages
+        params["custom_id"] = custom_id
+        return params
+    params["prompt" if routed.endpoint == "fim" else "messages"] = routed.messages
+    return {"custom_id": custom_id, "method": "POST", "url": _URL_OF[routed.endpoint], "body": params}
+
+
+def run_lines(
+    lines: Iterable[Union[str, bytes]],
+    pool: DeepSeekPool,
+    *,
+    first_line: int = 1,
+    model: Optional[str] = None,
+) -> List[str]:
+    """Run a chunk of batch input lines through ``pool``; return their batch-output lines, in input order.
+
+    The chunk runner behind :mod:`deepseek_pool.contrib.celery`: the lines are those of a
+    batch input file and the answers are the lines :func:`run_batch` would write (see the
+    module docstring), one per non-blank input line, each without its newline. A line
+    without a ``custom_id`` gets its line number, counted from ``first_line``. It never
+    raises for one item: a malformed line, a failed or cancelled call, each becomes an
+    error line. Nothing is written to disk and nothing is resumed: the caller collects
+    the lines (custom_ids are not checked for duplicates).
+
+    :param first_line: the number of the chunk's first line in the whole input.
+    :param model: a model for every request, replacing the one a line names.
+    """
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise ValueError(f"model must be a non-empty model id, got {model!r}")
+    maker = _LineMaker()
+    answers: List[Optional[bytes]] = []
+    requests: List[Dict[str, Any]] = []
+    slots: List[Tuple[int, str]] = []  # (answer slot, custom_id) of each request sent
+    for number, line in enumerate(lines, first_line):
+        raw = (line.encode("utf-8", "surrogatepass") if isinstance(line, str) else line).rstrip(b"\r\n")
+        scanned = _parse_line(number, raw if len(raw) <= MAX_LINE_BYTES else None)
+        if scanned is None:
+            continue
+        _number, custom_id, routed, bad = scanned
+        if routed is None:
+            assert bad is not None
+            answers.append(maker.failure(custom_id, bad[0], bad[1]))
+            continue
+        slots.append((len(answers), custom_id))
+        answers.append(None)
+        requests.append(_request_of(custom_id, routed, model))
+    for (slot, custom_id), result in zip(slots, pool.map(requests)):
+        if result.error is None and result.completion is not None:
+            answers[slot] = maker.success(custom_id, result.completion)[0]
+        else:
+            answers[slot] = maker.error(custom_id, result.error or RuntimeError("no answer"))
+    return [answer.decode("utf-8").rstrip("\n") for answer in answers if answer is not None]
 
 
 def run_batch(

@@ -6,6 +6,7 @@
      ├── ConfigurationError              bad settings (no API key, bad base URL, bad option)
      ├── RetryBudgetExceeded             the pool's retry budget is spent: fail fast
      ├── SpendCapReached                 the pool's spend cap (max_cost) would pass: not sent
+     ├── StorageUnavailable              the limiter's shared storage (Redis) cannot be reached
      ├── APIConnectionError              no usable HTTP response (refused, reset, cut stream)
      │    └── APITimeoutError            connect/read timeout or the total deadline passed
      └── APIStatusError                  the server answered with an error (.status_code, .body)
@@ -46,6 +47,7 @@ __all__ = [
     "RetryBudgetExceeded",
     "ServiceUnavailableError",
     "SpendCapReached",
+    "StorageUnavailable",
     "UnprocessableEntityError",
     "status_error",
     "without_secret",
@@ -66,6 +68,11 @@ class RetryBudgetExceeded(DeepSeekError):
 
 class SpendCapReached(DeepSeekError):
     """Not sent: the money spent plus what running calls reserved would pass ``max_cost``."""
+
+
+class StorageUnavailable(DeepSeekError):
+    """The limiter's shared storage (a Redis server) cannot be reached, and the limiter was told
+    to fail rather than fall back to a budget of its own (``on_storage_error="fail"``)."""
 
 
 class APIConnectionError(DeepSeekError):

@@ -264,6 +264,8 @@ class Limiter:
         self._held: Set[str] = set()
         self._lease_ids = itertools.count(1)
         self._pid = os.getpid()
+        # Lease ids are unique across limiters, processes and machines that share a budget.
+        self._lease_prefix = f"{self._pid}-{os.urandom(6).hex()}"
         self._renewer: Optional[threading.Thread] = None
         self._closed = threading.Event()
         self._budget_exhausted = False
@@ -309,7 +311,7 @@ class Limiter:
     def _try_start(self, tokens: int) -> Union[Permit, float]:
         """One attempt at a start (the caller holds ``self._lock``): a Permit, or seconds to wait."""
         storage = self.storage
-        lease_id = f"{self._pid}:{next(self._lease_ids)}"
+        lease_id = f"{self._lease_prefix}:{next(self._lease_ids)}"
         delay = storage.start(self.name, self._config, tokens, lease_id, self.lease_seconds)
         if delay > 0.0:
             return delay

@@ -13,8 +13,10 @@ renewed; a storage that dies with its process needs no expiry).
 
 Storages are chosen by URI, as Celery's broker URLs and Flask-Limiter's ``storage_uri``
 are (:func:`storage_from_uri`): ``memory://`` (the default: this limiter alone),
-``sqlite:////abs/path.db`` (processes on one machine), and others registered with
-:func:`register_scheme` (``redis://``, from its own extra).
+``sqlite:////abs/path.db`` (processes on one machine), ``redis://`` and ``rediss://``
+(machines; :mod:`deepseek_pool.redis_storage`, imported only when used, extra
+``deepseek-pool[redis]``; a ready ``redis.Redis`` client is wrapped too), and others
+registered with :func:`register_scheme`.
 """
 
 from __future__ import annotations
@@ -249,9 +251,13 @@ def register_scheme(scheme: str, factory: Callable[[str, Dict[str, Any]], Storag
 
 
 def storage_from_uri(uri: Any, **options: Any) -> Storage:
-    """A :class:`Storage` for ``uri`` (a Storage is returned as it is)."""
+    """A :class:`Storage` for ``uri`` (a Storage is returned as it is, a redis-py client wrapped)."""
     if isinstance(uri, Storage):
         return uri
+    if type(uri).__module__.split(".", 1)[0] == "redis":  # a ready redis-py client, to wrap
+        from .redis_storage import RedisStorage
+
+        return RedisStorage(uri)
     if not isinstance(uri, str) or "://" not in uri:
         raise ConfigurationError(
             f"storage must be a URI such as 'memory://' or 'sqlite:////var/tmp/ds.db', or a Storage; got {uri!r}"
@@ -263,6 +269,10 @@ def storage_from_uri(uri: Any, **options: Any) -> Storage:
         from .sqlite_storage import SQLiteStorage
 
         return SQLiteStorage.from_uri(uri)
+    if scheme in ("redis", "rediss") and scheme not in _SCHEMES:
+        # Registered by its module, imported only when the scheme is used (extra [redis]).
+        with contextlib.suppress(ImportError):
+            from . import redis_storage  # noqa: F401
     factory = _SCHEMES.get(scheme)
     if factory is None:
         known: List[str] = ["memory", "sqlite", *sorted(_SCHEMES)]

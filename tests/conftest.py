@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -42,3 +43,36 @@ def no_leaked_threads() -> Iterator[None]:
         thread.join(timeout=5)
     still = [t.name for t in leaked if t.is_alive()]
     assert not still, f"threads left running: {still}"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """A real redis-server on a free 127.0.0.1 port for the whole session (skipped without one)."""
+    from .redisserver import RedisServer, redis_server_binary
+
+    if importlib.util.find_spec("redis") is None:
+        pytest.skip("redis-py is not installed (pip install 'deepseek-pool[redis]')")
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> Iterator[str]:
+    """Database 0 of the session's redis-server, emptied for this test (restarted if a test stopped it)."""
+    import redis
+
+    if not redis_server.answers():
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url(0))
+    client.flushdb()
+    client.close()
+    yield redis_server.url(0)
+    if not redis_server.answers():
+        redis_server.start()

@@ -7,16 +7,20 @@ import dataclasses
 import importlib.util
 import math
 import random
+import sys
 import threading
 import time
+import uuid
 from concurrent.futures import CancelledError
-from typing import Any, Callable, List, Optional
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
 from deepseek_pool import budget, limits
 from deepseek_pool.errors import RetryBudgetExceeded
 from deepseek_pool.limits import Limiter, LimiterStats, Permit
+from deepseek_pool.sqlite_storage import SQLiteStorage
 
 if importlib.util.find_spec("pytest_timeout") is not None:  # every wait below has its own bound too
     pytestmark = pytest.mark.timeout(20)
@@ -47,6 +51,61 @@ class FakeClock:
 def fake_limiter(**kwargs: Any) -> tuple[Limiter, FakeClock]:
     clock = FakeClock()
     return Limiter(clock=clock, wait=clock.wait, **kwargs), clock
+
+
+def new_limiter(**kwargs: Any) -> Limiter:
+    """A limiter on a fake clock (on the storage under test, with ``every_storage``)."""
+    return fake_limiter(**kwargs)[0]
+
+
+class FakeClockSQLite(SQLiteStorage):
+    """sqlite:// on an injected clock, so the rules can be checked there without sleeping."""
+
+    def __init__(self, path: str, clock: Callable[[], float]) -> None:
+        super().__init__(path)
+        self._fake_clock = clock
+
+    def clock(self) -> float:
+        return self._fake_clock()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def every_storage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """One rule set, checked on every storage: ``fake_limiter`` builds on the storage of the param.
+
+    The shared storages get the fake clock too (sqlite through a subclass, Redis through
+    ``RedisStorage(clock=...)``, which then passes it to its scripts instead of ``TIME``).
+    """
+    kind = request.param
+    made: List[Limiter] = []
+    if kind == "sqlite":
+
+        def storage(clock: FakeClock) -> Any:
+            return FakeClockSQLite(str(tmp_path / "budget.db"), clock)
+
+    elif kind == "redis":
+        url = request.getfixturevalue("redis_url")
+        import redis
+
+        from deepseek_pool.redis_storage import RedisStorage
+
+        def storage(clock: FakeClock) -> Any:
+            return RedisStorage(redis.Redis.from_url(url), clock=clock)
+
+    if kind != "memory":
+
+        def shared_fake_limiter(**kwargs: Any) -> tuple[Limiter, FakeClock]:
+            clock = FakeClock()
+            limiter = Limiter(clock=clock, wait=clock.wait, storage=storage(clock), name=uuid.uuid4().hex, **kwargs)
+            made.append(limiter)
+            return limiter, clock
+
+        monkeypatch.setattr(sys.modules[__name__], "fake_limiter", shared_fake_limiter)
+    yield kind
+    for limiter in made:
+        limiter.close()
+        close = getattr(getattr(limiter.storage, "client", None), "close", None) or limiter.storage.close
+        close()
 
 
 def reserve(limiter: Limiter, now: float, tokens: int) -> float:
@@ -135,11 +194,13 @@ def test_rpm_cap_holds_with_random_arrivals_and_late_wakeups(rpm: float) -> None
     assert max_starts_in_any_second(starts) <= math.ceil(rpm / 60)
 
 
+@pytest.mark.usefixtures("every_storage")
 def test_acquire_waits_out_the_interval_on_the_injected_clock() -> None:
     limiter, _ = fake_limiter(rpm=60)
     permits = [limiter.acquire() for _ in range(3)]
-    assert [p.started_at for p in permits] == [0.0, 1.0, 2.0]
-    assert [p.waited for p in permits] == [0.0, 1.0, 1.0]
+    # (a shared storage is polled in small steps, so its fake clock adds up float steps)
+    assert [p.started_at for p in permits] == pytest.approx([0.0, 1.0, 2.0])
+    assert [p.waited for p in permits] == pytest.approx([0.0, 1.0, 1.0])
     stats = limiter.stats
     assert (stats.started, stats.in_flight, stats.throttled) == (3, 3, 2)
     assert stats.wait_seconds == pytest.approx(2.0)
@@ -190,11 +251,29 @@ def test_tpm_oversize_request_passes_on_a_full_bucket_and_leaves_debt() -> None:
     assert limiter.acquire(1).started_at == pytest.approx(4001 * 60 / 1000)
 
 
+@pytest.mark.usefixtures("every_storage")
 def test_tpm_oversize_request_waits_for_a_full_bucket_without_deadlock() -> None:
     limiter, _ = fake_limiter(tpm=1000)
     limiter.acquire(10)
     big = limiter.acquire(5000, timeout=60)
     assert big.started_at == pytest.approx(10 * 60 / 1000)
+
+
+@pytest.mark.usefixtures("every_storage")
+def test_tpm_refunds_an_overestimate_charges_an_underestimate_and_never_overfills() -> None:
+    limiter, clock = fake_limiter(tpm=600)  # refills 10 tokens a second
+    limiter.release(limiter.acquire(400), tokens_used=100)  # 300 given back: 500 left
+    second = limiter.acquire(500)
+    assert second.started_at == 0.0
+    limiter.release(second, tokens_used=1100)  # 600 more than reserved: 600 in debt
+    third = limiter.acquire(100)  # needs 700 tokens: 70 s
+    assert third.started_at == pytest.approx(70.0)
+    clock.advance(120.0)  # full again while it ran
+    limiter.release(third, tokens_used=0)  # the refund of 100 adds nothing on top
+    now = clock.now
+    assert limiter.acquire(600).started_at == now
+    assert limiter.acquire(1).started_at == pytest.approx(now + 0.1)
+    assert limiter.stats.tokens_used == 1200
 
 
 # -- in-flight cap ---------------------------------------------------------------------
@@ -241,6 +320,7 @@ def test_full_cap_times_out_then_a_release_opens_it() -> None:
     limiter.release(b)
 
 
+@pytest.mark.usefixtures("every_storage")
 def test_timeout_is_measured_on_the_injected_clock() -> None:
     limiter, clock = fake_limiter(max_in_flight=1)
     limiter.acquire()
@@ -302,6 +382,7 @@ def test_waiters_start_in_arrival_order() -> None:
 # -- cool-down -------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("every_storage")
 def test_cool_down_holds_new_starts_until_it_ends_and_spares_running_calls() -> None:
     limiter, _ = fake_limiter()
     running = limiter.acquire()
@@ -318,6 +399,7 @@ def test_cool_down_holds_new_starts_until_it_ends_and_spares_running_calls() -> 
     assert limiter.stats.cooling_for == 0.0
 
 
+@pytest.mark.usefixtures("every_storage")
 def test_a_longer_cool_down_extends_the_current_one() -> None:
     limiter, clock = fake_limiter()
     limiter.cool_down(1.0)
@@ -326,6 +408,7 @@ def test_a_longer_cool_down_extends_the_current_one() -> None:
     assert limiter.acquire().started_at == pytest.approx(3.5)
 
 
+@pytest.mark.usefixtures("every_storage")
 def test_a_429_that_names_the_cap_sets_it_and_holds_it() -> None:
     limiter, clock = fake_limiter(max_in_flight=100)
     assert limiter.stats.cap == 100
@@ -345,6 +428,7 @@ def test_a_429_that_names_the_cap_sets_it_and_holds_it() -> None:
     assert limiter.stats.cap == 4
 
 
+@pytest.mark.usefixtures("every_storage")
 def test_a_named_cap_applies_without_a_ceiling() -> None:
     limiter, _ = fake_limiter()
     assert limiter.stats.cap is None
@@ -352,6 +436,7 @@ def test_a_named_cap_applies_without_a_ceiling() -> None:
     assert limiter.stats.cap == 39
 
 
+@pytest.mark.usefixtures("every_storage")
 def test_a_concurrency_429_without_a_number_lowers_the_cap_by_a_factor() -> None:
     limiter, _ = fake_limiter(max_in_flight=40)
     limiter.cool_down(0.0, message="too many concurrent requests")
@@ -360,6 +445,7 @@ def test_a_concurrency_429_without_a_number_lowers_the_cap_by_a_factor() -> None
     assert limiter.stats.cap == math.floor(math.floor(40 * budget.DECREASE_FACTOR) * budget.DECREASE_FACTOR)
 
 
+@pytest.mark.usefixtures("every_storage")
 def test_a_sporadic_429_holds_new_starts_only_briefly_and_never_retries() -> None:
     limiter, clock = fake_limiter(max_in_flight=40)
     limiter.cool_down(5.0, message="Rate limit reached, try again later")
@@ -370,6 +456,7 @@ def test_a_sporadic_429_holds_new_starts_only_briefly_and_never_retries() -> Non
     assert clock.now == start
 
 
+@pytest.mark.usefixtures("every_storage")
 def test_a_concurrency_429_holds_retries_too() -> None:
     limiter, clock = fake_limiter()
     limiter.cool_down(2.0)
@@ -377,6 +464,7 @@ def test_a_concurrency_429_holds_retries_too() -> None:
     assert clock.now == pytest.approx(2.0)
 
 
+@pytest.mark.usefixtures("every_storage")
 def test_retry_wait_that_would_pass_its_timeout_raises_at_once() -> None:
     limiter, clock = fake_limiter()
     limiter.cool_down(10.0)
@@ -452,8 +540,9 @@ def test_an_api_that_always_fails_gets_budget_over_cost_retries_in_all() -> None
     assert stats.retries_refused >= 1
 
 
+@pytest.mark.usefixtures("every_storage")
 def test_timeout_retries_cost_double() -> None:
-    limiter = Limiter(retry_budget=500)
+    limiter = new_limiter(retry_budget=500)
     paid = 0
     with pytest.raises(RetryBudgetExceeded):
         while True:
@@ -462,8 +551,9 @@ def test_timeout_retries_cost_double() -> None:
     assert paid == 500 // limits.TIMEOUT_RETRY_COST
 
 
+@pytest.mark.usefixtures("every_storage")
 def test_exhausted_budget_says_why_calls_fail_fast() -> None:
-    limiter = Limiter(retry_budget=7)
+    limiter = new_limiter(retry_budget=7)
     limiter.spend_retry()
     with pytest.raises(RetryBudgetExceeded) as info:
         limiter.spend_retry()
@@ -494,8 +584,9 @@ def test_a_quarter_failing_once_never_exhausts_the_budget() -> None:
     assert (stats.retries, stats.retries_refused, stats.retry_budget) == (64 * 50, 0, 500)
 
 
+@pytest.mark.usefixtures("every_storage")
 def test_successes_refill_an_exhausted_budget() -> None:
-    limiter = Limiter(retry_budget=10)
+    limiter = new_limiter(retry_budget=10)
     failed = limiter.acquire()
     limiter.spend_retry(permit=failed)
     limiter.spend_retry(permit=failed)
@@ -511,8 +602,9 @@ def test_successes_refill_an_exhausted_budget() -> None:
     assert limiter.spend_retry() == 5
 
 
+@pytest.mark.usefixtures("every_storage")
 def test_a_success_after_retries_earns_back_exactly_what_they_cost() -> None:
-    limiter = Limiter(retry_budget=100)
+    limiter = new_limiter(retry_budget=100)
     permit = limiter.acquire()
     limiter.spend_retry("status", permit=permit)
     limiter.spend_retry("timeout", permit=permit)
@@ -527,8 +619,9 @@ def test_a_success_after_retries_earns_back_exactly_what_they_cost() -> None:
     assert limiter.stats.retry_budget == 90
 
 
+@pytest.mark.usefixtures("every_storage")
 def test_budget_off_never_refuses() -> None:
-    limiter = Limiter(retry_budget=None)
+    limiter = new_limiter(retry_budget=None)
     for _ in range(1000):
         limiter.spend_retry("timeout")
     stats = limiter.stats
