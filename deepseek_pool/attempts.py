@@ -119,32 +119,6 @@ class AttemptLoop:
     def __init__(self, owner: _Settings) -> None:
         self._owner = owner
 
-    def _read_all(self, response: requests.Response, attempt: Attempt) -> bytes:
-        try:
-            return b"".join(raw_pieces(response.raw, attempt.deadline))
-        except BaseException as err:
-            response.close()
-            if isinstance(err, Exception):
-                raise attempt.translate(err) from err
-            raise
-
-    def _status_error(self, response: requests.Response, data: bytes) -> APIStatusError:
-        request_id = request_id_of(response.headers)
-        text = data.decode("utf-8", "replace")
-        body: Any = text
-        message = text.strip()[:500] or response.reason or "no message"
-        try:
-            body = json.loads(text)
-        except ValueError:
-            pass
-        else:
-            error = body.get("error") if isinstance(body, dict) else None
-            if isinstance(error, dict) and error.get("message"):
-                message = str(error["message"])
-            elif isinstance(error, str):
-                message = error
-        return status_error(response.status_code, message, body=body, request_id=request_id)
-
     def run(
         self,
         method: str,
@@ -153,7 +127,7 @@ class AttemptLoop:
         *,
         timeout: TimeoutLike,
         control: Optional[CallControl],
-        parse: Callable[[Optional[bytes], requests.Response, Attempt], Any],
+        parse: Parse,
         stream: bool = False,
     ) -> Any:
         """Make the call: every attempt, every wait, under the call's deadline.
@@ -178,7 +152,7 @@ class AttemptLoop:
         payload: Optional[Mapping[str, Any]],
         timeout: TimeoutLike,
         control: Optional[CallControl],
-        parse: Callable[[Optional[bytes], requests.Response, Attempt], Any],
+        parse: Parse,
         stream: bool,
     ) -> Any:
         attempt_timeout = Timeout.coerce(timeout) if timeout is not None else self._owner.timeout
@@ -239,7 +213,7 @@ class AttemptLoop:
         timeout: Timeout,
         attempt: Attempt,
         control: CallControl,
-        parse: Callable[[Optional[bytes], requests.Response, Attempt], Any],
+        parse: Parse,
         stream: bool,
     ) -> Any:
         """One attempt: a result, a :class:`_Retryable` failure, or a final error."""
@@ -286,3 +260,29 @@ class AttemptLoop:
             return self._read_all(response, attempt)
         except APIConnectionError as err:  # timeouts included
             raise _Retryable(err, _body_cause(err), None) from None
+
+    def _read_all(self, response: requests.Response, attempt: Attempt) -> bytes:
+        try:
+            return b"".join(raw_pieces(response.raw, attempt.deadline))
+        except BaseException as err:
+            response.close()
+            if isinstance(err, Exception):
+                raise attempt.translate(err) from err
+            raise
+
+    def _status_error(self, response: requests.Response, data: bytes) -> APIStatusError:
+        request_id = request_id_of(response.headers)
+        text = data.decode("utf-8", "replace")
+        body: Any = text
+        message = text.strip()[:500] or response.reason or "no message"
+        try:
+            body = json.loads(text)
+        except ValueError:
+            pass
+        else:
+            error = body.get("error") if isinstance(body, dict) else None
+            if isinstance(error, dict) and error.get("message"):
+                message = str(error["message"])
+            elif isinstance(error, str):
+                message = error
+        return status_error(response.status_code, message, body=body, request_id=request_id)
