@@ -16,6 +16,7 @@ import logging
 import resource
 import statistics
 import sys
+import threading
 import time
 from typing import Any, Dict, List
 
@@ -52,6 +53,28 @@ def _ms(values: List[float]) -> Dict[str, float]:
     }
 
 
+class _PeakThreads:
+    """The most threads alive at once during the run, sampled every 50 ms (this sampler not counted)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, threading.active_count() - 1)
+
+    def __enter__(self) -> _PeakThreads:
+        self.peak = threading.active_count()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 def main(argv: List[str]) -> int:
     raw: Dict[str, Any] = json.loads(argv[0])
     contender = CONTENDERS[raw["contender"]]
@@ -70,7 +93,8 @@ def main(argv: List[str]) -> int:
 
     before = _usage()
     t0 = time.perf_counter()
-    outcome = run(spec)
+    with _PeakThreads() as threads:
+        outcome = run(spec)
     wall = time.perf_counter() - t0
     user, system, voluntary, involuntary = (b - a for a, b in zip(before, _usage()))
 
@@ -99,6 +123,7 @@ def main(argv: List[str]) -> int:
         "wrong": wrong,
         "errors": errors,
         "maxrss_kb": usage.ru_maxrss,
+        "peak_threads": threads.peak,
         "pool_full_warnings": counter.count,
         "ttfc_ms": _ms(outcome.ttfc),
         "chunks": outcome.chunks,

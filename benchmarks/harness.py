@@ -43,6 +43,10 @@ class Cell:
     chunks: int = 50
     gap: float = 0.002
     faults: Optional[Dict[str, float]] = None
+    #: each answer's latency is drawn uniformly from ``latency * (1 +- jitter)``
+    jitter: float = 0.0
+    #: one of the cells at DeepSeek's own scale (:data:`DEEPSEEK_SCALE_CELLS`)
+    deepseek_scale: bool = False
 
     @property
     def stream(self) -> bool:
@@ -56,7 +60,14 @@ class Cell:
         return rounds * per_call
 
     def server_config(self, seed: int) -> Dict[str, Any]:
-        return {"latency": self.latency, "chunks": self.chunks, "gap": self.gap, "faults": self.faults, "seed": seed}
+        return {
+            "latency": self.latency,
+            "jitter": self.jitter,
+            "chunks": self.chunks,
+            "gap": self.gap,
+            "faults": self.faults,
+            "seed": seed,
+        }
 
 
 FAULTS = {"503": 0.10, "429": 0.05, "reset": 0.02}
@@ -67,6 +78,22 @@ FULL_CELLS = (
     Cell("C=256", "chat", 2000, 256),
     Cell("stream", "stream", 200, 32),
     Cell("faults", "faults", 2000, 64, faults=FAULTS),
+)
+#: DeepSeek's operating point (issue 14): answers in seconds, up to ~2,500 requests in flight
+#: per account, streams of many tiny events. Latencies carry jitter (uniform, ±25 % for 2 s,
+#: ±20 % for 10 s) except the constant-latency cell, whose every wave returns in the same
+#: millisecond (the thundering herd of 2,500 threads waking at once); its run-to-run spread is
+#: reported. Streams: 150 events 20 ms apart after 0.5 s ± 20 % (the answer text, ~157
+#: characters, caps a stream at ~156 non-empty pieces). Full mode runs them; ``--deepseek-scale``
+#: runs only these.
+DEEPSEEK_SCALE_CELLS = (
+    Cell("C=1000@2s", "chat", 5000, 1000, latency=2.0, jitter=0.25, deepseek_scale=True),
+    Cell("C=2500@2s", "chat", 10000, 2500, latency=2.0, jitter=0.25, deepseek_scale=True),
+    Cell("C=1000@10s", "chat", 3000, 1000, latency=10.0, jitter=0.2, deepseek_scale=True),
+    Cell("C=2500@10s", "chat", 5000, 2500, latency=10.0, jitter=0.2, deepseek_scale=True),
+    Cell("S=250", "stream", 500, 250, latency=0.5, jitter=0.2, chunks=150, gap=0.02, deepseek_scale=True),
+    Cell("S=500", "stream", 1000, 500, latency=0.5, jitter=0.2, chunks=150, gap=0.02, deepseek_scale=True),
+    Cell("C=2500@2s const", "chat", 5000, 2500, latency=2.0, deepseek_scale=True),
 )
 QUICK_CELLS = (
     Cell("C=16", "chat", 320, 16),
@@ -426,6 +453,10 @@ def summarize(cells: Sequence[Cell], runs: Sequence[Run]) -> List[Figures]:
                 "cpu_user_ms_per_request": 1000 * _median([r.client.get("cpu_user", math.nan) for r in good]) / cell.n,
                 "cpu_sys_ms_per_request": 1000 * _median([r.client.get("cpu_sys", math.nan) for r in good]) / cell.n,
                 "context_switches_per_request": _median([r.client.get("context_switches", 0) for r in good]) / cell.n,
+                "peak_threads": _median([r.client.get("peak_threads", 0) for r in good]),
+                # the run-to-run spread (the constant-latency cell reports it)
+                "cpu_ms_per_request_range": [1000 * min(cpus) / cell.n, 1000 * max(cpus) / cell.n],
+                "efficiency_range": [cell.ideal / max(walls), cell.ideal / min(walls)] if min(walls) > 0 else None,
             }
             if cell.stream:
                 overheads = [r.client["ttfc_ms"].get("mean", math.nan) - 1000 * cell.latency for r in good]

@@ -12,7 +12,7 @@ that is not about the account's cap), or a TCP reset after the request is read. 
 ``max_concurrency`` N, a request that arrives while N are being answered gets a 429 at
 once, naming the number as DeepSeek does ("concurrency limit of N based on your
 remaining balance"), like ``FakeDeepSeek(max_concurrency=N)``. ``jitter`` spreads each
-latency uniformly over ``latency * (1 +- jitter)``.
+latency (of an answer, or of a stream's first event) uniformly over ``latency * (1 +- jitter)``.
 
 Control is a line of JSON per command on stdin, answered by a line of JSON on stdout::
 
@@ -45,7 +45,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from benchmarks import protocol
 
 HOST = "127.0.0.1"
-BACKLOG = 2048
+BACKLOG = 4096  # 2,500 connections open at once in the DeepSeek-scale cells
 MAX_HEAD = 65536
 _LINGER_RST = struct.pack("ii", 1, 0)
 
@@ -323,7 +323,10 @@ class Connection(asyncio.Protocol):
         events = [_chunked(_CHUNK_EVENT % (index, piece.encode())) for piece in pieces]
         events[0] = (_SSE_HEAD % index) + events[0]
         events[-1] += _chunked(_LAST_EVENTS % index) + b"0\r\n\r\n"
-        self._later(config.latency, self._send_event, events, 0, config.gap)
+        latency = config.latency
+        if config.jitter:
+            latency *= 1.0 + config.jitter * (2.0 * self.server.rng.random() - 1.0)
+        self._later(latency, self._send_event, events, 0, config.gap)
 
     def _send_event(self, events: List[bytes], position: int, gap: float) -> None:
         self.timers.clear()

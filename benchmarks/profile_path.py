@@ -5,6 +5,12 @@ urllib3 floor, a requests Session, ``DeepSeekClient.chat`` and a ``DeepSeekPool`
 call, then a cProfile of ``DeepSeekClient.chat`` (``--top`` rows). One thread and no
 latency remove scheduling noise, so the differences are the code paths themselves.
 The load server runs in its own process, so its CPU is not counted.
+
+``--stream`` measures streams instead: client CPU per *event* (µs) of the urllib3
+floor (JSON per event), ``DeepSeekClient.chat_stream`` and a ``DeepSeekPool`` stream,
+``--chunks`` events per stream sent ``--gap`` seconds apart (0: back to back, so reads
+carry many events; a gap of a few ms makes every read carry one, as at DeepSeek's pace),
+then a cProfile of ``chat_stream``.
 """
 
 from __future__ import annotations
@@ -80,6 +86,39 @@ def paths(base_url: str) -> Dict[str, Callable[[int], str]]:
     }
 
 
+def stream_paths(base_url: str) -> Dict[str, Callable[[int], str]]:
+    """One streamed call of each path, by name (the answer joined from its pieces)."""
+    http = urllib3.PoolManager(maxsize=4, retries=RETRY)
+    url = base_url + "/chat/completions"
+    headers = {"Authorization": f"Bearer {protocol.API_KEY}", "Content-Type": "application/json"}
+
+    def floor(i: int) -> str:
+        body = json.dumps(protocol.chat_body(i, True)).encode()
+        response = http.request("POST", url, body=body, headers=headers, preload_content=False)
+        try:
+            lines = protocol.split_lines(response.stream(65536))
+            return "".join(piece or "" for piece in protocol.sse_contents(lines))
+        finally:
+            response.release_conn()
+
+    client = DeepSeekClient(protocol.API_KEY, base_url=base_url, model=protocol.MODEL, timeout=60)
+
+    def with_client(i: int) -> str:
+        with client.chat_stream(protocol.prompt_for(i)) as stream:
+            return "".join(chunk.content or "" for chunk in stream)
+
+    pool = DeepSeekPool(client, max_workers=1)
+
+    def with_pool(i: int) -> str:
+        return pool.submit(protocol.prompt_for(i), stream=True).result(timeout=60).content
+
+    return {
+        "urllib3 (floor)": floor,
+        "DeepSeekClient.chat_stream": with_client,
+        "DeepSeekPool stream (1 worker)": with_pool,
+    }
+
+
 def measure(call: Callable[[int], str], n: int) -> float:
     """Client CPU µs per call over ``n`` sequential calls (after 50 warm-up calls), answers checked."""
     for i in range(50):
@@ -97,17 +136,24 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--top", type=int, default=35)
     parser.add_argument("--only", help="measure only the paths whose name contains this")
+    parser.add_argument("--stream", action="store_true", help="streams: CPU per event instead of per call")
+    parser.add_argument("--chunks", type=int, default=150, help="events per stream (with --stream)")
+    parser.add_argument("--gap", type=float, default=0.0, help="seconds between events (with --stream)")
     args = parser.parse_args(argv)
+    if args.stream:
+        args.n = min(args.n, 400)
     with LoadServer() as server:
-        server.reset({"latency": 0.0})
-        calls = paths(server.base_url)
+        server.reset({"latency": 0.0, "chunks": args.chunks, "gap": args.gap})
+        calls = stream_paths(server.base_url) if args.stream else paths(server.base_url)
+        per = args.chunks if args.stream else 1
         results: Dict[str, List[float]] = {name: [] for name in calls}
         for _ in range(args.rounds):
             for name, call in calls.items():
                 if args.only and args.only not in name:
                     continue
-                results[name].append(measure(call, args.n))
-        print(f"client CPU per sequential call, µs (median of {args.rounds} x {args.n} calls, zero latency):")
+                results[name].append(measure(call, args.n) / per)
+        what = f"event ({args.chunks} per stream, {1000 * args.gap:g} ms apart)" if args.stream else "call"
+        print(f"client CPU per sequential {what}, µs (median of {args.rounds} x {args.n} calls, zero latency):")
         floor = (
             sorted(results["urllib3 (floor)"])[len(results["urllib3 (floor)"]) // 2]
             if results["urllib3 (floor)"]
@@ -120,7 +166,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             ratio = f"  {median / floor:.2f}x floor" if floor else ""
             print(f"  {name:34} {median:7.1f}{ratio}")
         if args.top:
-            client_call = calls["DeepSeekClient.chat"]
+            client_call = calls["DeepSeekClient.chat_stream" if args.stream else "DeepSeekClient.chat"]
             profiler = cProfile.Profile()
             started = time.perf_counter()
             profiler.enable()
@@ -128,7 +174,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                 client_call(i)
             profiler.disable()
             print(
-                f"\ncProfile of DeepSeekClient.chat x {args.n} ({time.perf_counter() - started:.2f} s with profiling):"
+                f"\ncProfile of DeepSeekClient.{'chat_stream' if args.stream else 'chat'} x {args.n} "
+                f"({time.perf_counter() - started:.2f} s with profiling):"
             )
             out = io.StringIO()
             stats = pstats.Stats(profiler, stream=out)

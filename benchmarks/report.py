@@ -64,7 +64,45 @@ def _contenders(figures: Sequence[Figures], cells: Sequence[str]) -> List[str]:
 
 
 def _chat_cells(figures: Sequence[Figures], cells: Sequence[Cell]) -> List[str]:
-    return [c.name for c in cells if c.kind == "chat" and any(f.cell == c.name for f in figures)]
+    return [
+        c.name for c in cells if c.kind == "chat" and not c.deepseek_scale and any(f.cell == c.name for f in figures)
+    ]
+
+
+def deepseek_scale_table(figures: Sequence[Figures], cells: Sequence[Cell]) -> List[str]:
+    """One row per (DeepSeek-scale cell, contender): the figures issue 14 asks for."""
+    mine = [c for c in cells if c.deepseek_scale and any(f.cell == c.name for f in figures)]
+    if not mine:
+        return []
+    lines = [
+        "At DeepSeek's scale: `C=1000@2s` is N calls, 1,000 at once, each answered after 2 s "
+        "(± the cell's jitter); `S=250` is streams of 150 events 20 ms apart, 250 at once; "
+        "`const` has no jitter (every wave returns at once) and shows its run-to-run range "
+        "(min-max) after the median. Time to first event is the overhead over the server's delay.",
+        "",
+        "| cell | contender | efficiency | CPU ms/request | "
+        f"{TIMES} floor | CPU µs/event | first event +ms | peak RSS MB | threads | connections | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in mine:
+        for name in _contenders(figures, [cell.name]):
+            f = _get(figures, cell.name, name)
+            if f is None:
+                continue
+            efficiency, cpu = _f(f.efficiency, 3), _f(f.cpu_ms_per_request, 2)
+            if cell.name.endswith("const"):
+                low, high = f.extra.get("efficiency_range") or (None, None)
+                efficiency += f" ({_f(low, 3)}-{_f(high, 3)})"
+                cpu_low, cpu_high = f.extra.get("cpu_ms_per_request_range") or (None, None)
+                cpu += f" ({_f(cpu_low, 2)}-{_f(cpu_high, 2)})"
+            per_event = _f(1000 * f.cpu_ms_per_chunk, 1) if f.cpu_ms_per_chunk is not None else DASH
+            first = _f(f.ttfc_overhead_ms, 1) if f.ttfc_overhead_ms is not None else DASH
+            lines.append(
+                f"| {cell.name} | {CONTENDERS[name].label} | {efficiency} | {cpu} | {_f(f.cpu_ratio, 2)} "
+                f"| {per_event} | {first} | {_f(f.maxrss_mb, 0)} | {_f(f.extra.get('peak_threads'), 0)} "
+                f"| {f.connections} | {f.errors + f.wrong} |"
+            )
+    return lines
 
 
 def chat_table(figures: Sequence[Figures], cells_: Sequence[Cell]) -> List[str]:
@@ -222,7 +260,7 @@ def markdown(
     storage: Sequence[Dict[str, Any]] = (),
 ) -> str:
     by_name = {cell.name: cell for cell in cells}
-    chat = [c for c in cells if c.kind == "chat"]
+    chat = [c for c in cells if c.kind == "chat" and not c.deepseek_scale]
     m = meta["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     out = [
@@ -248,6 +286,7 @@ def markdown(
         out += [*chat_table(figures, cells), ""]
     out += [*stream_table(figures, by_name.get("stream")), ""]
     out += [*faults_table(figures, by_name.get("faults")), ""]
+    out += [*deepseek_scale_table(figures, cells), ""]
     if scale:
         out += [
             "Scale: a lazy generator of requests through `DeepSeekPool.as_completed` with a counting stub "

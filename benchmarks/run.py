@@ -167,9 +167,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small N, one run each (about a minute)")
     parser.add_argument("--reps", type=int, help="runs per (cell, contender); default 3, or 1 with --quick")
     parser.add_argument("--contenders", help=f"comma-separated subset of: {', '.join(CONTENDERS)}")
-    parser.add_argument("--cells", help="comma-separated subset of: C=16, C=64, C=256, stream, faults, cap, storage")
+    parser.add_argument(
+        "--cells",
+        help="comma-separated subset of: C=16, C=64, C=256, stream, faults, cap, storage, "
+        + ", ".join(c.name for c in harness.DEEPSEEK_SCALE_CELLS),
+    )
     parser.add_argument("--n", type=int, help="override N of the non-streaming and faults cells")
     parser.add_argument("--no-scale", action="store_true", help="skip the 1,000,000-request scale cell")
+    parser.add_argument(
+        "--deepseek-scale",
+        action="store_true",
+        help="only the cells at DeepSeek's scale (C=1000/2500 at 2 s and 10 s, 250/500 streams; slow)",
+    )
+    parser.add_argument("--no-deepseek-scale", action="store_true", help="full mode without the DeepSeek-scale cells")
     parser.add_argument("--out", type=Path, help="directory for results.md, chart.png, raw.json")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one child run may take")
     parser.add_argument(
@@ -181,8 +191,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(rerender(args.from_json, args.out))
         return 0
 
+    if args.deepseek_scale and (args.quick or args.no_deepseek_scale):
+        parser.error("--deepseek-scale runs only those cells: not with --quick or --no-deepseek-scale")
     cells = list(harness.QUICK_CELLS if args.quick else harness.FULL_CELLS)
+    if not args.quick and not args.no_deepseek_scale:
+        cells += harness.DEEPSEEK_SCALE_CELLS
     wanted = [c.name for c in cells] + list(EXTRA_CELLS)
+    if args.deepseek_scale:
+        cells = list(harness.DEEPSEEK_SCALE_CELLS)
+        wanted = [c.name for c in cells]
     if args.cells:
         wanted = [c.strip() for c in args.cells.split(",")]
         unknown = set(wanted) - {c.name for c in cells} - set(EXTRA_CELLS)
@@ -190,7 +207,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error(f"unknown cells: {', '.join(sorted(unknown))}")
         cells = [c for c in cells if c.name in wanted]
     if args.n:
-        cells = [c if c.kind == "stream" else replace(c, n=args.n) for c in cells]
+        cells = [c if c.kind == "stream" or c.deepseek_scale else replace(c, n=args.n) for c in cells]
     names = list(CONTENDERS)
     if args.contenders:
         names = [c.strip() for c in args.contenders.split(",")]
@@ -199,7 +216,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error(f"unknown contenders: {', '.join(sorted(unknown))}")
     reps = args.reps or (1 if args.quick else 3)
     out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
-    sizes = () if args.no_scale else (QUICK_SCALE if args.quick else FULL_SCALE)
+    sizes = () if args.no_scale or args.deepseek_scale else (QUICK_SCALE if args.quick else FULL_SCALE)
 
     def log(line: str) -> None:
         print(line, flush=True)

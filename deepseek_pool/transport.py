@@ -16,7 +16,8 @@ import json
 import math
 import time
 from functools import partial
-from http.client import HTTPException
+from http.client import HTTPException, HTTPResponse
+from socket import timeout as timeout_error
 from typing import Any, Dict, Generator, Iterator, Mapping, Optional
 
 import requests
@@ -25,7 +26,14 @@ from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    InvalidChunkLength,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
 from .calls import WATCHDOG, CallHandle, release_connection, sending
@@ -56,6 +64,11 @@ __all__ = [
 ]
 
 _READ_SIZE = 65536
+#: a chunk-size line longer than this is not HTTP chunked framing
+_MAX_CHUNK_LINE = 4096
+#: bytes asked of one read of a chunked body: ``read1`` allocates them while it blocks, so a
+#: thread waiting for the next event holds this much (8 KiB, the socket file's own buffer size)
+_CHUNKED_READ_SIZE = 8192
 #: After ``data: [DONE]`` a well-behaved server ends the body at once; one that
 #: holds it open gets its connection closed after this many seconds.
 STREAM_END_GRACE = 0.1
@@ -77,22 +90,133 @@ def request_id_of(headers: Mapping[str, str]) -> Optional[str]:
 def raw_pieces(raw: Any, deadline: float) -> Iterator[bytes]:
     """Yield the decoded body as it arrives, under the attempt's total deadline.
 
-    Every piece (a blank keep-alive line included) resets the socket's read timeout,
-    so the deadline is checked between pieces; a read that blocks past it is broken
-    by the watchdog (:mod:`deepseek_pool.calls`).
+    Each piece is everything one read brought (all the events a socket holds, not one
+    HTTP chunk at a time), and the deadline is checked between reads; a read that
+    blocks past it is broken by the watchdog (:mod:`deepseek_pool.calls`). When the
+    socket's read timeout could not fire before that deadline anyway, the socket is
+    made blocking for the body: one ``recv`` per read instead of ``poll`` + ``recv``,
+    so one GIL hand-off per read instead of two (the watchdog still ends it in time).
     """
-    if raw.chunked and raw.supports_chunked_reads():
-        source: Iterator[bytes] = raw.read_chunked(None, decode_content=True)
-    else:
-        read = getattr(raw, "read1", None) or raw.read
-        source = iter(partial(read, _READ_SIZE, decode_content=True), b"")
     clock = time.monotonic
     if clock() >= deadline:
         raise APITimeoutError("the request's total deadline passed while waiting for the server")
+    if deadline != math.inf:
+        _block_within_deadline(raw, deadline - clock())
+    fp = getattr(raw, "_fp", None)
+    if raw.chunked and fp.__class__ is HTTPResponse and fp.fp is not None and not _encoded(raw):
+        source: Iterator[bytes] = _dechunk(raw, fp)
+    elif raw.chunked and raw.supports_chunked_reads():
+        source = raw.read_chunked(None, decode_content=True)  # gzip or deflate: urllib3 decodes
+    else:
+        read = getattr(raw, "read1", None) or raw.read
+        source = iter(partial(read, _READ_SIZE, decode_content=True), b"")
     for piece in source:
         yield piece
         if clock() >= deadline:
             raise APITimeoutError("the request's total deadline passed while the server was still sending")
+
+
+def _encoded(raw: Any) -> bool:
+    encoding = raw.headers.get("content-encoding")
+    return bool(encoding) and encoding.strip().lower() != "identity"
+
+
+def _block_within_deadline(raw: Any, remaining: float) -> None:
+    """Drop the socket's read timeout if it is no shorter than the time left before the deadline."""
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is None:
+        return
+    timeout = sock.gettimeout()
+    if timeout is not None and timeout >= remaining:
+        sock.settimeout(None)
+
+
+def _dechunk(raw: Any, fp: HTTPResponse) -> Iterator[bytes]:
+    """The payload of a ``Transfer-Encoding: chunked`` body, one piece per read of the socket.
+
+    urllib3's ``read_chunked`` makes a generator step, a ``readline`` and two
+    ``_safe_read`` calls per HTTP chunk, and servers stream one event per chunk. This
+    reads whatever the socket holds (``read1``: the buffered bytes, else one ``recv``)
+    and strips the framing of every chunk in it. At the terminating chunk it reads the
+    trailers, closes the response and gives the connection back to urllib3's pool, as
+    ``read_chunked`` does; any bytes past the body close the connection instead.
+    """
+    read1 = fp.fp.read1
+    buf = b""
+    pos = 0  # where the unparsed bytes of buf start
+    left = 0  # payload bytes of the current chunk still to come
+    skip = 0  # bytes of the CRLF after a chunk's payload still to skip
+    trailers = False  # the last chunk was seen: only trailer lines and the blank line remain
+    finished = False  # the connection went back to the pool (or was closed): hands off
+    try:
+        while not finished:
+            try:
+                data = read1(_CHUNKED_READ_SIZE)
+            except timeout_error as err:
+                raise ReadTimeoutError(None, None, f"Read timed out. ({err})") from err  # type: ignore[arg-type]
+            if not data:
+                if not trailers:
+                    raise ProtocolError("Response ended prematurely")
+                finished = _finish(raw, fp, reuse=True)  # no final CRLF: urllib3 allows it too
+                break
+            buf = buf[pos:] + data if pos < len(buf) else data
+            pos = 0
+            end = len(buf)
+            out = []
+            while pos < end:
+                if left:
+                    take = left if left <= end - pos else end - pos
+                    out.append(buf[pos : pos + take] if pos or take != end else buf)
+                    pos += take
+                    left -= take
+                    if left:
+                        break
+                    skip = 2
+                if skip:
+                    take = skip if skip <= end - pos else end - pos
+                    pos += take
+                    skip -= take
+                    if skip:
+                        break
+                eol = buf.find(b"\n", pos)
+                if eol < 0:
+                    if end - pos > _MAX_CHUNK_LINE:
+                        raise InvalidChunkLength(raw, buf[pos : pos + 40])
+                    break
+                line = buf[pos:eol]
+                pos = eol + 1
+                if trailers:
+                    if line.strip():
+                        continue  # a trailer field: ignored, as urllib3 ignores them
+                    # The body is whole. Bytes after it would belong to no response: then
+                    # the connection is closed rather than reused.
+                    finished = _finish(raw, fp, reuse=pos == end)
+                    break
+                try:
+                    size = int(line.split(b";", 1)[0], 16)
+                except ValueError:
+                    raise InvalidChunkLength(raw, line) from None
+                if size < 0:
+                    raise InvalidChunkLength(raw, line)
+                if size == 0:
+                    trailers = True
+                left = size
+            if out:
+                yield out[0] if len(out) == 1 else b"".join(out)
+    except BaseException:
+        if not finished:
+            raw.close()  # a body not read to its end: the connection is not reused
+        raise
+
+
+def _finish(raw: Any, fp: HTTPResponse, *, reuse: bool) -> bool:
+    """The chunked body was read to its end: close it and give the connection back (or close it)."""
+    if reuse:
+        fp.close()
+        raw.release_conn()
+    else:
+        raw.close()
+    return True
 
 
 def _set_socket_timeout(raw: Any, seconds: float) -> None:

@@ -189,3 +189,20 @@ def test_the_load_server_names_its_cap_and_sends_the_sporadic_429_text() -> None
         assert status == 429
         signal = rate_limit_signal(json.loads(body)["error"]["message"])
         assert signal.sporadic and not signal.concurrency
+
+
+def test_pool_overhead_measures_items_threads_and_memory() -> None:
+    from benchmarks import pool_overhead
+
+    rows = [pool_overhead.measure(kind, 4, 200) for kind in ("pool", "executor")]
+    assert [(r["kind"], r["ok"]) for r in rows] == [("pool", 200), ("executor", 200)]
+    assert all(1 <= r["threads"] <= 4 for r in rows)  # threads start lazily: a stub may need fewer
+    assert all(r["cpu_us_per_item"] > 0 and "kib_per_idle_thread" in r for r in rows)
+    assert len(pool_overhead.table(rows)) == 3  # header, rule, one size
+
+
+def test_deepseek_scale_cells_have_a_table_of_their_own() -> None:
+    cell = harness.DEEPSEEK_SCALE_CELLS[-1]
+    assert cell.deepseek_scale and cell.server_config(1)["jitter"] == 0.0
+    assert all(c.name not in {f.name for f in harness.FULL_CELLS} for c in harness.DEEPSEEK_SCALE_CELLS)
+    assert report.deepseek_scale_table([], [cell]) == []  # no figures, no table

@@ -166,3 +166,88 @@ def test_attempts_add_up_for_any_sequence_of_outcomes(outcomes: List[str], max_r
         last = script.served[-1]
         assert isinstance(error, ERRORS[last]), (script.served, error)
         assert server.connections <= server.requests
+
+
+# --- (3) the chunked-body reader: framing split anywhere gives the same payload ------------------------
+
+
+class _SplitFile:
+    """A socket file whose ``read1`` hands out the bytes in the given pieces."""
+
+    def __init__(self, pieces: Sequence[bytes]) -> None:
+        self._pieces = list(pieces)
+
+    def read1(self, size: int) -> bytes:
+        if not self._pieces:
+            return b""
+        piece = self._pieces.pop(0)
+        if len(piece) > size:
+            self._pieces.insert(0, piece[size:])
+            piece = piece[:size]
+        return piece
+
+
+class _FakeResponse:
+    """What the chunked reader touches of urllib3's and http.client's responses."""
+
+    def __init__(self, pieces: Sequence[bytes]) -> None:
+        self.fp = _SplitFile(pieces)
+        self.released = self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def release_conn(self) -> None:
+        self.released = True
+
+
+def _framed(payloads: Sequence[bytes], extension: bool, trailer: bool) -> bytes:
+    out = b""
+    for payload in payloads:
+        out += b"%x%s\r\n%s\r\n" % (len(payload), b";ext=1" if extension else b"", payload)
+    return out + b"0\r\n" + (b"X-Trailer: 1\r\n" if trailer else b"") + b"\r\n"
+
+
+def _split(data: bytes, cuts: List[int]) -> List[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:]) if b > a]
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    payloads=st.lists(st.binary(min_size=1, max_size=300), max_size=8),
+    cuts=st.lists(st.integers(0, 4000), max_size=12),
+    extension=st.booleans(),
+    trailer=st.booleans(),
+)
+def test_chunked_reading_does_not_depend_on_the_split(
+    payloads: List[bytes], cuts: List[int], extension: bool, trailer: bool
+) -> None:
+    from deepseek_pool.transport import _dechunk
+
+    raw = _FakeResponse(_split(_framed(payloads, extension, trailer), cuts))
+    assert b"".join(_dechunk(raw, raw)) == b"".join(payloads)  # type: ignore[arg-type]
+    assert raw.released and raw.closed  # read to its end: back to the pool
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(payloads=st.lists(st.binary(min_size=1, max_size=50), min_size=1, max_size=4), cut=st.integers(1, 400))
+def test_a_chunked_body_cut_short_is_a_protocol_error_and_closes(payloads: List[bytes], cut: int) -> None:
+    from urllib3.exceptions import ProtocolError
+
+    from deepseek_pool.transport import _dechunk
+
+    data = _framed(payloads, False, False)
+    cut = min(cut, len(data) - 3)  # at least the final blank line and one byte of "0\r\n" missing
+    raw = _FakeResponse([data[:cut]])
+    with pytest.raises(ProtocolError):
+        b"".join(_dechunk(raw, raw))  # type: ignore[arg-type]
+    assert raw.closed and not raw.released
+
+
+def test_bytes_after_a_chunked_body_close_the_connection() -> None:
+    from deepseek_pool.transport import _dechunk
+
+    raw = _FakeResponse([_framed([b"hello"], False, False) + b"HTTP/1.1 200 OK\r\n"])
+    assert b"".join(_dechunk(raw, raw)) == b"hello"  # type: ignore[arg-type]
+    assert raw.closed and not raw.released
