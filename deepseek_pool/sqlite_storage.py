@@ -115,18 +115,34 @@ class SQLiteStorage(TransactionalStorage):
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None or self._pid != os.getpid():
-            try:
-                db = sqlite3.connect(
-                    self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-                )
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.executescript(_SCHEMA)
-            except sqlite3.Error as err:
-                raise ConfigurationError(f"cannot use {self.path!r} as a limiter storage: {err}") from None
+            deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+            while True:
+                try:
+                    db = self._open()
+                    break
+                except sqlite3.OperationalError as err:
+                    # Switching to WAL, or creating the tables, while another process does the
+                    # same can answer "locked" at once, without waiting: try again shortly.
+                    if "locked" not in str(err) or time.monotonic() > deadline:
+                        raise ConfigurationError(f"cannot use {self.path!r} as a limiter storage: {err}") from None
+                    time.sleep(0.01)
+                except sqlite3.Error as err:
+                    raise ConfigurationError(f"cannot use {self.path!r} as a limiter storage: {err}") from None
             self._db = db
             self._pid = os.getpid()
         return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def clock(self) -> float:
         return time.time()
