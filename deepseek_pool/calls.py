@@ -19,13 +19,13 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import os
 import socket
 import threading
 import time
 from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 from .errors import APIConnectionError, APITimeoutError
+from .forks import reset_after_fork
 
 __all__ = ["CallControl", "CallHandle", "RetryCancelled", "RetryEvent", "RetryListener", "Watchdog", "sending"]
 
@@ -205,8 +205,7 @@ class Watchdog:
 
 #: The process's one watchdog.
 WATCHDOG = Watchdog()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=WATCHDOG._after_fork)
+reset_after_fork(WATCHDOG)
 
 
 #: Longest a wait before a retry sleeps before it looks at the call's handle again.

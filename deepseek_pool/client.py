@@ -30,7 +30,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from functools import partial
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 from urllib.parse import urlsplit
@@ -51,6 +50,7 @@ from .errors import (
     DeepSeekError,
     IncompleteResponseError,
 )
+from .forks import reset_after_fork
 from .messages import Messages, build_chat_body, header_problem, normalize_messages
 from .models import DEFAULT_MODEL
 from .retry import DeepSeekRetry
@@ -104,18 +104,6 @@ def _answered(completion: ChatCompletion) -> ChatCompletion:
             request_id=completion.request_id,
         )
     return completion
-
-
-_CLIENTS: weakref.WeakSet[DeepSeekClient] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for client in list(_CLIENTS):
-        client._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class DeepSeekClient:
@@ -237,7 +225,7 @@ class DeepSeekClient:
         }
         self._chat_url = self.base_url + "/chat/completions"
         self._call = AttemptLoop(self).run  # every call's attempts, retries and waits
-        _CLIENTS.add(self)
+        reset_after_fork(self)
         self.beta_url = self._normalize_base_url(beta_url) if beta_url else self._default_beta_url(self.base_url)
         self._fim_url = self.beta_url + "/completions"
         self._beta_chat_url = self.beta_url + "/chat/completions"

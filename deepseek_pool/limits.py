@@ -60,6 +60,7 @@ from typing import Any, Callable, Deque, Dict, Optional, Set, Type, Union
 from . import budget
 from .budget import BudgetConfig, RateLimitSignal
 from .errors import RetryBudgetExceeded
+from .forks import reset_after_fork
 from .storage import Storage, storage_from_uri
 
 __all__ = ["Limiter", "LimiterStats", "Permit"]
@@ -93,8 +94,6 @@ CANCEL_POLL_INTERVAL = 0.1
 SHARED_POLL_INTERVAL = 0.02
 
 WaitFunction = Callable[[threading.Event, Optional[float]], bool]
-
-_LIMITERS: weakref.WeakSet[Limiter] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -253,7 +252,7 @@ class Limiter:
         self._clock = clock
         self._wait = wait
         self._reset_local()
-        _LIMITERS.add(self)
+        reset_after_fork(self)
 
     def _reset_local(self) -> None:
         """This process's own part: the waiting queue, held leases, local counters."""
@@ -645,12 +644,3 @@ def _renew_leases(ref: weakref.ReferenceType[Limiter], closed: threading.Event) 
         del limiter
         if closed.wait(interval):
             return
-
-
-def _after_fork_in_child() -> None:
-    for limiter in list(_LIMITERS):
-        limiter._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
-import os
 import queue
 import sys
 import threading
 import time
-import weakref
 from functools import partial
 from typing import (
     Any,
@@ -42,6 +40,7 @@ from typing import (
 from .calls import CallControl, CallHandle
 from .client import DeepSeekClient
 from .errors import APIStatusError, APITimeoutError, status_error
+from .forks import reset_after_fork
 from .items import (
     BATCH_URLS,
     POOL_KEYS,
@@ -88,18 +87,6 @@ STOP_POLL_INTERVAL = 0.1
 ABORT_WAIT = 2.0
 #: Statuses after which a pool sends nothing more: the key is wrong, the balance is spent.
 STOP_STATUSES = frozenset({401, 402})
-
-
-_POOLS: weakref.WeakSet[DeepSeekPool] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for pool in list(_POOLS):
-        pool._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class DeepSeekPool:
@@ -197,7 +184,7 @@ class DeepSeekPool:
         self._retried = 0
         self._cancelled = 0
         self._usage = Usage()
-        _POOLS.add(self)
+        reset_after_fork(self)
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's worker threads are not here; start with fresh ones.

@@ -48,19 +48,12 @@ def no_leaked_threads() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[Any]:
     """A real redis-server on a free 127.0.0.1 port for the whole session (skipped without one)."""
-    from .redisserver import RedisServer, redis_server_binary
+    from .redisserver import running_redis
 
     if importlib.util.find_spec("redis") is None:
         pytest.skip("redis-py is not installed (pip install 'deepseek-pool[redis]')")
-    binary = redis_server_binary()
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(binary)
-    server.start()
-    try:
+    with running_redis() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

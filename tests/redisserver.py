@@ -7,12 +7,13 @@ away mid-run and bring it back on the same port. Every wait has a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 #: Seconds to wait for the server to answer PING after it starts.
 START_TIMEOUT = 10.0
@@ -87,3 +88,19 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_redis() -> Iterator[RedisServer]:
+    """A started RedisServer, stopped at the end; the test is skipped where there is none."""
+    import pytest
+
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -30,7 +30,7 @@ from deepseek_pool.budget import BudgetConfig, RateLimitSignal
 from deepseek_pool.storage import MemoryStorage
 from deepseek_pool.testing import FakeDeepSeek
 
-from .redisserver import RedisServer, redis_server_binary
+from .redisserver import RedisServer, running_redis
 from .test_processes import _run_in_fork, child_env
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'deepseek-pool[redis]')")
@@ -60,15 +60,8 @@ def children() -> Iterator[List[subprocess.Popen]]:
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own, which the test may stop and start again."""
-    binary = redis_server_binary()
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(binary)
-    server.start()
-    try:
+    with running_redis() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
