@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 __all__ = ["BudgetConfig", "BudgetState", "Lease", "RateLimitSignal", "rate_limit_signal"]
@@ -55,10 +55,12 @@ class BudgetConfig:
     rpm: Optional[float] = None
     tpm: Optional[int] = None
     retry_budget: Optional[int] = None
+    #: ``max_in_flight`` as the cap's ceiling (inf: none); a field, not a property,
+    #: because the rules read it inside the storage's lock on every call.
+    ceiling: float = field(init=False, repr=False, compare=False)
 
-    @property
-    def ceiling(self) -> float:
-        return math.inf if self.max_in_flight is None else float(self.max_in_flight)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ceiling", math.inf if self.max_in_flight is None else float(self.max_in_flight))
 
 
 @dataclass(frozen=True)
@@ -207,11 +209,35 @@ def cap_of(state: BudgetState) -> float:
     return cap if cap == math.inf else max(1.0, math.floor(cap))
 
 
+def ungated(state: BudgetState, config: BudgetConfig, now: float) -> bool:
+    """Whether no gate can refuse a start now, nor learn from a finish.
+
+    True without a cap (configured or learnt), rpm, tpm or cool-down, once the budget is
+    filled. Then :func:`try_start` only records the lease and counts, and :func:`finish`
+    only drops it and counts (tokens used, retry budget earned): a storage may do that
+    much without its lock (:class:`~deepseek_pool.storage.MemoryStorage` does).
+    """
+    return (
+        state.cap == math.inf
+        and config.max_in_flight is None
+        and config.rpm is None
+        and config.tpm is None
+        and state.cool_until <= now
+        and state.budget_left >= 0
+    )
+
+
 def try_start(state: BudgetState, config: BudgetConfig, now: float, tokens: int, lease: Lease) -> float:
-    """Admit a start (record its lease, return 0.0) or say how long to wait (inf: until a release)."""
-    fill(state, config, now)
-    cap = cap_of(state)
-    if cap != math.inf and state.alive(now) >= cap:
+    """Admit a start (record its lease, return 0.0) or say how long to wait (inf: until a release).
+
+    This and :func:`finish` run once per call inside the storage's lock, so their common
+    path (no cap, no rpm or tpm) makes no function call but the lease's: a thread switched
+    out inside a lock every worker needs makes them all queue behind it.
+    """
+    if state.budget_left < 0 or config.tpm is not None or state.cap > config.ceiling:  # else fill has nothing to do
+        fill(state, config, now)
+    cap = state.cap
+    if cap != math.inf and state.alive(now) >= cap_of(state):
         return math.inf
     delay = state.cool_until - now
     if config.rpm is not None:
@@ -251,7 +277,8 @@ def finish(
     ok: bool,
 ) -> None:
     """A call ended: give its slot back, correct its token reservation, learn from its success."""
-    fill(state, config, now)
+    if state.budget_left < 0 or config.tpm is not None or state.cap > config.ceiling:  # else fill has nothing to do
+        fill(state, config, now)
     state.drop(lease_id)
     state.finished += 1
     if tokens_used is not None:
@@ -260,7 +287,8 @@ def finish(
             state.tpm_level = min(float(config.tpm), state.tpm_level + (reserved - tokens_used))
     if ok:
         if config.retry_budget is not None:
-            state.budget_left = min(config.retry_budget, state.budget_left + earned)
+            left = state.budget_left + earned
+            state.budget_left = left if left < config.retry_budget else config.retry_budget
         ceiling = config.ceiling
         if state.cap < ceiling and now >= state.cap_hold_until:
             # Additive increase: one more slot per INCREASE_PATIENCE * cap successes.

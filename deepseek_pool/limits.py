@@ -308,17 +308,25 @@ class Limiter:
     # -- acquire / release -----------------------------------------------------------
 
     def _try_start(self, tokens: int) -> Union[Permit, float]:
-        """One attempt at a start (the caller holds ``self._lock``): a Permit, or seconds to wait."""
-        storage = self.storage
+        """One attempt at a start: a Permit, or seconds to wait.
+
+        It takes no lock of the limiter's: the storage's own lock makes the decision
+        atomic, and the limiter's lock held around it would make every worker thread
+        queue behind one that the interpreter switched out mid-decision (a convoy that
+        grows with the number of threads). Leases that must be renewed are recorded by
+        :meth:`_hold`.
+        """
         lease_id = f"{self._lease_prefix}:{next(self._lease_ids)}"
-        delay = storage.start(self.name, self._config, tokens, lease_id, self.lease_seconds)
+        delay = self.storage.start(self.name, self._config, tokens, lease_id, self.lease_seconds)
         if delay > 0.0:
             return delay
-        if storage.leases_expire:
-            self._held.add(lease_id)
-            if self._renewer is None:
-                self._start_renewer()
         return Permit(self, tokens, self._clock(), 0.0, lease_id)
+
+    def _hold(self, permit: Permit) -> None:
+        """Renew ``permit``'s lease while its call runs, if the storage's leases expire (caller holds the lock)."""
+        self._held.add(permit.lease)
+        if self._renewer is None:
+            self._start_renewer()
 
     def acquire(
         self,
@@ -346,11 +354,13 @@ class Limiter:
             with self._lock:
                 self._cancellations += 1
             raise CancelledError("limiter wait cancelled before it started")
-        with self._lock:
-            if not self._waiters:
-                granted = self._try_start(tokens)
-                if isinstance(granted, Permit):
-                    return granted
+        if not self._waiters:  # nobody queued before us: try at once
+            granted = self._try_start(tokens)
+            if isinstance(granted, Permit):
+                if self.storage.leases_expire:
+                    with self._lock:
+                        self._hold(granted)
+                return granted
         return self._acquire_slow(tokens, timeout, cancelled)
 
     def _acquire_slow(self, tokens: int, timeout: Optional[float], cancelled: Optional[threading.Event]) -> Permit:
@@ -371,6 +381,8 @@ class Limiter:
                     if waiters[0] is waiter:
                         granted = self._try_start(tokens)
                         if isinstance(granted, Permit):
+                            if self.storage.leases_expire:
+                                self._hold(granted)
                             waiters.popleft()
                             if waiters:
                                 waiters[0].set()
@@ -452,23 +464,28 @@ class Limiter:
             earned = retries * RETRY_COST
         else:
             earned = NO_RETRY_INCREMENT
+        if permit._released:
+            raise RuntimeError("permit already released")
+        permit._released = True
         storage = self.storage
-        with self._lock:
-            if permit._released:
-                raise RuntimeError("permit already released")
-            permit._released = True
-            self._held.discard(permit.lease)
-            storage.finish(
-                self.name,
-                self._config,
-                permit.lease,
-                reserved=permit.tokens,
-                tokens_used=tokens_used,
-                earned=earned,
-                ok=ok,
-            )
-            if self._waiters:
-                self._waiters[0].set()
+        if storage.leases_expire:
+            with self._lock:
+                self._held.discard(permit.lease)
+        # No limiter lock around the storage (see _try_start). A waiter queues itself
+        # before it tries a start, so one that queued after this check sees the slot.
+        storage.finish(
+            self.name,
+            self._config,
+            permit.lease,
+            reserved=permit.tokens,
+            tokens_used=tokens_used,
+            earned=earned,
+            ok=ok,
+        )
+        if self._waiters:
+            with self._lock:
+                if self._waiters:
+                    self._waiters[0].set()
 
     # -- cool-down and retry budget --------------------------------------------------
 

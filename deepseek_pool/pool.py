@@ -291,8 +291,7 @@ class DeepSeekPool:
         )
         handle = control.handle
         completion: Any = None
-        with self._lock:
-            self._handles[handle] = cancelled
+        self._handles[handle] = cancelled  # a dict store: atomic, no lock (see _untrack)
         if cancelled.is_set():
             handle.abort()
         try:
@@ -306,8 +305,7 @@ class DeepSeekPool:
                 completion = self.client.chat(messages, control=control, beta=endpoint == "beta", **params)
             return completion
         finally:
-            with self._lock:
-                del self._handles[handle]
+            del self._handles[handle]
             result.attempts = control.attempts
             result.elapsed = time.monotonic() - begun
             usage = completion.usage if completion is not None else None
@@ -362,16 +360,27 @@ class DeepSeekPool:
 
     def _finish(self, result: Result) -> None:
         completion = result.completion
+        usage = completion.usage if result.error is None and completion is not None else None
+        retried = result.attempts > 1
+        # One short critical section per item and no call inside it: a thread that the
+        # interpreter switches out while holding a lock shared by every worker makes them
+        # all queue behind it, and that convoy grows with max_workers.
         with self._lock:
             self._done += 1
             if result.error is None:
                 self._ok += 1
-                if completion is not None and completion.usage is not None:
-                    self._usage = self._usage + completion.usage
             else:
                 self._failed += 1
-            if result.attempts > 1:
+            if retried:
                 self._retried += 1
+            if usage is not None:
+                total = self._usage  # this pool's own Usage object, summed in place
+                total.prompt_tokens += usage.prompt_tokens
+                total.completion_tokens += usage.completion_tokens
+                total.total_tokens += usage.total_tokens
+                total.prompt_cache_hit_tokens += usage.prompt_cache_hit_tokens
+                total.prompt_cache_miss_tokens += usage.prompt_cache_miss_tokens
+                total.reasoning_tokens += usage.reasoning_tokens
         callback = self.on_result
         if callback is not None:
             try:
@@ -381,8 +390,7 @@ class DeepSeekPool:
 
     def _abort_running(self, event: Optional[threading.Event] = None) -> None:
         """Break the connections of running calls (all, or those of one iteration)."""
-        with self._lock:
-            handles = [h for h, e in self._handles.items() if event is None or e is event]
+        handles = [h for h, e in list(self._handles.items()) if event is None or e is event]
         for handle in handles:
             handle.abort()
 
@@ -395,13 +403,16 @@ class DeepSeekPool:
     def _track(self, future: cf.Future[Any]) -> None:
         with self._lock:
             self._submitted += 1
-            self._futures.add(future)
+        self._futures.add(future)
         future.add_done_callback(self._untrack)
 
     def _untrack(self, future: cf.Future[Any]) -> None:
-        with self._lock:
-            self._futures.discard(future)
-            if future.cancelled():
+        # ``_futures`` and ``_handles`` are changed and copied only by single set and dict
+        # operations, which CPython makes atomic, so they need no lock: taking the pool's
+        # lock for them would add two more critical sections per item (see _finish).
+        self._futures.discard(future)
+        if future.cancelled():
+            with self._lock:
                 self._cancelled += 1
 
     def submit(self, messages: Messages, **params: Any) -> cf.Future[ChatCompletion]:
@@ -536,9 +547,8 @@ class DeepSeekPool:
     def stats(self) -> PoolStats:
         """A snapshot of the counters: submitted, done, ok, failed, retried, usage."""
         with self._lock:
-            return PoolStats(
-                self._submitted, self._done, self._ok, self._failed, self._retried, self._usage, self._cancelled
-            )
+            usage = self._usage + Usage()  # a copy: the pool sums into its own in place
+            return PoolStats(self._submitted, self._done, self._ok, self._failed, self._retried, usage, self._cancelled)
 
     def close(self, *, wait: bool = True, cancel: bool = False) -> None:
         """Stop accepting work; ``cancel`` drops what has not started; ``wait`` waits for the rest.
@@ -547,8 +557,8 @@ class DeepSeekPool:
         calls are cancelled or waited for.
         """
         self._closed = True
+        futures = list(self._futures)
         with self._lock:
-            futures = list(self._futures)
             iterations = list(self._iterations.items())
         if cancel:
             self._closing.set()

@@ -26,8 +26,9 @@ import math
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from . import budget
 from .budget import BudgetConfig, BudgetState, Lease, RateLimitSignal
@@ -41,6 +42,11 @@ __all__ = [
     "register_scheme",
     "storage_from_uri",
 ]
+
+
+#: Unsettled counts (see MemoryStorage) after which a call settles them, if the lock is free.
+SETTLE_EVERY = 256
+_ONE_START = (1, 0, 0, 0, None)
 
 
 @dataclass(frozen=True)
@@ -195,6 +201,20 @@ class _MemoryState(BudgetState):
     def __init__(self) -> None:
         super().__init__()
         self.leases: Dict[str, Lease] = {}
+        #: counts of ungated starts and finishes not yet added to the scalars, each
+        #: ``(started, finished, tokens_used, earned, retry_budget)``; see MemoryStorage.
+        self.unsettled: Deque[Tuple[int, int, int, int, Optional[int]]] = deque()
+
+    def settle(self) -> None:
+        """Add the ungated starts' and finishes' counts to the scalars (the caller holds the lock)."""
+        pop = self.unsettled.popleft
+        while self.unsettled:
+            started, finished, tokens_used, earned, retry_budget = pop()
+            self.started += started
+            self.finished += finished
+            self.tokens_used += tokens_used
+            if earned and retry_budget is not None:
+                self.budget_left = min(retry_budget, self.budget_left + earned)
 
     def alive(self, now: float) -> int:
         return len(self.leases)
@@ -214,27 +234,104 @@ class MemoryStorage(TransactionalStorage):
 
     ``storage="memory://"`` gives each limiter a storage of its own; to share one budget
     between limiters of a process, share the Limiter (or pass one MemoryStorage to each).
+
+    A start or finish that no gate can refuse or learn from (:func:`budget.ungated`: no
+    cap, rpm, tpm or cool-down, the common case) takes no lock: its lease is one dict
+    operation and its counts go on a deque (both atomic in CPython), added to the budget
+    by the next locked operation. A lock every worker takes for every call makes them all
+    queue behind one the interpreter switched out while holding it; with thousands of
+    runnable threads that convoy costs several times the call itself.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
+        self._pid = os.getpid()
         self._states: Dict[str, _MemoryState] = {}
 
     def clock(self) -> float:
         return self._clock()
 
+    def _state(self, name: str) -> _MemoryState:
+        """The state of ``name``, made on first use (the caller holds the lock)."""
+        state = self._states.get(name)
+        if state is None:
+            state = self._states[name] = _MemoryState()
+        return state
+
+    def _known_state(self, name: str) -> _MemoryState:
+        """The state of ``name``, read without the lock once it exists (states are never removed)."""
+        state = self._states.get(name)
+        if state is None:
+            with self._lock:
+                state = self._state(name)
+        return state
+
     @contextlib.contextmanager
     def transaction(self, name: str) -> Iterator[BudgetState]:
         with self._lock:
-            state = self._states.get(name)
-            if state is None:
-                state = self._states[name] = _MemoryState()
+            state = self._state(name)
+            state.settle()
             yield state
+
+    def _settle_some(self, state: _MemoryState) -> None:
+        """Keep the deque of unsettled counts short, but never wait for the lock."""
+        if len(state.unsettled) >= SETTLE_EVERY and self._lock.acquire(blocking=False):
+            try:
+                state.settle()
+            finally:
+                self._lock.release()
+
+    # start and finish run once per call: the same rules as TransactionalStorage's, with
+    # the lock-free path above and without the context manager.
+
+    def start(self, name: str, config: BudgetConfig, tokens: int, lease: str, lease_seconds: float) -> float:
+        held = Lease(lease, math.inf, self._pid)
+        state = self._known_state(name)
+        if budget.ungated(state, config, self._clock()):
+            state.leases[lease] = held
+            state.unsettled.append(_ONE_START)
+            self._settle_some(state)
+            return 0.0
+        with self._lock:
+            state.settle()
+            return budget.try_start(state, config, self._clock(), tokens, held)
+
+    def finish(
+        self,
+        name: str,
+        config: BudgetConfig,
+        lease: str,
+        *,
+        reserved: int,
+        tokens_used: Optional[int],
+        earned: int,
+        ok: bool,
+    ) -> None:
+        state = self._known_state(name)
+        if budget.ungated(state, config, self._clock()):
+            state.leases.pop(lease, None)
+            paid_back = earned if ok and config.retry_budget is not None else 0
+            state.unsettled.append((0, 1, tokens_used or 0, paid_back, config.retry_budget))
+            self._settle_some(state)
+            return
+        with self._lock:
+            state.settle()
+            budget.finish(
+                state,
+                config,
+                self._clock(),
+                lease,
+                reserved=reserved,
+                tokens_used=tokens_used,
+                earned=earned,
+                ok=ok,
+            )
 
     def after_fork(self) -> None:
         # The parent's calls do not run in the child: their slots are not the child's.
         self._lock = threading.Lock()
+        self._pid = os.getpid()
         for state in self._states.values():
             state.leases.clear()
 

@@ -727,6 +727,89 @@ def test_many_threads_keep_the_counters_consistent() -> None:
     assert (stats.tokens_used, stats.retries, stats.retry_budget) == (6400 * 3, 640, 500)
 
 
+def test_ungated_calls_keep_exact_counts_across_threads_and_a_cap_that_arrives_midway() -> None:
+    # No gate at first, so starts and finishes take MemoryStorage's lock-free path; a
+    # 429 naming a cap halfway sends the rest through the lock. Every count stays exact.
+    limiter = Limiter()
+    guard = threading.Lock()
+    running = peak_after_cap = 0
+    capped = threading.Event()
+
+    def calls(worker: int) -> Callable[[], None]:
+        def run() -> None:
+            nonlocal running, peak_after_cap
+            for i in range(200):
+                if worker == 0 and i == 100:
+                    limiter.cool_down(0.0, message="concurrency limit of 16 reached")
+                    capped.set()
+                permit = limiter.acquire(7, timeout=5)
+                with guard:
+                    running += 1
+                    if capped.is_set():
+                        peak_after_cap = max(peak_after_cap, running)
+                retries = 0
+                if i % 20 == 0:
+                    limiter.spend_retry(permit=permit)
+                    retries = 1
+                with guard:
+                    running -= 1
+                limiter.release(permit, tokens_used=i % 5, retries=retries)
+
+        return run
+
+    workers = [Worker(calls(w)) for w in range(64)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.finish(15.0)
+    assert [w.error for w in workers] == [None] * 64
+    stats = limiter.stats
+    assert (stats.started, stats.finished, stats.in_flight, stats.waiting) == (12800, 12800, 0, 0)
+    assert stats.tokens_used == 64 * 40 * sum(range(5))
+    assert (stats.retries, stats.retry_budget, stats.cap) == (640, 500, 16)
+    # Calls started before the cap was learnt may still run, never more than the workers.
+    assert peak_after_cap <= 64
+
+
+def test_an_ungated_start_and_release_never_wait_for_the_storage_lock() -> None:
+    # The storage's lock taken by every worker for every call is what made the pool's
+    # cost per item grow with max_workers (a convoy behind a thread switched out while
+    # holding it): without a gate the per-call path must not touch it.
+    ungated, gated = Limiter(), Limiter(max_in_flight=4)
+    for limiter in (ungated, gated):
+        limiter.release(limiter.acquire(timeout=1))  # the budget exists and is filled
+
+    def one_call(limiter: Limiter) -> Worker:
+        return Worker(lambda: limiter.release(limiter.acquire(timeout=5)))
+
+    with ungated.storage._lock:  # type: ignore[attr-defined]
+        free = one_call(ungated)
+        free.start()
+        free.join(5.0)
+        assert not free.is_alive() and free.error is None
+    lock = gated.storage._lock  # type: ignore[attr-defined]
+    with lock:
+        blocked = one_call(gated)
+        blocked.start()
+        blocked.join(0.3)
+        assert blocked.is_alive(), "a gated start decides under the lock"
+    blocked.finish(5.0)
+    assert blocked.error is None
+    assert (ungated.stats.started, ungated.stats.finished, gated.stats.finished) == (2, 2, 2)
+
+
+def test_the_counts_of_lock_free_calls_are_settled_as_they_go() -> None:
+    from deepseek_pool.storage import SETTLE_EVERY
+
+    limiter = Limiter()
+    for _ in range(10 * SETTLE_EVERY):
+        limiter.release(limiter.acquire(), tokens_used=1)
+    state = limiter.storage._states[limiter.name]  # type: ignore[attr-defined]
+    assert len(state.unsettled) < SETTLE_EVERY  # bounded memory without any stats() call
+    assert (limiter.stats.started, limiter.stats.tokens_used) == (10 * SETTLE_EVERY, 10 * SETTLE_EVERY)
+    assert not state.unsettled  # a locked operation settles the rest
+
+
 # -- the rest of the surface -----------------------------------------------------------
 
 

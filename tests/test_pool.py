@@ -384,6 +384,14 @@ def test_on_result_hook_and_counters(fake_deepseek: FakeDeepSeek) -> None:
         r.completion.usage.total_tokens for r in results if r.completion and r.completion.usage
     )
     assert stats.usage.total_tokens > 0
+    # The pool sums usage into its own object in place: a snapshot taken earlier keeps its numbers.
+    with DeepSeekPool(make_client(fake_deepseek), max_workers=1) as pool:
+        pool.map(["u0"])
+        before = pool.stats.usage
+        first = before.total_tokens
+        pool.map(["u1", "u2"])
+    assert before.total_tokens == first > 0
+    assert pool.stats.usage.total_tokens > first
 
 
 def test_a_failing_on_result_hook_never_breaks_the_batch(fake_deepseek: FakeDeepSeek) -> None:
