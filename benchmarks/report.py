@@ -366,6 +366,63 @@ def chart(path: Path, figures: Sequence[Figures], cells_: Sequence[Cell], meta: 
     return True
 
 
+def scale_chart(path: Path, figures: Sequence[Figures], cells_: Sequence[Cell], meta: Dict[str, Any]) -> bool:
+    """The DeepSeek-scale cells' PNG: CPU per request, efficiency, CPU per streamed event.
+
+    False when matplotlib is missing or no such cell was run.
+    """
+    cells = [c.name for c in cells_ if c.deepseek_scale and any(f.cell == c.name for f in figures)]
+    if not cells:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    kinds = {c.name: c.kind for c in cells_}
+    chat = [c for c in cells if kinds[c] == "chat"]
+    stream = [c for c in cells if kinds[c] == "stream"]
+    names = _contenders(figures, cells)
+    fig, axes = plt.subplots(
+        1, 3, figsize=(16, 5), gridspec_kw={"width_ratios": [len(chat) or 1, len(cells), len(stream) or 1]}
+    )
+    width = 0.8 / max(1, len(names))
+    colors = plt.get_cmap("tab10")
+    panels = (
+        (axes[0], chat, lambda f: f.cpu_ms_per_request, "client CPU per request, ms"),
+        (axes[1], cells, lambda f: f.efficiency, "efficiency: ideal / actual wall time"),
+        (axes[2], stream, lambda f: 1000 * f.cpu_ms_per_chunk if f.cpu_ms_per_chunk else None, "CPU per event, µs"),
+    )
+    for ax, group, value, title in panels:
+        for k, name in enumerate(names):
+            xs = [i + (k - (len(names) - 1) / 2) * width for i in range(len(group))]
+            rows = [_get(figures, c, name) for c in group]
+            ys = [value(f) if f and value(f) is not None else float("nan") for f in rows]
+            style = {"color": colors(k), "label": CONTENDERS[name].label, "width": width}
+            if name == "deepseek_pool":
+                style.update(edgecolor="black", linewidth=1.2)
+            ax.bar(xs, ys, **style)
+        ax.set_xticks(range(len(group)))
+        ax.set_xticklabels([c.replace(" const", "\nconst") for c in group])
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[1].set_ylim(0, 1.05)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
+    m = meta["machine"]
+    fig.suptitle(
+        f"At DeepSeek's scale — {m['date']}, {m['cpu']}, {m['cores']} cores, Python {m['python']}; "
+        f"medians of {meta['reps']}",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _n_of(meta: Dict[str, Any], cell: str) -> Any:
     for c in meta.get("cells", []):
         if c["name"] == cell:

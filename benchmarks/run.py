@@ -127,7 +127,10 @@ def run_benchmark(
         figures,
         {**meta, "scale": scale_rows, "cap": cap_rows, "storage": storage_rows},
     )
-    drew = chart and bool(figures) and report.chart(out / "chart.png", figures, cells, meta)
+    standard = [c for c in cells if not c.deepseek_scale]
+    drew = chart and bool(figures) and bool(standard) and report.chart(out / "chart.png", figures, cells, meta)
+    if chart and len(standard) < len(cells):
+        drew = report.scale_chart(out / "deepseek-scale.png", figures, cells, meta) or drew
     return {
         "runs": runs,
         "figures": figures,
@@ -142,7 +145,7 @@ def run_benchmark(
 
 
 def rerender(raw: Path, out: Optional[Path] = None) -> str:
-    """Rebuild results.md and chart.png from a raw.json (after a change to the report only)."""
+    """Rebuild results.md and the charts from a raw.json (after a change to the report only)."""
     data = json.loads(raw.read_text())
     cells = [Cell(**{**c, "faults": c.get("faults")}) for c in data["cells"]]
     runs = [Run(**r) for r in data["runs"]]
@@ -158,7 +161,9 @@ def rerender(raw: Path, out: Optional[Path] = None) -> str:
         storage=data["meta"].get("storage", []),
     )
     (out / "results.md").write_text(text + "\n")
-    report.chart(out / "chart.png", figures, cells, meta)
+    if any(not c.deepseek_scale for c in cells):
+        report.chart(out / "chart.png", figures, cells, meta)
+    report.scale_chart(out / "deepseek-scale.png", figures, cells, meta)
     return text
 
 

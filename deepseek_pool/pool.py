@@ -35,8 +35,10 @@ from typing import (
     List,
     Mapping,
     Optional,
+    Union,
 )
 
+from . import switching
 from .calls import CallControl, CallHandle
 from .client import DeepSeekClient
 from .errors import APIStatusError, APITimeoutError, status_error
@@ -121,6 +123,12 @@ class DeepSeekPool:
         price is refused (:class:`~deepseek_pool.errors.ConfigurationError`) unless
         ``prices`` gives one. See :mod:`deepseek_pool.spend`.
     :param prices: model id -> :class:`~deepseek_pool.models.ModelPrice`, for ``max_cost``.
+    :param switch_interval: the interpreter's thread switch interval while the pool is
+        open (``sys.setswitchinterval``, process-wide; put back at ``close``). ``"auto"``
+        raises it to 50 ms for pools of 256 workers or more: with the default 5 ms, a
+        wave of answers arriving at once can make the interpreter spend its time handing
+        the GIL between hundreds of runnable threads (see :mod:`deepseek_pool.switching`).
+        A number raises it to that many seconds for any pool; None leaves it alone.
     """
 
     def __init__(
@@ -141,6 +149,7 @@ class DeepSeekPool:
         stop_on: Iterable[int] = STOP_STATUSES,
         max_cost: Optional[float] = None,
         prices: Optional[Mapping[str, ModelPrice]] = None,
+        switch_interval: Union[str, float, None] = "auto",
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
@@ -148,6 +157,7 @@ class DeepSeekPool:
             raise ValueError(f"window must be an int >= 1, got {window!r}")
         if limiter is not None and (max_in_flight is not None or rpm is not None or tpm is not None):
             raise ValueError("give either limiter= or max_in_flight/rpm/tpm, not both")
+        interval = switching.wanted_interval(switch_interval, max_workers)
         #: the spend cap (None without ``max_cost``): ``spend.spent``, ``spend.reserved`` ...
         self.spend: Optional[SpendCap] = None
         if max_cost is not None:
@@ -184,6 +194,7 @@ class DeepSeekPool:
         self._retried = 0
         self._cancelled = 0
         self._usage = Usage()
+        self._switching: Optional[object] = None if interval is None else switching.hold(interval)
         reset_after_fork(self)
 
     def _after_fork(self) -> None:
@@ -577,6 +588,9 @@ class DeepSeekPool:
         if not self._connections_released:
             self._connections_released = True
             self.client.release_connections(self.max_workers)
+        if self._switching is not None:
+            switching.release(self._switching)
+            self._switching = None
         if self._owns_client and not self._client_closed and (wait or cancel):
             self._client_closed = True
             self.client.close()
