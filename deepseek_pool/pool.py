@@ -125,7 +125,7 @@ class DeepSeekPool:
     :param prices: model id -> :class:`~deepseek_pool.models.ModelPrice`, for ``max_cost``.
     :param switch_interval: the interpreter's thread switch interval while the pool is
         open (``sys.setswitchinterval``, process-wide; put back at ``close``). ``"auto"``
-        raises it to 50 ms for pools of 256 workers or more: with the default 5 ms, a
+        raises it to 50 ms for pools of 128 workers or more: with the default 5 ms, a
         wave of answers arriving at once can make the interpreter spend its time handing
         the GIL between hundreds of runnable threads (see :mod:`deepseek_pool.switching`).
         A number raises it to that many seconds for any pool; None leaves it alone.

@@ -8,7 +8,8 @@ time handing the GIL around (system time in futex calls), answers are read later
 threads pile up, and it does not recover. Measured at 2,500 workers
 (``python -m benchmarks.run --cells C=2500@2s``, 2 cores): about half the runs took
 2-5 times as long as the urllib3 floor's at 4-20 times its CPU; with a 50 ms interval,
-none did. The threads of an I/O-bound pool give up the GIL at their next socket wait
+none did; and 250 streams of events 20 ms apart (``--cells S=250``) cost about a tenth
+less CPU per event. The threads of an I/O-bound pool give up the GIL at their next socket wait
 long before 50 ms, so the longer interval costs them nothing; it can delay a thread
 that competes with a CPU-bound one (up to 50 ms instead of 5).
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 #: The interval a large pool raises the interpreter's to, in seconds.
 SWITCH_INTERVAL = 0.05
 #: ``switch_interval="auto"`` raises it for pools of at least this many workers.
-AUTO_FROM_WORKERS = 256
+AUTO_FROM_WORKERS = 128
 
 _lock = threading.Lock()
 _holders: Set[object] = set()
