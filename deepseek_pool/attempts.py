@@ -263,7 +263,7 @@ class AttemptLoop:
 
     def _read_all(self, response: requests.Response, attempt: Attempt) -> bytes:
         try:
-            return b"".join(raw_pieces(response.raw, attempt.deadline))
+            return b"".join(raw_pieces(response.raw, attempt.deadline, attempt.handle))
         except BaseException as err:
             response.close()
             if isinstance(err, Exception):

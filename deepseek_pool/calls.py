@@ -22,12 +22,21 @@ import itertools
 import socket
 import threading
 import time
-from typing import Any, Callable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Protocol, Tuple
 
 from .errors import APIConnectionError, APITimeoutError
 from .forks import reset_after_fork
 
-__all__ = ["CallControl", "CallHandle", "RetryCancelled", "RetryEvent", "RetryListener", "Watchdog", "sending"]
+__all__ = [
+    "CallControl",
+    "CallHandle",
+    "RetryCancelled",
+    "RetryEvent",
+    "RetryListener",
+    "Silence",
+    "Watchdog",
+    "sending",
+]
 
 
 class RetryCancelled(APIConnectionError):
@@ -96,6 +105,17 @@ class CallHandle:
             self.expired = True
             self._break()
 
+    def interrupt(self, connection: Any) -> bool:
+        """Break ``connection`` if this call still holds it (a read gone silent); True if it did.
+
+        Unlike :meth:`expire` it refuses nothing: the call may retry on another connection.
+        """
+        with self._lock:
+            if connection is None or self._connection is not connection:
+                return False
+            self._break()
+            return True
+
     def _break(self) -> None:
         sock = getattr(self._connection, "sock", None)
         if sock is not None:
@@ -120,10 +140,16 @@ class _Sending(threading.local):
 sending = _Sending()
 
 
+class Expirable(Protocol):
+    """What the watchdog can expire: a :class:`CallHandle`, or a :class:`Silence`."""
+
+    def expire(self) -> None: ...
+
+
 class _Watch:
     __slots__ = ("active", "deadline", "handle")
 
-    def __init__(self, deadline: float, handle: CallHandle) -> None:
+    def __init__(self, deadline: float, handle: Expirable) -> None:
         self.deadline = deadline
         self.handle = handle
         self.active = True
@@ -149,7 +175,7 @@ class Watchdog:
         self._cancelled = 0
         self._thread: Optional[threading.Thread] = None
 
-    def watch(self, deadline: float, handle: CallHandle) -> _Watch:
+    def watch(self, deadline: float, handle: Expirable) -> _Watch:
         """Expire ``handle`` at ``deadline`` (monotonic seconds) unless cancelled first."""
         entry = _Watch(deadline, handle)
         with self._cond:
@@ -206,6 +232,48 @@ class Watchdog:
 #: The process's one watchdog.
 WATCHDOG = Watchdog()
 reset_after_fork(WATCHDOG)
+
+
+class Silence:
+    """A read timeout kept by the watchdog instead of the socket, which can then block.
+
+    A socket with a timeout costs every read a ``poll`` before the ``recv``, and each of
+    the two gives up and takes back the GIL: under hundreds of streams that is most of an
+    event's cost. So the body is read from a blocking socket, the reader stamps
+    :attr:`last` before each read, and the watchdog looks ``seconds`` after the last
+    stamp: if no read began since, it breaks the connection (:attr:`fired`) and the
+    reader reports the read timeout the socket would have raised; otherwise it looks
+    again ``seconds`` after the newer stamp. One attribute store per read.
+    """
+
+    __slots__ = ("_connection", "_lock", "_stopped", "_watch", "fired", "handle", "last", "seconds")
+
+    def __init__(self, handle: CallHandle, connection: Any, seconds: float) -> None:
+        self.handle = handle
+        self.seconds = seconds
+        self.fired = False
+        self.last = time.monotonic()
+        self._connection = connection
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._watch = WATCHDOG.watch(self.last + seconds, self)
+
+    def expire(self) -> None:
+        """Called by the watchdog when the time is up, unless a read began since."""
+        with self._lock:  # stop() waits for this, so nothing is broken after the read ended
+            if self._stopped:
+                return
+            due = self.last + self.seconds
+            if time.monotonic() < due:
+                self._watch = WATCHDOG.watch(due, self)
+                return
+            self.fired = self.handle.interrupt(self._connection)
+
+    def stop(self) -> None:
+        """The body has been read (or the read failed): stop watching."""
+        with self._lock:
+            self._stopped = True
+        WATCHDOG.cancel(self._watch)
 
 
 #: Longest a wait before a retry sleeps before it looks at the call's handle again.

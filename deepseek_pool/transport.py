@@ -36,7 +36,7 @@ from urllib3.exceptions import (
 )
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
-from .calls import WATCHDOG, CallHandle, release_connection, sending
+from .calls import WATCHDOG, CallHandle, Silence, release_connection, sending
 from .errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -87,21 +87,22 @@ def request_id_of(headers: Mapping[str, str]) -> Optional[str]:
     return None
 
 
-def raw_pieces(raw: Any, deadline: float) -> Iterator[bytes]:
+def raw_pieces(raw: Any, deadline: float, handle: Optional[CallHandle] = None) -> Iterator[bytes]:
     """Yield the decoded body as it arrives, under the attempt's total deadline.
 
     Each piece is everything one read brought (all the events a socket holds, not one
     HTTP chunk at a time), and the deadline is checked between reads; a read that
-    blocks past it is broken by the watchdog (:mod:`deepseek_pool.calls`). When the
-    socket's read timeout could not fire before that deadline anyway, the socket is
-    made blocking for the body: one ``recv`` per read instead of ``poll`` + ``recv``,
-    so one GIL hand-off per read instead of two (the watchdog still ends it in time).
+    blocks past it is broken by the watchdog (:mod:`deepseek_pool.calls`). The socket
+    is made blocking for the body: one ``recv`` per read instead of ``poll`` + ``recv``,
+    so one GIL hand-off per read instead of two. The watchdog still ends it at the
+    deadline, and a read timeout shorter than the time left is kept by the watchdog too
+    (a :class:`~deepseek_pool.calls.Silence`, given the call's ``handle``); without a
+    handle such a socket keeps its timeout.
     """
     clock = time.monotonic
     if clock() >= deadline:
         raise APITimeoutError("the request's total deadline passed while waiting for the server")
-    if deadline != math.inf:
-        _block_within_deadline(raw, deadline - clock())
+    silence = _block_within_deadline(raw, deadline - clock(), handle) if deadline != math.inf else None
     fp = getattr(raw, "_fp", None)
     if raw.chunked and fp.__class__ is HTTPResponse and fp.fp is not None and not _encoded(raw):
         source: Iterator[bytes] = _dechunk(raw, fp)
@@ -110,10 +111,22 @@ def raw_pieces(raw: Any, deadline: float) -> Iterator[bytes]:
     else:
         read = getattr(raw, "read1", None) or raw.read
         source = iter(partial(read, _READ_SIZE, decode_content=True), b"")
-    for piece in source:
-        yield piece
-        if clock() >= deadline:
-            raise APITimeoutError("the request's total deadline passed while the server was still sending")
+    try:
+        for piece in source:
+            yield piece
+            now = clock()
+            if silence is not None:
+                silence.last = now  # the next read begins: the silence counts from here
+            if now >= deadline:
+                raise APITimeoutError("the request's total deadline passed while the server was still sending")
+    except Exception as err:
+        if silence is not None and silence.fired and not isinstance(err, DeepSeekError):
+            message = f"Read timed out: nothing for {silence.seconds:g} s (read timeout)"
+            raise ReadTimeoutError(None, None, message) from err  # type: ignore[arg-type]
+        raise
+    finally:
+        if silence is not None:
+            silence.stop()
 
 
 def _encoded(raw: Any) -> bool:
@@ -121,14 +134,28 @@ def _encoded(raw: Any) -> bool:
     return bool(encoding) and encoding.strip().lower() != "identity"
 
 
-def _block_within_deadline(raw: Any, remaining: float) -> None:
-    """Drop the socket's read timeout if it is no shorter than the time left before the deadline."""
-    sock = getattr(getattr(raw, "connection", None), "sock", None)
+def _block_within_deadline(raw: Any, remaining: float, handle: Optional[CallHandle]) -> Optional[Silence]:
+    """Make the socket blocking for the body; a read timeout shorter than ``remaining`` moves to the watchdog.
+
+    Returns the :class:`~deepseek_pool.calls.Silence` that keeps that read timeout, or
+    None when the timeout could not fire before the deadline anyway (or there is none).
+    Without a handle to break the connection through, a short timeout stays on the socket.
+    """
+    connection = getattr(raw, "connection", None)
+    sock = getattr(connection, "sock", None)
     if sock is None:
-        return
+        return None
     timeout = sock.gettimeout()
-    if timeout is not None and timeout >= remaining:
+    if timeout is None:
+        return None
+    if timeout >= remaining:
         sock.settimeout(None)
+        return None
+    if handle is None:
+        return None
+    silence = Silence(handle, connection, timeout)
+    sock.settimeout(None)
+    return silence
 
 
 def _dechunk(raw: Any, fp: HTTPResponse) -> Iterator[bytes]:
@@ -409,7 +436,7 @@ class ChatStream:
     def _chunks(self) -> Generator[ChatChunk, None, None]:
         raw = self.response.raw
         decoder = SSEDecoder()
-        pieces = raw_pieces(raw, self._attempt.deadline)
+        pieces = raw_pieces(raw, self._attempt.deadline, self._attempt.handle)
         loads = json.loads
         builder = self._builder
         try:
