@@ -188,7 +188,11 @@ def _decode(value: Any) -> Any:
 
 
 def fill(state: BudgetState, config: BudgetConfig, now: float) -> None:
-    """First use of a budget, or a budget whose configured limits changed."""
+    """First use of a budget, or a budget whose configured limits changed.
+
+    try_start and finish call it only when it has something to do; their guard lists the
+    three conditions below, so a new one must go there too.
+    """
     if state.budget_left < 0:
         state.budget_left = config.retry_budget or 0
     if config.tpm is not None:
@@ -230,9 +234,9 @@ def ungated(state: BudgetState, config: BudgetConfig, now: float) -> bool:
 def try_start(state: BudgetState, config: BudgetConfig, now: float, tokens: int, lease: Lease) -> float:
     """Admit a start (record its lease, return 0.0) or say how long to wait (inf: until a release).
 
-    This and :func:`finish` run once per call inside the storage's lock, so their common
-    path (no cap, no rpm or tpm) makes no function call but the lease's: a thread switched
-    out inside a lock every worker needs makes them all queue behind it.
+    This and :func:`finish` run once per call inside the storage's lock, so they make as
+    few function calls as they can: a thread switched out inside a lock every worker
+    needs makes them all queue behind it.
     """
     if state.budget_left < 0 or config.tpm is not None or state.cap > config.ceiling:  # else fill has nothing to do
         fill(state, config, now)
