@@ -350,20 +350,26 @@ def chart(path: Path, figures: Sequence[Figures], cells_: Sequence[Cell], meta: 
     axes[2].set_xticklabels(snames, rotation=30, ha="right")
     axes[2].set_title("streaming: client CPU per chunk, ms")
     axes[2].grid(axis="y", alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
-    m = meta["machine"]
     first = [f for f in figures if f.cell in cells]
     n = first[0] if first else None
-    fig.suptitle(
-        f"deepseek_pool vs peers — {m['date']}, {m['cpu']}, {m['cores']} cores, Python {m['python']}; "
-        f"non-streaming N={n and _n_of(meta, n.cell)}, L=50 ms; medians of {meta['reps']}",
-        fontsize=10,
-    )
-    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    title = f"deepseek_pool vs peers — {_machine(meta)}; non-streaming N={n and _n_of(meta, n.cell)}, L=50 ms"
+    _save(plt, fig, axes[0], path, f"{title}; medians of {meta['reps']}", bottom=0.12)
+    return True
+
+
+def _machine(meta: Dict[str, Any]) -> str:
+    m = meta["machine"]
+    return f"{m['date']}, {m['cpu']}, {m['cores']} cores, Python {m['python']}"
+
+
+def _save(plt: Any, fig: Any, legend_from: Any, path: Path, title: str, *, bottom: float) -> None:
+    """One legend for the figure (from one panel's bars), the title, and the PNG."""
+    handles, labels = legend_from.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, bottom, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
 
 
 def scale_chart(path: Path, figures: Sequence[Figures], cells_: Sequence[Cell], meta: Dict[str, Any]) -> bool:
@@ -409,17 +415,7 @@ def scale_chart(path: Path, figures: Sequence[Figures], cells_: Sequence[Cell], 
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     axes[1].set_ylim(0, 1.05)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
-    m = meta["machine"]
-    fig.suptitle(
-        f"At DeepSeek's scale — {m['date']}, {m['cpu']}, {m['cores']} cores, Python {m['python']}; "
-        f"medians of {meta['reps']}",
-        fontsize=10,
-    )
-    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, axes[0], path, f"At DeepSeek's scale — {_machine(meta)}; medians of {meta['reps']}", bottom=0.1)
     return True
 
 
