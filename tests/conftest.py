@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import threading
-from typing import Any, Iterator
+from typing import Any, Iterator, List
 
 import pytest
 
@@ -43,6 +44,19 @@ def no_leaked_threads() -> Iterator[None]:
         thread.join(timeout=5)
     still = [t.name for t in leaked if t.is_alive()]
     assert not still, f"threads left running: {still}"
+
+
+@pytest.fixture
+def children() -> Iterator[List[subprocess.Popen]]:
+    """Child processes a test starts: killed and reaped at its end, whatever happened."""
+    started: List[subprocess.Popen] = []
+    yield started
+    for child in started:
+        if child.poll() is None:
+            child.kill()
+        child.wait(timeout=10)
+        if child.stdout is not None:
+            child.stdout.close()
 
 
 @pytest.fixture(scope="session")

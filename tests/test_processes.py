@@ -15,7 +15,6 @@ import textwrap
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator, List
 
 import pytest
 
@@ -38,18 +37,6 @@ def child_env() -> dict:
 @pytest.fixture
 def budget_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'budget.db'}"
-
-
-@pytest.fixture
-def children() -> Iterator[List[subprocess.Popen]]:
-    started: List[subprocess.Popen] = []
-    yield started
-    for child in started:
-        if child.poll() is None:
-            child.kill()
-        child.wait(timeout=10)
-        if child.stdout is not None:
-            child.stdout.close()
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -77,13 +64,14 @@ SHARER = textwrap.dedent(
 )
 
 
-def test_three_processes_share_a_cap_of_six_and_use_it(budget_uri: str, tmp_path: Path, children: list) -> None:
+def three_processes_share_a_cap_of_six(uri: str, tmp_path: Path, children: list) -> None:
+    """Three processes of 6 workers each, one budget of 6 at ``uri``: the cap holds and is used."""
     go = tmp_path / "go"
     with FakeDeepSeek(latency=0.1) as fake:
         for _ in range(3):
             children.append(
                 subprocess.Popen(
-                    [sys.executable, "-c", SHARER, fake.base_url, budget_uri, str(go), "20"],
+                    [sys.executable, "-c", SHARER, fake.base_url, uri, str(go), "20"],
                     env=child_env(),
                     stdout=subprocess.PIPE,
                     text=True,
@@ -96,6 +84,10 @@ def test_three_processes_share_a_cap_of_six_and_use_it(budget_uri: str, tmp_path
         assert fake.stats.peak_concurrency <= 6  # three pools of 6 workers, one cap of 6
         assert fake.stats.peak_concurrency >= 5  # and the cap is used, not split
         assert fake.stats.requests == 60
+
+
+def test_three_processes_share_a_cap_of_six_and_use_it(budget_uri: str, tmp_path: Path, children: list) -> None:
+    three_processes_share_a_cap_of_six(budget_uri, tmp_path, children)
 
 
 HOLDER = textwrap.dedent(

@@ -31,7 +31,7 @@ from deepseek_pool.storage import MemoryStorage
 from deepseek_pool.testing import FakeDeepSeek
 
 from .redisserver import RedisServer, running_redis
-from .test_processes import _run_in_fork, child_env
+from .test_processes import HOLDER, _run_in_fork, child_env, three_processes_share_a_cap_of_six
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'deepseek-pool[redis]')")
 from deepseek_pool import redis_storage  # noqa: E402  (needs redis-py)
@@ -43,18 +43,6 @@ pytestmark = [
 ]
 
 KEY = "sk-redis-test"
-
-
-@pytest.fixture
-def children() -> Iterator[List[subprocess.Popen]]:
-    started: List[subprocess.Popen] = []
-    yield started
-    for child in started:
-        if child.poll() is None:
-            child.kill()
-        child.wait(timeout=10)
-        if child.stdout is not None:
-            child.stdout.close()
 
 
 @pytest.fixture
@@ -199,54 +187,9 @@ def test_the_core_imports_neither_redis_nor_the_redis_storage_unless_asked() -> 
 
 # -- real processes ------------------------------------------------------------------------------
 
-SHARER = textwrap.dedent(
-    """
-    import sys, time, os
-    import deepseek_pool as dp
-    base_url, uri, go, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    limiter = dp.Limiter(max_in_flight=6, storage=uri, name="shared")
-    client = dp.DeepSeekClient("sk-redis-test", base_url=base_url)
-    deadline = time.monotonic() + 20
-    while not os.path.exists(go) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    with dp.DeepSeekPool(client, max_workers=6, limiter=limiter) as pool:
-        results = pool.map(f"{os.getpid()} {i}" for i in range(n))
-    print(sum(r.ok for r in results), flush=True)
-    """
-)
-
 
 def test_three_processes_share_a_cap_of_six_and_use_it(redis_url: str, tmp_path: Path, children: list) -> None:
-    go = tmp_path / "go"
-    with FakeDeepSeek(latency=0.1) as fake:
-        for _ in range(3):
-            children.append(
-                subprocess.Popen(
-                    [sys.executable, "-c", SHARER, fake.base_url, redis_url, str(go), "20"],
-                    env=child_env(),
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-            )
-        time.sleep(1.0)  # let them import and connect
-        go.touch()
-        answered = [int(child.communicate(timeout=60)[0].strip()) for child in children]
-        assert answered == [20, 20, 20]
-        assert fake.stats.peak_concurrency <= 6  # three pools of 6 workers, one cap of 6
-        assert fake.stats.peak_concurrency >= 5  # and the cap is used, not split
-        assert fake.stats.requests == 60
-
-
-HOLDER = textwrap.dedent(
-    """
-    import sys, time
-    import deepseek_pool as dp
-    limiter = dp.Limiter(max_in_flight=3, storage=sys.argv[1], name="held", lease_seconds=float(sys.argv[2]))
-    permits = [limiter.acquire(timeout=5) for _ in range(3)]
-    print("held", flush=True)
-    time.sleep(60)
-    """
-)
+    three_processes_share_a_cap_of_six(redis_url, tmp_path, children)
 
 
 def test_a_killed_process_gives_its_slots_back_within_its_lease(redis_url: str, children: list) -> None:
