@@ -36,6 +36,7 @@ from typing import Any, Dict, Iterator, List, NamedTuple
 import pytest
 
 import deepseek_pool as dp
+from deepseek_pool import transport
 
 _INSTALL = (
     "install the llama tier with: "
@@ -227,6 +228,28 @@ def test_chat_stream_true_returns_the_aggregated_answer(client: dp.DeepSeekClien
     assert completion.content == "".join(chunk.content or "" for chunk in seen)
     assert completion.finish_reason in ("stop", "length")
     assert completion.content == client.chat("Say something about cats.", **GREEDY).content
+
+
+def test_the_default_timeouts_read_llama_cpps_stream_through_the_watched_read(
+    llama_server: LlamaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client's defaults (read 300 s < total 900 s) read a body from a blocking socket
+    # with the read timeout kept by the watchdog (calls.Silence): a real server's stream
+    # and plain answer come out as with Timeout(30).
+    watched: List[transport.Silence] = []
+
+    class CountedSilence(transport.Silence):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            watched.append(self)
+
+    monkeypatch.setattr(transport, "Silence", CountedSilence)
+    with dp.DeepSeekClient(KEY, base_url=llama_server.base_url, model=ALIAS, max_retries=0) as defaults:
+        streamed = defaults.chat("Count from one to five.", stream=True, **GREEDY)
+        plain = defaults.chat("Count from one to five.", **GREEDY)
+    assert len(watched) == 2 and not any(silence.fired for silence in watched)
+    with make_client(llama_server) as reference:
+        assert streamed.content == plain.content == reference.chat("Count from one to five.", **GREEDY).content
 
 
 def test_stream_then_plain_call_on_the_same_connection(client: dp.DeepSeekClient) -> None:
