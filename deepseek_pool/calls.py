@@ -2,7 +2,8 @@
 
 * :class:`CallControl` -- what the caller of one call hands down: the call's deadline,
   a cancel event, the abort handle, and the hooks a pool uses (every attempt started,
-  every response head seen, every retry before it is made, the wait before a retry);
+  every response head seen, a stream's first token, every retry before it is made, the
+  wait before a retry);
 * :class:`CallHandle` -- lets another thread abort the exchange; it knows only the
   connection its call holds at this moment (the connection pool takes it back);
 * :class:`Watchdog` -- one daemon thread that breaks an attempt's connection when the
@@ -322,6 +323,10 @@ class CallControl:
         :class:`~deepseek_pool.errors.APIStatusError` it makes (its message may name
         the account's concurrency cap); for a success, at the head, with None.
         """
+
+    def first_token(self, at: float) -> None:
+        """A streamed attempt's first chunk with content (or reasoning) arrived at ``at``
+        (``time.monotonic()``). It may run on the stream reader's thread: keep it short."""
 
     def before_retry(self, event: RetryEvent) -> None:
         """A retry is about to be waited for; raise RetryBudgetExceeded to refuse it."""

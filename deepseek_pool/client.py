@@ -53,6 +53,7 @@ from .errors import (
 from .forks import reset_after_fork
 from .messages import Messages, build_chat_body, header_problem, normalize_messages
 from .models import DEFAULT_MODEL
+from .reader import READER
 from .retry import DeepSeekRetry
 from .transport import (
     GENUINE_SEND,
@@ -132,6 +133,11 @@ class DeepSeekClient:
     :param rate_limit_group: sent as ``X-RateLimit-Group`` on every request.
     :param session: a ``requests.Session`` to use (its adapters, proxies, certificates
         and headers apply; it is not closed by :meth:`close`).
+    :param shared_stream_reader: read streams that nobody watches chunk by chunk
+        (``chat(stream=True)`` without ``on_chunk``, a pool's streams without its
+        ``on_chunk``) on the process's one stream reader thread, which serves every
+        readable socket per wake-up, while the calling thread sleeps until the answer
+        is whole (see :mod:`deepseek_pool.reader`). False reads each in its calling thread.
     """
 
     def __init__(
@@ -149,6 +155,7 @@ class DeepSeekClient:
         rate_limit_group: Optional[str] = None,
         session: Optional[requests.Session] = None,
         beta_url: Optional[str] = None,
+        shared_stream_reader: bool = True,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(config.ENV_API_KEY)
         if not key:
@@ -228,6 +235,7 @@ class DeepSeekClient:
         reset_after_fork(self)
         self.beta_url = self._normalize_base_url(beta_url) if beta_url else self._default_beta_url(self.base_url)
         self._fim_url = self.beta_url + "/completions"
+        self.shared_stream_reader = bool(shared_stream_reader) and READER.available
         self._beta_chat_url = self.beta_url + "/chat/completions"
 
     @staticmethod
@@ -447,7 +455,7 @@ class DeepSeekClient:
                 timeout=timeout,
                 control=control,
                 stream=True,
-                parse=partial(self._aggregate, on_chunk, restart_streams),
+                parse=partial(self._aggregate, on_chunk, restart_streams, control),
             )
         return self._call(  # type: ignore[no-any-return]
             "POST", url, body, timeout=timeout, control=control, parse=self._parse_chat
@@ -462,11 +470,15 @@ class DeepSeekClient:
         self,
         on_chunk: Optional[ChunkCallback],
         restart: bool,
+        control: Optional[CallControl],
         data: Optional[bytes],
         response: requests.Response,
         attempt: Attempt,
     ) -> ChatCompletion:
-        stream = ChatStream(response, attempt)
+        # Nobody watches the chunks: the shared reader may read them while this thread sleeps.
+        reader = READER if on_chunk is None and self.shared_stream_reader else None
+        first_token = control.first_token if control is not None else None
+        stream = ChatStream(response, attempt, reader=reader, on_first_token=first_token)
         delivered = False
         try:
             with stream:

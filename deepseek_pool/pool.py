@@ -298,7 +298,7 @@ class DeepSeekPool:
         result.started_at = begun
         result.queued = begun - start
         control = PoolCall(
-            self, permit, tokens, None if call_timeout is None else start + call_timeout, cancelled, drain
+            self, permit, tokens, None if call_timeout is None else start + call_timeout, cancelled, drain, result
         )
         handle = control.handle
         completion: Any = None
@@ -311,7 +311,7 @@ class DeepSeekPool:
                 fim_params = dict(params)
                 completion = self.client.fim(messages, fim_params.pop("suffix", None), control=control, **fim_params)
             elif params.get("stream"):
-                completion = self._stream(result, messages, dict(params), control, begun, endpoint == "beta")
+                completion = self._stream(result, messages, dict(params), control, endpoint == "beta")
             else:
                 completion = self.client.chat(messages, control=control, beta=endpoint == "beta", **params)
             return completion
@@ -345,20 +345,14 @@ class DeepSeekPool:
         messages: Messages,
         params: Dict[str, Any],
         control: CallControl,
-        begun: float,
         beta: bool = False,
     ) -> ChatCompletion:
         params.pop("stream")
         user_callback = self.on_chunk
-
-        def on_chunk(chunk: ChatChunk) -> None:
-            if result.first_token is None and (chunk.content or chunk.reasoning_content):
-                result.first_token = time.monotonic() - begun
-            if user_callback is not None:
-                user_callback(result, chunk)
-
-        # Without a user callback only the first-token clock watches the chunks, so a
-        # broken stream may be retried from the start.
+        # The control records the first token (PoolCall.first_token). Without a user
+        # callback nobody watches the chunks: the client's shared reader may read them,
+        # and a broken stream may be retried from the start.
+        on_chunk = None if user_callback is None else partial(user_callback, result)
         return self.client.chat(
             messages,
             stream=True,

@@ -18,6 +18,7 @@ from .errors import APIStatusError, APITimeoutError
 from .limits import Permit
 
 if TYPE_CHECKING:
+    from .items import Result
     from .pool import DeepSeekPool
 
 __all__ = ["Drain", "DrainStopped", "PoolCall"]
@@ -59,8 +60,10 @@ class PoolCall(CallControl):
         deadline: Optional[float],
         cancelled: threading.Event,
         drain: Optional[Drain] = None,
+        result: Optional[Result] = None,
     ) -> None:
         super().__init__(deadline=deadline, cancelled=cancelled)
+        self.result = result
         self.drain = drain
         self.pool = pool
         self.limiter = pool.limiter
@@ -83,6 +86,11 @@ class PoolCall(CallControl):
                 self._requeue = signal.concurrency
         elif status in self.pool.stop_on:
             self.pool._note_stop(status)
+
+    def first_token(self, at: float) -> None:
+        result = self.result
+        if result is not None and result.first_token is None and result.started_at is not None:
+            result.first_token = at - result.started_at  # the first attempt's, if a stream restarts
 
     def check(self) -> None:
         super().check()

@@ -17,8 +17,9 @@ import math
 import time
 from functools import partial
 from http.client import HTTPException, HTTPResponse
+from inspect import GEN_CREATED, getgeneratorstate
 from socket import timeout as timeout_error
-from typing import Any, Dict, Generator, Iterator, Mapping, Optional
+from typing import Any, Callable, Dict, Generator, Iterator, Mapping, Optional
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -28,15 +29,14 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
-    InvalidChunkLength,
     MaxRetryError,
     NewConnectionError,
-    ProtocolError,
     ReadTimeoutError,
 )
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
 from .calls import WATCHDOG, CallHandle, Silence, release_connection, sending
+from .chunked import Dechunker
 from .errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -64,8 +64,6 @@ __all__ = [
 ]
 
 _READ_SIZE = 65536
-#: a chunk-size line longer than this is not HTTP chunked framing
-_MAX_CHUNK_LINE = 4096
 #: bytes asked of one read of a chunked body: ``read1`` allocates them while it blocks, so a
 #: thread waiting for the next event holds this much (8 KiB, the socket file's own buffer size)
 _CHUNKED_READ_SIZE = 8192
@@ -100,11 +98,9 @@ def raw_pieces(raw: Any, deadline: float, handle: Optional[CallHandle] = None) -
     handle such a socket keeps its timeout.
     """
     clock = time.monotonic
-    if clock() >= deadline:
-        raise APITimeoutError("the request's total deadline passed while waiting for the server")
-    silence = _block_within_deadline(raw, deadline - clock(), handle) if deadline != math.inf else None
-    fp = getattr(raw, "_fp", None)
-    if raw.chunked and fp.__class__ is HTTPResponse and fp.fp is not None and not _encoded(raw):
+    silence = body_begins(raw, deadline, handle)
+    fp = plain_chunked(raw)
+    if fp is not None:
         source: Iterator[bytes] = _dechunk(raw, fp)
     elif raw.chunked and raw.supports_chunked_reads():
         source = raw.read_chunked(None, decode_content=True)  # gzip or deflate: urllib3 decodes
@@ -120,13 +116,45 @@ def raw_pieces(raw: Any, deadline: float, handle: Optional[CallHandle] = None) -
             if now >= deadline:
                 raise APITimeoutError("the request's total deadline passed while the server was still sending")
     except Exception as err:
-        if silence is not None and silence.fired and not isinstance(err, DeepSeekError):
-            message = f"Read timed out: nothing for {silence.seconds:g} s (read timeout)"
-            raise ReadTimeoutError(None, None, message) from err  # type: ignore[arg-type]
+        silent = silence_error(silence, err)
+        if silent is not None:
+            raise silent from err
         raise
     finally:
         if silence is not None:
             silence.stop()
+
+
+def body_begins(raw: Any, deadline: float, handle: Optional[CallHandle]) -> Optional[Silence]:
+    """The body is about to be read: check the deadline, make the socket block (see :func:`raw_pieces`).
+
+    Returns the :class:`~deepseek_pool.calls.Silence` that keeps a read timeout shorter
+    than the time left, if there is one; the caller stops it when the body is over.
+    """
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise APITimeoutError("the request's total deadline passed while waiting for the server")
+    return _block_within_deadline(raw, remaining, handle) if deadline != math.inf else None
+
+
+def silence_error(silence: Optional[Silence], err: BaseException) -> Optional[ReadTimeoutError]:
+    """The read timeout ``err`` really is, when the watchdog broke a silent read; else None."""
+    if silence is None or not silence.fired or isinstance(err, DeepSeekError):
+        return None
+    message = f"Read timed out: nothing for {silence.seconds:g} s (read timeout)"
+    return ReadTimeoutError(None, None, message)  # type: ignore[arg-type]
+
+
+def plain_chunked(raw: Any) -> Optional[HTTPResponse]:
+    """The http.client response under ``raw`` when its body is chunked and not encoded, else None.
+
+    Such a body is read straight off the socket file, its framing stripped by
+    :class:`~deepseek_pool.chunked.Dechunker`; others go through urllib3.
+    """
+    fp = getattr(raw, "_fp", None)
+    if raw.chunked and fp.__class__ is HTTPResponse and fp.fp is not None and not _encoded(raw):
+        return fp
+    return None
 
 
 def _encoded(raw: Any) -> bool:
@@ -164,16 +192,13 @@ def _dechunk(raw: Any, fp: HTTPResponse) -> Iterator[bytes]:
     urllib3's ``read_chunked`` makes a generator step, a ``readline`` and two
     ``_safe_read`` calls per HTTP chunk, and servers stream one event per chunk. This
     reads whatever the socket holds (``read1``: the buffered bytes, else one ``recv``)
-    and strips the framing of every chunk in it. At the terminating chunk it reads the
-    trailers, closes the response and gives the connection back to urllib3's pool, as
-    ``read_chunked`` does; any bytes past the body close the connection instead.
+    and strips the framing of every chunk in it (:class:`~deepseek_pool.chunked.Dechunker`).
+    At the terminating chunk it reads the trailers, closes the response and gives the
+    connection back to urllib3's pool, as ``read_chunked`` does; any bytes past the body
+    close the connection instead.
     """
     read1 = fp.fp.read1
-    buf = b""
-    pos = 0  # where the unparsed bytes of buf start
-    left = 0  # payload bytes of the current chunk still to come
-    skip = 0  # bytes of the CRLF after a chunk's payload still to skip
-    trailers = False  # the last chunk was seen: only trailer lines and the blank line remain
+    framing = Dechunker(raw)
     finished = False  # the connection went back to the pool (or was closed): hands off
     try:
         while not finished:
@@ -181,62 +206,18 @@ def _dechunk(raw: Any, fp: HTTPResponse) -> Iterator[bytes]:
                 data = read1(_CHUNKED_READ_SIZE)
             except timeout_error as err:
                 raise ReadTimeoutError(None, None, f"Read timed out. ({err})") from err  # type: ignore[arg-type]
-            if not data:
-                if not trailers:
-                    raise ProtocolError("Response ended prematurely")
-                finished = _finish(raw, fp, reuse=True)  # no final CRLF: urllib3 allows it too
-                break
-            buf = buf[pos:] + data if pos < len(buf) else data
-            pos = 0
-            end = len(buf)
-            out = []
-            while pos < end:
-                if left:
-                    take = left if left <= end - pos else end - pos
-                    out.append(buf[pos : pos + take] if pos or take != end else buf)
-                    pos += take
-                    left -= take
-                    if left:
-                        break
-                    skip = 2
-                if skip:
-                    take = skip if skip <= end - pos else end - pos
-                    pos += take
-                    skip -= take
-                    if skip:
-                        break
-                eol = buf.find(b"\n", pos)
-                if eol < 0:
-                    if end - pos > _MAX_CHUNK_LINE:
-                        raise InvalidChunkLength(raw, buf[pos : pos + 40])
-                    break
-                line = buf[pos:eol]
-                pos = eol + 1
-                if trailers:
-                    if line.strip():
-                        continue  # a trailer field: ignored, as urllib3 ignores them
-                    # The body is whole. Bytes after it would belong to no response: then
-                    # the connection is closed rather than reused.
-                    finished = _finish(raw, fp, reuse=pos == end)
-                    break
-                try:
-                    size = int(line.split(b";", 1)[0], 16)
-                except ValueError:
-                    raise InvalidChunkLength(raw, line) from None
-                if size < 0:
-                    raise InvalidChunkLength(raw, line)
-                if size == 0:
-                    trailers = True
-                left = size
-            if out:
-                yield out[0] if len(out) == 1 else b"".join(out)
+            payload = framing.feed(data) if data else framing.end()
+            if framing.done:
+                finished = finish_chunked(raw, fp, reuse=framing.clean)
+            if payload:
+                yield payload
     except BaseException:
         if not finished:
             raw.close()  # a body not read to its end: the connection is not reused
         raise
 
 
-def _finish(raw: Any, fp: HTTPResponse, *, reuse: bool) -> bool:
+def finish_chunked(raw: Any, fp: HTTPResponse, *, reuse: bool) -> bool:
     """The chunked body was read to its end: close it and give the connection back (or close it)."""
     if reuse:
         fp.close()
@@ -411,6 +392,10 @@ def wrap_response(raw: Any, url: str, adapter: HTTPAdapter) -> requests.Response
     return response
 
 
+#: What :meth:`ChatStream._chunk` returns for ``data: [DONE]``.
+DONE: Any = object()
+
+
 class ChatStream:
     """A streamed chat answer: iterate for :class:`ChatChunk`, one per server event.
 
@@ -423,65 +408,131 @@ class ChatStream:
     closed after :data:`STREAM_END_GRACE`, not waited for), and so does the end of the
     body, clean or broken. A body that ends, breaks or sends ``[DONE]`` before any
     ``finish_reason`` (a server cutting the answer short) raises :class:`APIConnectionError`.
+
+    :param reader: a :class:`~deepseek_pool.reader.StreamReader` that :meth:`completion`
+        hands a body nobody iterated to, so the calling thread sleeps until the end
+        instead of waking for every event. Iterating reads in the calling thread.
+    :param on_first_token: called once, with ``time.monotonic()``, when the first chunk
+        with content (or reasoning) arrives.
     """
 
-    def __init__(self, response: requests.Response, attempt: Attempt) -> None:
+    def __init__(
+        self,
+        response: requests.Response,
+        attempt: Attempt,
+        *,
+        reader: Any = None,
+        on_first_token: Optional[Callable[[float], None]] = None,
+    ) -> None:
         self.response = response
         self.request_id = request_id_of(response.headers)
         self._attempt = attempt
         self._builder = ChatCompletionBuilder()
+        self._reader = reader
+        self._on_first_token = on_first_token
         self._iterator = self._chunks()
         self._closed = False
+        self._decoder = SSEDecoder()
+
+    @property
+    def attempt(self) -> Attempt:
+        return self._attempt
 
     def _chunks(self) -> Generator[ChatChunk, None, None]:
-        raw = self.response.raw
-        decoder = SSEDecoder()
-        pieces = raw_pieces(raw, self._attempt.deadline, self._attempt.handle)
-        loads = json.loads
-        builder = self._builder
+        decoder = self._decoder
+        pieces = raw_pieces(self.response.raw, self._attempt.deadline, self._attempt.handle)
+        convert = self._chunk
+        done = False
         try:
             for piece in pieces:
                 for event in decoder.feed(piece):
-                    data = event.data
-                    if data == "[DONE]":
-                        self._drain(pieces)
-                        if builder.finish_reason is None:
-                            raise APIConnectionError(
-                                "the stream sent 'data: [DONE]' before any finish_reason (the server cut it short)"
-                            )
-                        return
-                    if not data:
+                    chunk = convert(event.data)
+                    if chunk is None:
                         continue
-                    try:
-                        payload = loads(data)
-                    except ValueError as err:
-                        raise APIConnectionError(f"the stream sent an event that is not JSON: {data[:200]!r}") from err
-                    if payload.__class__ is dict and "error" in payload and not payload.get("choices"):
-                        raise self._stream_error(payload)
-                    try:
-                        chunk = ChatChunk(payload)
-                        builder.add(chunk)
-                    except (ValueError, TypeError, AttributeError) as err:
-                        raise APIResponseValidationError(
-                            f"the stream sent an event that is not a chat chunk: {data[:200]!r}",
-                            status_code=self.response.status_code,
-                            body=payload,
-                            request_id=self.request_id,
-                        ) from err
+                    if chunk is DONE:
+                        done = True
+                        break
                     yield chunk
+                if done:
+                    self._drain(pieces)
+                    break
         except Exception as err:
-            self.close()
-            if builder.finish_reason is not None and not isinstance(err, APIStatusError):
-                return  # the answer was complete; only the end of the body went wrong
-            if isinstance(err, DeepSeekError) and not (isinstance(err, APITimeoutError) or self._attempt.expired):
-                raise
-            translated = self._attempt.translate(err)
-            if type(translated) is APIConnectionError:
-                translated = APIConnectionError(f"the stream broke before any finish_reason: {err}")
-            raise translated from err
+            self._broke(err)
+            return
+        self._ended(done)
+
+    def feed(self, payload: bytes) -> bool:
+        """Add the events in ``payload`` (body bytes) to the answer; True at ``[DONE]`` (the rest is ignored).
+
+        For a reader that reads the body elsewhere (:mod:`deepseek_pool.reader`); raises what
+        iterating would have raised.
+        """
+        convert = self._chunk
+        for event in self._decoder.feed(payload):  # noqa: SIM110 -- a loop makes no generator per read
+            if convert(event.data) is DONE:
+                return True
+        return False
+
+    def _chunk(self, data: str) -> Optional[ChatChunk]:
+        """One event's data as a chunk added to the answer; :data:`DONE`, or None for an empty event."""
+        if data == "[DONE]":
+            return DONE  # type: ignore[no-any-return]
+        if not data:
+            return None
+        try:
+            payload = json.loads(data)
+        except ValueError as err:
+            raise APIConnectionError(f"the stream sent an event that is not JSON: {data[:200]!r}") from err
+        if payload.__class__ is dict and "error" in payload and not payload.get("choices"):
+            raise self._stream_error(payload)
+        try:
+            chunk = ChatChunk(payload)
+            self._builder.add(chunk)
+        except (ValueError, TypeError, AttributeError) as err:
+            raise APIResponseValidationError(
+                f"the stream sent an event that is not a chat chunk: {data[:200]!r}",
+                status_code=self.response.status_code,
+                body=payload,
+                request_id=self.request_id,
+            ) from err
+        if self._on_first_token is not None and (chunk.content or chunk.reasoning_content):
+            self._on_first_token(time.monotonic())
+            self._on_first_token = None
+        return chunk
+
+    def _ended(self, done: bool) -> None:
+        """The body was read (to ``[DONE]`` when ``done``): the answer must be whole."""
         self.close()
-        if builder.finish_reason is None:
+        if self._builder.finish_reason is None:
+            if done:
+                raise APIConnectionError(
+                    "the stream sent 'data: [DONE]' before any finish_reason (the server cut it short)"
+                )
             raise APIConnectionError("the stream ended before any finish_reason (connection closed by the server)")
+
+    def _broke(self, err: Exception) -> None:
+        """Reading failed with ``err``: fine if the answer was already whole, else raise what it means."""
+        self.close()
+        if self._builder.finish_reason is not None and not isinstance(err, APIStatusError):
+            return  # the answer was complete; only the end of the body went wrong
+        if isinstance(err, DeepSeekError) and not (isinstance(err, APITimeoutError) or self._attempt.expired):
+            raise err
+        translated = self._attempt.translate(err)
+        if type(translated) is APIConnectionError:
+            translated = APIConnectionError(f"the stream broke before any finish_reason: {err}")
+        raise translated from err
+
+    def _elsewhere(self, reader: Any) -> Generator[ChatChunk, None, None]:
+        """Have ``reader`` read the whole body while this thread sleeps; read it here if it cannot."""
+        try:
+            done = reader.read(self)
+        except Exception as err:
+            self._broke(err)
+            return
+        if done is None:
+            yield from self._chunks()  # not a body the reader takes
+            return
+        self._ended(done)
 
     def _drain(self, pieces: Iterator[bytes]) -> None:
         """Read the end of the body quickly so the connection can be reused, else close it."""
@@ -513,6 +564,9 @@ class ChatStream:
 
     def completion(self) -> ChatCompletion:
         """Consume what is left and return the whole answer as one :class:`ChatCompletion`."""
+        reader = self._reader
+        if reader is not None and not self._closed and getgeneratorstate(self._iterator) == GEN_CREATED:
+            self._iterator = self._elsewhere(reader)
         for _ in self:
             pass
         return self._builder.build(self.request_id)

@@ -1,7 +1,8 @@
 """The call path's invariants, stated once and checked over faults x entry points.
 
-Every cell is one call through one entry point (``client.chat``, ``chat(stream=True)``,
-iterating ``chat_stream``, ``pool.submit``, ``pool.as_completed``) against a RawServer
+Every cell is one call through one entry point (``client.chat``, ``chat(stream=True)`` read
+by the shared stream reader and by its own thread, iterating ``chat_stream``, ``pool.submit``,
+``pool.as_completed``) against a RawServer
 that scripts one fault on 127.0.0.1. :func:`check_invariants` holds for every cell
 (attempts within ``max_retries + 1``, wall time within ``call_timeout``, no attempt
 started after it, at most one connection per attempt, only ``DeepSeekError`` escapes,
@@ -364,7 +365,7 @@ class Outcome:
 
 
 def _stream_mode(fault: Fault, entry: str) -> bool:
-    if entry in ("chat_stream_true", "chat_stream_iter"):
+    if entry.startswith("chat_stream"):
         return True
     if entry.startswith("pool"):
         return fault.only == "stream"  # the pool streams when the fault needs it
@@ -378,6 +379,9 @@ def _run_entry(client: dp.DeepSeekClient, entry: str, stream: bool, outcome: Out
         if entry == "chat":
             outcome.content = client.chat(MESSAGE).content
         elif entry == "chat_stream_true":
+            outcome.content = client.chat(MESSAGE, stream=True).content
+        elif entry == "chat_stream_own_thread":  # aggregated by the calling thread, not the shared reader
+            client.shared_stream_reader = False
             outcome.content = client.chat(MESSAGE, stream=True).content
         elif entry == "chat_stream_iter":
             with client.chat_stream(MESSAGE) as chat_stream:
@@ -599,14 +603,14 @@ def check_expectations(fault: Fault, entry: str, outcome: Outcome) -> List[str]:
 
 # --- the matrix ----------------------------------------------------------------------------------------
 
-ENTRIES = ["chat", "chat_stream_true", "chat_stream_iter", "pool_submit", "pool_as_completed"]
+ENTRIES = ["chat", "chat_stream_true", "chat_stream_own_thread", "chat_stream_iter", "pool_submit", "pool_as_completed"]
 
 
 def _cells() -> Iterator[Any]:
     for fault in FAULTS:
         for entry in ENTRIES:
             cell = f"{fault.name}/{entry}"
-            streaming = entry in ("chat_stream_true", "chat_stream_iter")
+            streaming = entry.startswith("chat_stream")
             reason = None
             if fault.only == "stream" and entry == "chat":
                 reason = "skip-sse-fault-needs-a-streaming-request"

@@ -31,12 +31,13 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NamedTuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 
 import pytest
 
 import deepseek_pool as dp
 from deepseek_pool import transport
+from deepseek_pool.reader import READER
 
 _INSTALL = (
     "install the llama tier with: "
@@ -250,6 +251,33 @@ def test_the_default_timeouts_read_llama_cpps_stream_through_the_watched_read(
     assert len(watched) == 2 and not any(silence.fired for silence in watched)
     with make_client(llama_server) as reference:
         assert streamed.content == plain.content == reference.chat("Count from one to five.", **GREEDY).content
+
+
+def test_the_shared_reader_reads_llama_cpps_streams(
+    llama_server: LlamaServer, client: dp.DeepSeekClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Streams aggregated by the shared stream reader (deepseek_pool.reader) from a real
+    # server's chunked SSE bodies answer as the same streams read by their own thread.
+    # llama-cpp-python reuses the previous prompt's cache, and a 270M model's greedy answer
+    # can change with it: each compared pair starts from the same previous prompt.
+    taken: List[Optional[bool]] = []
+    real = READER.read
+    monkeypatch.setattr(READER, "read", lambda stream: taken.append(real(stream)) or taken[-1])
+    with make_client(llama_server) as own_thread:
+        own_thread.shared_stream_reader = False
+        for i in range(3):
+            prompt = f"Say the number {i}."
+            client.chat("Reset.", max_tokens=1, temperature=0)
+            shared = client.chat(prompt, stream=True, **GREEDY)
+            client.chat("Reset.", max_tokens=1, temperature=0)
+            assert shared.content == own_thread.chat(prompt, stream=True, **GREEDY).content
+            assert shared.finish_reason in ("stop", "length")
+    assert taken == [True] * 3  # each read by the reader to llama-cpp-python's [DONE]
+    taken.clear()
+    with dp.DeepSeekPool(client, max_workers=3) as pool:  # several at once, from the pool
+        results = pool.map({"prompt": f"Say the number {i}.", "stream": True, **GREEDY} for i in range(6))
+    assert all(r.ok and r.completion and r.completion.content.strip() for r in results), [r.error for r in results]
+    assert all(r.first_token is not None for r in results) and taken == [True] * 6
 
 
 def test_stream_then_plain_call_on_the_same_connection(client: dp.DeepSeekClient) -> None:

@@ -182,7 +182,7 @@ def test_an_unknown_storage_scheme_says_which_exist() -> None:
 # -- forks -------------------------------------------------------------------------------------
 
 
-def _run_in_fork(body, timeout: float = 30.0) -> int:  # type: ignore[no-untyped-def]
+def run_in_fork(body, timeout: float = 30.0) -> int:  # type: ignore[no-untyped-def]
     """Run ``body()`` in a forked child; return its exit status (0: body returned True)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() of a threaded process
@@ -224,7 +224,7 @@ def test_a_client_pool_and_limiter_made_before_a_fork_work_in_the_child(storage:
                 stats = pool.stats
                 return all(r.ok for r in results) and stats.in_flight == 0
 
-            assert _run_in_fork(child) == 0
+            assert run_in_fork(child) == 0
             limiter.release(held)
             assert all(r.ok for r in pool.map(["parent again"] * 4))  # the parent is untouched
         assert limiter.stats.in_flight == 0
@@ -239,6 +239,6 @@ def test_the_childs_memory_budget_forgets_the_parents_calls() -> None:
         permits = [limiter.acquire(timeout=1), limiter.acquire(timeout=1)]  # the parent's two are not here
         return len(permits) == 2
 
-    assert _run_in_fork(child) == 0
+    assert run_in_fork(child) == 0
     for permit in held:
         limiter.release(permit)

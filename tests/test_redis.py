@@ -31,7 +31,7 @@ from deepseek_pool.storage import MemoryStorage
 from deepseek_pool.testing import FakeDeepSeek
 
 from .redisserver import RedisServer, running_redis
-from .test_processes import HOLDER, _run_in_fork, child_env, three_processes_share_a_cap_of_six
+from .test_processes import HOLDER, child_env, run_in_fork, three_processes_share_a_cap_of_six
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'deepseek-pool[redis]')")
 from deepseek_pool import redis_storage  # noqa: E402  (needs redis-py)
@@ -282,7 +282,7 @@ def test_a_limiter_made_before_a_fork_works_in_the_child(redis_url: str) -> None
                 results = pool.map([f"child {i}" for i in range(12)])
                 return all(r.ok for r in results) and pool.limiter.stats.in_flight == 1
 
-            assert _run_in_fork(child) == 0
+            assert run_in_fork(child) == 0
             limiter.release(held)
             assert all(r.ok for r in pool.map(["parent again"] * 4))
         assert limiter.stats.in_flight == 0

@@ -35,18 +35,31 @@ def event(content: str, finish: Any = None) -> bytes:
 DONE = chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
 
 
-def client_for(url: str, retries: int = 0) -> dp.DeepSeekClient:
+def client_for(url: str, retries: int = 0, shared_reader: bool = True) -> dp.DeepSeekClient:
     retry = dp.DeepSeekRetry(retries, backoff_factor=0.01, backoff_jitter=0)
-    return dp.DeepSeekClient(KEY, base_url=url, timeout=dp.Timeout(30, read=READ), max_retries=retry)
+    return dp.DeepSeekClient(
+        KEY, base_url=url, timeout=dp.Timeout(30, read=READ), max_retries=retry, shared_stream_reader=shared_reader
+    )
 
 
-def test_a_stream_that_goes_silent_ends_within_its_read_timeout() -> None:
+#: How a stream is read: iterated by its caller, aggregated by the shared reader, or aggregated in its thread.
+READS = ["iterated", "shared-reader", "own-thread"]
+
+
+def read_stream(url: str, how: str, retries: int = 0) -> str:
+    if how == "iterated":
+        with client_for(url, retries).chat_stream("x") as stream:
+            return "".join(chunk.content or "" for chunk in stream)
+    return client_for(url, retries, shared_reader=how == "shared-reader").chat("x", stream=True).content
+
+
+@pytest.mark.parametrize("how", READS)
+def test_a_stream_that_goes_silent_ends_within_its_read_timeout(how: str) -> None:
     server = RawServer(script([sse_head() + event("a") + event("b"), ("sleep", 10)]))
     with server:
         started = time.monotonic()
         with pytest.raises(dp.APITimeoutError, match="read timeout"):
-            for _ in client_for(server.url).chat_stream("x"):
-                pass
+            read_stream(server.url, how)
         took = time.monotonic() - started
     assert READ <= took < READ + 1.0
 
@@ -62,13 +75,13 @@ def test_a_plain_body_that_goes_silent_ends_within_its_read_timeout() -> None:
     assert READ <= took < READ + 1.0
 
 
-def test_keep_alive_lines_and_slow_events_are_not_silence() -> None:
+@pytest.mark.parametrize("how", READS)
+def test_keep_alive_lines_and_slow_events_are_not_silence(how: str) -> None:
     # Three times the read timeout in all, never READ without a byte.
     keep_alive = ("trickle", chunk(b": keep-alive\n\n"), READ / 3, 9)
     server = RawServer(script([sse_head() + event("a"), keep_alive, event("b", "stop"), DONE]))
     with server:
-        completion = client_for(server.url).chat("x", stream=True)
-    assert completion.content == "ab" and completion.finish_reason == "stop"
+        assert read_stream(server.url, how) == "ab"
 
 
 def test_a_consumer_slower_than_the_read_timeout_is_not_silence() -> None:
@@ -81,14 +94,16 @@ def test_a_consumer_slower_than_the_read_timeout_is_not_silence() -> None:
     assert "".join(seen) == "abc"
 
 
-def test_the_retry_after_a_silent_attempt_runs_undisturbed() -> None:
+@pytest.mark.parametrize("how", READS[1:])
+def test_the_retry_after_a_silent_attempt_runs_undisturbed(how: str) -> None:
     # The first connection goes silent; the second one is slow but alive for longer than
     # the first attempt's silence watch would have lasted: nothing breaks it.
     alive = [sse_head() + event("a"), ("trickle", chunk(b": ping\n\n"), READ / 4, 10), event("b", "stop"), DONE]
     server = RawServer(sequence(script([sse_head(), ("sleep", 10)]), script(alive)))
     retries: List[dp.RetryEvent] = []
     with server:
-        completion = client_for(server.url, retries=1).chat("x", stream=True, on_retry=retries.append)
+        client = client_for(server.url, retries=1, shared_reader=how == "shared-reader")
+        completion = client.chat("x", stream=True, on_retry=retries.append)
     assert completion.content == "ab"
     assert server.requests == 2 and [event.kind for event in retries] == ["timeout"]
 

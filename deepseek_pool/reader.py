@@ -1,0 +1,282 @@
+"""The shared stream reader: one thread reads the bodies of every aggregated stream.
+
+A streamed answer read by its own thread costs a thread wake-up per event: the
+``recv`` returns, the thread takes the GIL, decodes one event, and blocks again.
+DeepSeek sends an event every few milliseconds per stream, so with hundreds of
+streams most of an event's CPU is those wake-ups, not the decoding. An event loop
+pays one wake-up for every socket that became readable meanwhile.
+
+When nobody looks at the chunks as they come (``chat(stream=True)`` without
+``on_chunk``, and a pool's streams without its ``on_chunk``), the calling thread hands
+the body to :data:`READER` and sleeps until the answer is whole. The reader's one
+thread waits on an ``epoll`` set of every such socket, and for each that is readable
+reads what it holds, strips the chunked framing and adds the events to its answer
+(:meth:`~deepseek_pool.transport.ChatStream.feed`). Every guarantee of a stream read
+in its own thread holds, by the same code: the watchdog still ends an attempt at its
+deadline and a silent read at its read timeout (it breaks the connection, and the
+reader sees the socket end), an abort still breaks only its own call's connection,
+``[DONE]`` still gets :data:`~deepseek_pool.transport.STREAM_END_GRACE`, and a body
+read to its end gives its connection back to the pool.
+
+Only bodies that :func:`~deepseek_pool.transport.plain_chunked` accepts on platforms
+with ``epoll`` (Linux) are taken; the others are read by the calling thread as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+from .calls import WATCHDOG, Silence
+from .chunked import Dechunker
+from .errors import APITimeoutError
+from .forks import reset_after_fork
+from .transport import STREAM_END_GRACE, ChatStream, body_begins, finish_chunked, plain_chunked, silence_error
+
+__all__ = ["READER", "StreamReader"]
+
+#: Bytes asked of one ``recv``: what the socket file would have read at once.
+READ_SIZE = 8192
+_EPOLL = getattr(select, "epoll", None)
+_READABLE = getattr(select, "EPOLLIN", 1)
+
+try:
+    from ssl import SSLWantReadError
+except ImportError:  # Python built without ssl: no TLS socket can reach here
+
+    class SSLWantReadError(OSError):  # type: ignore[no-redef]
+        pass
+
+
+def _read_now(sock: Any) -> bytes:
+    """What ``sock`` (non-blocking) holds now; ``b""`` when the connection ended.
+
+    A TLS socket may hold decrypted bytes that epoll cannot see: they are read too.
+
+    :raises BlockingIOError: nothing to read yet (``SSLWantReadError`` is turned into it).
+    """
+    try:
+        data: bytes = sock.recv(READ_SIZE)
+        pending = getattr(sock, "pending", None)
+        while data and pending is not None and pending():
+            data += sock.recv(READ_SIZE)
+    except SSLWantReadError:
+        raise BlockingIOError("no whole TLS record yet") from None
+    return data
+
+
+class _Body:
+    """One body the reader is reading: its socket, its framing, its stream, and how it ended."""
+
+    __slots__ = (
+        "_fp",
+        "_framing",
+        "_grace",
+        "_lock",
+        "_raw",
+        "deadline",
+        "done",
+        "ended",
+        "error",
+        "fd",
+        "silence",
+        "sock",
+        "stream",
+        "withdrawn",
+    )
+
+    def __init__(self, stream: ChatStream, fp: Any, sock: Any, silence: Optional[Silence]) -> None:
+        self.stream = stream
+        self._raw = stream.response.raw
+        self._fp = fp
+        self._framing = Dechunker(self._raw)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.silence = silence
+        self.deadline = stream.attempt.deadline
+        self.done = False  # [DONE] came: what follows is only the end of the body
+        self._grace: Any = None  # the watchdog's watch over that end
+        self.error: Optional[BaseException] = None
+        #: set when the body is over, read to its end or failed
+        self.ended = threading.Event()
+        self.withdrawn = False  # the caller gave up on it (Ctrl-C): touch nothing
+        self._lock = threading.Lock()
+
+    def take(self, data: bytes) -> bool:
+        """What one read brought (``b""``: the connection ended); True once the body is over."""
+        framing = self._framing
+        payload = framing.feed(data) if data else framing.end()
+        if payload and not self.done and self.stream.feed(payload):
+            self.done = True
+            self._grace = WATCHDOG.watch(time.monotonic() + STREAM_END_GRACE, self.stream.attempt.handle)
+        if framing.done:
+            self._stop_grace()
+            finish_chunked(self._raw, self._fp, reuse=framing.clean)
+            return True
+        now = time.monotonic()
+        if self.silence is not None:
+            self.silence.last = now  # the next read begins: the silence counts from here
+        if now >= self.deadline:
+            raise APITimeoutError("the request's total deadline passed while the server was still sending")
+        return False
+
+    def step(self) -> bool:
+        """The socket is readable: read it (the reader thread); True once the body is over."""
+        with self._lock:
+            if self.withdrawn:
+                return True
+            try:
+                data = _read_now(self.sock)
+            except BlockingIOError:
+                return False
+            return self.take(data)
+
+    def fail(self, err: BaseException) -> None:
+        """Reading broke: after ``[DONE]`` that only closes the connection; else the caller hears of it."""
+        self._stop_grace()
+        if self.done and isinstance(err, Exception):
+            self._raw.close()  # the answer came; only its end went wrong
+            return
+        self.error = err
+
+    def _stop_grace(self) -> None:
+        if self._grace is not None:
+            WATCHDOG.cancel(self._grace)
+            self._grace = None
+
+    def withdraw(self) -> None:
+        """The caller stops waiting (an interrupt): the reader must not touch the connection again."""
+        with self._lock:
+            self.withdrawn = True
+            self._stop_grace()
+
+
+class StreamReader:
+    """One daemon thread that reads many streamed bodies, each readable socket once per wake.
+
+    :meth:`read` blocks its caller until the body is over; the thread starts with the
+    first body and lives as long as the process (like the watchdog).
+    """
+
+    def __init__(self) -> None:
+        self._bodies: Dict[int, _Body] = {}
+        self._epoll: Any = None
+        self._thread: Optional[threading.Thread] = None
+        self._start_lock = threading.Lock()
+
+    @property
+    def available(self) -> bool:
+        """Whether this platform has what the reader needs (``epoll``)."""
+        return _EPOLL is not None
+
+    def read(self, stream: ChatStream) -> Optional[bool]:
+        """Read ``stream``'s body to its end while the calling thread sleeps.
+
+        :returns: whether ``data: [DONE]`` came, or None when the body is not one the
+            reader takes (the caller then reads it itself; nothing was read).
+        :raises: what broke the body, as reading it in this thread would have raised it.
+        """
+        raw = stream.response.raw
+        fp = plain_chunked(raw) if _EPOLL is not None else None
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        if fp is None or sock is None:
+            return None
+        attempt = stream.attempt
+        silence = body_begins(raw, attempt.deadline, attempt.handle)
+        body = _Body(stream, fp, sock, silence)
+        try:
+            try:
+                sock.setblocking(False)
+                if self._take_buffered(body, fp.fp, sock):
+                    return body.done
+                self._add(body)
+                body.ended.wait()
+            except BaseException as err:
+                body.withdraw()
+                self._remove(body)
+                if body.ended.is_set() or not isinstance(err, Exception):
+                    raise
+                body.fail(err)
+                if body.error is None:
+                    return True  # after [DONE]
+            if body.error is not None:
+                raise body.error
+            return body.done
+        except Exception as err:
+            silent = silence_error(silence, err)
+            if silent is not None:
+                raise silent from err
+            raise
+        finally:
+            if silence is not None:
+                silence.stop()
+
+    @staticmethod
+    def _take_buffered(body: _Body, file: Any, sock: Any) -> bool:
+        """Read here what came with the head, which the socket will not signal; True if that was all."""
+        try:
+            buffered = file.peek()  # the socket file's buffer (or one recv when it is empty)
+        except (BlockingIOError, SSLWantReadError):
+            buffered = b""
+        if buffered:
+            file.read1(len(buffered))
+        if getattr(sock, "pending", None) is not None and sock.pending():
+            buffered += _read_now(sock)
+        return bool(buffered) and body.take(buffered)
+
+    def _add(self, body: _Body) -> None:
+        epoll = self._epoll
+        if epoll is None or self._thread is None:
+            epoll = self._start()
+        self._bodies[body.fd] = body
+        epoll.register(body.fd, _READABLE)
+
+    def _remove(self, body: _Body) -> None:
+        if self._bodies.get(body.fd) is body:
+            del self._bodies[body.fd]
+            with contextlib.suppress(OSError, ValueError):  # never added, or already gone
+                self._epoll.unregister(body.fd)
+
+    def _start(self) -> Any:
+        with self._start_lock:
+            if self._epoll is None:
+                self._epoll = _EPOLL()  # type: ignore[misc]
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="deepseek-stream-reader", daemon=True)
+                self._thread.start()
+            return self._epoll
+
+    def _run(self) -> None:
+        epoll, bodies = self._epoll, self._bodies
+        while True:
+            ready: List[Any] = epoll.poll()
+            for fd, _ in ready:
+                body = bodies.get(fd)
+                if body is None:
+                    continue
+                try:
+                    over = body.step()
+                except BaseException as err:
+                    body.fail(err)
+                    over = True
+                if over:
+                    self._remove(body)
+                    body.ended.set()
+
+    def _after_fork(self) -> None:
+        """The thread did not survive a fork, and the epoll set and sockets are the parent's."""
+        epoll = self._epoll
+        self._bodies = {}
+        self._epoll = None
+        self._thread = None
+        self._start_lock = threading.Lock()
+        if epoll is not None:
+            epoll.close()
+
+
+#: The process's one stream reader.
+READER = StreamReader()
+reset_after_fork(READER)
