@@ -83,8 +83,15 @@ PoolChunkCallback = Callable[["Result", ChatChunk], None]
 _POOL_OWNED = frozenset({"on_retry", "on_chunk", "restart_streams"})
 #: Submitted-but-unfinished requests per worker that as_completed/map keep queued.
 WINDOW_PER_WORKER = 2
+#: Default ``collect_interval``: how long ``as_completed`` waits, after a slow call's result,
+#: for the results finishing around it, so that its thread wakes once for them all.
+COLLECT_INTERVAL = 0.005
+#: ``as_completed`` waits so only after a call that took this many collect intervals (0.5 s
+#: by default): the results of such calls come at most 1 % of their latency later.
+COLLECT_AFTER = 100
 #: Seconds between looks at an ``as_completed(stop=...)`` event while no result arrives.
 STOP_POLL_INTERVAL = 0.1
+_sleep = time.sleep  # as_completed's collecting wait (a name of its own, for the tests to watch)
 #: Most seconds leaving an ``as_completed`` loop early waits for its aborted calls to end.
 ABORT_WAIT = 2.0
 #: Statuses after which a pool sends nothing more: the key is wrong, the balance is spent.
@@ -123,6 +130,11 @@ class DeepSeekPool:
         price is refused (:class:`~deepseek_pool.errors.ConfigurationError`) unless
         ``prices`` gives one. See :mod:`deepseek_pool.spend`.
     :param prices: model id -> :class:`~deepseek_pool.models.ModelPrice`, for ``max_cost``.
+    :param collect_interval: after yielding the result of a call that took at least
+        :data:`COLLECT_AFTER` times this (0.5 s by default), ``as_completed`` and ``map``
+        wait this long for the results finishing around it before they block: with
+        thousands of slow calls in flight, waking the consuming thread for every single
+        result costs the process more CPU than the calls themselves add. 0 never waits.
     :param switch_interval: the interpreter's thread switch interval while the pool is
         open (``sys.setswitchinterval``, process-wide; put back at ``close``). ``"auto"``
         raises it to 50 ms for pools of 128 workers or more: with the default 5 ms, a
@@ -150,6 +162,7 @@ class DeepSeekPool:
         max_cost: Optional[float] = None,
         prices: Optional[Mapping[str, ModelPrice]] = None,
         switch_interval: Union[str, float, None] = "auto",
+        collect_interval: float = COLLECT_INTERVAL,
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
@@ -157,6 +170,12 @@ class DeepSeekPool:
             raise ValueError(f"window must be an int >= 1, got {window!r}")
         if limiter is not None and (max_in_flight is not None or rpm is not None or tpm is not None):
             raise ValueError("give either limiter= or max_in_flight/rpm/tpm, not both")
+        if (
+            isinstance(collect_interval, bool)
+            or not isinstance(collect_interval, (int, float))
+            or not (0 <= collect_interval <= 1)
+        ):
+            raise ValueError(f"collect_interval must be a number of seconds from 0 to 1, got {collect_interval!r}")
         interval = switching.wanted_interval(switch_interval, max_workers)
         #: the spend cap (None without ``max_cost``): ``spend.spent``, ``spend.reserved`` ...
         self.spend: Optional[SpendCap] = None
@@ -176,6 +195,7 @@ class DeepSeekPool:
         self._owns_executor = executor is None
         self._executor = executor or cf.ThreadPoolExecutor(max_workers, thread_name_prefix="deepseek-pool")
         self.window = window or WINDOW_PER_WORKER * max_workers
+        self.collect_interval = float(collect_interval)
         self.on_result = on_result
         self.on_chunk = on_chunk
         self.cool_down = cool_down
@@ -499,6 +519,9 @@ class DeepSeekPool:
             return True
 
         get = done.get
+        collect = self.collect_interval
+        slow = collect * COLLECT_AFTER
+        linger = False  # the last result was a slow call's: its neighbours are worth a moment
         try:
             while True:
                 if drain is not None and drain.stop.is_set() and not drain.wake.is_set():
@@ -517,6 +540,9 @@ class DeepSeekPool:
                     exhausted = not feed()
                 if not pending:
                     return
+                if linger and done.empty():
+                    linger = False
+                    _sleep(collect)  # results finishing meanwhile come in this one wake-up
                 if stop is None:
                     future = get()
                 else:
@@ -527,7 +553,9 @@ class DeepSeekPool:
                 pending.discard(future)
                 if future.cancelled():
                     continue
-                yield future.result()
+                result = future.result()
+                linger = collect > 0 and result.elapsed >= slow
+                yield result
         finally:
             with self._lock:
                 self._iterations.pop(cancelled, None)

@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 import deepseek_pool as dp
+from deepseek_pool import pool as pool_module
 from deepseek_pool.limits import Limiter
 from deepseek_pool.pool import DeepSeekPool, Result, parse_request
 from deepseek_pool.testing import FakeDeepSeek
@@ -242,6 +243,53 @@ class _StubClient:
 
     def close(self) -> None:
         pass
+
+
+class _SlowStubClient(_StubClient):
+    """Answers prompts ``"slow <i>"`` after 0.25 + 0.03 * i s, others at once."""
+
+    def chat(self, messages: Any, **params: Any) -> dp.ChatCompletion:
+        if isinstance(messages, str) and messages.startswith("slow"):
+            time.sleep(0.25 + 0.03 * int(messages.split()[1]))
+        return super().chat(messages, **params)
+
+
+@pytest.fixture
+def naps(monkeypatch: pytest.MonkeyPatch) -> List[float]:
+    """The collecting waits of as_completed (they still sleep)."""
+    taken: List[float] = []
+
+    def nap(seconds: float) -> None:
+        taken.append(seconds)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(pool_module, "_sleep", nap)
+    monkeypatch.setattr(pool_module, "COLLECT_AFTER", 1)  # a call of collect_interval or more is slow
+    return taken
+
+
+def test_after_a_slow_result_as_completed_collects_those_finishing_around_it(naps: List[float]) -> None:
+    # Four calls finishing 30 ms apart: after the first result, one wait of 0.2 s takes the
+    # other three in the same wake-up instead of blocking for each.
+    with DeepSeekPool(_SlowStubClient(), max_workers=4, collect_interval=0.2) as pool:  # type: ignore[arg-type]
+        results = list(pool.as_completed(f"slow {i}" for i in range(4)))
+    assert sorted(r.index for r in results if r.ok) == [0, 1, 2, 3]
+    assert naps == [0.2]
+
+
+def test_fast_results_and_collect_interval_0_never_wait(naps: List[float]) -> None:
+    with DeepSeekPool(_SlowStubClient(), max_workers=4, collect_interval=0.1) as pool:  # type: ignore[arg-type]
+        assert all(r.ok for r in pool.as_completed(f"fast {i}" for i in range(200)))
+    assert naps == []  # calls shorter than the threshold: their results come as they finish
+    with DeepSeekPool(_SlowStubClient(), max_workers=4, collect_interval=0) as pool:  # type: ignore[arg-type]
+        assert all(r.ok for r in pool.map(f"slow {i}" for i in range(4)))
+    assert naps == []
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "5ms", True, None])
+def test_a_bad_collect_interval_is_named(bad: Any) -> None:
+    with pytest.raises(ValueError, match="collect_interval"):
+        DeepSeekPool(_StubClient(), max_workers=2, collect_interval=bad)  # type: ignore[arg-type]
 
 
 def test_a_huge_lazy_input_is_consumed_through_a_bounded_window() -> None:
