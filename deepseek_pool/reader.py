@@ -106,15 +106,17 @@ class _Body:
         self._lock = threading.Lock()
 
     def take(self, data: bytes) -> bool:
-        """What one read brought (``b""``: the connection ended); True once the body is over."""
+        """What one read brought (``b""``: the connection ended); True once the body is whole.
+
+        The connection is left as it is: :meth:`end` gives it back, once the socket has
+        left the reader's epoll set (a connection back in the pool may carry another call).
+        """
         framing = self._framing
         payload = framing.feed(data) if data else framing.end()
         if payload and not self.done and self.stream.feed(payload):
             self.done = True
             self._grace = WATCHDOG.watch(time.monotonic() + STREAM_END_GRACE, self.stream.attempt.handle)
         if framing.done:
-            self._stop_grace()
-            finish_chunked(self._raw, self._fp, reuse=framing.clean)
             return True
         now = time.monotonic()
         if self.silence is not None:
@@ -134,24 +136,36 @@ class _Body:
                 return False
             return self.take(data)
 
-    def fail(self, err: BaseException) -> None:
-        """Reading broke: after ``[DONE]`` that only closes the connection; else the caller hears of it."""
-        self._stop_grace()
-        if self.done and isinstance(err, Exception):
-            self._raw.close()  # the answer came; only its end went wrong
-            return
-        self.error = err
+    def end(self, error: Optional[BaseException]) -> None:
+        """The body is over (``error``: how it broke); its socket is out of the epoll set.
 
-    def _stop_grace(self) -> None:
-        if self._grace is not None:
-            WATCHDOG.cancel(self._grace)
-            self._grace = None
+        A whole body gives its connection back to the pool; one that broke after ``[DONE]``
+        only closes it (the answer came); any other failure is kept for the caller, who
+        closes the connection. Then the caller is woken.
+        """
+        with self._lock:
+            if not self.withdrawn:
+                if self._grace is not None:
+                    WATCHDOG.cancel(self._grace)
+                    self._grace = None
+                if error is None:
+                    try:
+                        finish_chunked(self._raw, self._fp, reuse=self._framing.clean)
+                    except Exception as err:  # the caller hears of it
+                        self.error = err
+                elif self.done and isinstance(error, Exception):
+                    self._raw.close()
+                else:
+                    self.error = error
+        self.ended.set()
 
     def withdraw(self) -> None:
         """The caller stops waiting (an interrupt): the reader must not touch the connection again."""
         with self._lock:
             self.withdrawn = True
-            self._stop_grace()
+            if self._grace is not None:
+                WATCHDOG.cancel(self._grace)
+                self._grace = None
 
 
 class StreamReader:
@@ -191,17 +205,18 @@ class StreamReader:
             try:
                 sock.setblocking(False)
                 if self._take_buffered(body, fp.fp, sock):
-                    return body.done
-                self._add(body)
-                body.ended.wait()
+                    body.end(None)  # all of it came with the head
+                else:
+                    self._add(body)
+                    body.ended.wait()
             except BaseException as err:
-                body.withdraw()
-                self._remove(body)
-                if body.ended.is_set() or not isinstance(err, Exception):
+                self._remove(body)  # before anything touches the connection
+                if body.ended.is_set():
                     raise
-                body.fail(err)
-                if body.error is None:
-                    return True  # after [DONE]
+                if not isinstance(err, Exception):  # Ctrl-C: the caller closes the connection
+                    body.withdraw()
+                    raise
+                body.end(err)
             if body.error is not None:
                 raise body.error
             return body.done
@@ -257,14 +272,14 @@ class StreamReader:
                 body = bodies.get(fd)
                 if body is None:
                     continue
+                error: Optional[BaseException] = None
                 try:
                     over = body.step()
-                except BaseException as err:
-                    body.fail(err)
-                    over = True
+                except BaseException as err:  # the caller hears of it; the thread goes on
+                    over, error = True, err
                 if over:
                     self._remove(body)
-                    body.ended.set()
+                    body.end(error)
 
     def _after_fork(self) -> None:
         """The thread did not survive a fork, and the epoll set and sockets are the parent's."""

@@ -22,6 +22,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 import pytest
 
 import deepseek_pool as dp
+from deepseek_pool import reader as reader_module
 from deepseek_pool.reader import READER
 
 from .rawserver import RawServer, script, sse_head
@@ -141,6 +142,23 @@ def test_many_interleaved_streams_through_one_reader_are_each_whole(taken: List[
     assert all(r.ok and r.completion is not None and r.completion.content == expected for r in results)
     assert len(taken) == 72 and all(taken)
     assert server.connections <= 24  # every body read to its end gave its connection back
+
+
+def test_a_connection_leaves_the_reader_before_it_goes_back_to_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Back in the pool, a connection may carry another call at once, whose stream the
+    # reader may then be handed: the old body must be gone from its epoll set by then.
+    still_watched: List[bool] = []
+    real = reader_module.finish_chunked
+
+    def finish(raw: Any, fp: Any, *, reuse: bool) -> bool:
+        still_watched.append(raw.connection.sock.fileno() in READER._bodies)
+        return real(raw, fp, reuse=reuse)
+
+    monkeypatch.setattr(reader_module, "finish_chunked", finish)
+    with RawServer(script(SLOW, close=False)) as address:
+        client = client_for(_url(address))
+        assert [client.chat("x", stream=True).content for _ in range(3)] == ["abc"] * 3
+    assert still_watched == [False] * 3
 
 
 def test_bytes_that_came_with_the_head_are_read(taken: List[Optional[bool]]) -> None:
