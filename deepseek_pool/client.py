@@ -235,8 +235,8 @@ class DeepSeekClient:
         reset_after_fork(self)
         self.beta_url = self._normalize_base_url(beta_url) if beta_url else self._default_beta_url(self.base_url)
         self._fim_url = self.beta_url + "/completions"
-        self.shared_stream_reader = bool(shared_stream_reader) and READER.available
         self._beta_chat_url = self.beta_url + "/chat/completions"
+        self.shared_stream_reader = bool(shared_stream_reader) and READER.available
 
     @staticmethod
     def _normalize_base_url(url: str) -> str:

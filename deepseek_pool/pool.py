@@ -91,11 +91,11 @@ COLLECT_INTERVAL = 0.005
 COLLECT_AFTER = 100
 #: Seconds between looks at an ``as_completed(stop=...)`` event while no result arrives.
 STOP_POLL_INTERVAL = 0.1
-_sleep = time.sleep  # as_completed's collecting wait (a name of its own, for the tests to watch)
 #: Most seconds leaving an ``as_completed`` loop early waits for its aborted calls to end.
 ABORT_WAIT = 2.0
 #: Statuses after which a pool sends nothing more: the key is wrong, the balance is spent.
 STOP_STATUSES = frozenset({401, 402})
+_sleep = time.sleep  # as_completed's collecting wait (a name of its own, for the tests to watch)
 
 
 class DeepSeekPool:

@@ -478,3 +478,41 @@ def test_logprobs_reach_the_completion_streamed_and_not(fake: FakeDeepSeek) -> N
         entry["token"] for entry in plain.logprobs["content"]
     ]
     assert client.chat("Say hi", thinking=False).logprobs is None
+
+
+# -- one write per request ---------------------------------------------------------------
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> List[bytes]:
+    """What each connection write sent (http.client's ``send``, under the client's connections)."""
+    import http.client
+
+    sent: List[bytes] = []
+    real = http.client.HTTPConnection.send
+
+    def send(self: Any, data: Any) -> None:
+        sent.append(bytes(data))
+        real(self, data)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "send", send)
+    return sent
+
+
+def test_a_request_and_its_body_leave_in_one_write(fake: FakeDeepSeek, writes: List[bytes]) -> None:
+    client = make_client(fake, max_retries=0)
+    assert client.chat("one write").content
+    assert len(writes) == 1  # the head and the body together: one system call, one packet
+    head, _, body = writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"POST ") and json.loads(body)["messages"][0]["content"] == "one write"
+    writes.clear()
+    assert client.models()  # no body: the head alone
+    assert len(writes) == 1 and writes[0].startswith(b"GET ") and writes[0].endswith(b"\r\n\r\n")
+
+
+def test_a_large_body_is_not_copied_into_the_head(fake: FakeDeepSeek, writes: List[bytes]) -> None:
+    from deepseek_pool import transport
+
+    client = make_client(fake, max_retries=0)
+    assert client.chat("x" * (transport._JOIN_BODY_MAX + 1)).content
+    assert len(writes) == 2 and writes[0].endswith(b"\r\n\r\n") and writes[1].startswith(b"{")
