@@ -34,7 +34,7 @@ from .calls import WATCHDOG, Silence
 from .chunked import Dechunker
 from .errors import APITimeoutError
 from .forks import reset_after_fork
-from .transport import STREAM_END_GRACE, ChatStream, body_begins, finish_chunked, plain_chunked, silence_error
+from .transport import STREAM_END_GRACE, ChatStream, body_begins, finish_chunked, plain_chunked, reporting_silence
 
 __all__ = ["READER", "StreamReader"]
 
@@ -201,7 +201,7 @@ class StreamReader:
         attempt = stream.attempt
         silence = body_begins(raw, attempt.deadline, attempt.handle)
         body = _Body(stream, fp, sock, silence)
-        try:
+        with reporting_silence(silence):
             try:
                 sock.setblocking(False)
                 if self._take_buffered(body, fp.fp, sock):
@@ -220,14 +220,6 @@ class StreamReader:
             if body.error is not None:
                 raise body.error
             return body.done
-        except Exception as err:
-            silent = silence_error(silence, err)
-            if silent is not None:
-                raise silent from err
-            raise
-        finally:
-            if silence is not None:
-                silence.stop()
 
     @staticmethod
     def _take_buffered(body: _Body, file: Any, sock: Any) -> bool:

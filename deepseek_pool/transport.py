@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -110,7 +111,7 @@ def raw_pieces(raw: Any, deadline: float, handle: Optional[CallHandle] = None) -
     else:
         read = getattr(raw, "read1", None) or raw.read
         source = iter(partial(read, _READ_SIZE, decode_content=True), b"")
-    try:
+    with reporting_silence(silence):
         for piece in source:
             yield piece
             now = clock()
@@ -118,14 +119,6 @@ def raw_pieces(raw: Any, deadline: float, handle: Optional[CallHandle] = None) -
                 silence.last = now  # the next read begins: the silence counts from here
             if now >= deadline:
                 raise APITimeoutError("the request's total deadline passed while the server was still sending")
-    except Exception as err:
-        silent = silence_error(silence, err)
-        if silent is not None:
-            raise silent from err
-        raise
-    finally:
-        if silence is not None:
-            silence.stop()
 
 
 def body_begins(raw: Any, deadline: float, handle: Optional[CallHandle]) -> Optional[Silence]:
@@ -140,12 +133,20 @@ def body_begins(raw: Any, deadline: float, handle: Optional[CallHandle]) -> Opti
     return _block_within_deadline(raw, remaining, handle) if deadline != math.inf else None
 
 
-def silence_error(silence: Optional[Silence], err: BaseException) -> Optional[ReadTimeoutError]:
-    """The read timeout ``err`` really is, when the watchdog broke a silent read; else None."""
-    if silence is None or not silence.fired or isinstance(err, DeepSeekError):
-        return None
-    message = f"Read timed out: nothing for {silence.seconds:g} s (read timeout)"
-    return ReadTimeoutError(None, None, message)  # type: ignore[arg-type]
+@contextlib.contextmanager
+def reporting_silence(silence: Optional[Silence]) -> Iterator[None]:
+    """Around a body's reads: a read the watchdog broke for silence raises the read timeout it
+    is (urllib3's ``ReadTimeoutError``), and the watch stops when the reads do."""
+    try:
+        yield
+    except Exception as err:
+        if silence is None or not silence.fired or isinstance(err, DeepSeekError):
+            raise
+        message = f"Read timed out: nothing for {silence.seconds:g} s (read timeout)"
+        raise ReadTimeoutError(None, None, message) from err  # type: ignore[arg-type]
+    finally:
+        if silence is not None:
+            silence.stop()
 
 
 def plain_chunked(raw: Any) -> Optional[HTTPResponse]:
