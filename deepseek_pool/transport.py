@@ -20,7 +20,7 @@ from functools import partial
 from http.client import HTTPException, HTTPResponse
 from inspect import GEN_CREATED, getgeneratorstate
 from socket import timeout as timeout_error
-from typing import Any, Callable, Dict, Generator, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, Iterator, Mapping, Optional
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -49,6 +49,9 @@ from .errors import (
 )
 from .streaming import SSEDecoder
 from .types import ChatChunk, ChatCompletion, ChatCompletionBuilder
+
+if TYPE_CHECKING:
+    from .reader import StreamReader  # which imports this module
 
 __all__ = [
     "GENUINE_SEND",
@@ -456,7 +459,7 @@ class ChatStream:
         response: requests.Response,
         attempt: Attempt,
         *,
-        reader: Any = None,
+        reader: Optional[StreamReader] = None,
         on_first_token: Optional[Callable[[float], None]] = None,
     ) -> None:
         self.response = response
@@ -557,7 +560,7 @@ class ChatStream:
             translated = APIConnectionError(f"the stream broke before any finish_reason: {err}")
         raise translated from err
 
-    def _elsewhere(self, reader: Any) -> Generator[ChatChunk, None, None]:
+    def _elsewhere(self, reader: StreamReader) -> Generator[ChatChunk, None, None]:
         """Have ``reader`` read the whole body while this thread sleeps; read it here if it cannot."""
         try:
             done = reader.read(self)
