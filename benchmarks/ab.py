@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -22,14 +23,19 @@ from benchmarks.harness import Cell
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--package-dir", type=Path, required=True, help="directory whose deepseek_pool/ is B")
-    parser.add_argument("--cells", default="C=64", help="comma-separated: C=16, C=64, C=256, stream")
+    cell_help = 'comma-separated: C=16, C=64, C=256, stream, or DeepSeek-scale cells ("C=2500@2s")'
+    parser.add_argument("--cells", default="C=64", help=cell_help)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--n", type=int, help="override N of the non-streaming cells")
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
-    cells: List[Cell] = [c for c in harness.FULL_CELLS if c.name in args.cells.split(",") and c.kind != "faults"]
+    known = harness.FULL_CELLS + harness.DEEPSEEK_SCALE_CELLS
+    cells: List[Cell] = [c for c in known if c.name in args.cells.split(",") and c.kind != "faults"]
+    if not cells:
+        names = ", ".join(c.name for c in known if c.kind != "faults")
+        parser.error(f"no such cell in {args.cells!r}: give one of {names}")
     if args.n:
-        cells = [c if c.stream else Cell(c.name, c.kind, args.n, c.concurrency, c.latency) for c in cells]
+        cells = [c if c.stream else replace(c, n=args.n) for c in cells]
     ratios: Dict[Tuple[str, str], List[float]] = {}
     cpus: Dict[Tuple[str, str], List[float]] = {}
     with harness.LoadServer() as server, harness.import_root(args.package_dir) as b_root:

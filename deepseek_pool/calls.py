@@ -254,10 +254,10 @@ class Silence:
         self.seconds = seconds
         self.fired = False
         self.last = time.monotonic()
-        self._connection = connection
+        self._connection: Any = connection
         self._lock = threading.Lock()
         self._stopped = False
-        self._watch = WATCHDOG.watch(self.last + seconds, self)
+        self._watch: Optional[_Watch] = WATCHDOG.watch(self.last + seconds, self)
 
     def expire(self) -> None:
         """Called by the watchdog when the time is up, unless a read began since."""
@@ -271,10 +271,17 @@ class Silence:
             self.fired = self.handle.interrupt(self._connection)
 
     def stop(self) -> None:
-        """The body has been read (or the read failed): stop watching."""
+        """The body has been read (or the read failed): stop watching.
+
+        The cancelled watch stays in the watchdog's heap until its time comes and refers to
+        this object; dropping the way back (and the connection) leaves no cycle for the
+        garbage collector to find when it leaves.
+        """
         with self._lock:
             self._stopped = True
-        WATCHDOG.cancel(self._watch)
+            watch, self._watch, self._connection = self._watch, None, None
+        if watch is not None:
+            WATCHDOG.cancel(watch)
 
 
 #: Longest a wait before a retry sleeps before it looks at the call's handle again.

@@ -38,7 +38,7 @@ from typing import (
     Union,
 )
 
-from . import switching
+from . import interpreter
 from .calls import CallControl, CallHandle
 from .client import DeepSeekClient
 from .errors import APIStatusError, APITimeoutError, status_error
@@ -139,8 +139,14 @@ class DeepSeekPool:
         open (``sys.setswitchinterval``, process-wide; put back at ``close``). ``"auto"``
         raises it to 50 ms for pools of 128 workers or more: with the default 5 ms, a
         wave of answers arriving at once can make the interpreter spend its time handing
-        the GIL between hundreds of runnable threads (see :mod:`deepseek_pool.switching`).
+        the GIL between hundreds of runnable threads (see :mod:`deepseek_pool.interpreter`).
         A number raises it to that many seconds for any pool; None leaves it alone.
+    :param gc_threshold: the cyclic collector's first threshold while the pool is open
+        (``gc.set_threshold``, process-wide; put back at ``close``). ``"auto"`` raises it
+        from 700 to 10,000 for pools of 128 workers or more: thousands of calls in flight
+        hold objects for seconds, and collecting every 700 allocations keeps walking them
+        (see :mod:`deepseek_pool.interpreter`). An int raises it to that for any pool;
+        None leaves it alone.
     """
 
     def __init__(
@@ -163,6 +169,7 @@ class DeepSeekPool:
         prices: Optional[Mapping[str, ModelPrice]] = None,
         switch_interval: Union[str, float, None] = "auto",
         collect_interval: float = COLLECT_INTERVAL,
+        gc_threshold: Union[str, int, None] = "auto",
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
@@ -176,7 +183,9 @@ class DeepSeekPool:
             or not (0 <= collect_interval <= 1)
         ):
             raise ValueError(f"collect_interval must be a number of seconds from 0 to 1, got {collect_interval!r}")
-        interval = switching.wanted_interval(switch_interval, max_workers)
+        # Checked before anything is held: a bad value leaves the interpreter as it was.
+        options = ((interpreter.SWITCH_INTERVAL, switch_interval), (interpreter.GC_THRESHOLD, gc_threshold))
+        settings = [(setting, setting.wanted(option, max_workers)) for setting, option in options]
         #: the spend cap (None without ``max_cost``): ``spend.spent``, ``spend.reserved`` ...
         self.spend: Optional[SpendCap] = None
         if max_cost is not None:
@@ -214,7 +223,8 @@ class DeepSeekPool:
         self._retried = 0
         self._cancelled = 0
         self._usage = Usage()
-        self._switching: Optional[object] = None if interval is None else switching.hold(interval)
+        #: (setting, token) of each interpreter setting this pool holds raised until close
+        self._held = [(setting, setting.hold(value)) for setting, value in settings if value is not None]
         reset_after_fork(self)
 
     def _after_fork(self) -> None:
@@ -610,9 +620,9 @@ class DeepSeekPool:
         if not self._connections_released:
             self._connections_released = True
             self.client.release_connections(self.max_workers)
-        if self._switching is not None:
-            switching.release(self._switching)
-            self._switching = None
+        held, self._held = self._held, []
+        for setting, token in held:
+            setting.release(token)
         if self._owns_client and not self._client_closed and (wait or cancel):
             self._client_closed = True
             self.client.close()
