@@ -112,8 +112,9 @@ class Setting:
             self._before = self._set_to = None
 
 
-def _young_threshold() -> int:
-    return gc.get_threshold()[0]
+def _young_threshold() -> float:
+    threshold = gc.get_threshold()[0]
+    return threshold if threshold else math.inf  # 0 turns automatic collection off: above any raise
 
 
 def _set_young_threshold(value: float) -> None:

@@ -96,6 +96,17 @@ def test_the_collectors_older_thresholds_are_kept() -> None:
         gc.set_threshold(*before)
 
 
+def test_a_collector_turned_off_with_threshold_0_stays_off() -> None:
+    before = gc.get_threshold()
+    gc.set_threshold(0, *before[1:])
+    try:
+        with pool(512):
+            assert gc.get_threshold()[0] == 0
+        assert gc.get_threshold()[0] == 0
+    finally:
+        gc.set_threshold(*before)
+
+
 BAD = {
     "switch_interval": [0, -1, float("inf"), float("nan"), "fast", True],
     "gc_threshold": [0, -1, 1.5, float("inf"), "many", True],
