@@ -19,9 +19,9 @@ pool of thousands of threads that wait seconds on sockets more than its own work
   time the next generation too. Each call in flight holds about ninety such objects (its
   future, its result, its response and buffers) for the seconds its answer takes, so at
   2,500 calls in flight the collections, spread over the whole batch, keep walking and
-  promoting the calls started since the last one: 0.33 s of a 10,000-call run, against
-  0.17 s for the same client under a bare ``executor.map`` that allocates its futures all
-  at the start. A threshold of 10,000 takes most of that away (``benchmarks/PROFILE.md``
+  promoting the calls started since the last one: 0.26-0.41 s of a 10,000-call run,
+  against 0.14-0.23 s for the same client under a bare ``executor.map`` that allocates its
+  futures all at the start. A threshold of 10,000 takes most of that away (``benchmarks/PROFILE.md``
   §11). A larger young generation only delays freeing cyclic garbage, and an answered
   call leaves none (``tests/test_interpreter.py``; a failed one keeps its exception,
   whose traceback is a cycle).
