@@ -10,6 +10,7 @@ from typing import Callable, Iterator, NamedTuple
 import pytest
 
 from deepseek_pool import DeepSeekClient, DeepSeekPool, interpreter
+from deepseek_pool.testing import FakeDeepSeek
 
 
 class Case(NamedTuple):
@@ -130,8 +131,6 @@ def test_a_pool_call_leaves_no_cyclic_garbage(stream: bool) -> None:
     Every object of a call is freed by its reference count when the call ends; if one
     formed a cycle, a raised threshold would keep such garbage alive longer.
     """
-    from deepseek_pool.testing import FakeDeepSeek
-
     requests = [{"prompt": f"question {n}", "stream": stream} for n in range(40)]
     with FakeDeepSeek() as fake:
         client = DeepSeekClient("sk-test", base_url=fake.base_url, max_retries=0)
