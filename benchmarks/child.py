@@ -5,7 +5,9 @@ the contender and makes one warm-up call (imports and lazy initialisation are no
 per-request costs), prints ``READY``, waits for ``GO`` on stdin (the harness resets
 the server's counters in between), runs the timed batch, checks every answer, and
 prints ``RESULT <json>``. CPU is this process's user+sys time over the timed batch
-(all threads included); peak RSS is the process's high-water mark.
+(all threads included), and apart from it the consuming thread's own (the one that runs
+the contender's loop: for a thread pool the thread that submits and collects, for an
+event loop everything); peak RSS is the process's high-water mark.
 """
 
 from __future__ import annotations
@@ -92,10 +94,12 @@ def main(argv: List[str]) -> int:
         return 2
 
     before = _usage()
+    consumer_before = time.thread_time()
     t0 = time.perf_counter()
     with _PeakThreads() as threads:
         outcome = run(spec)
     wall = time.perf_counter() - t0
+    consumer = time.thread_time() - consumer_before
     user, system, voluntary, involuntary = (b - a for a, b in zip(before, _usage()))
 
     ok = wrong = 0
@@ -118,6 +122,7 @@ def main(argv: List[str]) -> int:
         "cpu": user + system,
         "cpu_user": user,
         "cpu_sys": system,
+        "cpu_consumer": consumer,
         "context_switches": int(voluntary + involuntary),
         "ok": ok,
         "wrong": wrong,

@@ -462,12 +462,24 @@ def summarize(cells: Sequence[Cell], runs: Sequence[Run]) -> List[Figures]:
                 overheads = [r.client["ttfc_ms"].get("mean", math.nan) - 1000 * cell.latency for r in good]
                 fig.ttfc_overhead_ms = _median(overheads)
                 fig.cpu_ms_per_chunk = 1000 * _median(cpus) / (cell.n * cell.chunks)
+            consumer = [r.client["cpu_consumer"] for r in good if "cpu_consumer" in r.client]
+            fig.extra["consumer_cpu_ms_per_request"] = 1000 * _median(consumer) / cell.n if consumer else None
             if name == FLOOR:
                 floor_cpu = cpu_ms
             cell_figures.append(fig)
+        floor_runs = [r for r in runs if r.cell == cell.name and r.contender == FLOOR and not r.error]
+        floor_by_rep = {r.rep: r.client["cpu"] for r in floor_runs}
         for fig in cell_figures:
             if floor_cpu and not math.isnan(fig.cpu_ms_per_request):
                 fig.cpu_ratio = fig.cpu_ms_per_request / floor_cpu
+            # Each repetition runs every contender of a cell back to back, so the ratio to the
+            # floor of the same repetition shows how far single runs spread on this machine.
+            per_rep = [
+                r.client["cpu"] / floor_by_rep[r.rep]
+                for r in runs
+                if r.cell == cell.name and r.contender == fig.contender and not r.error and floor_by_rep.get(r.rep)
+            ]
+            fig.extra["cpu_ratio_range"] = [min(per_rep), max(per_rep)] if per_rep else None
         figures.extend(cell_figures)
     return figures
 

@@ -51,6 +51,11 @@ def _f(value: Optional[float], digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
+def _range(bounds: Optional[Sequence[float]]) -> str:
+    """A min-max pair as ``1.05-1.19``; a dash without one."""
+    return f"{_f(bounds[0], 2)}-{_f(bounds[1], 2)}" if bounds else DASH
+
+
 def _get(figures: Sequence[Figures], cell: str, contender: str) -> Optional[Figures]:
     for fig in figures:
         if fig.cell == cell and fig.contender == contender:
@@ -111,8 +116,9 @@ def chat_table(figures: Sequence[Figures], cells_: Sequence[Cell]) -> List[str]:
         return []
     slash = " / ".join(c.replace("C=", "") for c in cells)
     lines = [
-        f"| contender | CPU ms/request C={slash} | {TIMES} floor | efficiency | connections | peak RSS MB | errors |",
-        "|---|---|---|---|---|---|---|",
+        f"| contender | CPU ms/request C={slash} | of which the consuming thread | {TIMES} floor "
+        "| single runs' range | efficiency | connections | peak RSS MB | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in _contenders(figures, cells):
         row = [_get(figures, c, name) for c in cells]
@@ -121,6 +127,8 @@ def chat_table(figures: Sequence[Figures], cells_: Sequence[Cell]) -> List[str]:
             return " / ".join(_f(getattr(f, attr), digits) if f else DASH for f in row)
 
         ratio = " / ".join(_f(f.cpu_ratio, 2) if f and f.cpu_ratio is not None else DASH for f in row)
+        consumer = " / ".join(_f(f.extra.get("consumer_cpu_ms_per_request"), 3) if f else DASH for f in row)
+        spread = " / ".join(_range(f.extra.get("cpu_ratio_range")) if f else DASH for f in row)
 
         connections = " / ".join(str(f.connections) if f else DASH for f in row)
         rss = " / ".join(_f(f.maxrss_mb, 0) if f else DASH for f in row)
@@ -134,7 +142,7 @@ def chat_table(figures: Sequence[Figures], cells_: Sequence[Cell]) -> List[str]:
             note += f" ({failed} runs failed)"
         label = CONTENDERS[name].label
         lines.append(
-            f"| {label} | {col('cpu_ms_per_request')} | {ratio} | {col('efficiency')} "
+            f"| {label} | {col('cpu_ms_per_request')} | {consumer} | {ratio} | {spread} | {col('efficiency')} "
             f"| {connections} | {rss} | {note} |"
         )
     return lines
@@ -278,7 +286,9 @@ def markdown(
         out += [
             f"Non-streaming: N={ns} chat calls, "
             f"server latency L={1000 * c0.latency:.0f} ms, C calls at once. CPU is the client process's user+sys "
-            f"time per request; {TIMES} floor is the ratio to urllib3 + threads in the same run; efficiency is "
+            f"time per request (and the part of it spent by the thread that submits and collects); "
+            f"{TIMES} floor is the ratio of the medians to urllib3 + threads in the same run, and the single runs' "
+            "range that of each repetition to the floor's of the same repetition; efficiency is "
             "⌈N/C⌉·L over the wall time; connections are the TCP connections that carried requests "
             "(counted by the server).",
             "",

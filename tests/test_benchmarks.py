@@ -78,6 +78,36 @@ def test_the_report_names_every_contender_and_the_floor_ratio_is_one(bench: Dict
     assert bench["meta"]["machine"]["date"] in text  # figures without their date and machine are useless
 
 
+def test_the_consuming_thread_is_measured_apart(bench: Dict[str, Any]) -> None:
+    for name, fig in _figures(bench, CHAT.name).items():
+        consumer = fig.extra["consumer_cpu_ms_per_request"]
+        # one thread's CPU is part of the process's (rusage counts in µs, the thread clock in ns)
+        assert 0 < consumer <= fig.cpu_ms_per_request + 1e-3 / CHAT.n, name
+    assert "of which the consuming thread" in bench["markdown"]
+
+
+def _run(contender: str, rep: int, cpu: float) -> Run:
+    client = {"wall": 1.0, "cpu": cpu, "cpu_consumer": cpu / 4, "maxrss_kb": 1024, "ok": 10, "wrong": 0}
+    client.update({"errors": {}, "pool_full_warnings": 0})
+    server = {"connections_used": 2, "connections_opened": 2, "requests": 10, "cpu": 0.1}
+    return Run("C=2", contender, rep, client, server)
+
+
+def test_single_runs_are_compared_with_the_floor_of_their_own_repetition() -> None:
+    cell = Cell("C=2", "chat", 10, 2, latency=0.01)
+    # rep 1 ran on a slower moment for both: same-repetition ratios 1.2 and 1.1; the
+    # ratio of the medians (1.3 / 1.15) is neither
+    runs = [_run("urllib3", 0, 1.0), _run("deepseek_pool", 0, 1.2), _run("urllib3", 1, 1.3)]
+    runs.append(_run("deepseek_pool", 1, 1.43))
+    figures = {f.contender: f for f in harness.summarize([cell], runs)}
+    assert figures["urllib3"].extra["cpu_ratio_range"] == [1.0, 1.0]
+    assert figures["deepseek_pool"].extra["cpu_ratio_range"] == pytest.approx([1.1, 1.2])
+    assert figures["deepseek_pool"].cpu_ratio == pytest.approx(1.315 / 1.15)
+    assert figures["deepseek_pool"].extra["consumer_cpu_ms_per_request"] == pytest.approx(1000 * 1.315 / 4 / 10)
+    row = next(line for line in report.chat_table(list(figures.values()), [cell]) if "DeepSeekPool" in line)
+    assert "| 32.875 | 1.14 | 1.10-1.20 |" in row
+
+
 def test_results_are_written_as_markdown_and_json(bench: Dict[str, Any], tmp_path: Path) -> None:
     figures, meta = bench["figures"], bench["meta"]
     harness.save_json(tmp_path / "raw.json", [CHAT, STREAM], bench["runs"], figures, meta)
