@@ -152,7 +152,7 @@ class Permit:
         ``spend_retry(kind, permit=permit)``; refunded if the call succeeds.
     """
 
-    __slots__ = ("_limiter", "_released", "lease", "retry_cost", "started_at", "tokens", "waited")
+    __slots__ = ("_limiter", "_unreleased", "lease", "retry_cost", "started_at", "tokens", "waited")
 
     def __init__(self, limiter: Limiter, tokens: int, started_at: float, waited: float, lease: str) -> None:
         self.tokens = tokens
@@ -161,24 +161,26 @@ class Permit:
         self.lease = lease
         self.retry_cost = 0
         self._limiter = limiter
-        self._released = False
+        #: one item until released: ``list.pop`` takes it in one step, so of two threads
+        #: releasing the permit at once exactly one gets it (a flag's test and set are two)
+        self._unreleased = [True]
 
     @property
     def released(self) -> bool:
         """Whether the permit has been handed back."""
-        return self._released
+        return not self._unreleased
 
     def __enter__(self) -> Permit:
         return self
 
     def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Any) -> None:
-        if not self._released:
+        if self._unreleased:
             self._limiter.release(self, ok=exc_type is None)
 
     def __repr__(self) -> str:
         return (
             f"Permit(tokens={self.tokens}, started_at={self.started_at:.3f}, "
-            f"waited={self.waited:.3f}, released={self._released})"
+            f"waited={self.waited:.3f}, released={self.released})"
         )
 
 
@@ -464,9 +466,10 @@ class Limiter:
             earned = retries * RETRY_COST
         else:
             earned = NO_RETRY_INCREMENT
-        if permit._released:
-            raise RuntimeError("permit already released")
-        permit._released = True
+        try:
+            permit._unreleased.pop()
+        except IndexError:
+            raise RuntimeError("permit already released") from None
         storage = self.storage
         if storage.leases_expire:
             with self._lock:

@@ -852,6 +852,69 @@ def test_release_twice_or_to_another_limiter_is_refused() -> None:
         Limiter().release(limiter.acquire())
 
 
+def _release_paused(limiter: Limiter, permit: Permit, line: int) -> Optional[List[str]]:
+    """Release ``permit`` in a thread that stops at its ``line``-th line of ``Limiter.release``
+    while this thread releases it in full; each one's outcome, or None if there is no such line."""
+    code = Limiter.release.__code__
+    paused, go = threading.Event(), threading.Event()
+    outcomes: List[str] = []
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is not code:
+            return None
+        seen = [0]
+
+        def each_line(frame: Any, event: str, arg: Any) -> Any:
+            if event == "line":
+                seen[0] += 1
+                if seen[0] == line:
+                    paused.set()
+                    go.wait(5)
+            return each_line
+
+        return each_line
+
+    def release() -> None:
+        try:
+            limiter.release(permit)
+            outcomes.append("released")
+        except RuntimeError:
+            outcomes.append("refused")
+
+    def traced() -> None:
+        sys.settrace(trace)
+        try:
+            release()
+        finally:
+            sys.settrace(None)
+
+    thread = threading.Thread(target=traced)
+    thread.start()
+    stopped = paused.wait(5)
+    if stopped:
+        release()
+    go.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    return outcomes if stopped else None
+
+
+def test_two_threads_releasing_one_permit_release_it_once_whatever_the_interleaving() -> None:
+    # The second release of a permit is refused; two at once must not both pass the check.
+    # Every line of release() is tried as the point where the other thread releases in full.
+    limiter = Limiter()
+    line = 0
+    while True:
+        line += 1
+        permit = limiter.acquire()
+        outcomes = _release_paused(limiter, permit, line)
+        if outcomes is None:
+            break
+        assert sorted(outcomes) == ["refused", "released"], (line, outcomes)
+        assert permit.released and limiter.stats.in_flight == 0
+    assert line > 5  # the walk went through release() line by line
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
