@@ -25,6 +25,7 @@ with ``epoll`` (Linux) are taken; the others are read by the calling thread as b
 from __future__ import annotations
 
 import contextlib
+import logging
 import select
 import threading
 import time
@@ -32,14 +33,18 @@ from typing import Any, Dict, List, Optional
 
 from .calls import WATCHDOG, Silence
 from .chunked import Dechunker
-from .errors import APITimeoutError
+from .errors import APIConnectionError, APITimeoutError
 from .forks import reset_after_fork
 from .transport import STREAM_END_GRACE, ChatStream, body_begins, finish_chunked, plain_chunked, reporting_silence
 
 __all__ = ["READER", "StreamReader"]
 
+log = logging.getLogger(__name__)
+
 #: Bytes asked of one ``recv``: what the socket file would have read at once.
 READ_SIZE = 8192
+#: Seconds between a waiting caller's looks that the reader thread is still alive.
+LIVENESS_INTERVAL = 5.0
 _EPOLL = getattr(select, "epoll", None)
 _READABLE = getattr(select, "EPOLLIN", 1)
 
@@ -180,6 +185,8 @@ class StreamReader:
         self._epoll: Any = None
         self._thread: Optional[threading.Thread] = None
         self._start_lock = threading.Lock()
+        #: what stopped the last reader thread (None: none stopped)
+        self._stopped_by: Optional[BaseException] = None
 
     @property
     def available(self) -> bool:
@@ -208,7 +215,7 @@ class StreamReader:
                     body.end(None)  # all of it came with the head
                 else:
                     self._add(body)
-                    body.ended.wait()
+                    self._wait(body)
             except BaseException as err:
                 self._remove(body)  # before anything touches the connection
                 if body.ended.is_set():
@@ -234,9 +241,22 @@ class StreamReader:
             buffered += _read_now(sock)
         return bool(buffered) and body.take(buffered)
 
+    def _wait(self, body: _Body) -> None:
+        """Sleep until the reader ends ``body``; if its thread stopped meanwhile, fail the body.
+
+        The reader's loop keeps going whatever one body raises, so this only guards against a
+        fault in the loop itself: the caller would otherwise sleep for ever, past its deadline.
+        """
+        while not body.ended.wait(LIVENESS_INTERVAL):
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                raise APIConnectionError(
+                    f"the stream reader thread stopped ({self._stopped_by!r}); the body was not read to its end"
+                )
+
     def _add(self, body: _Body) -> None:
-        epoll = self._epoll
-        if epoll is None or self._thread is None:
+        epoll, thread = self._epoll, self._thread
+        if epoll is None or thread is None or not thread.is_alive():
             epoll = self._start()
         self._bodies[body.fd] = body
         epoll.register(body.fd, _READABLE)
@@ -251,12 +271,20 @@ class StreamReader:
         with self._start_lock:
             if self._epoll is None:
                 self._epoll = _EPOLL()  # type: ignore[misc]
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
+                # A new thread serves the same epoll set: bodies the last one left go on.
                 self._thread = threading.Thread(target=self._run, name="deepseek-stream-reader", daemon=True)
                 self._thread.start()
             return self._epoll
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as err:  # a fault in the loop itself; callers waiting see it (_wait)
+            self._stopped_by = err
+            log.exception("the stream reader thread stopped; the next stream starts another")
+
+    def _serve(self) -> None:
         epoll, bodies = self._epoll, self._bodies
         while True:
             ready: List[Any] = epoll.poll()
@@ -280,6 +308,7 @@ class StreamReader:
         self._epoll = None
         self._thread = None
         self._start_lock = threading.Lock()
+        self._stopped_by = None
         if epoll is not None:
             epoll.close()
 

@@ -215,6 +215,36 @@ def test_ctrl_c_while_waiting_for_the_reader_leaves_it_serving(taken: List[Optio
     assert taken[-1] is True
 
 
+def test_if_the_reader_thread_stops_its_streams_fail_and_the_next_one_gets_a_new_reader(
+    taken: List[Optional[bool]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    long = [sse_head(), ("trickle", event("x"), 0.05, 200), event("y", "stop"), DONE]
+    real_remove = READER._remove
+
+    def remove(body: Any) -> None:  # a fault in the reader's own loop, not in one body
+        if threading.current_thread().name == READER_THREAD:
+            raise RuntimeError("reader fault")
+        real_remove(body)
+
+    monkeypatch.setattr(reader_module, "LIVENESS_INTERVAL", 0.1)
+    with RawServer(script(long, close=False)) as slow, RawServer(script(SLOW, close=False)) as quick:
+        with cf.ThreadPoolExecutor(2) as executor:
+            waiting = executor.submit(client_for(_url(slow)).chat, "x", stream=True)
+            time.sleep(0.3)  # the reader is reading it
+            monkeypatch.setattr(READER, "_remove", remove)
+            started = time.monotonic()
+            # Its end makes the reader's loop fail; its answer had come whole ([DONE]), so it stands.
+            assert executor.submit(client_for(_url(quick)).chat, "x", stream=True).result(timeout=5).content == "abc"
+            with pytest.raises(dp.APIConnectionError, match=r"stream reader thread stopped.*reader fault"):
+                waiting.result(timeout=5)
+            assert time.monotonic() - started < 2.0  # long before the stream's own end (10 s)
+        assert "the stream reader thread stopped" in caplog.text
+        monkeypatch.setattr(READER, "_remove", real_remove)
+        control = FirstTokenThread()
+        assert client_for(_url(quick)).chat("x", stream=True, control=control).content == "abc"
+        assert control.thread == READER_THREAD and taken[-1] is True  # a new reader thread read it
+
+
 def test_a_forked_child_streams_through_a_reader_of_its_own() -> None:
     with RawServer(script(SLOW, close=False)) as address:
         client = client_for(_url(address))
