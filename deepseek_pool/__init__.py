@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from .calls import CallControl, CallHandle, RetryEvent
+from .budget.limiter import Limiter, LimiterStats
 from .client import ChatStream, DeepSeekClient
 from .config import Timeout
 from .errors import (
@@ -32,11 +32,11 @@ from .errors import (
     StorageUnavailable,
     UnprocessableEntityError,
 )
-from .limits import Limiter, LimiterStats
 from .models import ModelPrice
-from .pool import DeepSeekPool, DrainStopped, PoolStats, Result
-from .retry import DeepSeekRetry
+from .pool.pool import DeepSeekPool, DrainStopped, PoolStats, Result
 from .types import Balance, ChatChunk, ChatCompletion, ChatCompletionBuilder, FIMCompletion, Usage
+from .wire.calls import CallControl, CallHandle, RetryEvent
+from .wire.retry import DeepSeekRetry
 
 __version__ = "0.1.0"
 

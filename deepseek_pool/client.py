@@ -1,7 +1,7 @@
 """``DeepSeekClient``: one thread-safe object for calling the DeepSeek API.
 
 Transport: one ``requests.Session`` whose ``HTTPAdapter`` holds a connection pool
-sized to the threads that share it, with :class:`~deepseek_pool.retry.DeepSeekRetry`
+sized to the threads that share it, with :class:`~deepseek_pool.wire.retry.DeepSeekRetry`
 mounted for retries. The session is configured once; everything per call travels
 as arguments, so any number of threads may share one client.
 
@@ -41,29 +41,11 @@ from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from . import config
-from .attempts import NO_RETRIES, AttemptLoop
-from .calls import CallControl, CallHandle, RetryListener, sending
 from .config import Timeout, TimeoutLike
-from .errors import (
-    APIResponseValidationError,
-    ConfigurationError,
-    DeepSeekError,
-    IncompleteResponseError,
-)
+from .errors import APIResponseValidationError, ConfigurationError, DeepSeekError, IncompleteResponseError
 from .forks import reset_after_fork
 from .messages import Messages, build_chat_body, header_problem, normalize_messages
 from .models import DEFAULT_MODEL
-from .reader import READER
-from .retry import DeepSeekRetry
-from .transport import (
-    GENUINE_SEND,
-    Attempt,
-    ChatStream,
-    DeepSeekAdapter,
-    Route,
-    request_id_of,
-    wrap_response,
-)
 from .types import (
     Balance,
     ChatChunk,
@@ -73,6 +55,11 @@ from .types import (
     model_list_problem,
     object_problem,
 )
+from .wire.attempts import NO_RETRIES, AttemptLoop
+from .wire.calls import CallControl, CallHandle, RetryListener, sending
+from .wire.reader import READER
+from .wire.retry import DeepSeekRetry
+from .wire.transport import GENUINE_SEND, Attempt, ChatStream, DeepSeekAdapter, Route, request_id_of, wrap_response
 
 __all__ = [
     "CallControl",
@@ -137,7 +124,7 @@ class DeepSeekClient:
         (``chat(stream=True)`` without ``on_chunk``, a pool's streams without its
         ``on_chunk``) on the process's one stream reader thread, which serves every
         readable socket per wake-up, while the calling thread sleeps until the answer
-        is whole (see :mod:`deepseek_pool.reader`). False reads each in its calling thread.
+        is whole (see :mod:`deepseek_pool.wire.reader`). False reads each in its calling thread.
     """
 
     def __init__(

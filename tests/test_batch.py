@@ -12,9 +12,9 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from deepseek_pool import DeepSeekClient
-from deepseek_pool.batch import BatchFileError, Interrupter, run_batch
-from deepseek_pool.pool import DeepSeekPool
-from deepseek_pool.progress import BatchProgress, Tally, format_cost, format_summary
+from deepseek_pool.batch.progress import BatchProgress, Tally, format_cost, format_summary
+from deepseek_pool.batch.runner import BatchFileError, Interrupter, run_batch
+from deepseek_pool.pool.pool import DeepSeekPool
 from deepseek_pool.testing import FakeDeepSeek
 from deepseek_pool.types import ChatCompletion
 

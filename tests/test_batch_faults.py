@@ -20,14 +20,16 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from deepseek_pool import DeepSeekClient, batch, jsonl
-from deepseek_pool.batch import Interrupter, run_batch
-from deepseek_pool.cli import EXIT_SPEND_CAP, main
+from deepseek_pool import DeepSeekClient
+from deepseek_pool.batch import jsonl
+from deepseek_pool.batch import runner as batch
+from deepseek_pool.batch.progress import BatchProgress
+from deepseek_pool.batch.runner import Interrupter, run_batch
+from deepseek_pool.cli.commands import EXIT_SPEND_CAP, main
 from deepseek_pool.errors import ConfigurationError, SpendCapReached
 from deepseek_pool.models import PRICES, ModelPrice, cost_of
-from deepseek_pool.pool import DeepSeekPool, DrainStopped
-from deepseek_pool.progress import BatchProgress
-from deepseek_pool.spend import SpendCap
+from deepseek_pool.money.spend import SpendCap
+from deepseek_pool.pool.pool import DeepSeekPool, DrainStopped
 from deepseek_pool.testing import FakeDeepSeek
 
 from .rawserver import RawServer, respond
@@ -469,8 +471,8 @@ def test_the_json_summary_gives_done_failed_left_tokens_cache_share_cost_and_tim
 
 
 def test_progress_does_not_import_batch() -> None:
-    tree = ast.parse((REPO / "deepseek_pool" / "progress.py").read_text(encoding="utf-8"))
+    tree = ast.parse((REPO / "deepseek_pool" / "batch" / "progress.py").read_text(encoding="utf-8"))
     imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)} | {
         alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
     }
-    assert not any(name.endswith("batch") for name in imported), imported
+    assert not any(name.endswith("runner") for name in imported), imported

@@ -23,7 +23,7 @@ from benchmarks.cap import CapCell
 from benchmarks.contenders import CONTENDERS as LABELS
 from benchmarks.harness import Cell, Figures, LoadServer, Run
 from benchmarks.run import run_benchmark
-from deepseek_pool.budget import rate_limit_signal
+from deepseek_pool.budget.rules import rate_limit_signal
 
 CONTENDERS = ["deepseek_pool", "urllib3", "requests"]
 CHAT = Cell("C=4", "chat", 24, 4, latency=0.005)

@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 import deepseek_pool as dp
-from deepseek_pool.batch import run_lines
+from deepseek_pool.batch.runner import run_lines
 from deepseek_pool.testing import FakeDeepSeek
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from deepseek_pool.cli import main
+from deepseek_pool.cli.commands import main
 from deepseek_pool.testing import FakeDeepSeek
 
 REPO = Path(__file__).resolve().parent.parent

@@ -511,7 +511,7 @@ def test_a_request_and_its_body_leave_in_one_write(fake: FakeDeepSeek, writes: L
 
 
 def test_a_large_body_is_not_copied_into_the_head(fake: FakeDeepSeek, writes: List[bytes]) -> None:
-    from deepseek_pool import transport
+    from deepseek_pool.wire import transport
 
     client = make_client(fake, max_retries=0)
     assert client.chat("x" * (transport._JOIN_BODY_MAX + 1)).content

@@ -7,7 +7,7 @@ and the next run repairs it), and no item that had a success line before the run
 sent again. At the end: exactly one success per custom_id, one line per custom_id, no
 temporary file left.
 
-The child is the real CLI (``deepseek_pool.cli.main``); the only change is a compaction
+The child is the real CLI (``deepseek_pool.cli.commands.main``); the only change is a compaction
 that copies slowly, so kills land inside it often enough to matter in a short test.
 """
 
@@ -36,7 +36,8 @@ FAULTS = {"503": 0.06, "500": 0.04, "reset": 0.04, "insufficient": 0.03, "trickl
 
 CHILD = """
 import sys, time
-from deepseek_pool import batch, cli
+from deepseek_pool import cli
+from deepseek_pool.batch import runner as batch
 
 copy = batch._copy_lines
 

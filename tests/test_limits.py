@@ -1,4 +1,4 @@
-"""Tests for deepseek_pool.limits: the shared gates, driven by a fake clock where possible."""
+"""Tests for deepseek_pool.budget.limiter: the shared gates, driven by a fake clock where possible."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
-from deepseek_pool import budget, limits
+from deepseek_pool.budget import limiter as limits
+from deepseek_pool.budget import rules as budget
+from deepseek_pool.budget.limiter import Limiter, LimiterStats, Permit
+from deepseek_pool.budget.sqlite_storage import SQLiteStorage
 from deepseek_pool.errors import RetryBudgetExceeded
-from deepseek_pool.limits import Limiter, LimiterStats, Permit
-from deepseek_pool.sqlite_storage import SQLiteStorage
 
 if importlib.util.find_spec("pytest_timeout") is not None:  # every wait below has its own bound too
     pytestmark = pytest.mark.timeout(20)
@@ -87,7 +88,7 @@ def every_storage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
         url = request.getfixturevalue("redis_url")
         import redis
 
-        from deepseek_pool.redis_storage import RedisStorage
+        from deepseek_pool.budget.redis_storage import RedisStorage
 
         def storage(clock: FakeClock) -> Any:
             return RedisStorage(redis.Redis.from_url(url), clock=clock)
@@ -799,7 +800,7 @@ def test_an_ungated_start_and_release_never_wait_for_the_storage_lock() -> None:
 
 
 def test_the_counts_of_lock_free_calls_are_settled_as_they_go() -> None:
-    from deepseek_pool.storage import SETTLE_EVERY
+    from deepseek_pool.budget.storage import SETTLE_EVERY
 
     limiter = Limiter()
     for _ in range(10 * SETTLE_EVERY):

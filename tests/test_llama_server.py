@@ -36,8 +36,8 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 import pytest
 
 import deepseek_pool as dp
-from deepseek_pool import transport
-from deepseek_pool.reader import READER
+from deepseek_pool.wire import transport
+from deepseek_pool.wire.reader import READER
 
 _INSTALL = (
     "install the llama tier with: "
@@ -256,7 +256,7 @@ def test_the_default_timeouts_read_llama_cpps_stream_through_the_watched_read(
 def test_the_shared_reader_reads_llama_cpps_streams(
     llama_server: LlamaServer, client: dp.DeepSeekClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Streams aggregated by the shared stream reader (deepseek_pool.reader) from a real
+    # Streams aggregated by the shared stream reader (deepseek_pool.wire.reader) from a real
     # server's chunked SSE bodies answer as the same streams read by their own thread.
     # llama-cpp-python reuses the previous prompt's cache, and a 270M model's greedy answer
     # can change with it: each compared pair starts from the same previous prompt.

@@ -12,9 +12,9 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 import deepseek_pool as dp
-from deepseek_pool import pool as pool_module
-from deepseek_pool.limits import Limiter
-from deepseek_pool.pool import DeepSeekPool, Result, parse_request
+from deepseek_pool.budget.limiter import Limiter
+from deepseek_pool.pool import pool as pool_module
+from deepseek_pool.pool.pool import DeepSeekPool, Result, parse_request
 from deepseek_pool.testing import FakeDeepSeek
 
 KEY = "sk-pool-test-key"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import deepseek_pool as dp
-from deepseek_pool.sqlite_storage import SQLiteStorage
+from deepseek_pool.budget.sqlite_storage import SQLiteStorage
 from deepseek_pool.testing import FakeDeepSeek
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and POSIX signals")

@@ -95,3 +95,12 @@ def test_signatures_and_attributes_of_the_design_card() -> None:
     assert (timeout.connect, timeout.read, timeout.total) == (1, 2, 3)
     error = dp.RateLimitError("slow down", status_code=429, body={}, request_id="r")
     assert (error.status_code, error.body, error.request_id) == (429, {}, "r")
+
+
+def test_a_path_readme_documented_before_the_layers_still_imports() -> None:
+    """0.1's README showed ``deepseek_pool.redis_storage``; it now lives in the budget layer."""
+    pytest.importorskip("redis")
+    from deepseek_pool.budget.redis_storage import RedisStorage
+    from deepseek_pool.redis_storage import RedisStorage as documented_before
+
+    assert documented_before is RedisStorage

@@ -1,4 +1,4 @@
-"""The shared stream reader (deepseek_pool.reader): one thread reads every aggregated stream.
+"""The shared stream reader (deepseek_pool.wire.reader): one thread reads every aggregated stream.
 
 Over real sockets on 127.0.0.1 (tests/rawserver.py, and a TLS server with a trustme
 certificate): which streams it takes and which it leaves to their thread, many streams
@@ -22,8 +22,8 @@ from typing import Any, Iterator, List, Optional, Tuple
 import pytest
 
 import deepseek_pool as dp
-from deepseek_pool import reader as reader_module
-from deepseek_pool.reader import READER
+from deepseek_pool.wire import reader as reader_module
+from deepseek_pool.wire.reader import READER
 
 from .rawserver import RawServer, script, sse_head
 from .test_processes import run_in_fork

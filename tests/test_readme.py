@@ -38,7 +38,13 @@ from typing import Any, Dict, Iterator, List, Optional
 import pytest
 
 import deepseek_pool as dp
-from deepseek_pool import budget, cli, config, errors, items, jsonl, limits, pool, spend
+from deepseek_pool import config, errors
+from deepseek_pool.batch import jsonl
+from deepseek_pool.budget import limiter as limits
+from deepseek_pool.budget import rules as budget
+from deepseek_pool.cli import commands as cli
+from deepseek_pool.money import spend
+from deepseek_pool.pool import items, pool
 from deepseek_pool.testing import FakeDeepSeek
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,7 +275,7 @@ def test_user_test_files_pass_with_pytest(tmp_path: Path) -> None:
 @pytest.fixture
 def cli_path(tmp_path: Path) -> Iterator[str]:
     """A PATH whose ``deepseek-pool`` is this checkout's CLI."""
-    pytest.importorskip("deepseek_pool.cli")
+    pytest.importorskip("deepseek_pool.cli.commands")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "deepseek-pool"

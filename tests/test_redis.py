@@ -25,17 +25,17 @@ from typing import Any, Iterator, List
 import pytest
 
 import deepseek_pool as dp
-from deepseek_pool import budget
-from deepseek_pool.budget import BudgetConfig, RateLimitSignal
-from deepseek_pool.storage import MemoryStorage
+from deepseek_pool.budget import rules as budget
+from deepseek_pool.budget.rules import BudgetConfig, RateLimitSignal
+from deepseek_pool.budget.storage import MemoryStorage
 from deepseek_pool.testing import FakeDeepSeek
 
 from .redisserver import RedisServer, running_redis
 from .test_processes import HOLDER, child_env, run_in_fork, three_processes_share_a_cap_of_six
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'deepseek-pool[redis]')")
-from deepseek_pool import redis_storage  # noqa: E402  (needs redis-py)
-from deepseek_pool.redis_storage import RedisStorage  # noqa: E402
+from deepseek_pool.budget import redis_storage  # noqa: E402  (needs redis-py)
+from deepseek_pool.budget.redis_storage import RedisStorage  # noqa: E402
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and POSIX signals"),
@@ -177,10 +177,10 @@ def test_the_core_imports_neither_redis_nor_the_redis_storage_unless_asked() -> 
     code = (
         "import sys, deepseek_pool as dp\n"
         "dp.Limiter(); dp.DeepSeekPool(dp.DeepSeekClient('sk-x', base_url='http://127.0.0.1:9')).close()\n"
-        "assert 'redis' not in sys.modules and 'deepseek_pool.redis_storage' not in sys.modules, sys.modules\n"
+        "assert 'redis' not in sys.modules and 'deepseek_pool.budget.redis_storage' not in sys.modules, sys.modules\n"
         "assert 'celery' not in sys.modules\n"
         "dp.Limiter(storage='redis://127.0.0.1:1/0')\n"
-        "assert 'deepseek_pool.redis_storage' in sys.modules\n"
+        "assert 'deepseek_pool.budget.redis_storage' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], env=child_env(), check=True, timeout=30)
 
@@ -294,7 +294,7 @@ def test_a_limiter_made_before_a_fork_works_in_the_child(redis_url: str) -> None
 
 
 def records(caplog: pytest.LogCaptureFixture, text: str) -> List[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "deepseek_pool.redis_storage" and text in r.getMessage()]
+    return [r for r in caplog.records if r.name == "deepseek_pool.budget.redis_storage" and text in r.getMessage()]
 
 
 def test_redis_down_with_fail_fails_unsent_calls_clearly_and_keeps_finished_ones(

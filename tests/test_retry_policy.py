@@ -18,7 +18,7 @@ from urllib3.response import HTTPResponse
 from urllib3.util.retry import RequestHistory, Retry
 
 from deepseek_pool import config
-from deepseek_pool.retry import DeepSeekRetry
+from deepseek_pool.wire.retry import DeepSeekRetry
 
 POOL = urllib3.HTTPConnectionPool("example.invalid")
 #: Retry-After values that are no usable number of seconds: they count as an absent header.

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 
-from deepseek_pool.streaming import ServerSentEvent, SSEDecoder, iter_sse
+from deepseek_pool.wire.sse import ServerSentEvent, SSEDecoder, iter_sse
 
 E = ServerSentEvent
 

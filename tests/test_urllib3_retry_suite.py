@@ -1,7 +1,7 @@
 """urllib3's own ``test/test_retry.py``, run against DeepSeekRetry.
 
 The suite comes from the sdist of the installed urllib3 (downloaded at test time, never
-committed), with ``Retry`` rebound to :class:`deepseek_pool.retry.DeepSeekRetry`. Every test
+committed), with ``Retry`` rebound to :class:`deepseek_pool.wire.retry.DeepSeekRetry`. Every test
 must pass except those in ``EXPECTED_DIFFERENCES``, each a documented difference; a listed
 test that passes fails this test too, so the list stays true.
 """
@@ -70,7 +70,7 @@ def stub_timezone(request):
 '''
 
 _IMPORT = re.compile(r"^from urllib3\.util\.retry import .*\bRetry\b.*$", re.MULTILINE)
-_REBIND = "from deepseek_pool.retry import DeepSeekRetry as Retry  # rewritten by deepseek_pool"
+_REBIND = "from deepseek_pool.wire.retry import DeepSeekRetry as Retry  # rewritten by deepseek_pool"
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any, List
 
-from deepseek_pool.calls import _COMPACT_AT, Watchdog
+from deepseek_pool.wire.calls import _COMPACT_AT, Watchdog
 
 
 class Handle:

@@ -24,7 +24,7 @@ workers run::
     lines = [line for chunk in job.get() for line in chunk]     # or chord(...)(collect.s())
 
 The task, ``run_chunk(lines, first_line=1, model=None)``, returns the batch-output lines
-of its chunk (:func:`deepseek_pool.batch.run_lines`: the lines ``deepseek-pool run``
+of its chunk (:func:`deepseek_pool.batch.runner.run_lines`: the lines ``deepseek-pool run``
 writes, one per non-blank input line) and never raises for one item: a malformed line or
 a failed call is an error line. It is ``acks_late`` with ``reject_on_worker_lost``, so a
 chunk whose worker died (SIGKILL, OOM) is delivered again and run whole again: every line
@@ -42,8 +42,8 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Uni
 from celery import Celery, group
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from ..batch import run_lines
-from ..pool import DeepSeekPool
+from ..batch.runner import run_lines
+from ..pool.pool import DeepSeekPool
 
 __all__ = ["DEFAULT_TASK_NAME", "batch_group", "chunks", "close_pool", "get_pool", "setup"]
 

@@ -31,15 +31,15 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, TextIO, Tuple
 
-from . import __version__
-from .batch import BatchFileError, BatchSummary, Interrupter, run_batch
-from .client import DeepSeekClient
-from .config import ENV_API_KEY
-from .errors import ConfigurationError, DeepSeekError
-from .limits import Limiter
-from .models import DEFAULT_MODEL, ModelPrice
-from .pool import DeepSeekPool
-from .progress import BatchProgress, Tally, format_cost, format_summary, summary_dict
+from .. import __version__
+from ..batch.progress import BatchProgress, Tally, format_cost, format_summary, summary_dict
+from ..batch.runner import BatchFileError, BatchSummary, Interrupter, run_batch
+from ..budget.limiter import Limiter
+from ..client import DeepSeekClient
+from ..config import ENV_API_KEY
+from ..errors import ConfigurationError, DeepSeekError
+from ..models import DEFAULT_MODEL, ModelPrice
+from ..pool.pool import DeepSeekPool
 
 __all__ = ["main"]
 
@@ -614,7 +614,7 @@ def _exit_without_workers(status: int) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace, command_line: str) -> int:
-    from .testing import FakeDeepSeek  # the simulator is only imported when it is used
+    from ..testing import FakeDeepSeek  # the simulator is only imported when it is used
 
     count = args.prompts
     prompts: List[str] = [
@@ -740,7 +740,7 @@ def main(argv: Optional[Sequence[str]] = None, *, prog: str = PROG) -> int:
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] == "serve-fake":
-        from .testing import main as serve_fake
+        from ..testing import main as serve_fake
 
         try:
             return serve_fake(arguments[1:])

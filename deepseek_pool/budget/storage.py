@@ -6,7 +6,7 @@ retry_hold, renew, snapshot). Most storages need only two methods: a
 :class:`TransactionalStorage` gives :meth:`~TransactionalStorage.transaction` (the state
 of one budget, held against every other sharer, saved when the block ends) and
 :meth:`~Storage.clock` (the clock every sharer agrees on), and the rules of
-:mod:`deepseek_pool.budget` do the rest. Two flags tell the limiter how to behave:
+:mod:`deepseek_pool.budget.rules` do the rest. Two flags tell the limiter how to behave:
 :attr:`~Storage.shared` (other processes change the state: a waiting limiter polls, as no
 release of theirs can wake it) and :attr:`~Storage.leases_expire` (leases must be
 renewed; a storage that dies with its process needs no expiry).
@@ -14,7 +14,7 @@ renewed; a storage that dies with its process needs no expiry).
 Storages are chosen by URI, as Celery's broker URLs and Flask-Limiter's ``storage_uri``
 are (:func:`storage_from_uri`): ``memory://`` (the default: this limiter alone),
 ``sqlite:////abs/path.db`` (processes on one machine), ``redis://`` and ``rediss://``
-(machines; :mod:`deepseek_pool.redis_storage`, imported only when used, extra
+(machines; :mod:`deepseek_pool.budget.redis_storage`, imported only when used, extra
 ``deepseek-pool[redis]``; a ready ``redis.Redis`` client is wrapped too), and others
 registered with :func:`register_scheme`.
 """
@@ -30,9 +30,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from . import budget
-from .budget import BudgetConfig, BudgetState, Lease, RateLimitSignal
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
+from . import rules as budget
+from .rules import BudgetConfig, BudgetState, Lease, RateLimitSignal
 
 __all__ = [
     "BudgetSnapshot",
@@ -68,8 +68,8 @@ class BudgetSnapshot:
 class Storage:
     """The operations a limiter asks of its storage; each is atomic across every sharer.
 
-    ``config`` is the asking limiter's :class:`~deepseek_pool.budget.BudgetConfig`; the
-    rules are those of :mod:`deepseek_pool.budget`. :class:`TransactionalStorage`
+    ``config`` is the asking limiter's :class:`~deepseek_pool.budget.rules.BudgetConfig`; the
+    rules are those of :mod:`deepseek_pool.budget.rules`. :class:`TransactionalStorage`
     implements all of them over one method, :meth:`~TransactionalStorage.transaction`;
     a storage with a scripting engine (Redis and Lua) may implement them natively.
     """
@@ -128,7 +128,7 @@ class Storage:
 
 
 class TransactionalStorage(Storage):
-    """A storage that runs :mod:`deepseek_pool.budget`'s rules on a state it loads and saves.
+    """A storage that runs :mod:`deepseek_pool.budget.rules`'s rules on a state it loads and saves.
 
     Subclasses give :meth:`transaction` (the state of one budget, held exclusively until
     the block ends, then saved) and :meth:`clock`; everything else follows.

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, TextIO
 
-from .models import ModelPrice, estimate_cost
+from ..models import ModelPrice, estimate_cost
 
 __all__ = ["BatchProgress", "BatchSummary", "Tally", "format_cost", "format_summary", "format_tokens", "summary_dict"]
 

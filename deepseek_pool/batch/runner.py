@@ -18,8 +18,8 @@ null). A line that is not JSON, too long, nested too deep or not a request becom
 an error line too (code ``JSONDecodeError``, ``LineTooLong``, ``JSONTooDeep``,
 ``ValueError`` ...; custom_id = its own when it has a usable one, else its line number),
 and the rest still run. Every line written is valid UTF-8 JSON that a resume reads back
-(:mod:`deepseek_pool.jsonl`). Batch ``url`` values are routed by
-:data:`deepseek_pool.pool.BATCH_URLS` (chat, beta chat, FIM).
+(:mod:`deepseek_pool.batch.jsonl`). Batch ``url`` values are routed by
+:data:`deepseek_pool.pool.pool.BATCH_URLS` (chat, beta chat, FIM).
 
 Locking: the output is locked (``flock``) for the whole run, compaction included; the
 lock is re-checked to be on the file at the path, so a run that opened the file just
@@ -67,10 +67,10 @@ import threading
 import time
 from typing import Any, BinaryIO, Dict, Generator, Iterable, Iterator, List, Optional, Set, Tuple, Union
 
-from .calls import RetryCancelled
-from .errors import APIStatusError, AuthenticationError, DeepSeekError, InsufficientBalanceError, SpendCapReached
+from ..errors import APIStatusError, AuthenticationError, DeepSeekError, InsufficientBalanceError, SpendCapReached
+from ..pool.pool import DeepSeekPool, Result, Routed, route_request
+from ..wire.calls import RetryCancelled
 from .jsonl import MAX_LINE_BYTES, LineError, check_bounds, dumps, loads, read_lines
-from .pool import DeepSeekPool, Result, Routed, route_request
 from .progress import BatchProgress, BatchSummary, Tally
 
 try:  # POSIX: one writer per output file
@@ -158,7 +158,7 @@ def _check_regular(path: PathLike, what: str) -> None:
 def _scan(path: PathLike) -> Iterator[_Scanned]:
     """Yield ``(line number, custom_id, routed request, None)`` or ``(line number, custom_id, None, (code, message))``.
 
-    Every line is read with bounded effort (:mod:`deepseek_pool.jsonl`): one too long,
+    Every line is read with bounded effort (:mod:`deepseek_pool.batch.jsonl`): one too long,
     too deep, not UTF-8 or not JSON is an error for that item, never a crash.
     """
     with open(path, "rb") as lines:
@@ -490,7 +490,7 @@ class _LineMaker:
     """Builds output lines; ids are one random prefix per run plus a counter (no syscall per line).
 
     Every line is valid UTF-8 JSON within the reader's bounds, whatever the answer holds
-    (:func:`deepseek_pool.jsonl.dumps`); an answer that could not be read back is written
+    (:func:`deepseek_pool.batch.jsonl.dumps`); an answer that could not be read back is written
     as a failure saying why, so the item runs again rather than being lost.
     """
 

@@ -3,7 +3,7 @@
 A worker asks :meth:`Limiter.acquire` for permission to *start* a call and hands the
 returned :class:`Permit` back to :meth:`Limiter.release` when the call has ended.
 A start is granted only when every gate of the budget allows it
-(:mod:`deepseek_pool.budget` has the rules):
+(:mod:`deepseek_pool.budget.rules` has the rules):
 
 * ``max_in_flight`` -- the ceiling of an adaptive cap on calls between acquire and
   release: a 429 lowers the cap (to the number DeepSeek names, else by a factor when it
@@ -26,7 +26,7 @@ API cost about ``budget / RETRY_COST`` retries in all rather than workers x retr
 :class:`~deepseek_pool.errors.RetryBudgetExceeded` when the budget cannot pay; a call
 that succeeds earns :data:`NO_RETRY_INCREMENT` back, or what its retries cost.
 
-The budget lives in a storage chosen by URI (:mod:`deepseek_pool.storage`):
+The budget lives in a storage chosen by URI (:mod:`deepseek_pool.budget.storage`):
 ``memory://`` (this limiter alone, the default), ``sqlite:////path.db`` (every process
 of the machine that names the same file and ``name``). There an in-flight slot is a
 lease that the limiter renews while its call runs; a process that dies gives its slots
@@ -57,10 +57,10 @@ from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, Optional, Set, Type, Union
 
-from . import budget
-from .budget import BudgetConfig, RateLimitSignal
-from .errors import RetryBudgetExceeded
-from .forks import reset_after_fork
+from ..errors import RetryBudgetExceeded
+from ..forks import reset_after_fork
+from . import rules as budget
+from .rules import BudgetConfig, RateLimitSignal
 from .storage import Storage, storage_from_uri
 
 __all__ = ["Limiter", "LimiterStats", "Permit"]
@@ -202,7 +202,7 @@ class Limiter:
     :param retry_budget: capacity of the retry budget (None: retries are never refused).
     :param storage: where the budget lives: ``"memory://"`` (this limiter alone),
         ``"sqlite:////abs/path.db"`` (processes on one machine), a registered scheme
-        such as ``"redis://..."``, or a :class:`~deepseek_pool.storage.Storage`.
+        such as ``"redis://..."``, or a :class:`~deepseek_pool.budget.storage.Storage`.
     :param name: the budget's name in the storage; limiters with the same storage and
         name share one budget (give them the same limits).
     :param lease_seconds: how long an in-flight slot outlives a process that died
@@ -502,7 +502,7 @@ class Limiter:
         :param message: the 429's message; DeepSeek names the account's cap there
             ("concurrency limit of 39"). Without ``message`` or ``signal``, new starts and
             retries wait ``seconds`` and the cap stays.
-        :param signal: what the 429 says, already read (:func:`~deepseek_pool.budget.rate_limit_signal`).
+        :param signal: what the 429 says, already read (:func:`~deepseek_pool.budget.rules.rate_limit_signal`).
         """
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (0 <= seconds < math.inf):
             raise ValueError(f"cool-down seconds must be a finite number >= 0, got {seconds!r}")

@@ -29,9 +29,9 @@ import math
 import threading
 from typing import Callable, Iterable, Mapping, Optional
 
-from .errors import ConfigurationError, SpendCapReached
-from .models import ModelPrice, cost_of, price_of
-from .types import Usage
+from ..errors import ConfigurationError, SpendCapReached
+from ..models import ModelPrice, cost_of, price_of
+from ..types import Usage
 
 __all__ = ["UNSET_MAX_TOKENS_RESERVE", "Reservation", "SpendCap"]
 

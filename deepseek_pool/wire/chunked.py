@@ -1,7 +1,7 @@
 """HTTP/1.1 chunked framing, stripped from bytes fed in any split.
 
 Push-based, so the thread that reads a body and the shared stream reader
-(:mod:`deepseek_pool.reader`) strip the framing with one piece of code: feed it what a
+(:mod:`deepseek_pool.wire.reader`) strip the framing with one piece of code: feed it what a
 read brought, get back the payload in it. Errors are urllib3's own, so they translate
 as urllib3's ``read_chunked`` would have raised them.
 """

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Collection, Optional, Tuple, Union
 from urllib3.exceptions import InvalidHeader, ReadTimeoutError
 from urllib3.util.retry import RequestHistory, Retry
 
-from . import config
+from .. import config
 from .calls import RetryCancelled, RetryEvent, RetryListener  # where they lived before; kept importable
 
 __all__ = ["DeepSeekRetry", "RetryCancelled", "RetryEvent", "RetryListener"]

@@ -1,7 +1,7 @@
 """The rules of one concurrency budget, as pure functions over its shared state.
 
 A :class:`~deepseek_pool.Limiter` is these rules over a storage
-(:mod:`deepseek_pool.storage`): the storage holds a :class:`BudgetState` and runs each
+(:mod:`deepseek_pool.budget.storage`): the storage holds a :class:`BudgetState` and runs each
 rule inside one atomic transaction, so limiters in several threads, processes or
 machines that share the storage and a name share one budget. Nothing here waits,
 locks or reads a clock: ``now`` is passed in, which keeps every rule testable alone.
@@ -219,7 +219,7 @@ def ungated(state: BudgetState, config: BudgetConfig, now: float) -> bool:
     True without a cap (configured or learnt), rpm, tpm or cool-down, once the budget is
     filled. Then :func:`try_start` only records the lease and counts, and :func:`finish`
     only drops it and counts (tokens used, retry budget earned): a storage may do that
-    much without its lock (:class:`~deepseek_pool.storage.MemoryStorage` does).
+    much without its lock (:class:`~deepseek_pool.budget.storage.MemoryStorage` does).
     """
     return (
         state.cap == math.inf

@@ -5,7 +5,7 @@ request's parameters and submitted to a ``ThreadPoolExecutor``; results come bac
 through the futures' done-callbacks in completion order. Input is pulled lazily
 through a bounded window, so a generator of a million requests runs in memory
 bounded by the window. Every start goes through a shared
-:class:`~deepseek_pool.limits.Limiter` (in-flight cap, requests and tokens per
+:class:`~deepseek_pool.budget.limiter.Limiter` (in-flight cap, requests and tokens per
 minute, 429 cool-down, retry budget).
 
 Example::
@@ -38,11 +38,17 @@ from typing import (
     Union,
 )
 
-from . import interpreter
-from .calls import CallControl, CallHandle
-from .client import DeepSeekClient
-from .errors import APIStatusError, APITimeoutError, status_error
-from .forks import reset_after_fork
+from .. import interpreter
+from ..budget.limiter import Limiter
+from ..client import DeepSeekClient
+from ..errors import APIStatusError, APITimeoutError, status_error
+from ..forks import reset_after_fork
+from ..messages import Messages, normalize_messages
+from ..models import ModelPrice
+from ..money.spend import UNSET_MAX_TOKENS_RESERVE, Reservation, SpendCap
+from ..types import ChatChunk, ChatCompletion, Usage
+from ..wire.calls import CallControl, CallHandle
+from .call import Drain, DrainStopped, PoolCall
 from .items import (
     BATCH_URLS,
     POOL_KEYS,
@@ -55,12 +61,6 @@ from .items import (
     parse_request,
     route_request,
 )
-from .limits import Limiter
-from .messages import Messages, normalize_messages
-from .models import ModelPrice
-from .poolcall import Drain, DrainStopped, PoolCall
-from .spend import UNSET_MAX_TOKENS_RESERVE, Reservation, SpendCap
-from .types import ChatChunk, ChatCompletion, Usage
 
 __all__ = [
     "BATCH_URLS",
@@ -108,7 +108,7 @@ class DeepSeekPool:
     :param rpm: most call starts per minute, evenly spaced.
     :param tpm: most tokens per minute (estimated before a call, corrected after).
     :param retry_budget: capacity of the retry budget (None: never refuse a retry).
-    :param limiter: a :class:`~deepseek_pool.limits.Limiter` to share with other pools
+    :param limiter: a :class:`~deepseek_pool.budget.limiter.Limiter` to share with other pools
         (then ``max_in_flight``/``rpm``/``tpm``/``retry_budget`` must not be given).
     :param executor: an executor to run calls on; the pool never shuts it down.
     :param window: most requests of one ``as_completed``/``map`` submitted but unfinished
@@ -128,7 +128,7 @@ class DeepSeekPool:
         table at the peak or off-peak rate) would pass it; such a call fails at once with
         :class:`~deepseek_pool.errors.SpendCapReached`, unsent. A model without a known
         price is refused (:class:`~deepseek_pool.errors.ConfigurationError`) unless
-        ``prices`` gives one. See :mod:`deepseek_pool.spend`.
+        ``prices`` gives one. See :mod:`deepseek_pool.money.spend`.
     :param prices: model id -> :class:`~deepseek_pool.models.ModelPrice`, for ``max_cost``.
     :param collect_interval: after yielding the result of a call that took at least
         :data:`COLLECT_AFTER` times this (0.5 s by default), ``as_completed`` and ``map``

@@ -253,7 +253,7 @@ def iter_sse(chunks: Iterable[bytes]) -> Iterator[ServerSentEvent]:
 def _benchmark() -> None:
     """Print the decoder's cost per event on a DeepSeek-like stream.
 
-    Run: ``python -c "from deepseek_pool.streaming import _benchmark; _benchmark()"``.
+    Run: ``python -c "from deepseek_pool.wire.sse import _benchmark; _benchmark()"``.
     """
     import time
 

@@ -23,8 +23,8 @@ import threading
 import time
 from typing import Any, Iterator, Optional
 
-from .budget import BudgetState, Lease
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
+from .rules import BudgetState, Lease
 from .storage import TransactionalStorage
 
 __all__ = ["SQLiteStorage"]

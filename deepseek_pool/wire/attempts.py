@@ -22,9 +22,8 @@ import requests
 from urllib3.exceptions import ConnectTimeoutError, ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
-from .calls import CallControl, RetryEvent
-from .config import Timeout, TimeoutLike
-from .errors import (
+from ..config import Timeout, TimeoutLike
+from ..errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
@@ -34,7 +33,8 @@ from .errors import (
     status_error,
     without_secret,
 )
-from .messages import encode_body
+from ..messages import encode_body
+from .calls import CallControl, RetryEvent
 from .retry import DeepSeekRetry
 from .transport import Attempt, raw_pieces, request_id_of, urllib3_cause
 

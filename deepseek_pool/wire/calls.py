@@ -25,8 +25,8 @@ import threading
 import time
 from typing import Any, Callable, List, NamedTuple, Optional, Protocol, Tuple
 
-from .errors import APIConnectionError, APITimeoutError
-from .forks import reset_after_fork
+from ..errors import APIConnectionError, APITimeoutError
+from ..forks import reset_after_fork
 
 __all__ = [
     "CallControl",

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
-from .messages import Messages
-from .types import ChatCompletion, Usage
+from ..messages import Messages
+from ..types import ChatCompletion, Usage
 
 __all__ = [
     "BATCH_URLS",

@@ -1,7 +1,7 @@
 """One pool call's control: how its attempts feed the pool's limiter, stop and drain.
 
 The pool hands a :class:`PoolCall` to the client for each call (``control=``); the
-client's retry loop calls its hooks (see :class:`~deepseek_pool.calls.CallControl`).
+client's retry loop calls its hooks (see :class:`~deepseek_pool.wire.calls.CallControl`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Optional
 
-from .budget import rate_limit_signal
-from .calls import CallControl, RetryCancelled, RetryEvent
-from .errors import APIStatusError, APITimeoutError
-from .limits import Permit
+from ..budget.limiter import Permit
+from ..budget.rules import rate_limit_signal
+from ..errors import APIStatusError, APITimeoutError
+from ..wire.calls import CallControl, RetryCancelled, RetryEvent
 
 if TYPE_CHECKING:
     from .items import Result

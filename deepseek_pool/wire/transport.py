@@ -36,9 +36,7 @@ from urllib3.exceptions import (
 )
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
-from .calls import WATCHDOG, CallHandle, Silence, release_connection, sending
-from .chunked import Dechunker
-from .errors import (
+from ..errors import (
     APIConnectionError,
     APIResponseValidationError,
     APIStatusError,
@@ -47,8 +45,10 @@ from .errors import (
     DeepSeekError,
     status_error,
 )
-from .streaming import SSEDecoder
-from .types import ChatChunk, ChatCompletion, ChatCompletionBuilder
+from ..types import ChatChunk, ChatCompletion, ChatCompletionBuilder
+from .calls import WATCHDOG, CallHandle, Silence, release_connection, sending
+from .chunked import Dechunker
+from .sse import SSEDecoder
 
 if TYPE_CHECKING:
     from .reader import StreamReader  # which imports this module
@@ -97,11 +97,11 @@ def raw_pieces(raw: Any, deadline: float, handle: Optional[CallHandle] = None) -
 
     Each piece is everything one read brought (all the events a socket holds, not one
     HTTP chunk at a time), and the deadline is checked between reads; a read that
-    blocks past it is broken by the watchdog (:mod:`deepseek_pool.calls`). The socket
+    blocks past it is broken by the watchdog (:mod:`deepseek_pool.wire.calls`). The socket
     is made blocking for the body: one ``recv`` per read instead of ``poll`` + ``recv``,
     so one GIL hand-off per read instead of two. The watchdog still ends it at the
     deadline, and a read timeout shorter than the time left is kept by the watchdog too
-    (a :class:`~deepseek_pool.calls.Silence`, given the call's ``handle``); without a
+    (a :class:`~deepseek_pool.wire.calls.Silence`, given the call's ``handle``); without a
     handle such a socket keeps its timeout.
     """
     clock = time.monotonic
@@ -127,7 +127,7 @@ def raw_pieces(raw: Any, deadline: float, handle: Optional[CallHandle] = None) -
 def body_begins(raw: Any, deadline: float, handle: Optional[CallHandle]) -> Optional[Silence]:
     """The body is about to be read: check the deadline, make the socket block (see :func:`raw_pieces`).
 
-    Returns the :class:`~deepseek_pool.calls.Silence` that keeps a read timeout shorter
+    Returns the :class:`~deepseek_pool.wire.calls.Silence` that keeps a read timeout shorter
     than the time left, if there is one; the caller stops it when the body is over.
     """
     remaining = deadline - time.monotonic()
@@ -156,7 +156,7 @@ def plain_chunked(raw: Any) -> Optional[HTTPResponse]:
     """The http.client response under ``raw`` when its body is chunked and not encoded, else None.
 
     Such a body is read straight off the socket file, its framing stripped by
-    :class:`~deepseek_pool.chunked.Dechunker`; others go through urllib3.
+    :class:`~deepseek_pool.wire.chunked.Dechunker`; others go through urllib3.
     """
     fp = getattr(raw, "_fp", None)
     if raw.chunked and fp.__class__ is HTTPResponse and fp.fp is not None and not _encoded(raw):
@@ -172,7 +172,7 @@ def _encoded(raw: Any) -> bool:
 def _block_within_deadline(raw: Any, remaining: float, handle: Optional[CallHandle]) -> Optional[Silence]:
     """Make the socket blocking for the body; a read timeout shorter than ``remaining`` moves to the watchdog.
 
-    Returns the :class:`~deepseek_pool.calls.Silence` that keeps that read timeout, or
+    Returns the :class:`~deepseek_pool.wire.calls.Silence` that keeps that read timeout, or
     None when the timeout could not fire before the deadline anyway (or there is none).
     Without a handle to break the connection through, a short timeout stays on the socket.
     """
@@ -199,7 +199,7 @@ def _dechunk(raw: Any, fp: HTTPResponse) -> Iterator[bytes]:
     urllib3's ``read_chunked`` makes a generator step, a ``readline`` and two
     ``_safe_read`` calls per HTTP chunk, and servers stream one event per chunk. This
     reads whatever the socket holds (``read1``: the buffered bytes, else one ``recv``)
-    and strips the framing of every chunk in it (:class:`~deepseek_pool.chunked.Dechunker`).
+    and strips the framing of every chunk in it (:class:`~deepseek_pool.wire.chunked.Dechunker`).
     At the terminating chunk it reads the trailers, closes the response and gives the
     connection back to urllib3's pool, as ``read_chunked`` does; any bytes past the body
     close the connection instead.
@@ -303,7 +303,7 @@ class Attempt:
 
 
 class _CallAwareConnectionMixin:
-    """Reports the connection to the :class:`~deepseek_pool.calls.CallHandle` of the call it carries.
+    """Reports the connection to the :class:`~deepseek_pool.wire.calls.CallHandle` of the call it carries.
 
     It attaches before connecting and before sending (a handle aborted meanwhile stops
     the attempt there, before any byte of the request leaves), and checks again once a
@@ -447,7 +447,7 @@ class ChatStream:
     body, clean or broken. A body that ends, breaks or sends ``[DONE]`` before any
     ``finish_reason`` (a server cutting the answer short) raises :class:`APIConnectionError`.
 
-    :param reader: a :class:`~deepseek_pool.reader.StreamReader` that :meth:`completion`
+    :param reader: a :class:`~deepseek_pool.wire.reader.StreamReader` that :meth:`completion`
         hands a body nobody iterated to, so the calling thread sleeps until the end
         instead of waking for every event. Iterating reads in the calling thread.
     :param on_first_token: called once, with ``time.monotonic()``, when the first chunk
@@ -502,7 +502,7 @@ class ChatStream:
     def feed(self, payload: bytes) -> bool:
         """Add the events in ``payload`` (body bytes) to the answer; True at ``[DONE]`` (the rest is ignored).
 
-        For a reader that reads the body elsewhere (:mod:`deepseek_pool.reader`); raises what
+        For a reader that reads the body elsewhere (:mod:`deepseek_pool.wire.reader`); raises what
         iterating would have raised.
         """
         convert = self._chunk
