@@ -25,11 +25,13 @@ from .errors import (
     IncompleteResponseError,
     InsufficientBalanceError,
     InternalServerError,
+    ProxyAuthenticationError,
     RateLimitError,
     RetryBudgetExceeded,
     ServiceUnavailableError,
     SpendCapReached,
     StorageUnavailable,
+    TLSError,
     UnprocessableEntityError,
 )
 from .models import ModelPrice
@@ -37,6 +39,7 @@ from .pool.pool import DeepSeekPool, DrainStopped, PoolStats, Result
 from .types import Balance, ChatChunk, ChatCompletion, ChatCompletionBuilder, FIMCompletion, Usage
 from .wire.calls import CallControl, CallHandle, RetryEvent
 from .wire.retry import DeepSeekRetry
+from .wire.transport import DeepSeekAdapter
 
 __version__ = "0.1.0"
 
@@ -55,6 +58,7 @@ __all__ = [
     "ChatCompletionBuilder",
     "ChatStream",
     "ConfigurationError",
+    "DeepSeekAdapter",
     "DeepSeekClient",
     "DeepSeekError",
     "DeepSeekPool",
@@ -68,6 +72,7 @@ __all__ = [
     "LimiterStats",
     "ModelPrice",
     "PoolStats",
+    "ProxyAuthenticationError",
     "RateLimitError",
     "Result",
     "RetryBudgetExceeded",
@@ -75,6 +80,7 @@ __all__ = [
     "ServiceUnavailableError",
     "SpendCapReached",
     "StorageUnavailable",
+    "TLSError",
     "Timeout",
     "UnprocessableEntityError",
     "Usage",

@@ -5,12 +5,11 @@ sized to the threads that share it, with :class:`~deepseek_pool.wire.retry.DeepS
 mounted for retries. The session is configured once; everything per call travels
 as arguments, so any number of threads may share one client.
 
-The request path is kept lean because per-call CPU decides how many threads two
-cores can feed: the session's environment (proxies, CA bundle) is resolved once
-at construction instead of on every call, headers are merged once, and calls go
-straight to the urllib3 pool the adapter would pick (see :mod:`.transport`); a
-patched ``HTTPAdapter.send`` (``responses``), a user's own adapter or a proxy keeps
-the adapter path.
+Every request goes through the session as requests would send it (its headers, auth,
+params, cookies, hooks, proxies, certificates and mounted adapters, and the tools that
+patch requests); where requests' layers would add nothing, a call goes straight to the
+urllib3 pool they would pick, because per-call CPU decides how many threads two cores
+can feed (see :mod:`deepseek_pool.wire.route`).
 
 Example::
 
@@ -35,14 +34,17 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
-from requests.utils import select_proxy
 from urllib3.util.retry import Retry
-from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from . import config
 from .config import Timeout, TimeoutLike
-from .errors import APIResponseValidationError, ConfigurationError, DeepSeekError, IncompleteResponseError
+from .errors import (
+    APIResponseValidationError,
+    APITimeoutError,
+    ConfigurationError,
+    DeepSeekError,
+    IncompleteResponseError,
+)
 from .forks import reset_after_fork
 from .messages import Messages, build_chat_body, header_problem, normalize_messages
 from .models import DEFAULT_MODEL
@@ -56,10 +58,11 @@ from .types import (
     object_problem,
 )
 from .wire.attempts import NO_RETRIES, AttemptLoop
-from .wire.calls import CallControl, CallHandle, RetryListener, sending
+from .wire.calls import CallControl, CallHandle, RetryListener
 from .wire.reader import READER
 from .wire.retry import DeepSeekRetry
-from .wire.transport import GENUINE_SEND, Attempt, ChatStream, DeepSeekAdapter, Route, request_id_of, wrap_response
+from .wire.route import SessionRoute
+from .wire.transport import Attempt, ChatStream, DeepSeekAdapter, request_id_of
 
 __all__ = [
     "CallControl",
@@ -78,6 +81,8 @@ ChunkCallback = Callable[[ChatChunk], None]
 ShapeCheck = Callable[[Any], Optional[str]]
 
 _USER_AGENT = f"deepseek-pool/0.1 (python-requests/{requests.__version__})"
+#: Where the client's own session mounts its adapter: everywhere, as requests mounts its own.
+_SCHEMES = ("https://", "http://")
 #: A 200 that stopped for this reason is a load failure, not an answer.
 _INSUFFICIENT = "insufficient_system_resource"
 
@@ -118,8 +123,12 @@ class DeepSeekClient:
         sharing the client (``DeepSeekPool`` does this for you).
     :param headers: extra headers sent on every request.
     :param rate_limit_group: sent as ``X-RateLimit-Group`` on every request.
-    :param session: a ``requests.Session`` to use (its adapters, proxies, certificates
-        and headers apply; it is not closed by :meth:`close`).
+    :param session: a ``requests.Session`` to send through, as requests would: its
+        headers, auth, params, cookies, hooks, proxies (and the environment's, with
+        ``trust_env``), ``verify``, ``cert`` and mounted adapters apply, as they are at each
+        call. The client mounts nothing on it and does not close it. Mount a
+        :class:`~deepseek_pool.DeepSeekAdapter` sized to your threads on it so the watchdog
+        can break stalled connections and urllib3 keeps them all.
     :param shared_stream_reader: read streams that nobody watches chunk by chunk
         (``chat(stream=True)`` without ``on_chunk``, a pool's streams without its
         ``on_chunk``) on the process's one stream reader thread, which serves every
@@ -184,39 +193,29 @@ class DeepSeekClient:
         self.pool_maxsize = 0
         self._base_pool_maxsize = pool_maxsize
         self._reserved = 0
-        self._own_adapter: Optional[HTTPAdapter] = None
-        self._route: Optional[Route] = None
+        self._hinted = False
         self._mount(pool_maxsize)
 
-        base_headers: Dict[str, str] = {}
-        if session is not None:
-            base_headers.update(session.headers)  # type: ignore[arg-type]
-        else:
-            base_headers["Accept-Encoding"] = "gzip, deflate"
-        base_headers.update(
-            {
-                "User-Agent": _USER_AGENT,
-                "Accept": "application/json",
-                "Content-Type": "application/json",
-                "Authorization": f"Bearer {self._api_key}",
-            }
+        # The client's own headers; the session's are merged in at each call, as requests does.
+        own_headers: Dict[str, str] = {}
+        if session is None:
+            own_headers["Accept-Encoding"] = "gzip, deflate"
+        own_headers.update(
+            {"User-Agent": _USER_AGENT, "Accept": "application/json", "Content-Type": "application/json"}
         )
         if rate_limit_group:
-            base_headers["X-RateLimit-Group"] = rate_limit_group
-        if headers:
-            base_headers.update(headers)
-        for name, value in base_headers.items():
+            own_headers["X-RateLimit-Group"] = rate_limit_group
+        authorization = f"Bearer {self._api_key}"
+        for name, value in (headers or {}).items():
+            if name.lower() == "authorization":
+                authorization = value
+            else:
+                own_headers[name] = value
+        for name, value in own_headers.items():
             problem = header_problem(value) if isinstance(value, str) else "is not a str"
-            if problem is not None and name != "Authorization":
+            if problem is not None:
                 raise ConfigurationError(f"header {name!r} cannot be sent: its value {problem}")
-        self._headers = base_headers
-        # Resolved once: requests would look up proxies, netrc and CA bundles on every call.
-        settings = self.session.merge_environment_settings(self.base_url, {}, None, None, None)
-        self._send_kwargs: Dict[str, Any] = {
-            "verify": settings.get("verify", True),
-            "cert": settings.get("cert"),
-            "proxies": settings.get("proxies") or {},
-        }
+        self._route = SessionRoute(self.session, own_headers, authorization)
         self._chat_url = self.base_url + "/chat/completions"
         self._call = AttemptLoop(self).run  # every call's attempts, retries and waits
         reset_after_fork(self)
@@ -241,42 +240,55 @@ class DeepSeekClient:
         return base_url + "/beta"
 
     def _mount(self, pool_maxsize: int) -> None:
-        """Mount an adapter with ``pool_maxsize`` connections and our retry policy on the base URL."""
-        prefix = self.base_url
+        """Size the connection pool: on the client's own session, mount an adapter of ``pool_maxsize``.
+
+        On a session the user gave, the client mounts nothing (their other requests keep
+        their routes, and a tool's scheme-wide adapter, betamax's, still applies); it only
+        checks that the adapter requests picks does not retry by itself.
+        """
         if not self._owns_session:
-            custom = [
-                p
-                for p in self.session.adapters
-                if prefix.lower().startswith(p.lower()) and "://" in p and len(p) > len(urlsplit(p).scheme) + 3
-            ]
-            if custom:
-                # The user mounted their own adapter for this host: it keeps its pool settings,
-                # and the client's loop does the retrying, so the adapter must not retry too.
-                prefix = max(custom, key=len)
-                adapter = self.session.adapters[prefix]
-                own_retries = getattr(adapter, "max_retries", None)
-                if isinstance(own_retries, Retry) and own_retries.total not in (0, False, None):
-                    raise ConfigurationError(
-                        f"the adapter mounted for {prefix!r} retries by itself ({own_retries!r}); every attempt "
-                        "would then be retried twice over. Mount it with max_retries=0 and set "
-                        "DeepSeekClient(max_retries=...) instead"
-                    )
-                self.pool_maxsize = getattr(adapter, "_pool_maxsize", pool_maxsize)
-                return
+            adapter = self.session.get_adapter(self.base_url)
+            own_retries = getattr(adapter, "max_retries", None)
+            if isinstance(own_retries, Retry) and own_retries.total not in (0, False, None):
+                raise ConfigurationError(
+                    f"the adapter the session uses for {self.base_url!r} retries by itself ({own_retries!r}); every "
+                    "attempt would then be retried twice over. Mount it with max_retries=0 and set "
+                    "DeepSeekClient(max_retries=...) instead"
+                )
+            self.pool_maxsize = getattr(adapter, "_pool_maxsize", pool_maxsize)
+            return
         adapter = DeepSeekAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=NO_RETRIES)
-        old = self.session.adapters.get(prefix)
-        self.session.mount(prefix, adapter)
-        self._own_adapter = adapter
-        self._route = None
+        old = {self.session.adapters.get(prefix) for prefix in _SCHEMES}
+        for prefix in _SCHEMES:
+            self.session.mount(prefix, adapter)
         self.pool_maxsize = pool_maxsize
-        if old is not None and old is not adapter:
-            old.close()
+        for previous in old:
+            if previous is not None and previous is not adapter:
+                previous.close()
+
+    def _grow(self, threads: int) -> None:
+        """Serve ``threads`` callers: grow the own session's pool, or say what a given session's lacks."""
+        if threads <= self.pool_maxsize:
+            return
+        if self._owns_session:
+            self._mount(threads)
+        elif not self._hinted:
+            self._hinted = True
+            log.warning(
+                "%d threads share a session whose adapter for %s keeps %d connections: urllib3 will open and "
+                "discard the others. Mount one sized to them: session.mount(%r, "
+                "deepseek_pool.DeepSeekAdapter(pool_maxsize=%d))",
+                threads,
+                self.base_url,
+                self.pool_maxsize,
+                self.base_url,
+                threads,
+            )
 
     def ensure_pool_size(self, threads: int) -> None:
         """Grow the connection pool to serve ``threads`` concurrent calls without discarding connections."""
         with self._lock:
-            if threads > self.pool_maxsize:
-                self._mount(threads)
+            self._grow(threads)
 
     def reserve_connections(self, threads: int) -> None:
         """Add ``threads`` to the callers sharing this client (a pool's workers), growing the pool.
@@ -287,9 +299,7 @@ class DeepSeekClient:
         """
         with self._lock:
             self._reserved += threads
-            needed = max(self._base_pool_maxsize, self._reserved)
-            if needed > self.pool_maxsize:
-                self._mount(needed)
+            self._grow(max(self._base_pool_maxsize, self._reserved))
 
     def release_connections(self, threads: int) -> None:
         """Those ``threads`` no longer use the client (the pool stays as large as it grew)."""
@@ -304,63 +314,15 @@ class DeepSeekClient:
 
     # -- transport -------------------------------------------------------------------
 
-    def _resolve_route(self, adapter: HTTPAdapter) -> Optional[Route]:
-        """Find the pool ``adapter.send`` would use for the base URL (None: always use the adapter)."""
-        if GENUINE_SEND is None or adapter is not self._own_adapter:
-            return None
-        if select_proxy(self.base_url, self._send_kwargs["proxies"]) is not None:
-            return None
-        request = requests.PreparedRequest()
-        request.prepare(method="POST", url=self._chat_url)
-        verify, cert = self._send_kwargs["verify"], self._send_kwargs["cert"]
-        getter = getattr(adapter, "get_connection_with_tls_context", None)
-        if getter is not None:  # requests >= 2.32.2
-            pool = getter(request, verify, None, cert)
-        else:
-            pool = adapter.get_connection(self.base_url, None)
-        adapter.cert_verify(pool, self.base_url, verify, cert)  # type: ignore[no-untyped-call]
-        parts = urlsplit(self.base_url)
-        route = Route(adapter, pool, len(parts.scheme) + 3 + len(parts.netloc))
-        self._route = route
-        return route
-
     def _send(
         self, method: str, url: str, body: Optional[bytes], timeout: Timeout, attempt: Attempt
     ) -> requests.Response:
         """One HTTP exchange up to the response head; raises the transport's own exceptions."""
-        headers = dict(self._headers)
-        if body is not None:
-            headers["Content-Length"] = str(len(body))
         remaining = attempt.deadline - time.monotonic()
+        if remaining <= 0:
+            raise APITimeoutError("the attempt's total deadline passed before the request was sent")
         connect, read = min(timeout.connect, remaining), min(timeout.read, remaining)
-        adapter = self.session.get_adapter(url)
-        sending.handle = attempt.handle
-        try:
-            if type(adapter).send is GENUINE_SEND and adapter is self._own_adapter:
-                route = self._route or self._resolve_route(adapter)
-                if route is not None and route.adapter is adapter:
-                    raw = route.pool.urlopen(
-                        method,
-                        url[route.cut :],
-                        body=body,
-                        headers=headers,
-                        redirect=False,
-                        assert_same_host=False,
-                        preload_content=False,
-                        decode_content=False,
-                        retries=NO_RETRIES,
-                        timeout=Urllib3Timeout(connect=connect, read=read),
-                        chunked=False,
-                    )
-                    return wrap_response(raw, url, adapter)
-            request = requests.PreparedRequest()
-            request.method = method
-            request.url = url
-            request.headers = headers  # type: ignore[assignment]
-            request.body = body
-            return adapter.send(request, stream=True, timeout=(connect, read), **self._send_kwargs)
-        finally:
-            sending.handle = None
+        return self._route.send(method, url, body, connect, read, attempt.handle)
 
     @staticmethod
     def _json(data: Optional[bytes], response: requests.Response, check: Optional[ShapeCheck] = None) -> Any:
@@ -572,18 +534,14 @@ class DeepSeekClient:
         usable and connect afresh.
         """
         self._lock = threading.Lock()
-        self._route = None
+        self._route.forget()
         for adapter in self.session.adapters.values():
             adapter.close()
 
     def close(self) -> None:
-        """Close the connections (and the session, when the client created it)."""
+        """Close the client's own session; a session the user gave stays theirs, open."""
         if self._owns_session:
             self.session.close()
-        else:
-            adapter = self.session.adapters.get(self.base_url)
-            if adapter is not None:
-                adapter.close()
 
     def __enter__(self) -> DeepSeekClient:
         return self

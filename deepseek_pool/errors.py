@@ -8,7 +8,10 @@
      ├── SpendCapReached                 the pool's spend cap (max_cost) would pass: not sent
      ├── StorageUnavailable              the limiter's shared storage (Redis) cannot be reached
      ├── APIConnectionError              no usable HTTP response (refused, reset, cut stream)
-     │    └── APITimeoutError            connect/read timeout or the total deadline passed
+     │    ├── APITimeoutError            connect/read timeout or the total deadline passed
+     │    ├── TLSError                   certificate not trusted, or the server refused the
+     │    │                                    client certificate; never retried
+     │    └── ProxyAuthenticationError   the proxy wants other credentials (407); never retried
      └── APIStatusError                  the server answered with an error (.status_code, .body)
           ├── BadRequestError            400  invalid request; fix it, never retried
           ├── AuthenticationError        401  wrong API key
@@ -43,11 +46,13 @@ __all__ = [
     "IncompleteResponseError",
     "InsufficientBalanceError",
     "InternalServerError",
+    "ProxyAuthenticationError",
     "RateLimitError",
     "RetryBudgetExceeded",
     "ServiceUnavailableError",
     "SpendCapReached",
     "StorageUnavailable",
+    "TLSError",
     "UnprocessableEntityError",
     "status_error",
     "without_secret",
@@ -81,6 +86,17 @@ class APIConnectionError(DeepSeekError):
 
 class APITimeoutError(APIConnectionError):
     """A connect or read timeout, or the per-attempt / per-call deadline, expired."""
+
+
+class TLSError(APIConnectionError):
+    """The TLS handshake failed for a reason a retry cannot fix: the server's certificate is
+    not trusted (``verify``, ``REQUESTS_CA_BUNDLE``), or the server refused the client's
+    certificate (``cert``). Never retried."""
+
+
+class ProxyAuthenticationError(APIConnectionError):
+    """The proxy answered 407: it wants credentials other than those given (or none were).
+    Never retried; the message never quotes the credentials."""
 
 
 class APIStatusError(DeepSeekError):

@@ -1,9 +1,9 @@
-"""The client's direct route to urllib3: same behaviour as going through the adapter.
+"""The client's direct route to urllib3: same behaviour as going through requests' ``Session.send``.
 
-``DeepSeekClient`` sends straight to the urllib3 pool that requests' adapter would use
-when the session is its own, no proxy applies and ``HTTPAdapter.send`` is not patched;
-these tests pin that it gives the same answers and errors, and that mocks and proxies
-still take the adapter path.
+``DeepSeekClient`` sends straight to the urllib3 pool that requests would use only when
+requests' layers would add nothing to the request (see :mod:`deepseek_pool.wire.route`);
+these tests pin that it gives the same answers and errors, and that mocks, hooks and
+proxies take requests' own path.
 """
 
 from __future__ import annotations
@@ -22,10 +22,14 @@ KEY = "sk-route-test-key"
 
 def test_the_direct_route_answers_like_the_adapter(fake_deepseek: FakeDeepSeek) -> None:
     client = dp.DeepSeekClient(KEY, base_url=fake_deepseek.base_url)
+    url = fake_deepseek.base_url + "/chat/completions"
+    assert client._route.direct(url) is not None
     direct = client.chat("same answer?")
-    assert client._route is not None  # the call above went the direct way
-    client._own_adapter = None  # forces adapter.send
+    seen = []
+    client.session.hooks["response"].append(lambda response, **kwargs: seen.append(response.status_code))
+    assert client._route.direct(url) is None  # a hook: requests' own Session.send from now on
     through_adapter = client.chat("same answer?")
+    assert seen == [200]
     for name in ("content", "reasoning_content", "finish_reason", "model"):
         assert getattr(direct, name) == getattr(through_adapter, name)
     assert direct.content == FakeDeepSeek.answer_for("same answer?")
@@ -39,17 +43,17 @@ def test_a_patched_adapter_send_is_honoured() -> None:
     body = {"id": "r", "model": "deepseek-flash", "choices": [choice]}
     with responses.RequestsMock() as mock:
         mock.add(responses.POST, "http://127.0.0.1:9/chat/completions", json=body)
+        assert client._route.direct("http://127.0.0.1:9/chat/completions") is None
         assert client.chat("hi").content == "mocked"
-    assert client._route is None
 
 
 def test_a_proxy_keeps_the_adapter_path(monkeypatch: pytest.MonkeyPatch) -> None:
     session = requests.Session()
     session.proxies = {"http": "http://127.0.0.1:9"}
     client = dp.DeepSeekClient(KEY, base_url="http://127.0.0.1:8", session=session, max_retries=0)
+    assert client._route.direct("http://127.0.0.1:8/chat/completions") is None
     with pytest.raises(dp.APIConnectionError):
         client.chat("hi")  # the (closed) proxy port refuses: the proxy was used
-    assert client._route is None
 
 
 def test_a_refused_connection_is_a_connection_error_on_the_direct_route() -> None:

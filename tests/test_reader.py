@@ -335,6 +335,7 @@ def test_a_stream_over_tls_is_read_whole_by_the_reader(
         session = requests.Session()
         session.trust_env = False  # else REQUESTS_CA_BUNDLE, if set, would override verify
         session.verify = ca_file
+        session.mount("https://", dp.DeepSeekAdapter())  # connections the watchdog can reach
         client = dp.DeepSeekClient(
             KEY,
             base_url=f"https://127.0.0.1:{listener.getsockname()[1]}",

@@ -263,10 +263,11 @@ class DeepSeekPool:
         cancelled: threading.Event,
         endpoint: str = "chat",
         drain: Optional[Drain] = None,
+        accepted: Optional[float] = None,
     ) -> Result:
         """Worker body for a batch item: never raises, the outcome goes on ``result``."""
         try:
-            result.completion = self._call(result, messages, params, cancelled, endpoint, drain)
+            result.completion = self._call(result, messages, params, cancelled, endpoint, drain, accepted)
         except BaseException as err:
             result.error = err
         self._finish(result)
@@ -280,10 +281,14 @@ class DeepSeekPool:
         cancelled: threading.Event,
         endpoint: str = "chat",
         drain: Optional[Drain] = None,
+        accepted: Optional[float] = None,
     ) -> Any:
         """Validate, wait for the limits, call, account; raise on failure (used by submit too).
 
-        Returns a :class:`ChatCompletion` (a :class:`~deepseek_pool.FIMCompletion` for ``"fim"``).
+        ``accepted`` is when the pool took the request (``submit``, or the window taking the
+        item): the client's ``call_timeout`` runs from then, so time queued behind busy
+        workers counts too. Returns a :class:`ChatCompletion` (a
+        :class:`~deepseek_pool.FIMCompletion` for ``"fim"``).
         """
         if endpoint != "fim":
             normalize_messages(messages)  # bad input fails here, before any limiter or network
@@ -300,8 +305,12 @@ class DeepSeekPool:
         limiter = self.limiter
         start = time.monotonic()
         call_timeout = self.client.call_timeout
+        deadline = None if call_timeout is None else (start if accepted is None else accepted) + call_timeout
+        if deadline is not None and start >= deadline:
+            raise APITimeoutError(f"not sent: the call's deadline (call_timeout={call_timeout} s) passed in the queue")
+        wake = cancelled if drain is None else drain.wake
         try:
-            permit = limiter.acquire(tokens, cancelled=cancelled if drain is None else drain.wake, timeout=call_timeout)
+            permit = limiter.acquire(tokens, cancelled=wake, timeout=None if deadline is None else deadline - start)
         except TimeoutError:
             raise APITimeoutError(
                 f"the call's deadline (call_timeout={call_timeout} s) passed while waiting for the limiter"
@@ -327,9 +336,7 @@ class DeepSeekPool:
         begun = time.monotonic()
         result.started_at = begun
         result.queued = begun - start
-        control = PoolCall(
-            self, permit, tokens, None if call_timeout is None else start + call_timeout, cancelled, drain, result
-        )
+        control = PoolCall(self, permit, tokens, deadline, cancelled, drain, result)
         handle = control.handle
         completion: Any = None
         self._handles[handle] = cancelled  # a dict store: atomic, no lock (see _untrack)
@@ -460,13 +467,15 @@ class DeepSeekPool:
         for key in POOL_KEYS & params.keys():
             raise TypeError(f"{key!r} is a batch key; use as_completed()/map() for it")
         result = Result(-1, None, messages)
-        future = self._executor.submit(self._submitted_call, result, messages, params)
+        future = self._executor.submit(self._submitted_call, result, messages, params, time.monotonic())
         self._track(future)
         return future
 
-    def _submitted_call(self, result: Result, messages: Messages, params: Dict[str, Any]) -> ChatCompletion:
+    def _submitted_call(
+        self, result: Result, messages: Messages, params: Dict[str, Any], accepted: float
+    ) -> ChatCompletion:
         try:
-            result.completion = self._call(result, messages, params, self._closing)
+            result.completion = self._call(result, messages, params, self._closing, accepted=accepted)
             return result.completion
         except BaseException as err:
             result.error = err
@@ -502,6 +511,7 @@ class DeepSeekPool:
             self._iterations[cancelled] = drain
         submit = self._executor.submit
         run = self._run
+        monotonic = time.monotonic
 
         def feed() -> bool:
             """Submit the next request; False when the input is exhausted."""
@@ -520,9 +530,8 @@ class DeepSeekPool:
                 with self._lock:
                     self._submitted += 1
             else:
-                future = submit(
-                    partial(run, Result(index, custom_id, request), messages, params, cancelled, endpoint, drain)
-                )
+                item = Result(index, custom_id, request)
+                future = submit(partial(run, item, messages, params, cancelled, endpoint, drain, monotonic()))
                 self._track(future)
             pending.add(future)
             future.add_done_callback(done.put)

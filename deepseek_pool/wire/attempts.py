@@ -29,6 +29,7 @@ from ..errors import (
     APITimeoutError,
     DeepSeekError,
     IncompleteResponseError,
+    ProxyAuthenticationError,
     RetryBudgetExceeded,
     status_error,
     without_secret,
@@ -36,7 +37,7 @@ from ..errors import (
 from ..messages import encode_body
 from .calls import CallControl, RetryEvent
 from .retry import DeepSeekRetry
-from .transport import Attempt, raw_pieces, request_id_of, urllib3_cause
+from .transport import PROXY_AUTHENTICATION, Attempt, final_failure, raw_pieces, request_id_of, urllib3_cause
 
 __all__ = ["NO_RETRIES", "AttemptLoop", "Parse"]
 
@@ -224,12 +225,18 @@ class AttemptLoop:
             except DeepSeekError:
                 raise  # cancelled, or expired before sending
             except Exception as err:
+                final = final_failure(err)
+                if final is not None:
+                    raise final from None  # a retry cannot fix it; the cause may quote a proxy's credentials
                 cause = urllib3_cause(err)
                 raise _Retryable(
                     _chained(attempt.translate(err), err), cause if isinstance(cause, Exception) else err
                 ) from None
             status = response.status_code
             raw = response.raw
+            if status == 407:  # from the forward proxy, not from DeepSeek
+                response.close()
+                raise ProxyAuthenticationError(PROXY_AUTHENTICATION)
             if status >= 400:
                 data = self._read_or_retry(response, attempt)
                 error = self._status_error(response, data)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import math
 import socket
 import threading
 import time
@@ -87,6 +88,10 @@ class CallHandle:
                 raise APITimeoutError("the attempt's total deadline passed before the request was sent")
             self._connection = connection
         connection._deepseek_handle = self
+
+    def holds(self, connection: Any) -> bool:
+        """Whether ``connection`` carries this call now (so :meth:`expire` can break it)."""
+        return connection is not None and self._connection is connection
 
     def detach(self, connection: Any = None) -> None:
         """Forget ``connection`` (any connection when None): it no longer carries this call."""
@@ -244,7 +249,8 @@ class Silence:
     :attr:`last` before each read, and the watchdog looks ``seconds`` after the last
     stamp: if no read began since, it breaks the connection (:attr:`fired`) and the
     reader reports the read timeout the socket would have raised; otherwise it looks
-    again ``seconds`` after the newer stamp. One attribute store per read.
+    again ``seconds`` after the newer stamp. While the caller holds a piece no read is
+    waiting, and :attr:`last` is ``inf``: the caller's own time is not the server's silence.
     """
 
     __slots__ = ("_connection", "_lock", "_stopped", "_watch", "fired", "handle", "last", "seconds")
@@ -264,8 +270,9 @@ class Silence:
         with self._lock:  # stop() waits for this, so nothing is broken after the read ended
             if self._stopped:
                 return
-            due = self.last + self.seconds
-            if time.monotonic() < due:
+            now = time.monotonic()
+            due = self.last + self.seconds if self.last != math.inf else now + self.seconds
+            if now < due:
                 self._watch = WATCHDOG.watch(due, self)
                 return
             self.fired = self.handle.interrupt(self._connection)

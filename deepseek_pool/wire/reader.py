@@ -35,7 +35,15 @@ from ..errors import APIConnectionError, APITimeoutError
 from ..forks import reset_after_fork
 from .calls import WATCHDOG, Silence
 from .chunked import Dechunker
-from .transport import STREAM_END_GRACE, ChatStream, body_begins, finish_chunked, plain_chunked, reporting_silence
+from .transport import (
+    STREAM_END_GRACE,
+    ChatStream,
+    body_begins,
+    finish_chunked,
+    plain_chunked,
+    reporting_silence,
+    watchable,
+)
 
 __all__ = ["READER", "StreamReader"]
 
@@ -203,11 +211,11 @@ class StreamReader:
         raw = stream.response.raw
         fp = plain_chunked(raw) if _EPOLL is not None else None
         sock = getattr(getattr(raw, "connection", None), "sock", None)
-        if fp is None or sock is None:
-            return None
         attempt = stream.attempt
+        if fp is None or sock is None or not watchable(raw, attempt.handle):
+            return None  # the reader ends a body at its deadline through the watchdog only
         silence = body_begins(raw, attempt.deadline, attempt.handle)
-        body = _Body(stream, fp, sock, silence)
+        body = _Body(stream, fp, sock, silence if isinstance(silence, Silence) else None)
         with reporting_silence(silence):
             try:
                 sock.setblocking(False)

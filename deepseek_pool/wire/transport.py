@@ -3,8 +3,6 @@
 * :class:`DeepSeekAdapter` -- requests' ``HTTPAdapter`` whose connections report
   themselves to the abort handle of the call they carry, and leave it when the
   connection pool takes them back;
-* :class:`Route` -- the urllib3 pool the adapter would pick, resolved once, so a call
-  skips what ``HTTPAdapter.send`` recomputes every time;
 * :func:`raw_pieces` -- the body as it arrives, under the attempt's total deadline;
 * :func:`translate_error` -- the one place requests/urllib3 exceptions become ours;
 * :class:`ChatStream` -- a streamed answer read off the wire.
@@ -15,12 +13,15 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
+import socket
+import ssl
 import time
 from functools import partial
 from http.client import HTTPException, HTTPResponse
 from inspect import GEN_CREATED, getgeneratorstate
 from socket import timeout as timeout_error
-from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, Iterator, Mapping, Optional, Union
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -35,6 +36,7 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from urllib3.poolmanager import ProxyManager
 
 from ..errors import (
     APIConnectionError,
@@ -43,6 +45,8 @@ from ..errors import (
     APITimeoutError,
     ConfigurationError,
     DeepSeekError,
+    ProxyAuthenticationError,
+    TLSError,
     status_error,
 )
 from ..types import ChatChunk, ChatCompletion, ChatCompletionBuilder
@@ -55,11 +59,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GENUINE_SEND",
+    "PROXY_AUTHENTICATION",
     "STREAM_END_GRACE",
     "Attempt",
     "ChatStream",
     "DeepSeekAdapter",
-    "Route",
+    "final_failure",
     "raw_pieces",
     "request_id_of",
     "translate_error",
@@ -96,13 +101,15 @@ def raw_pieces(raw: Any, deadline: float, handle: Optional[CallHandle] = None) -
     """Yield the decoded body as it arrives, under the attempt's total deadline.
 
     Each piece is everything one read brought (all the events a socket holds, not one
-    HTTP chunk at a time), and the deadline is checked between reads; a read that
-    blocks past it is broken by the watchdog (:mod:`deepseek_pool.wire.calls`). The socket
-    is made blocking for the body: one ``recv`` per read instead of ``poll`` + ``recv``,
-    so one GIL hand-off per read instead of two. The watchdog still ends it at the
-    deadline, and a read timeout shorter than the time left is kept by the watchdog too
-    (a :class:`~deepseek_pool.wire.calls.Silence`, given the call's ``handle``); without a
-    handle such a socket keeps its timeout.
+    HTTP chunk at a time), and the deadline is checked between reads. How a read that
+    blocks is bounded depends on the route (:func:`body_begins`): a connection the call's
+    ``handle`` holds is made blocking (one ``recv`` per read instead of ``poll`` +
+    ``recv``: one GIL hand-off instead of two) and the watchdog breaks it at the deadline,
+    or after a read timeout of silence (a :class:`~deepseek_pool.wire.calls.Silence`);
+    any other keeps a socket timeout, the read timeout or the time left.
+
+    The read timeout measures the server's silence, not the caller's: the time a piece
+    spends with the caller (a slow loop body or ``on_chunk``) is not counted.
     """
     clock = time.monotonic
     silence = body_begins(raw, deadline, handle)
@@ -116,6 +123,8 @@ def raw_pieces(raw: Any, deadline: float, handle: Optional[CallHandle] = None) -
         source = iter(partial(read, _READ_SIZE, decode_content=True), b"")
     with reporting_silence(silence):
         for piece in source:
+            if silence is not None:
+                silence.last = math.inf  # the caller has the piece: no read is waiting
             yield piece
             now = clock()
             if silence is not None:
@@ -124,26 +133,31 @@ def raw_pieces(raw: Any, deadline: float, handle: Optional[CallHandle] = None) -
                 raise APITimeoutError("the request's total deadline passed while the server was still sending")
 
 
-def body_begins(raw: Any, deadline: float, handle: Optional[CallHandle]) -> Optional[Silence]:
-    """The body is about to be read: check the deadline, make the socket block (see :func:`raw_pieces`).
+def body_begins(raw: Any, deadline: float, handle: Optional[CallHandle]) -> Optional[ReadBound]:
+    """The body is about to be read: check the deadline, and bound each read (see :func:`raw_pieces`).
 
-    Returns the :class:`~deepseek_pool.wire.calls.Silence` that keeps a read timeout shorter
-    than the time left, if there is one; the caller stops it when the body is over.
+    Returns what keeps the read timeout between reads, if anything must: a
+    :class:`~deepseek_pool.wire.calls.Silence` (a watchable connection, a read timeout
+    shorter than the time left) or a :class:`SocketTimeout` (a connection the watchdog
+    cannot reach); the caller stamps its ``last`` at each read and stops it when the body
+    is over.
     """
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise APITimeoutError("the request's total deadline passed while waiting for the server")
-    return _block_within_deadline(raw, remaining, handle) if deadline != math.inf else None
+    return _bound_reads(raw, deadline, remaining, handle) if deadline != math.inf else None
 
 
 @contextlib.contextmanager
-def reporting_silence(silence: Optional[Silence]) -> Iterator[None]:
+def reporting_silence(silence: Optional[ReadBound]) -> Iterator[None]:
     """Around a body's reads: a read the watchdog broke for silence raises the read timeout it
     is (urllib3's ``ReadTimeoutError``), and the watch stops when the reads do."""
     try:
         yield
     except Exception as err:
-        if silence is None or not silence.fired or isinstance(err, DeepSeekError):
+        if silence is not None:
+            silence.stop()  # waits for an expiry in progress: ``fired`` is final now
+        if not isinstance(silence, Silence) or not silence.fired or isinstance(err, DeepSeekError):
             raise
         message = f"Read timed out: nothing for {silence.seconds:g} s (read timeout)"
         raise ReadTimeoutError(None, None, message) from err  # type: ignore[arg-type]
@@ -169,28 +183,74 @@ def _encoded(raw: Any) -> bool:
     return bool(encoding) and encoding.strip().lower() != "identity"
 
 
-def _block_within_deadline(raw: Any, remaining: float, handle: Optional[CallHandle]) -> Optional[Silence]:
-    """Make the socket blocking for the body; a read timeout shorter than ``remaining`` moves to the watchdog.
+def watchable(raw: Any, handle: Optional[CallHandle]) -> bool:
+    """Whether the watchdog can break ``raw``'s connection: ``handle`` holds it.
 
-    Returns the :class:`~deepseek_pool.wire.calls.Silence` that keeps that read timeout, or
-    None when the timeout could not fire before the deadline anyway (or there is none).
-    Without a handle to break the connection through, a short timeout stays on the socket.
+    True for the connections of a :class:`DeepSeekAdapter`'s pools, direct or through a
+    proxy; false for a mock's body, a pool of another adapter, or a tool's connection class.
+    """
+    return handle is not None and handle.holds(getattr(raw, "connection", None))
+
+
+def _bound_reads(raw: Any, deadline: float, remaining: float, handle: Optional[CallHandle]) -> Optional[ReadBound]:
+    """Bound the body's reads: a watchable socket blocks, a read timeout shorter than ``remaining``
+    moves to the watchdog; any other socket keeps a timeout, set again before each read.
+
+    Returns the :class:`~deepseek_pool.wire.calls.Silence` or :class:`SocketTimeout` that
+    keeps the read timeout, or None when nothing needs to (no timeout, none that could fire
+    before the deadline on a watchable socket, or no socket at all).
     """
     connection = getattr(raw, "connection", None)
     sock = getattr(connection, "sock", None)
-    if sock is None:
+    if not isinstance(sock, socket.socket):  # a mock's body, or a tool's stand-in socket
         return None
     timeout = sock.gettimeout()
+    if handle is None or not handle.holds(connection):
+        return SocketTimeout(sock, timeout, deadline)
     if timeout is None:
         return None
     if timeout >= remaining:
         sock.settimeout(None)
         return None
-    if handle is None:
-        return None
     silence = Silence(handle, connection, timeout)
     sock.settimeout(None)
     return silence
+
+
+class SocketTimeout:
+    """The read timeout of a socket the watchdog cannot reach, kept on the socket itself.
+
+    Each read may wait the read timeout or the time left to the deadline, whichever is
+    shorter: set before the first read, and again as each read begins (``last = now``).
+    Duck-types :class:`~deepseek_pool.wire.calls.Silence` (``last``, ``fired``, ``stop``).
+    """
+
+    __slots__ = ("_deadline", "_read", "_sock")
+
+    fired = False
+
+    def __init__(self, sock: socket.socket, read: Optional[float], deadline: float) -> None:
+        self._sock = sock
+        self._read = math.inf if read is None else read
+        self._deadline = deadline
+        self.last = time.monotonic()
+
+    @property
+    def last(self) -> float:
+        return math.nan
+
+    @last.setter
+    def last(self, now: float) -> None:
+        if now != math.inf:  # not while the caller has the piece: no read is waiting then
+            with contextlib.suppress(OSError):  # closed at the end of the body
+                self._sock.settimeout(max(min(self._read, self._deadline - now), 0.001))
+
+    def stop(self) -> None:
+        """Nothing to stop: the socket's own timeout goes with the connection."""
+
+
+#: What keeps a body's read timeout between reads.
+ReadBound = Union[Silence, SocketTimeout]
 
 
 def _dechunk(raw: Any, fp: HTTPResponse) -> Iterator[bytes]:
@@ -250,13 +310,69 @@ def urllib3_cause(err: BaseException) -> BaseException:
     return err
 
 
+#: ``scheme://user:password@`` in a message: a proxy's credentials, never repeated.
+_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]+@")
+#: What a proxy's 407 means, whether it came on a CONNECT or as a forward proxy's answer.
+PROXY_AUTHENTICATION = (
+    "the proxy wants authentication (407 Proxy Authentication Required): check the user and password "
+    "in the proxy URL (HTTPS_PROXY, session.proxies)"
+)
+#: OpenSSL's names for a server's refusal of the client's certificate (TLS 1.2 and 1.3 alerts).
+_REFUSED_CLIENT_CERT = (
+    "ALERT_CERTIFICATE_REQUIRED",
+    "ALERT_BAD_CERTIFICATE",
+    "ALERT_UNKNOWN_CA",
+    "ALERT_ACCESS_DENIED",
+)
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """``err``, what it wraps (requests' and urllib3's ``args[0]`` and ``reason``), and its causes."""
+    seen = 0
+    pending = [err]
+    while pending and seen < 12:
+        current = pending.pop()
+        seen += 1
+        yield current
+        for inner in (getattr(current, "reason", None), current.__cause__, current.__context__, *current.args[:2]):
+            if isinstance(inner, BaseException):
+                pending.append(inner)
+
+
+def final_failure(err: BaseException) -> Optional[DeepSeekError]:
+    """The error a retry cannot fix under ``err``, if it is one: a TLS failure, or a proxy's 407."""
+    for inner in _chain(err):
+        if isinstance(inner, ssl.SSLCertVerificationError):
+            why = getattr(inner, "verify_message", None) or inner
+            return TLSError(f"the server's certificate is not trusted ({why}); check verify= or REQUESTS_CA_BUNDLE")
+        reason = getattr(inner, "reason", None)
+        if isinstance(inner, ssl.SSLError) and isinstance(reason, str) and reason.endswith(_REFUSED_CLIENT_CERT):
+            return TLSError(f"the server refused the client certificate ({reason}); check cert=")
+        if isinstance(inner, OSError) and str(inner).startswith("Tunnel connection failed: 407"):  # http.client
+            return ProxyAuthenticationError(PROXY_AUTHENTICATION)
+    return None
+
+
 def translate_error(err: BaseException) -> DeepSeekError:
-    """Turn a requests/urllib3 exception into ours (the only place that does)."""
+    """Turn a requests/urllib3 exception into ours (the only place that does).
+
+    A proxy's credentials in the exception's text are masked.
+    """
     if isinstance(err, DeepSeekError):
         return err
     cause = urllib3_cause(err)
     if isinstance(cause, DeepSeekError):
         return cause
+    final = final_failure(err)
+    if final is not None:
+        return final
+    translated = _translated(err, cause)
+    message = str(translated)
+    masked = _CREDENTIALS.sub(r"\1***@", message)
+    return type(translated)(masked) if masked != message else translated
+
+
+def _translated(err: BaseException, cause: BaseException) -> DeepSeekError:
     if isinstance(err, requests.Timeout) or isinstance(cause, ReadTimeoutError):
         return APITimeoutError(f"request timed out: {err}")
     if isinstance(cause, ConnectTimeoutError) and not isinstance(cause, NewConnectionError):
@@ -368,8 +484,22 @@ class _HTTPSConnection(_CallAwareConnectionMixin, HTTPSConnection):
     pass
 
 
+class _ConnectionClass:
+    """A pool's ``ConnectionCls``: ours, unless a tool (vcrpy) replaced urllib3's own; then the tool's.
+
+    Looked up at each new connection, so a tool installed after the pool was made applies too.
+    """
+
+    def __init__(self, pool_class: Any, genuine: Any, ours: Any) -> None:
+        self._pool_class, self._genuine, self._ours = pool_class, genuine, ours
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        installed = self._pool_class.__dict__.get("ConnectionCls", self._genuine)
+        return self._ours if installed is self._genuine else installed
+
+
 class _HTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
+    ConnectionCls = _ConnectionClass(HTTPConnectionPool, HTTPConnection, _HTTPConnection)
 
     def _put_conn(self, conn: Any) -> None:
         if conn is not None:
@@ -378,7 +508,7 @@ class _HTTPConnectionPool(HTTPConnectionPool):
 
 
 class _HTTPSConnectionPool(HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
+    ConnectionCls = _ConnectionClass(HTTPSConnectionPool, HTTPSConnection, _HTTPSConnection)
 
     def _put_conn(self, conn: Any) -> None:
         if conn is not None:
@@ -386,34 +516,31 @@ class _HTTPSConnectionPool(HTTPSConnectionPool):
         super()._put_conn(conn)
 
 
+_POOL_CLASSES = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
+
+
 class DeepSeekAdapter(HTTPAdapter):
     """requests' ``HTTPAdapter`` whose connections can be aborted through a call's handle.
 
-    It does not override ``send``, so ``responses`` and other adapter-level mocks still apply.
+    Its pools, direct and through a proxy (forward or CONNECT tunnel), hand out
+    connections that report to the handle of the call they carry, so the watchdog can
+    break a stalled head or body on every route. It does not override ``send``, so
+    ``responses`` and other adapter-level mocks still apply; a connection class that a
+    tool installed in urllib3 (vcrpy's) is used as installed. Mount one sized to your
+    threads on a session you give the client::
+
+        session.mount("https://api.deepseek.com", dp.DeepSeekAdapter(pool_maxsize=64))
     """
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
+        self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
 
-
-class Route:
-    """The urllib3 pool that requests' adapter would pick for the base URL, resolved once.
-
-    Going to it directly skips what ``HTTPAdapter.send`` redoes on every call: proxy
-    selection, pool-key normalisation, the CA-bundle check, URL re-parsing, and the
-    cookie extraction of ``build_response`` (the client sends no cookies). It is taken
-    only for the client's own adapter, when no proxy applies and ``HTTPAdapter.send``
-    is not patched; everything else goes through ``adapter.send`` as before.
-    """
-
-    __slots__ = ("adapter", "cut", "pool")
-
-    def __init__(self, adapter: HTTPAdapter, pool: Any, cut: int) -> None:
-        self.adapter = adapter
-        self.pool = pool
-        #: characters of the base URL's scheme://host[:port] that the pool's path omits
-        self.cut = cut
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if isinstance(manager, ProxyManager):  # not SOCKS, whose pools are its own
+            manager.pool_classes_by_scheme = _POOL_CLASSES
+        return manager
 
 
 def wrap_response(raw: Any, url: str, adapter: HTTPAdapter) -> requests.Response:
@@ -573,7 +700,15 @@ class ChatStream:
         self._ended(done)
 
     def _drain(self, pieces: Iterator[bytes]) -> None:
-        """Read the end of the body quickly so the connection can be reused, else close it."""
+        """Read the end of the body quickly so the connection can be reused, else close it.
+
+        A connection that closes after this body (``Connection: close``, or a body that
+        runs to the end of the connection) cannot be reused: it is closed at once.
+        """
+        if getattr(getattr(self.response.raw, "_fp", None), "will_close", False):
+            self.response.close()
+            self.close()
+            return
         grace_end = time.monotonic() + STREAM_END_GRACE
         watch = WATCHDOG.watch(grace_end, self._attempt.handle)
         try:
