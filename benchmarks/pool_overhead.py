@@ -8,7 +8,9 @@ starts every worker thread, so the timed pass measures the steady state: CPU and
 µs per item. The window is the pool's default (``2 * max_workers``), so it grows with
 the size too. Memory per idle thread is the growth of the process's resident set
 (``/proc/self/statm``, current, not peak) from before the executor existed to after all
-its threads had started and gone idle, divided by the threads started.
+its threads had started and gone idle, divided by the threads started. Threads are
+counted by name (``deepseek-pool`` workers, or the floor's own prefix) among those that
+appeared during the run, so no other thread of the process is counted as the pool's.
 
 Flags: ``--sizes 16,64,...``, ``--n`` items per timed pass, ``--json``.
 """
@@ -26,10 +28,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 SIZES = (16, 64, 256, 1024, 4096, 8192)
 DEFAULT_N = 50_000
+#: thread name prefixes of the two kinds' workers (DeepSeekPool names its own "deepseek-pool")
+WORKER_PREFIX = {"pool": "deepseek-pool", "executor": "pool-overhead-floor"}
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -47,6 +51,11 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _workers_started(prefix: str, before: Set[Optional[int]]) -> int:
+    """Threads named ``prefix...`` that were not there before: one executor's workers."""
+    return sum(1 for t in threading.enumerate() if t.ident not in before and t.name.startswith(prefix))
+
+
 def measure(kind: str, workers: int, n: int) -> Dict[str, Any]:
     """One size in this process: ``kind`` is ``pool`` (DeepSeekPool) or ``executor`` (the floor)."""
     from benchmarks.scale import CountingClient
@@ -55,7 +64,8 @@ def measure(kind: str, workers: int, n: int) -> Dict[str, Any]:
     client = CountingClient()
     prompts = [f"Overhead prompt {i}" for i in range(max(n, 2 * workers))]
     gc.collect()
-    threads_before, rss_before = threading.active_count(), _rss()
+    threads_before, rss_before = {t.ident for t in threading.enumerate()}, _rss()
+    prefix = WORKER_PREFIX[kind]
     if kind == "pool":
         pool = DeepSeekPool(client, max_workers=workers)
 
@@ -64,7 +74,7 @@ def measure(kind: str, workers: int, n: int) -> Dict[str, Any]:
 
         close = pool.close
     else:
-        executor = cf.ThreadPoolExecutor(workers)
+        executor = cf.ThreadPoolExecutor(workers, thread_name_prefix=prefix)
 
         def one_pass(count: int) -> int:
             return sum(1 for _ in executor.map(client.chat, prompts[:count]))
@@ -76,11 +86,11 @@ def measure(kind: str, workers: int, n: int) -> Dict[str, Any]:
     # items faster than threads start, so keep going until all are there or 20 passes).
     for _ in range(20):
         one_pass(2 * workers)
-        if threading.active_count() - threads_before >= workers:
+        if _workers_started(prefix, threads_before) >= workers:
             break
     time.sleep(0.5)  # let every worker block on the empty queue
     gc.collect()
-    started = threading.active_count() - threads_before
+    started = _workers_started(prefix, threads_before)
     rss_idle = _rss()
     cpu0, wall0 = _cpu(), time.perf_counter()
     ok = one_pass(n)

@@ -54,7 +54,7 @@ PEAK_HOURS_UTC = ((1, 4), (6, 10))
 def is_peak(when: _dt.datetime) -> bool:
     """Tell whether ``when`` (aware, or naive meaning UTC) falls in DeepSeek's peak hours."""
     if when.tzinfo is not None:
-        when = when.astimezone(_dt.timezone.utc)
+        when = when.astimezone(_dt.UTC)
     if when.weekday() >= 5:
         return False
     return any(start <= when.hour < end for start, end in PEAK_HOURS_UTC)
@@ -78,7 +78,7 @@ def cost_of(
     when: Optional[_dt.datetime] = None,
 ) -> float:
     """USD for these tokens at ``price``, at the peak or off-peak rate of ``when`` (default: now)."""
-    when = when or _dt.datetime.now(_dt.timezone.utc)
+    when = when or _dt.datetime.now(_dt.UTC)
     factor = 1.0 if is_peak(when) else price.off_peak_factor
     total = (
         prompt_cache_hit_tokens * price.input_cache_hit

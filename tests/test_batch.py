@@ -275,7 +275,7 @@ def completion(model: str, hit: int = 0, miss: int = 1000, out: int = 1000) -> C
 def test_cost_is_priced_per_model_and_unknown_for_unpriced_models() -> None:
     import datetime as dt
 
-    peak = dt.datetime(2026, 11, 23, 2, tzinfo=dt.timezone.utc)  # a Monday, 02:00 UTC
+    peak = dt.datetime(2026, 11, 23, 2, tzinfo=dt.UTC)  # a Monday, 02:00 UTC
     tally = Tally()
     tally.add_ok(completion("deepseek-flash", hit=1_000_000, miss=0, out=0), "x", when=peak)
     assert format_cost(tally) == "$0.006000"  # 1M cache-hit tokens at the peak price

@@ -363,8 +363,8 @@ def test_8_a_resume_names_the_output_lines_it_could_not_read(fake: FakeDeepSeek,
 
 # -- the spend cap ------------------------------------------------------------------------------------------------
 
-PEAK = dt.datetime(2026, 11, 23, 2, tzinfo=dt.timezone.utc)  # a Monday, 02:00 UTC
-OFF_PEAK = dt.datetime(2026, 11, 22, 2, tzinfo=dt.timezone.utc)  # a Sunday
+PEAK = dt.datetime(2026, 11, 23, 2, tzinfo=dt.UTC)  # a Monday, 02:00 UTC
+OFF_PEAK = dt.datetime(2026, 11, 22, 2, tzinfo=dt.UTC)  # a Sunday
 
 
 def test_spend_cap_reserves_at_the_peak_or_off_peak_rate_and_settles_with_usage() -> None:

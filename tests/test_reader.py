@@ -285,7 +285,7 @@ def _serve_tls(listener: socket.socket, context: ssl.SSLContext, body: bytes, st
         try:
             conn, _ = listener.accept()
             conn = context.wrap_socket(conn, server_side=True)
-        except (socket.timeout, OSError):  # ssl.SSLError is an OSError: a client that gave up
+        except (TimeoutError, OSError):  # ssl.SSLError is an OSError: a client that gave up
             continue
         threading.Thread(target=_answer_tls, args=(conn, body), daemon=True).start()
 

@@ -42,7 +42,7 @@ Clock = Callable[[], _dt.datetime]
 
 
 def _utc_now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+    return _dt.datetime.now(_dt.UTC)
 
 
 class Reservation:

@@ -20,7 +20,6 @@ import time
 from functools import partial
 from http.client import HTTPException, HTTPResponse
 from inspect import GEN_CREATED, getgeneratorstate
-from socket import timeout as timeout_error
 from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, Iterator, Mapping, Optional, Union
 
 import requests
@@ -271,7 +270,7 @@ def _dechunk(raw: Any, fp: HTTPResponse) -> Iterator[bytes]:
         while not finished:
             try:
                 data = read1(_CHUNKED_READ_SIZE)
-            except timeout_error as err:
+            except TimeoutError as err:
                 raise ReadTimeoutError(None, None, f"Read timed out. ({err})") from err  # type: ignore[arg-type]
             payload = framing.feed(data) if data else framing.end()
             if framing.done:
