@@ -30,7 +30,7 @@ import os
 import threading
 import time
 from functools import partial
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union, Unpack
 from urllib.parse import urlsplit
 
 import requests
@@ -48,6 +48,7 @@ from .errors import (
 from .forks import reset_after_fork
 from .messages import Messages, build_chat_body, header_problem, normalize_messages
 from .models import DEFAULT_MODEL
+from .params import ChatParams, FIMParams, merge_extra_body
 from .types import (
     Balance,
     ChatChunk,
@@ -370,13 +371,12 @@ class DeepSeekClient:
         restart_streams: bool = False,
         control: Optional[CallControl] = None,
         beta: bool = False,
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> ChatCompletion:
         """Send one chat request and return its answer.
 
         :param messages: a str (one user message) or a list of message dicts.
         :param model: defaults to the client's model.
-        :param thinking: ``True``/``False`` switches DeepSeek's thinking mode.
         :param stream: stream the answer under the hood (``on_chunk`` sees each
             chunk; time to first token and keep-alive handling then apply) and
             return it aggregated.
@@ -389,7 +389,11 @@ class DeepSeekClient:
             abort handle, hooks) for callers that run calls themselves.
         :param beta: post to ``beta_url + "/chat/completions"`` (chat prefix completion,
             strict tool schemas) instead of ``base_url + "/chat/completions"``.
-        :param params: any other chat field (``max_tokens``, ``temperature``, ``tools`` ...).
+        :param params: DeepSeek's chat fields, typed by :class:`~deepseek_pool.ChatParams`:
+            ``thinking`` (``True``/``False`` switches thinking mode), ``reasoning_effort``,
+            ``max_tokens``, ``temperature``, ``response_format``, ``tools``, ``tool_choice``,
+            ``user_id`` ...; a field it does not list goes in ``extra_body={...}``, merged into
+            the body last (untyped keywords still pass through at run time, but mypy flags them).
         :raises DeepSeekError: see :mod:`deepseek_pool.errors`.
         """
         body = build_chat_body(messages, self.model if model is None else model, params)
@@ -450,13 +454,14 @@ class DeepSeekClient:
         timeout: TimeoutLike = None,
         on_retry: Optional[RetryListener] = None,
         control: Optional[CallControl] = None,
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> ChatStream:
         """Start a streamed chat answer; use the result as a context manager and iterate it.
 
         Errors the server answers with (401, 429 after retries ...) raise here; a
         failure in the middle of the stream raises from the iteration. Add
-        ``stream_options={"include_usage": True}`` for a final usage chunk.
+        ``stream_options={"include_usage": True}`` for a final usage chunk. ``params``
+        are :meth:`chat`'s (:class:`~deepseek_pool.ChatParams`).
 
         ::
 
@@ -484,9 +489,13 @@ class DeepSeekClient:
         model: Optional[str] = None,
         timeout: TimeoutLike = None,
         control: Optional[CallControl] = None,
-        **params: Any,
+        **params: Unpack[FIMParams],
     ) -> FIMCompletion:
-        """Fill in the middle between ``prompt`` and ``suffix`` (DeepSeek's beta completions)."""
+        """Fill in the middle between ``prompt`` and ``suffix`` (DeepSeek's beta completions).
+
+        ``params`` are DeepSeek's FIM fields, typed by :class:`~deepseek_pool.FIMParams`
+        (``max_tokens``, ``stop``, ``echo`` ...; others in ``extra_body={...}``).
+        """
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         if suffix is not None and not isinstance(suffix, str):
@@ -495,6 +504,8 @@ class DeepSeekClient:
         if suffix is not None:
             body["suffix"] = suffix
         body.update(params)
+        if "extra_body" in params:
+            merge_extra_body(body)
         return self._call(  # type: ignore[no-any-return]
             "POST",
             self._fim_url,

@@ -7,11 +7,11 @@ batch item with broken messages never reaches the network.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional
+
+from .params import Messages, merge_extra_body
 
 __all__ = ["Messages", "build_chat_body", "encode_body", "header_problem", "normalize_messages"]
-
-Messages = Union[str, Sequence[Mapping[str, Any]]]
 
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
 
@@ -57,7 +57,10 @@ def _check_number(params: Mapping[str, Any], name: str, low: float, high: float)
 
 
 def build_chat_body(messages: Messages, model: str, params: Mapping[str, Any]) -> Dict[str, Any]:
-    """The JSON body of a chat request, checked; ``thinking=True/False`` becomes DeepSeek's switch."""
+    """The JSON body of a chat request, checked; ``thinking=True/False`` becomes DeepSeek's switch.
+
+    ``extra_body``'s fields are merged in last, unchecked (see :mod:`deepseek_pool.params`).
+    """
     if not isinstance(model, str) or not model:
         raise TypeError(f"model must be a non-empty str, got {model!r}")
     body: Dict[str, Any] = {"model": model, "messages": normalize_messages(messages)}
@@ -77,6 +80,8 @@ def build_chat_body(messages: Messages, model: str, params: Mapping[str, Any]) -
         _check_number(params, "top_p", 0, 1)
         _check_number(params, "frequency_penalty", -2, 2)
         _check_number(params, "presence_penalty", -2, 2)
+        if "extra_body" in params:
+            merge_extra_body(body)
     return body
 
 

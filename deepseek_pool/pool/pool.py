@@ -36,6 +36,8 @@ from typing import (
     Mapping,
     Optional,
     Union,
+    Unpack,
+    cast,
 )
 
 from .. import interpreter
@@ -46,6 +48,7 @@ from ..forks import reset_after_fork
 from ..messages import Messages, normalize_messages
 from ..models import ModelPrice
 from ..money.spend import UNSET_MAX_TOKENS_RESERVE, Reservation, SpendCap
+from ..params import ChatRequest, SubmitParams
 from ..types import ChatChunk, ChatCompletion, Usage
 from ..wire.calls import CallControl, CallHandle
 from .call import Drain, DrainStopped, PoolCall
@@ -457,17 +460,21 @@ class DeepSeekPool:
             with self._lock:
                 self._cancelled += 1
 
-    def submit(self, messages: Messages, **params: Any) -> cf.Future[ChatCompletion]:
+    def submit(self, messages: Messages, **params: Unpack[SubmitParams]) -> cf.Future[ChatCompletion]:
         """Start one chat call and return its ``concurrent.futures.Future`` at once.
 
         The future's ``result()`` is the :class:`ChatCompletion` or raises the error;
-        ``asyncio.wrap_future`` makes it awaitable. ``custom_id`` may not be given here.
+        ``asyncio.wrap_future`` makes it awaitable. ``params`` are typed by
+        :class:`~deepseek_pool.SubmitParams`: the chat fields, ``model``, ``stream`` and
+        ``timeout``; others go in ``extra_body={...}``. ``custom_id`` may not be given here.
         """
         self._check_open()
         for key in POOL_KEYS & params.keys():
             raise TypeError(f"{key!r} is a batch key; use as_completed()/map() for it")
         result = Result(-1, None, messages)
-        future = self._executor.submit(self._submitted_call, result, messages, params, time.monotonic())
+        future = self._executor.submit(
+            self._submitted_call, result, messages, cast("Dict[str, Any]", params), time.monotonic()
+        )
         self._track(future)
         return future
 
@@ -483,8 +490,13 @@ class DeepSeekPool:
         finally:
             self._finish(result)
 
-    def as_completed(self, requests: Iterable[Request], *, stop: Optional[threading.Event] = None) -> Iterator[Result]:
+    def as_completed(
+        self, requests: Iterable[Union[ChatRequest, Request]], *, stop: Optional[threading.Event] = None
+    ) -> Iterator[Result]:
         """Run ``requests`` and yield one :class:`Result` per request as each finishes.
+
+        A request is a str, a list of messages, a dict typed by :class:`~deepseek_pool.ChatRequest`
+        (``messages`` or ``prompt``, ``custom_id``, chat fields) or an OpenAI batch line.
 
         The input is consumed lazily: at most ``window`` requests are submitted and
         unfinished at once. Errors stay on their Result. Leaving the loop early
@@ -589,7 +601,7 @@ class DeepSeekPool:
                 # (nothing of this loop is left in flight) and the limiter's slots given back.
                 cf.wait(running, timeout=ABORT_WAIT)
 
-    def map(self, requests: Iterable[Request]) -> List[Result]:
+    def map(self, requests: Iterable[Union[ChatRequest, Request]]) -> List[Result]:
         """Run ``requests`` and return their :class:`Result` objects in input order."""
         results = list(self.as_completed(requests))
         results.sort(key=lambda result: result.index)
