@@ -61,7 +61,8 @@ from ..errors import RetryBudgetExceeded
 from ..forks import reset_after_fork
 from . import rules as budget
 from .rules import BudgetConfig, RateLimitSignal
-from .storage import Storage, storage_from_uri
+from .storage import Storage
+from .storage_uri import storage_from_uri
 
 __all__ = ["Limiter", "LimiterStats", "Permit"]
 

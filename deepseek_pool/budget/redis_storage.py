@@ -66,7 +66,7 @@ import redis.exceptions
 from ..errors import ConfigurationError, StorageUnavailable
 from . import rules as budget
 from .rules import BudgetConfig, RateLimitSignal
-from .storage import BudgetSnapshot, MemoryStorage, Storage, register_scheme
+from .storage import BudgetSnapshot, MemoryStorage, Storage
 
 __all__ = ["ON_STORAGE_ERROR", "RedisStorage"]
 
@@ -581,11 +581,3 @@ def _redact(uri: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
-def _factory(uri: str, options: Dict[str, Any]) -> Storage:
-    return RedisStorage.from_uri(uri)
-
-
-register_scheme("redis", _factory)
-register_scheme("rediss", _factory)
