@@ -25,7 +25,7 @@ Round-trips (one ``EVALSHA`` each; the first use of a script on a server adds on
 ``SCRIPT LOAD``):
 
 * acquire: 1 when a slot is free; a waiting limiter's head thread polls with 1 every
-  :data:`~deepseek_pool.budget.limiter.SHARED_POLL_INTERVAL` (the other waiters of a process wait
+  :data:`~deepseek_pool.budget.retries.SHARED_POLL_INTERVAL` (the other waiters of a process wait
   locally, without a round-trip);
 * release: 1;
 * renew: 1 per limiter every ``lease_seconds / 3``, for all the leases it holds;
