@@ -10,10 +10,11 @@ when a ``redis://`` or ``rediss://`` storage is asked for, or a redis-py client 
 
 Every operation of :class:`~deepseek_pool.budget.storage.Storage` is one Lua script
 (:mod:`deepseek_pool.budget.redis_scripts`), run atomically by Redis on **Redis's clock**
-(``TIME``), so machines whose clocks disagree still share one budget. The rules are those of :mod:`deepseek_pool.budget.rules`, written
-again in Lua; their constants (the decrease factor, the named cap's hold, the patience
-of the increase, the sporadic cool-down) are passed from that module with every call, so
-there is one source of truth, and the same behaviour tests run on every storage.
+(``TIME``), so machines whose clocks disagree still share one budget. The rules are those
+of :mod:`deepseek_pool.budget.rules`, written again in Lua; their constants (the decrease
+factor, the named cap's hold, the patience of the increase, the sporadic cool-down) are
+passed from that module with every call, so there is one source of truth, and the same
+behaviour tests run on every storage.
 
 A budget ``name`` is two keys with one hash tag, so that Redis Cluster keeps them in one
 slot: ``{deepseek:<name>}:state`` (a hash: the adaptive cap, rpm spacing, the tpm bucket,
