@@ -21,8 +21,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from deepseek_pool import DeepSeekClient
-from deepseek_pool.batch import jsonl
-from deepseek_pool.batch import runner as batch
+from deepseek_pool.batch import jsonl, results_file
 from deepseek_pool.batch.progress import BatchProgress
 from deepseek_pool.batch.runner import Interrupter, run_batch
 from deepseek_pool.cli.commands import EXIT_SPEND_CAP, main
@@ -103,7 +102,7 @@ def test_1_a_run_that_opened_the_output_before_another_compacted_it_writes_to_th
             opened.set()  # B has the file open, not yet locked: now A runs, start to end
             assert go.wait(10)
 
-    monkeypatch.setattr(batch, "_pause_before_lock", pause, raising=False)
+    monkeypatch.setattr(results_file, "_pause_before_lock", pause, raising=False)
 
     def run_b() -> None:
         try:

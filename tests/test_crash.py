@@ -37,9 +37,9 @@ FAULTS = {"503": 0.06, "500": 0.04, "reset": 0.04, "insufficient": 0.03, "trickl
 CHILD = """
 import sys, time
 from deepseek_pool import cli
-from deepseek_pool.batch import runner as batch
+from deepseek_pool.batch import results_file
 
-copy = batch._copy_lines
+copy = results_file._copy_lines
 
 def slow_copy(reader, writer, drop):
     # The real copy, a few lines at a time with pauses: the compaction lasts long enough
@@ -51,7 +51,7 @@ def slow_copy(reader, writer, drop):
             time.sleep(0.0004)
     copy(reader, Slow(), drop)
 
-batch._copy_lines = slow_copy
+results_file._copy_lines = slow_copy
 sys.exit(cli.main(sys.argv[1:]))
 """
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, List, Optional
 import pytest
 
 from deepseek_pool.budget import limiter as limits
+from deepseek_pool.budget import retries
 from deepseek_pool.budget import rules as budget
 from deepseek_pool.budget.limiter import Limiter, LimiterStats, Permit
 from deepseek_pool.budget.sqlite_storage import SQLiteStorage
@@ -535,7 +536,7 @@ def test_an_api_that_always_fails_gets_budget_over_cost_retries_in_all() -> None
         w.start()
     for w in workers:
         w.finish()
-    assert paid == 500 // limits.RETRY_COST  # not 64 workers x 10 retries
+    assert paid == 500 // retries.RETRY_COST  # not 64 workers x 10 retries
     stats = limiter.stats
     assert (stats.retries, stats.retry_budget) == (100, 0)
     assert stats.retries_refused >= 1
@@ -547,9 +548,9 @@ def test_timeout_retries_cost_double() -> None:
     paid = 0
     with pytest.raises(RetryBudgetExceeded):
         while True:
-            assert limiter.spend_retry("timeout") == limits.TIMEOUT_RETRY_COST
+            assert limiter.spend_retry("timeout") == retries.TIMEOUT_RETRY_COST
             paid += 1
-    assert paid == 500 // limits.TIMEOUT_RETRY_COST
+    assert paid == 500 // retries.TIMEOUT_RETRY_COST
 
 
 @pytest.mark.usefixtures("every_storage")

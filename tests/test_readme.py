@@ -41,6 +41,7 @@ import deepseek_pool as dp
 from deepseek_pool import config, errors
 from deepseek_pool.batch import jsonl
 from deepseek_pool.budget import limiter as limits
+from deepseek_pool.budget import retries
 from deepseek_pool.budget import rules as budget
 from deepseek_pool.cli import commands as cli
 from deepseek_pool.money import spend
@@ -207,8 +208,8 @@ def test_readme_numbers_are_the_code_defaults() -> None:
         f"connections (default {config.DEFAULT_POOL_MAXSIZE})",
         f"(default ``{pool.WINDOW_PER_WORKER} * max_workers``)",
         f"``retry_budget={inspect.signature(dp.DeepSeekPool).parameters['retry_budget'].default}`` by default",
-        f"a retry costs {limits.RETRY_COST} (error status) or {limits.TIMEOUT_RETRY_COST}",
-        f"earns {limits.NO_RETRY_INCREMENT} back",
+        f"a retry costs {retries.RETRY_COST} (error status) or {retries.TIMEOUT_RETRY_COST}",
+        f"earns {retries.NO_RETRY_INCREMENT} back",
         f"default {limits.DEFAULT_LEASE_SECONDS:g} s",
         f"for {budget.SPORADIC_COOL_DOWN:g} s at most",
         f"a named cap is held {budget.NAMED_CAP_HOLD:g} s first",

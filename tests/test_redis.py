@@ -34,7 +34,7 @@ from .redisserver import RedisServer, running_redis
 from .test_processes import HOLDER, child_env, run_in_fork, three_processes_share_a_cap_of_six
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'deepseek-pool[redis]')")
-from deepseek_pool.budget import redis_storage  # noqa: E402  (needs redis-py)
+from deepseek_pool.budget import redis_scripts, redis_storage  # noqa: E402  (needs redis-py)
 from deepseek_pool.budget.redis_storage import RedisStorage  # noqa: E402
 
 pytestmark = [
@@ -137,7 +137,7 @@ def test_keys_carry_one_hash_tag_so_redis_cluster_keeps_a_budget_in_one_slot(red
     try:
         assert sorted(client.keys("*")) == [b"{deepseek:flash}:leases", b"{deepseek:flash}:state"]
         assert client.zcard("{deepseek:flash}:leases") == 1
-        assert 0 < client.ttl("{deepseek:flash}:state") <= redis_storage.KEY_TTL
+        assert 0 < client.ttl("{deepseek:flash}:state") <= redis_scripts.KEY_TTL
     finally:
         limiter.release(permit)
         limiter.close()

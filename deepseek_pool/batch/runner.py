@@ -58,47 +58,26 @@ Example::
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import errno
-import logging
 import os
-import stat
 import threading
 import time
-from typing import Any, BinaryIO, Dict, Generator, Iterable, Iterator, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
-from ..errors import APIStatusError, AuthenticationError, DeepSeekError, InsufficientBalanceError, SpendCapReached
-from ..pool.pool import DeepSeekPool, Result, Routed, route_request
+from ..errors import AuthenticationError, InsufficientBalanceError, SpendCapReached
+from ..pool.pool import DeepSeekPool, Result
 from ..wire.calls import RetryCancelled
-from .jsonl import MAX_LINE_BYTES, LineError, check_bounds, dumps, loads, read_lines
+from .input_file import Feed, Malformed, check_input, parse_line, request_of
+from .jsonl import MAX_LINE_BYTES
+from .paths import BatchFileError, PathLike, check_regular
 from .progress import BatchProgress, BatchSummary, Tally
-
-try:  # POSIX: one writer per output file
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from .result_lines import LineMaker
+from .results_file import FSYNC_INTERVAL, ResultsFile
 
 __all__ = ["FSYNC_INTERVAL", "BatchFileError", "BatchSummary", "Interrupter", "run_batch", "run_lines"]
 
-log = logging.getLogger(__name__)
-
-PathLike = Union[str, "os.PathLike[str]"]
-
-#: Longest time, in seconds, flushed result lines may wait for an ``fsync``.
-FSYNC_INTERVAL = 5.0
 #: Errors that every other item would meet too: the run stops sending at the first one.
 FATAL_ERRORS = (AuthenticationError, InsufficientBalanceError)
-#: How many duplicate custom_ids the error message lists.
-_DUPLICATES_SHOWN = 5
-#: How many unreadable output lines the warning names.
-_UNREADABLE_SHOWN = 5
-#: How often opening the output starts over because another run replaced the file meanwhile.
-_LOCK_ATTEMPTS = 20
-_READ_BLOCK = 65536
-
-
-class BatchFileError(DeepSeekError, ValueError):
-    """The input or output file cannot be used as given (duplicate custom_ids, output in use)."""
 
 
 class Interrupter:
@@ -138,451 +117,6 @@ class Interrupter:
             raise KeyboardInterrupt
 
 
-# -- input -------------------------------------------------------------------------------
-
-_Malformed = Tuple[int, str, str, str]  # line number, custom_id, error code, message
-_Scanned = Tuple[int, str, Optional[Routed], Optional[Tuple[str, str]]]
-
-
-def _check_regular(path: PathLike, what: str) -> None:
-    """Refuse a path that exists but is no regular file (a device, a FIFO, a directory)."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(mode):
-        kind = "a directory" if stat.S_ISDIR(mode) else "a pipe" if stat.S_ISFIFO(mode) else "not a regular file"
-        raise BatchFileError(f"{os.fspath(path)} is {kind}; the {what} must be a regular file")
-
-
-def _scan(path: PathLike) -> Iterator[_Scanned]:
-    """Yield ``(line number, custom_id, routed request, None)`` or ``(line number, custom_id, None, (code, message))``.
-
-    Every line is read with bounded effort (:mod:`deepseek_pool.batch.jsonl`): one too long,
-    too deep, not UTF-8 or not JSON is an error for that item, never a crash.
-    """
-    with open(path, "rb") as lines:
-        for number, raw in read_lines(lines):
-            scanned = _parse_line(number, raw)
-            if scanned is not None:
-                yield scanned
-
-
-def _parse_line(number: int, raw: Optional[bytes]) -> Optional[_Scanned]:
-    """One input line (None: too long) as :func:`_scan` yields it; None for a blank line."""
-    if raw is None:
-        return number, str(number), None, ("LineTooLong", f"line {number} is longer than {MAX_LINE_BYTES} bytes")
-    if not raw.strip():
-        return None
-    try:
-        data = loads(raw, strip_bom=number == 1)
-    except LineError as err:
-        return number, str(number), None, (err.code, f"line {number} {err}")
-    given = data.get("custom_id") if isinstance(data, dict) else None
-    try:
-        routed = route_request(data)
-        if routed.custom_id == "":
-            raise ValueError("custom_id is an empty string")
-    except (TypeError, ValueError) as err:
-        usable = given if isinstance(given, str) and given else str(number)
-        return number, usable, None, (type(err).__name__, f"line {number} is not a request: {err}")
-    return number, routed.custom_id or str(number), routed, None
-
-
-class _InputCheck:
-    """What the first pass over the input found: custom_id -> line, the malformed lines, the models named."""
-
-    def __init__(self) -> None:
-        self.lines: Dict[str, int] = {}
-        self.malformed: List[_Malformed] = []
-        self.models: Set[str] = set()
-
-
-def _check_input(path: PathLike) -> _InputCheck:
-    """Read the whole input once.
-
-    :raises BatchFileError: when custom_ids repeat, before anything is sent.
-    """
-    found = _InputCheck()
-    lines = found.lines
-    duplicates: List[str] = []
-    for number, custom_id, routed, error in _scan(path):
-        first = lines.get(custom_id)
-        if first is not None:
-            if len(duplicates) < _DUPLICATES_SHOWN:
-                duplicates.append(f"{custom_id!r} (lines {first} and {number})")
-            continue
-        lines[custom_id] = number
-        if error is not None:
-            found.malformed.append((number, custom_id, error[0], error[1]))
-        elif routed is not None:
-            model = routed.params.get("model")
-            if isinstance(model, str) and model:
-                found.models.add(model)
-    if duplicates:
-        raise BatchFileError(
-            f"{os.fspath(path)}: duplicate custom_id {', '.join(duplicates)}; each custom_id must be unique "
-            "(a line without one gets its line number as its custom_id); nothing was sent"
-        )
-    return found
-
-
-# -- output ------------------------------------------------------------------------------
-
-
-def _is_success(line: Any) -> bool:
-    if not isinstance(line, dict) or line.get("error") is not None:
-        return False
-    response = line.get("response")
-    return isinstance(response, dict) and response.get("status_code") == 200
-
-
-def _pause_before_lock(path: str) -> None:
-    """A seam for tests: called between opening the output and locking it."""
-
-
-class _ResultsFile:
-    """The output file: locked, repaired, indexed by custom_id, appended to line by line.
-
-    The lock (``flock``) is held on the file that is at the path for the whole run: after
-    taking it, the file held is checked to be the one at the path (another run may have
-    compacted, that is replaced, it in between), and if not the open starts over. The
-    compaction locks its new file before it replaces the old one, so the path is never
-    unlocked while the run lasts.
-
-    For compaction it remembers which lines a later line superseded (a failure
-    followed by a retry) instead of the whole file, so memory stays at one dict
-    entry per custom_id.
-    """
-
-    def __init__(self, path: PathLike, clock: Any = time.monotonic) -> None:
-        self.path = os.fspath(path)
-        self.temporary = self.path + ".compacting"
-        self._clock = clock
-        self.keep: Dict[str, int] = {}  # custom_id -> index of the line that stands
-        self.ok_ids: Set[str] = set()
-        self._drop: Set[int] = set()  # indexes of superseded or unreadable lines
-        self.count = 0
-        self.repaired = 0
-        self.unreadable: List[Tuple[int, str]] = []  # (line number, why), the first few
-        self.unreadable_count = 0
-        self._file = self._open_locked()
-        try:
-            self._repair()
-            self._load()
-        except BaseException:
-            self._file.close()
-            raise
-        self._synced_at = clock()
-        self._dirty = False
-
-    def _open_locked(self) -> BinaryIO:
-        for _ in range(_LOCK_ATTEMPTS):
-            _check_regular(self.path, "output")
-            # O_NONBLOCK: opening a FIFO that slipped in must fail, not wait for a reader.
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NONBLOCK", 0), 0o666)
-            file = os.fdopen(fd, "ab")
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise BatchFileError(f"{self.path} is not a regular file; the output must be one")
-                _pause_before_lock(self.path)
-                if not self._lock(file):
-                    return file  # no locks on this filesystem
-                if _same_file(file, self.path):
-                    self._remove_stale_temporary()
-                    return file
-            except BaseException:
-                file.close()
-                raise
-            file.close()  # another run replaced the file while we waited: lock the new one
-        raise BatchFileError(f"{self.path} keeps being replaced by another process; nothing was sent")
-
-    def _lock(self, file: BinaryIO) -> bool:
-        """Take the lock; False when the filesystem has none."""
-        if fcntl is None:  # pragma: no cover - Windows
-            return False
-        try:
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BatchFileError(
-                f"{self.path} is being written by another deepseek-pool run; wait for it or choose another output"
-            ) from None
-        except OSError as err:  # a filesystem without locks: go on without
-            log.debug("cannot lock %s: %s", self.path, err)
-            return False
-        return True
-
-    def _remove_stale_temporary(self) -> None:
-        # Left by a run killed while compacting: we hold the lock on the file at the path,
-        # so no live run is compacting it.
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self.temporary)
-
-    def _repair(self) -> None:
-        """Make the file end with a newline: keep a complete last line, drop a torn one."""
-        size = os.fstat(self._file.fileno()).st_size
-        if not size:
-            return
-        with open(self.path, "rb") as reader:
-            reader.seek(size - 1)
-            if reader.read(1) == b"\n":
-                return
-            end = size
-            start = 0
-            while end > 0:
-                begin = max(0, end - _READ_BLOCK)
-                reader.seek(begin)
-                newline = reader.read(end - begin).rfind(b"\n")
-                if newline >= 0:
-                    start = begin + newline + 1
-                    break
-                end = begin
-            whole = False
-            if size - start <= MAX_LINE_BYTES:
-                reader.seek(start)
-                try:
-                    whole = isinstance(loads(reader.read()), dict)
-                except LineError:
-                    whole = False
-        if whole:  # killed between the line and its newline: keep the result
-            self._file.write(b"\n")
-            self._file.flush()
-        else:
-            self._file.truncate(start)
-            self.repaired = size - start
-        os.fsync(self._file.fileno())
-
-    def _load(self) -> None:
-        with open(self.path, "rb") as reader:
-            for number, raw in read_lines(reader):
-                custom_id: Any = None
-                why = "it is longer than the longest line read"
-                if raw is not None and not raw.strip():
-                    why = ""
-                elif raw is not None:
-                    try:
-                        line = loads(raw)
-                    except LineError as err:
-                        why = str(err)
-                    else:
-                        custom_id = line.get("custom_id") if isinstance(line, dict) else None
-                        why = "it is not a result line (no str custom_id)"
-                if not isinstance(custom_id, str):
-                    if why:
-                        self.unreadable_count += 1
-                        if len(self.unreadable) < _UNREADABLE_SHOWN:
-                            self.unreadable.append((number, why))
-                    self._drop.add(self.count)
-                    self.count += 1
-                    continue
-                self._record(custom_id, _is_success(line))
-
-    def _record(self, custom_id: str, ok: bool) -> None:
-        index = self.count
-        self.count += 1
-        standing = self.keep.get(custom_id)
-        if standing is None:
-            self.keep[custom_id] = index
-        elif custom_id in self.ok_ids:
-            self._drop.add(index)  # an answer already stands (two runs on one file?): keep the first
-            return
-        else:
-            self._drop.add(standing)  # the newer outcome of a failed item stands
-            self.keep[custom_id] = index
-        if ok:
-            self.ok_ids.add(custom_id)
-
-    @property
-    def superseded(self) -> int:
-        return len(self._drop)
-
-    def append(self, custom_id: str, ok: bool, data: bytes) -> None:
-        """Write one whole line and hand it to the OS; fsync now and then."""
-        file = self._file
-        file.write(data)
-        file.flush()
-        self._record(custom_id, ok)
-        self._dirty = True
-        now = self._clock()
-        if now - self._synced_at >= FSYNC_INTERVAL:
-            self.sync(now)
-
-    def sync(self, now: Optional[float] = None) -> None:
-        if self._dirty:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._dirty = False
-        self._synced_at = self._clock() if now is None else now
-
-    def compact(self) -> int:
-        """Rewrite the file without superseded lines, atomically; return how many went.
-
-        The new file is written beside the old one (:attr:`temporary`), locked, synced,
-        then renamed over it. If any of that fails the old file stays as it was, complete
-        and valid, and the :class:`OSError` is raised.
-        """
-        dropped = len(self._drop)
-        if not dropped:
-            return 0
-        self.sync()
-        temporary = self.temporary
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        writer = os.fdopen(fd, "ab")
-        try:
-            os.chmod(temporary, stat.S_IMODE(os.fstat(self._file.fileno()).st_mode))
-            self._lock(writer)  # locked before it takes the path: the path is never unlocked
-            with open(self.path, "rb") as reader:
-                _copy_lines(reader, writer, self._drop)
-            writer.flush()
-            os.fsync(writer.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            writer.close()
-            with contextlib.suppress(OSError):
-                os.remove(temporary)
-            raise
-        old, self._file = self._file, writer
-        old.close()
-        _fsync_directory(os.path.dirname(os.path.abspath(self.path)))
-        self._drop = set()
-        return dropped
-
-    def close(self) -> None:
-        if not self._file.closed:
-            try:
-                self.sync()
-            finally:
-                self._file.close()
-
-
-def _same_file(file: BinaryIO, path: str) -> bool:
-    """Whether the open ``file`` is still the file at ``path`` (not replaced or removed)."""
-    try:
-        at_path = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(file.fileno())
-    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
-
-
-def _copy_lines(reader: BinaryIO, writer: BinaryIO, drop: Set[int]) -> None:
-    """Copy the lines of ``reader`` whose 0-based index is not in ``drop``."""
-    for number, raw in read_lines(reader):
-        if raw is not None and number - 1 not in drop:
-            writer.write(raw)
-
-
-def _fsync_directory(path: str) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-class _LineMaker:
-    """Builds output lines; ids are one random prefix per run plus a counter (no syscall per line).
-
-    Every line is valid UTF-8 JSON within the reader's bounds, whatever the answer holds
-    (:func:`deepseek_pool.batch.jsonl.dumps`); an answer that could not be read back is written
-    as a failure saying why, so the item runs again rather than being lost.
-    """
-
-    def __init__(self) -> None:
-        self._prefix = "batch_req_" + os.urandom(8).hex()
-        self._count = 0
-
-    def _id(self) -> str:
-        self._count += 1
-        return f"{self._prefix}{self._count:08x}"
-
-    def success(self, custom_id: str, completion: Any) -> Tuple[bytes, bool]:
-        """The line for an answer, and whether it is a success line."""
-        line_id = self._id()
-        try:
-            data = dumps(
-                {
-                    "id": line_id,
-                    "custom_id": custom_id,
-                    "response": {
-                        "status_code": 200,
-                        "request_id": getattr(completion, "request_id", None),
-                        "body": completion.raw,
-                    },
-                    "error": None,
-                }
-            )
-            problem = check_bounds(data)
-        except ValueError as err:
-            problem = str(err)
-        if problem is None:
-            return data, True
-        return self.failure(
-            custom_id, "UnstorableAnswer", f"the answer cannot be stored as a result line: {problem}"
-        ), False
-
-    def failure(self, custom_id: str, code: str, message: str, response: Optional[Dict[str, Any]] = None) -> bytes:
-        error = {"code": code, "message": message}
-        line = {"id": self._id(), "custom_id": custom_id, "response": response, "error": error}
-        try:
-            data = dumps(line)
-            if check_bounds(data) is None:
-                return data
-        except ValueError:
-            pass
-        line["response"] = None  # an error body that cannot be stored: keep the error, drop the body
-        return dumps(line)
-
-    def error(self, custom_id: str, error: BaseException) -> bytes:
-        response = None
-        if isinstance(error, APIStatusError):
-            response = {"status_code": error.status_code, "request_id": error.request_id, "body": error.body}
-        return self.failure(custom_id, type(error).__name__, str(error) or type(error).__name__, response)
-
-
-# -- the run -----------------------------------------------------------------------------
-
-#: The url a non-chat endpoint is written back as, for the pool to route.
-_URL_OF = {"beta": "/beta/chat/completions", "fim": "/beta/completions"}
-
-
-class _Feed:
-    """Second pass over the input: the requests this run sends, read lazily, until told to stop."""
-
-    def __init__(self, path: PathLike, should_run: Any, model: Optional[str]) -> None:
-        self.path = path
-        self.should_run = should_run
-        self.model = model
-        self.stopped = False  # set when the spend cap refuses a call: nothing more is fed
-
-    def __iter__(self) -> Generator[Dict[str, Any], None, None]:
-        for _number, custom_id, routed, _error in _scan(self.path):
-            if self.stopped:
-                return
-            if routed is None or not self.should_run(custom_id):
-                continue
-            yield _request_of(custom_id, routed, self.model)
-
-
-def _request_of(custom_id: str, routed: Routed, model: Optional[str]) -> Dict[str, Any]:
-    """The pool request for one routed input line."""
-    params = routed.params
-    if model is not None:
-        params["model"] = model
-    if routed.endpoint == "chat":
-        params["messages"] = routed.messages
-        params["custom_id"] = custom_id
-        return params
-    params["prompt" if routed.endpoint == "fim" else "messages"] = routed.messages
-    return {"custom_id": custom_id, "method": "POST", "url": _URL_OF[routed.endpoint], "body": params}
-
-
 def run_lines(
     lines: Iterable[Union[str, bytes]],
     pool: DeepSeekPool,
@@ -605,13 +139,13 @@ def run_lines(
     """
     if model is not None and (not isinstance(model, str) or not model.strip()):
         raise ValueError(f"model must be a non-empty model id, got {model!r}")
-    maker = _LineMaker()
+    maker = LineMaker()
     answers: List[Optional[bytes]] = []
     requests: List[Dict[str, Any]] = []
     slots: List[Tuple[int, str]] = []  # (answer slot, custom_id) of each request sent
     for number, line in enumerate(lines, first_line):
         raw = (line.encode("utf-8", "surrogatepass") if isinstance(line, str) else line).rstrip(b"\r\n")
-        scanned = _parse_line(number, raw if len(raw) <= MAX_LINE_BYTES else None)
+        scanned = parse_line(number, raw if len(raw) <= MAX_LINE_BYTES else None)
         if scanned is None:
             continue
         _number, custom_id, routed, bad = scanned
@@ -621,7 +155,7 @@ def run_lines(
             continue
         slots.append((len(answers), custom_id))
         answers.append(None)
-        requests.append(_request_of(custom_id, routed, model))
+        requests.append(request_of(custom_id, routed, model))
     for (slot, custom_id), result in zip(slots, pool.map(requests)):
         if result.error is None and result.completion is not None:
             answers[slot] = maker.success(custom_id, result.completion)[0]
@@ -662,13 +196,13 @@ def run_batch(
     started = time.monotonic()
     if model is not None and (not isinstance(model, str) or not model.strip()):
         raise ValueError(f"model must be a non-empty model id, got {model!r}")
-    _check_regular(input_path, "input (it is read twice: save a pipe to a file first)")
+    check_regular(input_path, "input (it is read twice: save a pipe to a file first)")
     if not os.path.exists(input_path):
         raise FileNotFoundError(errno.ENOENT, "no such file", os.fspath(input_path))
-    _check_regular(output_path, "output")
+    check_regular(output_path, "output")
     if os.path.exists(output_path) and os.path.samefile(input_path, output_path):
         raise BatchFileError("the output file must not be the input file")
-    found = _check_input(input_path)
+    found = check_input(input_path)
     spend = pool.spend
     if spend is not None:
         spend.check_models({model} if model is not None else found.models | {pool.client.model})
@@ -677,7 +211,7 @@ def run_batch(
     progress = progress or BatchProgress()
     tally = Tally(prices=spend.prices if spend is not None else None)
     summary = BatchSummary(items=len(ids), tally=tally, max_cost=spend.max_cost if spend is not None else None)
-    out = _ResultsFile(output_path)
+    out = ResultsFile(output_path)
     try:
         summary.repaired = out.repaired
         if out.repaired:
@@ -713,7 +247,7 @@ def run_batch(
                 text += f", {summary.skipped_failed} failed ones skipped (--no-retry-failed)"
             progress.info(text + f"; {to_run} to run")
         progress.start(to_run)
-        feed = _Feed(input_path, should_run, model)
+        feed = Feed(input_path, should_run, model)
         interrupted = _run(pool, out, feed, found.malformed, should_run, model, interrupter, progress, summary)
         summary.not_run = to_run - tally.ok - tally.failed
         if interrupted == "stopped" and (summary.aborted is not None or not summary.not_run):
@@ -739,9 +273,9 @@ def run_batch(
 
 def _run(
     pool: DeepSeekPool,
-    out: _ResultsFile,
-    feed: _Feed,
-    malformed: List[_Malformed],
+    out: ResultsFile,
+    feed: Feed,
+    malformed: List[Malformed],
     should_run: Any,
     model: Optional[str],
     interrupter: Interrupter,
@@ -750,7 +284,7 @@ def _run(
 ) -> Optional[str]:
     """Write error lines for malformed input, then run the rest; return how it was interrupted."""
     tally = summary.tally
-    lines = _LineMaker()
+    lines = LineMaker()
     begin, end = interrupter._begin_write, interrupter._end_write
     default_model = model or pool.client.model
     requests = iter(feed)

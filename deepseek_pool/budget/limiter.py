@@ -35,6 +35,11 @@ back within ``lease_seconds`` (at once, for sqlite, when the process is seen gon
 Waiting threads of one limiter form a FIFO queue: only the head one watches the clock
 (and, for a shared storage, polls it), so a start wakes one thread rather than all.
 
+This module holds admission (acquire, release, the queue) and the lease renewer; what
+follows a failure (cool-down, the wait before a retry, the retry budget) is the base class
+:class:`~deepseek_pool.budget.retries.RetryGates`, and the :class:`Permit` and
+:class:`LimiterStats` it hands out live in :mod:`deepseek_pool.budget.permit`.
+
 Example::
 
     limiter = Limiter(max_in_flight=32, rpm=600, tpm=1_000_000, storage="sqlite:////var/tmp/ds.db")
@@ -54,134 +59,29 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import CancelledError
-from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, Optional, Set, Type, Union
+from typing import Any, Callable, Deque, Optional, Set, Union
 
-from ..errors import RetryBudgetExceeded
 from ..forks import reset_after_fork
-from . import rules as budget
-from .rules import BudgetConfig, RateLimitSignal
-from .storage import Storage, storage_from_uri
+from .permit import LimiterStats, Permit
+from .retries import (
+    CANCEL_POLL_INTERVAL,
+    DEFAULT_RETRY_BUDGET,
+    NO_RETRY_INCREMENT,
+    RETRY_COST,
+    SHARED_POLL_INTERVAL,
+    RetryGates,
+    WaitFunction,
+)
+from .rules import BudgetConfig
+from .storage import Storage
+from .storage_uri import storage_from_uri
 
 __all__ = ["Limiter", "LimiterStats", "Permit"]
 
 log = logging.getLogger(__name__)
 
-#: Capacity of the retry budget when the caller does not choose one.
-DEFAULT_RETRY_BUDGET = 500
-#: What one retry after an error status (429, 5xx, an empty 200) costs.
-RETRY_COST = 5
-#: What one retry after a timeout or a connection error costs: these tie up a
-#: thread for long, so they drain the budget twice as fast.
-TIMEOUT_RETRY_COST = 10
-#: What a call that succeeds at the first attempt earns back.
-NO_RETRY_INCREMENT = 1
-#: Cost of a retry by kind; the kinds are those of :class:`deepseek_pool.RetryEvent`.
-RETRY_COSTS: Dict[str, int] = {
-    "status": RETRY_COST,
-    "connect": TIMEOUT_RETRY_COST,
-    "connection": TIMEOUT_RETRY_COST,
-    "read": TIMEOUT_RETRY_COST,
-    "timeout": TIMEOUT_RETRY_COST,
-}
 #: Seconds an in-flight lease lasts unless renewed; renewed every third of it.
 DEFAULT_LEASE_SECONDS = 30.0
-#: Longest a waiter given a ``cancelled`` event sleeps before looking at it again;
-#: :meth:`Limiter.wake_waiters` makes it look at once.
-CANCEL_POLL_INTERVAL = 0.1
-#: How often the head waiter looks at a shared storage whose cap is full: a release
-#: in another process cannot wake it.
-SHARED_POLL_INTERVAL = 0.02
-
-WaitFunction = Callable[[threading.Event, Optional[float]], bool]
-
-
-@dataclass(frozen=True)
-class LimiterStats:
-    """A consistent snapshot of a :class:`Limiter`'s counters.
-
-    Budget figures (``in_flight`` to ``cap``) are the shared budget's, summed over every
-    limiter that shares it; ``waiting`` to ``cancellations`` are this limiter's own.
-
-    :ivar in_flight: calls between acquire and release now (live leases).
-    :ivar started: starts granted so far.
-    :ivar finished: permits released so far.
-    :ivar cool_downs: calls to :meth:`Limiter.cool_down` (429s seen).
-    :ivar cooling_for: seconds left in the current cool-down (0.0 when none).
-    :ivar retries: retries paid for by :meth:`Limiter.spend_retry`.
-    :ivar retries_refused: retries refused because the budget could not pay.
-    :ivar retry_budget: what is left in the retry budget (None when it is off).
-    :ivar tokens_used: real tokens reported to :meth:`Limiter.release`.
-    :ivar cap: the adaptive in-flight cap now (None: no cap).
-    :ivar waiting: threads queued in this limiter's :meth:`Limiter.acquire` now.
-    :ivar throttled: acquires that had to wait (whatever their outcome).
-    :ivar wait_seconds: total seconds those acquires waited.
-    :ivar timeouts: acquires that gave up with :class:`TimeoutError`.
-    :ivar cancellations: acquires that gave up because their ``cancelled`` event was set.
-    """
-
-    in_flight: int
-    started: int
-    finished: int
-    waiting: int
-    throttled: int
-    wait_seconds: float
-    timeouts: int
-    cancellations: int
-    cool_downs: int
-    cooling_for: float
-    retries: int
-    retries_refused: int
-    retry_budget: Optional[int]
-    tokens_used: int
-    cap: Optional[float] = None
-
-
-class Permit:
-    """Permission to run one call, returned by :meth:`Limiter.acquire`.
-
-    Hand it back with :meth:`Limiter.release` exactly once, or use it as a context
-    manager (``with limiter.acquire(): ...``), which releases it with ``ok`` set to
-    whether the block raised.
-
-    :ivar tokens: the tokens reserved for the call (its estimate).
-    :ivar started_at: the limiter's clock when the start was granted.
-    :ivar waited: seconds the acquire waited.
-    :ivar lease: the id of the call's in-flight lease in the storage.
-    :ivar retry_cost: budget spent on this call's retries via
-        ``spend_retry(kind, permit=permit)``; refunded if the call succeeds.
-    """
-
-    __slots__ = ("_limiter", "_unreleased", "lease", "retry_cost", "started_at", "tokens", "waited")
-
-    def __init__(self, limiter: Limiter, tokens: int, started_at: float, waited: float, lease: str) -> None:
-        self.tokens = tokens
-        self.started_at = started_at
-        self.waited = waited
-        self.lease = lease
-        self.retry_cost = 0
-        self._limiter = limiter
-        #: one item until released: ``list.pop`` takes it in one step, so of two threads
-        #: releasing the permit at once exactly one gets it (a flag's test and set are two)
-        self._unreleased = [True]
-
-    @property
-    def released(self) -> bool:
-        """Whether the permit has been handed back."""
-        return not self._unreleased
-
-    def __enter__(self) -> Permit:
-        return self
-
-    def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Any) -> None:
-        if self._unreleased:
-            self._limiter.release(self, ok=exc_type is None)
-
-    def __repr__(self) -> str:
-        return (
-            f"Permit(tokens={self.tokens}, started_at={self.started_at:.3f}, "
-            f"waited={self.waited:.3f}, released={self.released})"
-        )
 
 
 def _check_count(name: str, value: Any, minimum: int) -> int:
@@ -193,7 +93,7 @@ def _check_count(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-class Limiter:
+class Limiter(RetryGates):
     """Gates that decide when a call may start; share one across threads, pools, processes.
 
     :param max_in_flight: the ceiling of the adaptive in-flight cap (None: no ceiling).
@@ -489,108 +389,6 @@ class Limiter:
             with self._lock:
                 if self._waiters:
                     self._waiters[0].set()
-
-    # -- cool-down and retry budget --------------------------------------------------
-
-    def cool_down(
-        self, seconds: float, *, message: Optional[str] = None, signal: Optional[RateLimitSignal] = None
-    ) -> None:
-        """A call saw a 429: lower the cap if it speaks of concurrency, and hold starts back.
-
-        :param seconds: the Retry-After value, or the backoff delay (the caller caps
-            server-directed values).
-        :param message: the 429's message; DeepSeek names the account's cap there
-            ("concurrency limit of 39"). Without ``message`` or ``signal``, new starts and
-            retries wait ``seconds`` and the cap stays.
-        :param signal: what the 429 says, already read (:func:`~deepseek_pool.budget.rules.rate_limit_signal`).
-        """
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (0 <= seconds < math.inf):
-            raise ValueError(f"cool-down seconds must be a finite number >= 0, got {seconds!r}")
-        if signal is None:
-            signal = budget.rate_limit_signal(message) if message is not None else RateLimitSignal()
-        with self._lock:
-            cap = self.storage.rate_limited(self.name, self._config, seconds, signal)
-        if signal.named_cap is not None:
-            log.warning("DeepSeek named its concurrency cap: %d; the limiter's cap is now %g", signal.named_cap, cap)
-        elif seconds > 0:
-            log.info("rate limited: holding new calls back for up to %.2f s (cap %g)", seconds, cap)
-
-    def wait_before_retry(
-        self,
-        delay: float,
-        *,
-        cancelled: Optional[threading.Event] = None,
-        timeout: Optional[float] = None,
-        permit: Optional[Permit] = None,
-    ) -> None:
-        """Sleep ``delay`` seconds before a retry, and longer while a concurrency cool-down lasts.
-
-        :param timeout: most seconds to wait in all (a call's deadline); a wait that
-            would pass it raises at once rather than sleeping first.
-        :param permit: the call's permit (accepted for symmetry with the other calls).
-        :raises concurrent.futures.CancelledError: ``cancelled`` was set while waiting.
-        :raises TimeoutError: the wait would pass ``timeout``.
-        """
-        clock = self._clock
-        begin = clock()
-        end = begin + delay
-        limit = math.inf if timeout is None else begin + timeout
-        waiter = threading.Event()
-        with self._lock:
-            self._retry_waiters.add(waiter)
-        try:
-            while True:
-                if cancelled is not None and cancelled.is_set():
-                    with self._lock:
-                        self._cancellations += 1
-                    raise CancelledError("retry wait cancelled")
-                hold = self.storage.retry_hold(self.name)
-                now = clock()
-                wait = max(end - now, hold)
-                if wait <= 0.0:
-                    return
-                if now + wait > limit:
-                    with self._lock:
-                        self._timeouts += 1
-                    raise TimeoutError(f"the retry could not start within {timeout} s ({self!r})")
-                if cancelled is not None and wait > CANCEL_POLL_INTERVAL:
-                    wait = CANCEL_POLL_INTERVAL
-                if self.storage.shared and wait > SHARED_POLL_INTERVAL * 10:
-                    wait = SHARED_POLL_INTERVAL * 10  # another process may cool down meanwhile
-                waiter.clear()
-                self._wait(waiter, wait)
-        finally:
-            with self._lock:
-                self._retry_waiters.discard(waiter)
-
-    def spend_retry(self, kind: str = "status", *, permit: Optional[Permit] = None) -> int:
-        """Pay for one retry from the shared budget; return what it cost.
-
-        :param kind: ``"status"`` (an error status; costs :data:`RETRY_COST`) or
-            ``"timeout"``, ``"connect"``, ``"read"``, ``"connection"`` (cost
-            :data:`TIMEOUT_RETRY_COST`).
-        :param permit: the call's permit, so that a later success refunds exactly this.
-        :raises RetryBudgetExceeded: the budget cannot pay; the call should fail now.
-        """
-        cost = RETRY_COSTS.get(kind)
-        if cost is None:
-            raise ValueError(f"kind must be one of {sorted(RETRY_COSTS)}, got {kind!r}")
-        with self._lock:
-            paid, left = self.storage.spend_retry(self.name, self._config, cost)
-            if paid is not None:
-                self._budget_exhausted = False
-                if permit is not None:
-                    permit.retry_cost += paid
-                return paid
-            first = not self._budget_exhausted
-            self._budget_exhausted = True
-        message = (
-            f"the API keeps failing: retry budget of {self._config.retry_budget} exhausted ({left} left, a {kind} "
-            f"retry costs {cost}); calls now fail fast until calls succeed again"
-        )
-        if first:
-            log.warning("%s", message)
-        raise RetryBudgetExceeded(message)
 
     # -- observing, renewing, closing ------------------------------------------------
 

@@ -8,24 +8,25 @@ when a ``redis://`` or ``rediss://`` storage is asked for, or a redis-py client 
     dp.Limiter(max_in_flight=400, storage=redis.Redis(...))                 # your own connection settings
     dp.Limiter(max_in_flight=400, storage=RedisStorage(client, on_storage_error="local"))
 
-Every operation of :class:`~deepseek_pool.budget.storage.Storage` is one Lua script, run
-atomically by Redis on **Redis's clock** (``TIME``), so machines whose clocks disagree
-still share one budget. The rules are those of :mod:`deepseek_pool.budget.rules`, written
-again in Lua; their constants (the decrease factor, the named cap's hold, the patience
-of the increase, the sporadic cool-down) are passed from that module with every call, so
-there is one source of truth, and the same behaviour tests run on every storage.
+Every operation of :class:`~deepseek_pool.budget.storage.Storage` is one Lua script
+(:mod:`deepseek_pool.budget.redis_scripts`), run atomically by Redis on **Redis's clock**
+(``TIME``), so machines whose clocks disagree still share one budget. The rules are those
+of :mod:`deepseek_pool.budget.rules`, written again in Lua; their constants (the decrease
+factor, the named cap's hold, the patience of the increase, the sporadic cool-down) are
+passed from that module with every call, so there is one source of truth, and the same
+behaviour tests run on every storage.
 
 A budget ``name`` is two keys with one hash tag, so that Redis Cluster keeps them in one
 slot: ``{deepseek:<name>}:state`` (a hash: the adaptive cap, rpm spacing, the tpm bucket,
 the cool-down and retry hold, the retry budget, the counters) and
 ``{deepseek:<name>}:leases`` (a sorted set: lease id -> expiry, on Redis's clock). Both
-expire after :data:`KEY_TTL` seconds unused.
+expire after :data:`~deepseek_pool.budget.redis_scripts.KEY_TTL` seconds unused.
 
 Round-trips (one ``EVALSHA`` each; the first use of a script on a server adds one
 ``SCRIPT LOAD``):
 
 * acquire: 1 when a slot is free; a waiting limiter's head thread polls with 1 every
-  :data:`~deepseek_pool.budget.limiter.SHARED_POLL_INTERVAL` (the other waiters of a process wait
+  :data:`~deepseek_pool.budget.retries.SHARED_POLL_INTERVAL` (the other waiters of a process wait
   locally, without a round-trip);
 * release: 1;
 * renew: 1 per limiter every ``lease_seconds / 3``, for all the leases it holds;
@@ -64,9 +65,9 @@ import redis
 import redis.exceptions
 
 from ..errors import ConfigurationError, StorageUnavailable
-from . import rules as budget
+from .redis_scripts import PRELUDE, SCRIPTS, script_constants
 from .rules import BudgetConfig, RateLimitSignal
-from .storage import BudgetSnapshot, MemoryStorage, Storage, register_scheme
+from .storage import BudgetSnapshot, MemoryStorage, Storage
 
 __all__ = ["ON_STORAGE_ERROR", "RedisStorage"]
 
@@ -74,248 +75,14 @@ log = logging.getLogger(__name__)
 
 #: The choices for a Redis that cannot be reached.
 ON_STORAGE_ERROR = ("fail", "local")
-#: Seconds a budget's keys live after their last write (a budget unused that long starts afresh).
-KEY_TTL = 7 * 24 * 3600
 #: While Redis is unreachable and ``on_storage_error="local"``, try it again at most this often.
 PROBE_INTERVAL = 1.0
 #: What counts as Redis being unreachable (anything else, a script error say, is raised).
 UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
-# -- the scripts -------------------------------------------------------------------------------
-#
-# KEYS[1] state hash, KEYS[2] lease set.
-# ARGV[1] now ('' = Redis's TIME), ARGV[2..5] max_in_flight, rpm, tpm, retry_budget ('' = none),
-# ARGV[6..10] DECREASE_FACTOR, NAMED_CAP_HOLD, INCREASE_PATIENCE, SPORADIC_COOL_DOWN, token epsilon,
-# ARGV[11] KEY_TTL; the operation's own arguments follow from ARGV[12].
-# Numbers leave as strings: Redis would truncate a Lua number to an integer.
-
-_PRELUDE = """
--- Redis 4: replicate the writes, not the script (it reads TIME); a no-op from Redis 5 on.
-if redis.replicate_commands then redis.replicate_commands() end
-local state_key, leases_key = KEYS[1], KEYS[2]
-local inf = math.huge
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-else
-  now = tonumber(ARGV[1])
-end
-local function opt(v) if v == nil or v == '' then return nil end return tonumber(v) end
-local max_in_flight, rpm, tpm, retry_budget = opt(ARGV[2]), opt(ARGV[3]), opt(ARGV[4]), opt(ARGV[5])
-local ceiling = max_in_flight or inf
-local DECREASE, HOLD, PATIENCE = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local SPORADIC, EPSILON, TTL = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local A = 12
-
--- the state; an infinite value is an absent field, and so is an unfilled tpm bucket
-local s = {cap = inf, cap_hold_until = -inf, successes = 0, next_start = -inf, tpm_level = nil,
-           tpm_last = -inf, cool_until = -inf, retry_hold_until = -inf, budget_left = -1, started = 0,
-           finished = 0, cool_downs = 0, rate_limited = 0, retries = 0, retries_refused = 0, tokens_used = 0}
-local FIELDS = {'cap', 'cap_hold_until', 'successes', 'next_start', 'tpm_level', 'tpm_last', 'cool_until',
-                'retry_hold_until', 'budget_left', 'started', 'finished', 'cool_downs', 'rate_limited',
-                'retries', 'retries_refused', 'tokens_used'}
-local raw = redis.call('HGETALL', state_key)
-for i = 1, #raw, 2 do s[raw[i]] = tonumber(raw[i + 1]) end
-
-local function num(x) return string.format('%.17g', x) end
-
-local function save()
-  local set, gone = {}, {}
-  for _, f in ipairs(FIELDS) do
-    local v = s[f]
-    if v == nil or v == inf or v == -inf then
-      gone[#gone + 1] = f
-    else
-      set[#set + 1] = f
-      set[#set + 1] = num(v)
-    end
-  end
-  if #set > 0 then redis.call('HSET', state_key, unpack(set)) end
-  if #gone > 0 then redis.call('HDEL', state_key, unpack(gone)) end
-  redis.call('EXPIRE', state_key, TTL)
-end
-
-local function alive()
-  redis.call('ZREMRANGEBYSCORE', leases_key, '-inf', now)
-  return redis.call('ZCARD', leases_key)
-end
-
--- budget.fill
-local function fill()
-  if s.budget_left < 0 then s.budget_left = retry_budget or 0 end
-  if tpm ~= nil then
-    if s.tpm_level == nil then
-      s.tpm_level = tpm
-      s.tpm_last = now
-    elseif now > s.tpm_last then
-      s.tpm_level = math.min(tpm, s.tpm_level + (now - s.tpm_last) * (tpm / 60.0))
-      s.tpm_last = now
-    end
-  end
-  if s.cap > ceiling then s.cap = ceiling end
-end
-
--- budget.cap_of
-local function cap_of()
-  if s.cap == inf then return inf end
-  return math.max(1, math.floor(s.cap))
-end
-"""
-
-# budget.try_start; ARGV: tokens, lease id, lease seconds -> delay ('inf': until a release)
-_START = """
-local tokens, lease, lease_seconds = tonumber(ARGV[A]), ARGV[A + 1], tonumber(ARGV[A + 2])
-fill()
-local cap = cap_of()
-if cap ~= inf and alive() >= cap then
-  save()
-  return 'inf'
-end
-local delay = s.cool_until - now
-if rpm ~= nil then
-  local gap = s.next_start - now
-  if gap > delay then delay = gap end
-end
-if tpm ~= nil then
-  local short = math.min(tokens, tpm) - s.tpm_level
-  if short > EPSILON then
-    local gap = short / (tpm / 60.0)
-    if gap > delay then delay = gap end
-  end
-end
-if delay > 0 then
-  save()
-  return num(delay)
-end
-redis.call('ZADD', leases_key, now + lease_seconds, lease)
-redis.call('EXPIRE', leases_key, TTL)
-s.started = s.started + 1
-if rpm ~= nil then s.next_start = now + 60.0 / rpm end
-if tpm ~= nil then s.tpm_level = s.tpm_level - tokens end
-save()
-return '0'
-"""
-
-# budget.finish; ARGV: lease id, reserved, tokens used ('' none), earned, ok (1/0)
-_FINISH = """
-local lease, reserved, used = ARGV[A], tonumber(ARGV[A + 1]), opt(ARGV[A + 2])
-local earned, ok = tonumber(ARGV[A + 3]), ARGV[A + 4] == '1'
-fill()
-redis.call('ZREM', leases_key, lease)
-s.finished = s.finished + 1
-if used ~= nil then
-  s.tokens_used = s.tokens_used + used
-  if tpm ~= nil then s.tpm_level = math.min(tpm, s.tpm_level + (reserved - used)) end
-end
-if ok then
-  if retry_budget ~= nil then s.budget_left = math.min(retry_budget, s.budget_left + earned) end
-  if s.cap < ceiling and now >= s.cap_hold_until then
-    s.successes = s.successes + 1
-    if s.successes >= PATIENCE * s.cap then
-      s.successes = 0
-      s.cap = math.min(ceiling, math.floor(s.cap) + 1)
-      if s.cap >= ceiling and ceiling ~= inf then s.cap = ceiling end
-    end
-  end
-end
-save()
-return 'ok'
-"""
-
-# budget.rate_limited; ARGV: seconds, named cap ('' none), concurrency (1/0), sporadic (1/0) -> the cap
-_RATE_LIMITED = """
-local seconds, named = tonumber(ARGV[A]), opt(ARGV[A + 1])
-local concurrency, sporadic = ARGV[A + 2] == '1', ARGV[A + 3] == '1'
-fill()
-s.rate_limited = s.rate_limited + 1
-s.cool_downs = s.cool_downs + 1
-if named ~= nil then
-  s.cap = math.min(ceiling, named)
-  s.cap_hold_until = now + HOLD
-  s.successes = 0
-elseif concurrency then
-  local base = s.cap
-  if base == inf then base = math.max(1, alive()) end
-  s.cap = math.max(1, math.floor(base * DECREASE))
-  s.successes = 0
-end
-if sporadic then
-  s.cool_until = math.max(s.cool_until, now + math.min(seconds, SPORADIC))
-else
-  s.cool_until = math.max(s.cool_until, now + seconds)
-  s.retry_hold_until = math.max(s.retry_hold_until, now + seconds)
-end
-save()
-return num(s.cap)
-"""
-
-# budget.spend_retry; ARGV: cost -> {paid ('' refused), budget left}
-_SPEND_RETRY = """
-local cost = tonumber(ARGV[A])
-fill()
-local paid
-if retry_budget == nil then
-  s.retries = s.retries + 1
-  paid = '0'
-elseif s.budget_left >= cost then
-  s.budget_left = s.budget_left - cost
-  s.retries = s.retries + 1
-  paid = num(cost)
-else
-  s.retries_refused = s.retries_refused + 1
-  paid = ''
-end
-save()
-return {paid, num(s.budget_left)}
-"""
-
-# -> seconds retries must still wait (may be '-inf')
-_RETRY_HOLD = """
-return num(s.retry_hold_until - now)
-"""
-
-# ARGV: lease seconds, lease ids...; only leases still there are renewed (a stale renewal
-# that arrives after its release must not bring the slot back)
-_RENEW = """
-local expires = now + tonumber(ARGV[A])
-for i = A + 1, #ARGV do redis.call('ZADD', leases_key, 'XX', expires, ARGV[i]) end
-return 'ok'
-"""
-
-# -> in flight, cap, cooling for, budget left, and the counters
-_SNAPSHOT = """
-fill()
-local in_flight = alive()
-save()
-return {num(in_flight), num(s.cap), num(math.max(0, s.cool_until - now)), num(s.budget_left), num(s.started),
-        num(s.finished), num(s.cool_downs), num(s.retries), num(s.retries_refused), num(s.tokens_used)}
-"""
-
-_SCRIPTS = {
-    "start": _START,
-    "finish": _FINISH,
-    "rate_limited": _RATE_LIMITED,
-    "spend_retry": _SPEND_RETRY,
-    "retry_hold": _RETRY_HOLD,
-    "renew": _RENEW,
-    "snapshot": _SNAPSHOT,
-}
-
 
 def _opt(value: Optional[float]) -> str:
     return "" if value is None else repr(value)
-
-
-def _constants() -> List[str]:
-    return [
-        repr(budget.DECREASE_FACTOR),
-        repr(budget.NAMED_CAP_HOLD),
-        repr(budget.INCREASE_PATIENCE),
-        repr(budget.SPORADIC_COOL_DOWN),
-        repr(budget._TOKEN_EPSILON),
-        str(KEY_TTL),
-    ]
 
 
 class RedisStorage(Storage):
@@ -352,8 +119,8 @@ class RedisStorage(Storage):
         self._test_clock = clock
         self._owns_client = False
         self._where = _describe(client)
-        self._scripts = {name: client.register_script(_PRELUDE + body) for name, body in _SCRIPTS.items()}
-        self._constants = _constants()
+        self._scripts = {name: client.register_script(PRELUDE + body) for name, body in SCRIPTS.items()}
+        self._constants = script_constants()
         self._reset_local()
 
     def _reset_local(self) -> None:
@@ -581,11 +348,3 @@ def _redact(uri: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
-def _factory(uri: str, options: Dict[str, Any]) -> Storage:
-    return RedisStorage.from_uri(uri)
-
-
-register_scheme("redis", _factory)
-register_scheme("rediss", _factory)

@@ -11,12 +11,8 @@ of one budget, held against every other sharer, saved when the block ends) and
 release of theirs can wake it) and :attr:`~Storage.leases_expire` (leases must be
 renewed; a storage that dies with its process needs no expiry).
 
-Storages are chosen by URI, as Celery's broker URLs and Flask-Limiter's ``storage_uri``
-are (:func:`storage_from_uri`): ``memory://`` (the default: this limiter alone),
-``sqlite:////abs/path.db`` (processes on one machine), ``redis://`` and ``rediss://``
-(machines; :mod:`deepseek_pool.budget.redis_storage`, imported only when used, extra
-``deepseek-pool[redis]``; a ready ``redis.Redis`` client is wrapped too), and others
-registered with :func:`register_scheme`.
+Storages are chosen by URI (:mod:`deepseek_pool.budget.storage_uri`); this module knows
+none but its own :class:`MemoryStorage`, so every storage imports it and it imports none.
 """
 
 from __future__ import annotations
@@ -28,9 +24,8 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, Optional, Tuple
 
-from ..errors import ConfigurationError
 from . import rules as budget
 from .rules import BudgetConfig, BudgetState, Lease, RateLimitSignal
 
@@ -39,8 +34,6 @@ __all__ = [
     "MemoryStorage",
     "Storage",
     "TransactionalStorage",
-    "register_scheme",
-    "storage_from_uri",
 ]
 
 
@@ -337,42 +330,3 @@ class MemoryStorage(TransactionalStorage):
 
     def __repr__(self) -> str:
         return "MemoryStorage()"
-
-
-_SCHEMES: Dict[str, Callable[[str, Dict[str, Any]], Storage]] = {}
-
-
-def register_scheme(scheme: str, factory: Callable[[str, Dict[str, Any]], Storage]) -> None:
-    """Make ``scheme://...`` URIs build storages with ``factory(uri, options)``."""
-    _SCHEMES[scheme] = factory
-
-
-def storage_from_uri(uri: Any, **options: Any) -> Storage:
-    """A :class:`Storage` for ``uri`` (a Storage is returned as it is, a redis-py client wrapped)."""
-    if isinstance(uri, Storage):
-        return uri
-    if type(uri).__module__.split(".", 1)[0] == "redis":  # a ready redis-py client, to wrap
-        from .redis_storage import RedisStorage
-
-        return RedisStorage(uri)
-    if not isinstance(uri, str) or "://" not in uri:
-        raise ConfigurationError(
-            f"storage must be a URI such as 'memory://' or 'sqlite:////var/tmp/ds.db', or a Storage; got {uri!r}"
-        )
-    scheme = uri.split("://", 1)[0].lower()
-    if scheme == "memory":
-        return MemoryStorage(options.get("clock", time.monotonic))
-    if scheme == "sqlite":
-        from .sqlite_storage import SQLiteStorage
-
-        return SQLiteStorage.from_uri(uri)
-    if scheme in ("redis", "rediss") and scheme not in _SCHEMES:
-        # Registered by its module, imported only when the scheme is used (extra [redis]).
-        with contextlib.suppress(ImportError):
-            from . import redis_storage  # noqa: F401
-    factory = _SCHEMES.get(scheme)
-    if factory is None:
-        known: List[str] = ["memory", "sqlite", *sorted(_SCHEMES)]
-        hint = " (pip install 'deepseek-pool[redis]')" if scheme in ("redis", "rediss") else ""
-        raise ConfigurationError(f"no limiter storage for {scheme}://{hint}; known: {', '.join(known)}")
-    return factory(uri, options)

@@ -10,18 +10,32 @@ import concurrent.futures as cf
 import math
 import threading
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, FrozenSet, Optional, Protocol
 
-from ..budget.limiter import Permit
+from ..budget.limiter import Limiter, Permit
 from ..budget.rules import rate_limit_signal
 from ..errors import APIStatusError, APITimeoutError
 from ..wire.calls import CallControl, RetryCancelled, RetryEvent
+from .items import Result
 
 if TYPE_CHECKING:
-    from .items import Result
-    from .pool import DeepSeekPool
+    from ..client import DeepSeekClient
 
-__all__ = ["Drain", "DrainStopped", "PoolCall"]
+__all__ = ["CallOwner", "Drain", "DrainStopped", "PoolCall"]
+
+
+class CallOwner(Protocol):
+    """What a call needs of the pool that made it (a :class:`~deepseek_pool.pool.pool.DeepSeekPool`).
+
+    Named here, not imported, so that the pool imports its calls and never the other way round.
+    """
+
+    limiter: Limiter
+    client: DeepSeekClient
+    cool_down: bool
+    stop_on: FrozenSet[int]
+
+    def _note_stop(self, status: int) -> None: ...
 
 
 class DrainStopped(RetryCancelled):
@@ -54,7 +68,7 @@ class PoolCall(CallControl):
 
     def __init__(
         self,
-        pool: DeepSeekPool,
+        pool: CallOwner,
         permit: Permit,
         tokens: int,
         deadline: Optional[float],

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional
 
 from deepseek_pool.testing._faults import Fault
+from deepseek_pool.testing._fields import error_body
 from deepseek_pool.testing._http import BLANK_CHUNK, CHUNK_END, KEEPALIVE_CHUNK, STATUS_LINES, http_date
-from deepseek_pool.testing._protocol import error_body
 
 #: What the connection does after an answer: keep it, close it, or reset it (RST).
 KEEP, CLOSE, RESET = 0, 1, 2

@@ -4,6 +4,10 @@ Written on plain sockets rather than :mod:`http.server`: one thread per connecti
 ``sendall`` per ordinary answer, no header parsing through :mod:`email`, no logging per request.
 That keeps the server far from being the bottleneck of a benchmark on two cores, and gives
 byte-level control for faults (RST, truncated streams, never-ending bodies).
+
+This module decides what each request gets (faults, the cap, latency, the answer); the
+sockets are :mod:`._connections`'s, the bytes of an answer :mod:`._exchange`'s, and the
+answers themselves :mod:`._protocol`'s.
 """
 
 from __future__ import annotations
@@ -13,46 +17,39 @@ import contextlib
 import json
 import logging
 import random
-import selectors
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from types import TracebackType
 from typing import (
     Any,
-    Callable,
     Deque,
     Dict,
     List,
     Mapping,
-    NamedTuple,
     Optional,
     Sequence,
     Set,
     Tuple,
     Type,
-    Union,
 )
 
 from deepseek_pool.testing import _protocol as proto
 from deepseek_pool.testing import _render as render
-from deepseek_pool.testing._exchange import CLOSE, KEEP, RESET, Exchange, Wire
+from deepseek_pool.testing._answers import answer_for, fim_answer_for, reasoning_for
+from deepseek_pool.testing._connections import ConnectionServer
+from deepseek_pool.testing._endpoints import ERRORS, ROUTES
+from deepseek_pool.testing._exchange import RESET, Exchange, Wire
 from deepseek_pool.testing._faults import Fault, parse_fault, parse_rates
-from deepseek_pool.testing._http import (
-    LINGER_RST,
-    STATUS_LINES,
-    BadRequest,
-    http_date,
-    origin_form,
-    read_request,
-)
+from deepseek_pool.testing._fields import ApiError
+from deepseek_pool.testing._http import origin_form
+from deepseek_pool.testing._records import FakeStats, ReceivedRequest
 from deepseek_pool.testing._shapes import BALANCE, MODEL, MODEL_LIST, dumps, fill_shape
+from deepseek_pool.testing._timing import Latency, format_seconds, latency_function
 
 logger = logging.getLogger(__name__)
 
-#: Fixed latency in seconds, a ``(low, high)`` uniform range, or a function of the seeded RNG.
-Latency = Union[float, Tuple[float, float], Callable[[random.Random], float]]
+__all__ = ["FakeDeepSeek", "FakeStats", "Latency", "ReceivedRequest"]
 
 DEFAULT_MODELS: Tuple[str, ...] = ("deepseek-flash", "deepseek-v4-pro", "deepseek-chat", "deepseek-reasoner")
 DEFAULT_TRICKLE_INTERVAL = 0.05
@@ -61,90 +58,8 @@ DEFAULT_MAX_RECEIVED = 10_000
 MAX_CACHE_ENTRIES = 200_000
 STOP_JOIN_SECONDS = 2.0
 
-_ERRORS: Dict[int, Tuple[str, str, str]] = {
-    402: ("Insufficient Balance", "unknown_error", "invalid_request_error"),
-    429: (
-        # DeepSeek's documented text for a 429 that is not about the account's cap.
-        "Rate Limit Reached: you are sending your requests too quickly. Please pace your requests reasonably.",
-        "rate_limit_error",
-        "rate_limit_exceeded",
-    ),
-    500: (
-        "Internal Server Error: our server encountered an issue. Please retry your request after a brief wait.",
-        "internal_error",
-        "internal_error",
-    ),
-    502: (
-        "Bad Gateway: the upstream server returned an invalid response. Please retry your request after a brief wait.",
-        "internal_error",
-        "bad_gateway",
-    ),
-    503: (
-        "Server Overloaded: the server is overloaded due to high traffic. Please retry your "
-        "request after a brief wait.",
-        "service_unavailable_error",
-        "server_overloaded",
-    ),
-}
 
-# path -> (method, kind, beta); every endpoint also answers under /v1.
-_ROUTES: Dict[str, Tuple[str, str, bool]] = {}
-for _prefix in ("", "/v1"):
-    _ROUTES[_prefix + "/chat/completions"] = ("POST", "chat", False)
-    _ROUTES[_prefix + "/beta/chat/completions"] = ("POST", "chat", True)
-    _ROUTES[_prefix + "/beta/completions"] = ("POST", "fim", True)
-    _ROUTES[_prefix + "/models"] = ("GET", "models", False)
-    _ROUTES[_prefix + "/user/balance"] = ("GET", "balance", False)
-
-
-class ReceivedRequest(NamedTuple):
-    """One request as the fake received it (header names lower-cased)."""
-
-    method: str
-    path: str
-    headers: Dict[str, str]
-    body: Any
-
-
-@dataclass(frozen=True)
-class FakeStats:
-    """A snapshot of the fake's counters (see :attr:`FakeDeepSeek.stats`).
-
-    :ivar requests: requests received, answered or not.
-    :ivar by_status: HTTP status -> number of answers sent with it.
-    :ivar peak_concurrency: most requests handled at the same instant.
-    :ivar in_flight: requests being handled now.
-    :ivar connections_opened: TCP connections accepted.
-    :ivar faults_injected: fault kind (``"429"``, ``"trickle"``, ...) -> times injected.
-    """
-
-    requests: int
-    by_status: Dict[int, int]
-    peak_concurrency: int
-    in_flight: int
-    connections_opened: int
-    faults_injected: Dict[str, int]
-
-
-def _latency_function(latency: Latency) -> Optional[Callable[[random.Random], float]]:
-    if callable(latency):
-        return latency
-    if isinstance(latency, tuple):
-        low, high = (float(x) for x in latency)
-        if not 0.0 <= low <= high:
-            raise ValueError(f"latency range must satisfy 0 <= low <= high, got {latency!r}")
-        return lambda rng: rng.uniform(low, high)
-    seconds = float(latency)
-    if seconds < 0.0:
-        raise ValueError(f"latency must be >= 0, got {latency!r}")
-    return (lambda rng: seconds) if seconds else None
-
-
-def _format_seconds(seconds: float) -> str:
-    return str(int(seconds)) if seconds == int(seconds) else repr(seconds)
-
-
-class FakeDeepSeek:
+class FakeDeepSeek(ConnectionServer):
     """A local DeepSeek-compatible server for tests, demos and benchmarks.
 
     It speaks the chat, FIM, models and balance endpoints on a real socket (HTTP/1.1,
@@ -207,7 +122,7 @@ class FakeDeepSeek:
         if isinstance(models, str) or not models:
             raise ValueError("models must be a non-empty sequence of model ids")
         self._api_key = api_key
-        self._latency = _latency_function(latency)
+        self._latency = latency_function(latency)
         self._chunk_delay = float(stream_chunk_delay)
         self._rates = parse_rates(faults)
         self._retry_after = retry_after
@@ -255,17 +170,17 @@ class FakeDeepSeek:
     @staticmethod
     def answer_for(prompt: str) -> str:
         """The content answered when the last user message is ``prompt`` (thinking or not)."""
-        return proto.answer_for(prompt)
+        return answer_for(prompt)
 
     @staticmethod
     def reasoning_for(prompt: str) -> str:
         """The ``reasoning_content`` produced for ``prompt`` in thinking mode."""
-        return proto.reasoning_for(prompt)
+        return reasoning_for(prompt)
 
     @staticmethod
     def fim_answer_for(prompt: str, suffix: Optional[str] = None) -> str:
         """The text a FIM request with ``prompt`` and ``suffix`` gets."""
-        return proto.fim_answer_for(prompt, suffix)
+        return fim_answer_for(prompt, suffix)
 
     @property
     def base_url(self) -> str:
@@ -399,71 +314,6 @@ class FakeDeepSeek:
         state = self._base_url if self._accept_thread is not None else "stopped"
         return f"<FakeDeepSeek {state}>"
 
-    # -- connections ------------------------------------------------------------------------
-
-    def _accept_loop(self) -> None:
-        assert self._listener is not None and self._wake is not None
-        listener, wake = self._listener, self._wake[0]
-        with selectors.DefaultSelector() as selector:
-            selector.register(listener, selectors.EVENT_READ)
-            selector.register(wake, selectors.EVENT_READ)
-            while not self._stopping.is_set():
-                for key, _ in selector.select():
-                    if key.fileobj is wake:
-                        return
-                    self._accept_ready(listener)
-
-    def _accept_ready(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # e.g. EMFILE: keep serving the connections we have
-                logger.warning("FakeDeepSeek accept failed: %s", exc)
-                return
-            conn.settimeout(None)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            handler = threading.Thread(target=self._serve_connection, args=(conn,), daemon=True)
-            with self._lock:
-                if self._stopping.is_set():
-                    conn.close()
-                    return
-                self._connections += 1
-                self._conns[conn] = handler
-            handler.start()
-
-    def _serve_connection(self, sock: socket.socket) -> None:
-        rfile = sock.makefile("rb")
-        outcome = CLOSE
-        try:
-            while not self._stopping.is_set():
-                try:
-                    request = read_request(rfile, sock)
-                except BadRequest as exc:
-                    body = proto.error_body(str(exc))
-                    sock.sendall(
-                        f"{STATUS_LINES[exc.status]}Date: {http_date()}\r\nContent-Type: application/json\r\n"
-                        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1")
-                        + body
-                    )
-                    break
-                if request is None:
-                    break
-                outcome = self._handle(sock, *request)
-                if outcome != KEEP:
-                    break
-        except (OSError, ValueError):
-            pass  # the client went away or stop() shut the socket: nothing left to answer
-        finally:
-            with self._lock:
-                self._conns.pop(sock, None)
-            if outcome == RESET:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
-            rfile.close()
-            sock.close()
-
     # -- requests ---------------------------------------------------------------------------
 
     def _handle(
@@ -485,7 +335,7 @@ class FakeDeepSeek:
                 body = json.loads(raw)
             except ValueError as exc:
                 bad_json = exc
-        route = _ROUTES.get(path)
+        route = ROUTES.get(path)
         auth = headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         token = token.strip()
@@ -562,7 +412,7 @@ class FakeDeepSeek:
         """DeepSeek's answer above the account's cap (the wording of a 429 users reported)."""
         with self._lock:
             self._faults_injected["cap"] = self._faults_injected.get("cap", 0) + 1
-        extra = f"Retry-After: {_format_seconds(self._retry_after)}\r\n" if self._retry_after is not None else ""
+        extra = f"Retry-After: {format_seconds(self._retry_after)}\r\n" if self._retry_after is not None else ""
         message = f"Rate Limit Reached: concurrency limit of {self._max_concurrency} based on your remaining balance"
         return ex.error(429, message, type_="rate_limit_error", code="rate_limit_exceeded", extra=extra)
 
@@ -578,11 +428,11 @@ class FakeDeepSeek:
     def _fault_status(self, ex: Exchange, fault: Fault) -> int:
         status = fault.status
         assert status is not None
-        message, type_, code = _ERRORS[status]
+        message, type_, code = ERRORS[status]
         seconds = fault.retry_after if fault.retry_after is not None else self._retry_after
         extra = ""
         if seconds is not None and status in (429, 503):
-            extra = f"Retry-After: {_format_seconds(seconds)}\r\n"
+            extra = f"Retry-After: {format_seconds(seconds)}\r\n"
         return ex.error(status, message, type_=type_, code=code, extra=extra)
 
     def _generate(
@@ -593,11 +443,9 @@ class FakeDeepSeek:
                 where = ""
                 if isinstance(bad_json, json.JSONDecodeError):
                     where = f"{bad_json.msg.lower()} at line {bad_json.lineno} column {bad_json.colno}"
-                raise proto.ApiError(
-                    400, f"Failed to deserialize the JSON body into the target type: {where or bad_json}"
-                )
+                raise ApiError(400, f"Failed to deserialize the JSON body into the target type: {where or bad_json}")
             if body is None:
-                raise proto.ApiError(
+                raise ApiError(
                     400,
                     "Failed to deserialize the JSON body into the target "
                     "type: EOF while parsing a value at line 1 column 0",
@@ -606,14 +454,14 @@ class FakeDeepSeek:
                 plan = proto.plan_chat(body, self._model_set, self._models, beta=beta)
             else:
                 plan = proto.plan_fim(body, self._model_set, self._models)
-        except proto.ApiError as exc:
+        except ApiError as exc:
             return ex.error(exc.status, exc.message, type_=exc.type, code=exc.code, param=exc.param)
         except Exception:  # a bug in the fake: answer like a server would, and say so in the log
             logger.exception("FakeDeepSeek failed to plan an answer for %r", body)
-            message, type_, code = _ERRORS[500]
+            message, type_, code = ERRORS[500]
             return ex.error(500, message, type_=type_, code=code)
         if not self._has_balance:
-            message, type_, code = _ERRORS[402]
+            message, type_, code = ERRORS[402]
             return ex.error(402, message, type_=type_, code=code)
         if fault is not None and fault.kind == "insufficient":
             plan = proto.cut_short(plan)

@@ -1,0 +1,242 @@
+"""``deepseek-pool run``: a JSONL batch through a pool, with Ctrl-C handling, the summary and the exit status.
+
+The one command that decides process-wide state (the SIGINT handler, while it runs): it is
+the application.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Dict, Optional
+
+from ..batch.progress import BatchProgress, format_summary, summary_dict
+from ..batch.runner import BatchFileError, BatchSummary, Interrupter, run_batch
+from ..budget.limiter import Limiter
+from ..errors import ConfigurationError
+from ..pool.pool import DeepSeekPool
+from .console import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SPEND_CAP, PROG, CommandFailed, is_tty
+from .credentials import client_from_args
+
+#: Seconds a cancelled run waits for its worker threads before exiting without them.
+CANCEL_EXIT_GRACE = 2.0
+
+
+def _raw_stderr(text: str) -> None:
+    """Write straight to fd 2: safe from a signal handler, unlike the buffered sys.stderr."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.write(sys.stderr.fileno(), text.encode("utf-8", "replace"))
+
+
+def _check_run_paths(args: argparse.Namespace) -> None:
+    """Refuse, before anything is sent, paths the run could not use."""
+    if args.input != "-":
+        try:
+            mode = os.stat(args.input).st_mode
+        except FileNotFoundError:
+            raise CommandFailed(f"cannot read {args.input}: no such file") from None
+        except OSError as err:
+            raise CommandFailed(f"cannot read {args.input}: {err.strerror or err}") from None
+        if stat.S_ISDIR(mode):
+            raise CommandFailed(f"cannot read {args.input}: it is a directory")
+        if stat.S_ISREG(mode) and not os.access(args.input, os.R_OK):
+            raise CommandFailed(f"cannot read {args.input}: permission denied")
+    output = args.output
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory):
+        raise CommandFailed(f"cannot write {output}: the directory {directory} does not exist")
+    try:
+        mode = os.stat(output).st_mode
+    except FileNotFoundError:
+        if not os.access(directory, os.W_OK):
+            why = f"permission denied (the directory {directory} is not writable)"
+            raise CommandFailed(f"cannot use {output}: {why}") from None
+    else:
+        if stat.S_ISDIR(mode):
+            raise CommandFailed(f"cannot write {output}: it is a directory")
+        if not stat.S_ISREG(mode):
+            why = "it is not a regular file (a device or a pipe); give a file path"
+            raise CommandFailed(f"cannot write {output}: {why}")
+        if not os.access(output, os.R_OK | os.W_OK):
+            raise CommandFailed(f"cannot use {output}: permission denied (it is read to resume and appended to)")
+    if args.json_summary:
+        where = os.path.dirname(os.path.abspath(args.json_summary))
+        if os.path.isdir(args.json_summary) or not os.path.isdir(where):
+            raise CommandFailed(f"cannot write the summary to {args.json_summary}: no such directory or it is one")
+
+
+@contextlib.contextmanager
+def _input_file(path: str, output: str) -> Any:
+    """The input as a regular file: a pipe (``-``, ``/dev/stdin``, a FIFO) is saved to a temporary one first."""
+    if path != "-" and stat.S_ISREG(os.stat(path).st_mode):
+        yield path
+        return
+    directory = os.path.dirname(os.path.abspath(output))
+    with tempfile.NamedTemporaryFile(prefix=".deepseek-pool-input-", suffix=".jsonl", dir=directory) as spool:
+        if path == "-":
+            shutil.copyfileobj(sys.stdin.buffer, spool)
+        else:
+            with open(path, "rb") as source:
+                shutil.copyfileobj(source, spool)
+        spool.flush()
+        yield spool.name
+
+
+def _limits(args: argparse.Namespace) -> Dict[str, Any]:
+    """The limits of a run's own (unshared) limiter."""
+    return {"max_in_flight": args.max_in_flight, "rpm": args.rpm, "tpm": args.tpm, "retry_budget": args.retry_budget}
+
+
+def run_command(args: argparse.Namespace, command_line: str) -> int:
+    _check_run_paths(args)
+    prices = dict(args.price)
+    if prices and args.max_cost is None:
+        raise CommandFailed("--price is only used with --max-cost")
+    limiter = None
+    if args.limiter_storage is not None:
+        try:  # checked (and the storage opened) before any request is sent
+            limiter = Limiter(
+                args.max_in_flight,
+                args.rpm,
+                args.tpm,
+                retry_budget=args.retry_budget,
+                storage=args.limiter_storage,
+                name=args.limiter_name,
+            )
+        except (ValueError, TypeError) as err:
+            raise CommandFailed(f"--limiter-storage: {err}") from None
+    elif args.limiter_name != "default":
+        raise CommandFailed("--limiter-name is only used with --limiter-storage")
+    client = client_from_args(args, max_retries=args.max_retries)
+    try:
+        pool = DeepSeekPool(
+            client,
+            max_workers=args.workers,
+            limiter=limiter,
+            **({} if limiter is not None else _limits(args)),
+            max_cost=args.max_cost,
+            prices=prices or None,
+        )
+    except ValueError as err:
+        client.close()
+        if limiter is not None:
+            limiter.close()
+        raise CommandFailed(str(err)) from None
+    interrupter = Interrupter()
+    stderr = sys.stderr
+    progress = BatchProgress(stderr, bar=not args.quiet and is_tty(stderr), quiet=args.quiet)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if interrupter.presses == 0:
+            _raw_stderr(
+                "\nCtrl-C: stopping (a drain). No request of any kind is sent any more (retries included); the answers "
+                "already coming are saved. Press Ctrl-C again to cancel them.\n"
+            )
+        else:
+            _raw_stderr("\nCtrl-C again: cancelling the calls in flight (a rerun sends them again).\n")
+        interrupter()
+
+    previous = _set_sigint(on_sigint)
+    summary: Optional[BatchSummary] = None
+    try:
+        with _input_file(args.input, args.output) as input_path:
+            summary = run_batch(
+                input_path,
+                args.output,
+                pool,
+                retry_failed=args.retry_failed,
+                model=args.model,
+                interrupter=interrupter,
+                progress=progress,
+            )
+    except (BatchFileError, ConfigurationError) as err:
+        raise CommandFailed(str(err)) from None
+    except OSError as err:
+        name = err.filename or args.output
+        raise CommandFailed(f"cannot use {name}: {err.strerror or err}") from None
+    finally:
+        _set_sigint(previous)
+        cancelled = summary is not None and summary.interrupted == "cancelled"
+        pool.close(wait=not cancelled, cancel=summary is None or cancelled)
+        if not cancelled:
+            client.close()
+        if limiter is not None:
+            limiter.close()
+    return _report_run(summary, args, command_line)
+
+
+def _set_sigint(handler: Any) -> Any:
+    """Install a SIGINT handler where one can be (the main thread); return the old one."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, handler)
+
+
+def _run_status(summary: BatchSummary) -> int:
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    if summary.complete:
+        return EXIT_OK
+    if summary.capped and not summary.failed:
+        return EXIT_SPEND_CAP
+    return EXIT_FAILED
+
+
+def _report_run(summary: BatchSummary, args: argparse.Namespace, command_line: str) -> int:
+    err = sys.stderr
+    status = _run_status(summary)
+    if args.json_summary:
+        data = summary_dict(summary)
+        data["exit_status"] = status
+        try:
+            with open(args.json_summary, "w", encoding="utf-8") as file:
+                json.dump(data, file, indent=2)
+                file.write("\n")
+        except OSError as error:
+            print(f"{PROG} run: cannot write {args.json_summary}: {error.strerror or error}", file=err)
+    if summary.aborted:
+        print(f"{PROG} run: stopped early: {summary.aborted}", file=err)
+    if not args.quiet or summary.interrupted or summary.capped:
+        print(format_summary(summary), file=err)
+    if summary.capped and not summary.interrupted:
+        print(f"to run the items left, raise --max-cost and rerun: {command_line}", file=err, flush=True)
+    if summary.interrupted:
+        verb = "cancelled" if summary.interrupted == "cancelled" else "interrupted"
+        print(f"{verb}: {summary.not_run} items not run; everything completed is in {args.output}", file=err)
+        print(f"to resume: {command_line}", file=err, flush=True)
+        if summary.interrupted == "cancelled":
+            _exit_without_workers(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+    if status != EXIT_FAILED:
+        return status
+    if not args.quiet or summary.tally.failed:
+        failed = summary.tally.failed + summary.skipped_failed
+        hint = command_line if args.retry_failed else command_line.replace("--no-retry-failed", "--retry-failed")
+        print(f"{failed} items failed (see their error in {args.output}); to try them again: {hint}", file=err)
+    return EXIT_FAILED
+
+
+def _exit_without_workers(status: int) -> None:
+    """After a cancel, give worker threads a moment to end, then exit without waiting for them.
+
+    The interpreter joins executor threads at exit, so a call blocked in a socket read
+    would keep the process alive for up to its timeout.
+    """
+    deadline = time.monotonic() + CANCEL_EXIT_GRACE
+    for thread in threading.enumerate():
+        if thread is threading.current_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
