@@ -59,9 +59,9 @@ from .params import (
 )
 from .pool.pool import DeepSeekPool, DrainStopped, PoolStats, Result
 from .types import Balance, ChatChunk, ChatCompletion, ChatCompletionBuilder, FIMCompletion, Usage
+from .wire.adapter import DeepSeekAdapter
 from .wire.calls import CallControl, CallHandle, RetryEvent
 from .wire.retry import DeepSeekRetry
-from .wire.transport import DeepSeekAdapter
 
 __version__ = "0.1.0"
 

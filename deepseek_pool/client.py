@@ -58,12 +58,13 @@ from .types import (
     model_list_problem,
     object_problem,
 )
+from .wire.adapter import DeepSeekAdapter, request_id_of
 from .wire.attempts import NO_RETRIES, AttemptLoop
-from .wire.calls import CallControl, CallHandle, RetryListener
+from .wire.calls import Attempt, CallControl, CallHandle, RetryListener
 from .wire.reader import READER
 from .wire.retry import DeepSeekRetry
 from .wire.route import SessionRoute
-from .wire.transport import Attempt, ChatStream, DeepSeekAdapter, request_id_of
+from .wire.stream import ChatStream
 
 __all__ = [
     "CallControl",

@@ -511,8 +511,8 @@ def test_a_request_and_its_body_leave_in_one_write(fake: FakeDeepSeek, writes: L
 
 
 def test_a_large_body_is_not_copied_into_the_head(fake: FakeDeepSeek, writes: List[bytes]) -> None:
-    from deepseek_pool.wire import transport
+    from deepseek_pool.wire import adapter
 
     client = make_client(fake, max_retries=0)
-    assert client.chat("x" * (transport._JOIN_BODY_MAX + 1)).content
+    assert client.chat("x" * (adapter._JOIN_BODY_MAX + 1)).content
     assert len(writes) == 2 and writes[0].endswith(b"\r\n\r\n") and writes[1].startswith(b"{")

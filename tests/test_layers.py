@@ -14,8 +14,6 @@ import textwrap
 from pathlib import Path
 from typing import Dict, Iterator, List, Set, Tuple
 
-import pytest
-
 import deepseek_pool
 
 PACKAGE = Path(deepseek_pool.__file__).resolve().parent
@@ -51,14 +49,8 @@ MAX_LINES = 550
 #: test_no_module_is_too_long fails, naming it, as soon as one is.
 STILL_BEING_SPLIT = {
     f"{ROOT}.client",
-    f"{ROOT}.wire.transport",
     f"{ROOT}.pool.pool",
 }
-
-#: The one circle known today (wire/transport.py and wire/reader.py import each other), being
-#: undone by the lead. test_the_known_circle_is_gone is marked xfail(strict=True) for it: when it
-#: passes, the circle is gone; remove the mark and this constant.
-KNOWN_CIRCLE = frozenset({f"{ROOT}.wire.transport", f"{ROOT}.wire.reader"})
 
 
 def module_paths() -> Dict[str, Path]:
@@ -188,13 +180,8 @@ def test_the_parser_sees_every_kind_of_import() -> None:
 
 
 def test_no_circle_between_modules() -> None:
-    found = [sorted(component) for component in circles(import_graph()) if component != KNOWN_CIRCLE]
+    found = [sorted(component) for component in circles(import_graph())]
     assert not found, f"modules that import each other (directly or around a loop): {found}"
-
-
-@pytest.mark.xfail(strict=True, reason="wire/transport.py <-> wire/reader.py: the lead is undoing it (issue 21)")
-def test_the_known_circle_is_gone() -> None:
-    assert KNOWN_CIRCLE not in circles(import_graph())
 
 
 def test_arrows_between_layers_point_one_way() -> None:

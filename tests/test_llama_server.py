@@ -36,7 +36,7 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 import pytest
 
 import deepseek_pool as dp
-from deepseek_pool.wire import transport
+from deepseek_pool.wire import body
 from deepseek_pool.wire.reader import READER
 
 _INSTALL = (
@@ -237,14 +237,14 @@ def test_the_default_timeouts_read_llama_cpps_stream_through_the_watched_read(
     # The client's defaults (read 300 s < total 900 s) read a body from a blocking socket
     # with the read timeout kept by the watchdog (calls.Silence): a real server's stream
     # and plain answer come out as with Timeout(30).
-    watched: List[transport.Silence] = []
+    watched: List[body.Silence] = []
 
-    class CountedSilence(transport.Silence):
+    class CountedSilence(body.Silence):
         def __init__(self, *args: Any) -> None:
             super().__init__(*args)
             watched.append(self)
 
-    monkeypatch.setattr(transport, "Silence", CountedSilence)
+    monkeypatch.setattr(body, "Silence", CountedSilence)
     with dp.DeepSeekClient(KEY, base_url=llama_server.base_url, model=ALIAS, max_retries=0) as defaults:
         streamed = defaults.chat("Count from one to five.", stream=True, **GREEDY)
         plain = defaults.chat("Count from one to five.", **GREEDY)

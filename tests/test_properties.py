@@ -223,7 +223,7 @@ def _split(data: bytes, cuts: List[int]) -> List[bytes]:
 def test_chunked_reading_does_not_depend_on_the_split(
     payloads: List[bytes], cuts: List[int], extension: bool, trailer: bool
 ) -> None:
-    from deepseek_pool.wire.transport import _dechunk
+    from deepseek_pool.wire.body import _dechunk
 
     raw = _FakeResponse(_split(_framed(payloads, extension, trailer), cuts))
     assert b"".join(_dechunk(raw, raw)) == b"".join(payloads)  # type: ignore[arg-type]
@@ -235,7 +235,7 @@ def test_chunked_reading_does_not_depend_on_the_split(
 def test_a_chunked_body_cut_short_is_a_protocol_error_and_closes(payloads: List[bytes], cut: int) -> None:
     from urllib3.exceptions import ProtocolError
 
-    from deepseek_pool.wire.transport import _dechunk
+    from deepseek_pool.wire.body import _dechunk
 
     data = _framed(payloads, False, False)
     cut = min(cut, len(data) - 3)  # at least the final blank line and one byte of "0\r\n" missing
@@ -246,7 +246,7 @@ def test_a_chunked_body_cut_short_is_a_protocol_error_and_closes(payloads: List[
 
 
 def test_bytes_after_a_chunked_body_close_the_connection() -> None:
-    from deepseek_pool.wire.transport import _dechunk
+    from deepseek_pool.wire.body import _dechunk
 
     raw = _FakeResponse([_framed([b"hello"], False, False) + b"HTTP/1.1 200 OK\r\n"])
     assert b"".join(_dechunk(raw, raw)) == b"hello"  # type: ignore[arg-type]

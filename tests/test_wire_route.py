@@ -17,7 +17,7 @@ from urllib3.exceptions import ProxyError
 import deepseek_pool as dp
 from deepseek_pool.testing import FakeDeepSeek
 from deepseek_pool.wire.calls import CallHandle, Silence
-from deepseek_pool.wire.transport import final_failure, translate_error
+from deepseek_pool.wire.failures import final_failure, translate_error
 
 KEY = "sk-route-rules-key"
 

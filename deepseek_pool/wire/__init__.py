@@ -1,11 +1,18 @@
 """The wire: one call's trip from a ``requests.Session`` through urllib3 to DeepSeek and back.
 
-Owns the attempt loop and the retry policy (urllib3's ``Retry`` as a value), each call's
-control, deadlines and the watchdog that enforces them, the requests adapter and the route
-it picks, chunked framing, the SSE decoder and the shared stream reader.
+Modules, top down: :mod:`~deepseek_pool.wire.route` (the session's way, or the direct route
+where that is the same), :mod:`~deepseek_pool.wire.attempts` (every attempt of a call, the
+retry policy of :mod:`~deepseek_pool.wire.retry` asked at each), the streamed answer
+(:mod:`~deepseek_pool.wire.stream`) and the shared reader of streams nobody watches
+(:mod:`~deepseek_pool.wire.reader`), a body's reads under the deadlines
+(:mod:`~deepseek_pool.wire.body`, with :mod:`~deepseek_pool.wire.chunked` framing and the
+:mod:`~deepseek_pool.wire.sse` decoder), requests' adapter and its watchable connections
+(:mod:`~deepseek_pool.wire.adapter`), a call's control, handle, deadlines and watchdog
+(:mod:`~deepseek_pool.wire.calls`), and the translation of foreign exceptions
+(:mod:`~deepseek_pool.wire.failures`).
 
 May import: the standard library, requests, urllib3, and the foundation modules
 (:mod:`deepseek_pool.errors`, :mod:`~deepseek_pool.config`, :mod:`~deepseek_pool.types`,
-:mod:`~deepseek_pool.messages`, :mod:`~deepseek_pool.forks`). Nothing above it: the wire
-knows no client, pool, budget or batch.
+:mod:`~deepseek_pool.messages`, :mod:`~deepseek_pool.params`, :mod:`~deepseek_pool.forks`).
+Nothing above it: the wire knows no client, pool, budget or batch.
 """

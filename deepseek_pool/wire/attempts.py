@@ -35,9 +35,11 @@ from ..errors import (
     without_secret,
 )
 from ..messages import encode_body
-from .calls import CallControl, RetryEvent
+from .adapter import request_id_of
+from .body import raw_pieces
+from .calls import Attempt, CallControl, RetryEvent
+from .failures import PROXY_AUTHENTICATION, final_failure, urllib3_cause
 from .retry import DeepSeekRetry
-from .transport import PROXY_AUTHENTICATION, Attempt, final_failure, raw_pieces, request_id_of, urllib3_cause
 
 __all__ = ["NO_RETRIES", "AttemptLoop", "Parse"]
 

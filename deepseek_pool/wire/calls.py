@@ -26,10 +26,12 @@ import threading
 import time
 from typing import Any, Callable, List, NamedTuple, Optional, Protocol, Tuple
 
-from ..errors import APIConnectionError, APITimeoutError
+from ..errors import APIConnectionError, APITimeoutError, DeepSeekError
 from ..forks import reset_after_fork
+from .failures import translate_error
 
 __all__ = [
+    "Attempt",
     "CallControl",
     "CallHandle",
     "RetryCancelled",
@@ -289,6 +291,40 @@ class Silence:
             watch, self._watch, self._connection = self._watch, None, None
         if watch is not None:
             WATCHDOG.cancel(watch)
+
+
+class Attempt:
+    """One attempt's total deadline, watched by the watchdog; ended exactly once.
+
+    The watchdog breaks the attempt's connection when the deadline passes, so a read
+    that blocks (a trickled head, a stalled body) fails, and :meth:`translate` then
+    reports it as the timeout it is.
+    """
+
+    __slots__ = ("_watch", "deadline", "handle")
+
+    def __init__(self, deadline: float, handle: CallHandle) -> None:
+        self.deadline = deadline
+        self.handle = handle
+        handle.expired = False
+        self._watch = WATCHDOG.watch(deadline, handle) if deadline != math.inf else None
+
+    @property
+    def expired(self) -> bool:
+        return self.handle.expired
+
+    def translate(self, err: BaseException) -> DeepSeekError:
+        if self.handle.expired and not isinstance(err, DeepSeekError):
+            return APITimeoutError(f"the attempt's total deadline passed ({type(err).__name__}: {err})")
+        return translate_error(err)
+
+    def end(self) -> None:
+        """The attempt is over: stop watching it and forget its connection."""
+        watch = self._watch
+        if watch is not None:
+            self._watch = None
+            WATCHDOG.cancel(watch)
+        self.handle.detach()
 
 
 #: Longest a wait before a retry sleeps before it looks at the call's handle again.

@@ -11,14 +11,14 @@ When nobody looks at the chunks as they come (``chat(stream=True)`` without
 the body to :data:`READER` and sleeps until the answer is whole. The reader's one
 thread waits on an ``epoll`` set of every such socket, and for each that is readable
 reads what it holds, strips the chunked framing and adds the events to its answer
-(:meth:`~deepseek_pool.wire.transport.ChatStream.feed`). Every guarantee of a stream read
+(:meth:`~deepseek_pool.wire.stream.ChatStream.feed`). Every guarantee of a stream read
 in its own thread holds, by the same code: the watchdog still ends an attempt at its
 deadline and a silent read at its read timeout (it breaks the connection, and the
 reader sees the socket end), an abort still breaks only its own call's connection,
-``[DONE]`` still gets :data:`~deepseek_pool.wire.transport.STREAM_END_GRACE`, and a body
+``[DONE]`` still gets :data:`~deepseek_pool.wire.stream.STREAM_END_GRACE`, and a body
 read to its end gives its connection back to the pool.
 
-Only bodies that :func:`~deepseek_pool.wire.transport.plain_chunked` accepts on platforms
+Only bodies that :func:`~deepseek_pool.wire.body.plain_chunked` accepts on platforms
 with ``epoll`` (Linux) are taken; the others are read by the calling thread as before.
 """
 
@@ -33,17 +33,10 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import APIConnectionError, APITimeoutError
 from ..forks import reset_after_fork
+from .body import body_begins, finish_chunked, plain_chunked, reporting_silence, watchable
 from .calls import WATCHDOG, Silence
 from .chunked import Dechunker
-from .transport import (
-    STREAM_END_GRACE,
-    ChatStream,
-    body_begins,
-    finish_chunked,
-    plain_chunked,
-    reporting_silence,
-    watchable,
-)
+from .stream import STREAM_END_GRACE, ChatStream
 
 __all__ = ["READER", "StreamReader"]
 

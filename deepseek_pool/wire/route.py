@@ -33,9 +33,9 @@ from requests.auth import AuthBase, HTTPBasicAuth
 from requests.cookies import extract_cookies_to_jar
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
+from .adapter import GENUINE_SEND, DeepSeekAdapter, wrap_response
 from .attempts import NO_RETRIES
 from .calls import CallHandle, sending
-from .transport import GENUINE_SEND, DeepSeekAdapter, wrap_response
 
 __all__ = ["DirectRoute", "KeyAuth", "SessionRoute"]
 
