@@ -34,6 +34,7 @@ from .errors import (
 )
 from .models import ModelPrice
 from .pool.pool import DeepSeekPool, DrainStopped, PoolStats, Result
+from .process import ProcessTuning, tune_process
 from .types import Balance, ChatChunk, ChatCompletion, ChatCompletionBuilder, FIMCompletion, Usage
 from .wire.calls import CallControl, CallHandle, RetryEvent
 from .wire.retry import DeepSeekRetry
@@ -68,6 +69,7 @@ __all__ = [
     "LimiterStats",
     "ModelPrice",
     "PoolStats",
+    "ProcessTuning",
     "RateLimitError",
     "Result",
     "RetryBudgetExceeded",
@@ -79,4 +81,5 @@ __all__ = [
     "UnprocessableEntityError",
     "Usage",
     "__version__",
+    "tune_process",
 ]

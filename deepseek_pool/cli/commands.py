@@ -40,6 +40,7 @@ from ..config import ENV_API_KEY
 from ..errors import ConfigurationError, DeepSeekError
 from ..models import DEFAULT_MODEL, ModelPrice
 from ..pool.pool import DeepSeekPool
+from ..process import tune_process
 
 __all__ = ["main"]
 
@@ -485,6 +486,8 @@ def _cmd_run(args: argparse.Namespace, command_line: str) -> int:
     elif args.limiter_name != "default":
         raise _Fail("--limiter-name is only used with --limiter-storage")
     client = _client(args, max_retries=args.max_retries)
+    # An application owns the process: raise what its calls in flight need, given back on return.
+    tuning = tune_process(min(args.workers, args.max_in_flight or args.workers))
     try:
         pool = DeepSeekPool(
             client,
@@ -498,6 +501,7 @@ def _cmd_run(args: argparse.Namespace, command_line: str) -> int:
         client.close()
         if limiter is not None:
             limiter.close()
+        tuning.restore()
         raise _Fail(str(err)) from None
     interrupter = Interrupter()
     stderr = sys.stderr
@@ -539,6 +543,7 @@ def _cmd_run(args: argparse.Namespace, command_line: str) -> int:
             client.close()
         if limiter is not None:
             limiter.close()
+        tuning.restore()
     return _report_run(summary, args, command_line)
 
 
