@@ -329,15 +329,13 @@ def check_open_files(connections: int, what: str) -> None:
     its retries; refused at construction, nothing is sent.
     """
     soft = _soft_files()
-    if connections <= soft - SPARE_FILES:
-        return  # plenty, whatever is open: no need to count
-    already = open_files_now()
+    already = open_files_now()  # a directory listing: tens of microseconds
     if already + connections <= soft:
         return
-    hard = _hard_files()
+    hard = _show("open files", _hard_files())
     raise ConfigurationError(
         f"{what} may hold {connections:,} connections at once, and this process may open {soft:,.0f} files "
-        f"(the soft RLIMIT_NOFILE; {already:,} already open; hard limit {hard:,.0f}). Call "
+        f"(the soft RLIMIT_NOFILE; {already:,} already open; hard limit {hard}). Call "
         f"deepseek_pool.tune_process({connections}) in your application, or run `ulimit -n "
         f"{already + connections + SPARE_FILES}` before starting it, or use fewer workers or max_in_flight"
     )

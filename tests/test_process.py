@@ -191,7 +191,7 @@ def test_a_bad_value_is_named_before_anything_is_changed(user_values: Settings, 
 
 CHILD = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, os, resource, sys
     import deepseek_pool as dp
     from deepseek_pool import process
 
@@ -205,6 +205,13 @@ CHILD = textwrap.dedent(
     except dp.ConfigurationError as err:
         seen["refused"] = str(err)
     dp.DeepSeekPool(client, max_workers=300, max_in_flight=100).close()  # 100 connections fit
+    held = [open(os.devnull) for _ in range(200)]  # ... unless the files already open leave no room
+    try:
+        dp.DeepSeekPool(client, max_workers=100)
+    except dp.ConfigurationError as err:
+        seen["refused_with_files_open"] = str(err)
+    for file in held:
+        file.close()
 
     with dp.tune_process(300) as tuning:
         seen["tuned"], seen["changes"] = soft(), [str(c) for c in tuning.changes]
@@ -235,6 +242,7 @@ def test_the_open_files_limit_is_raised_within_the_hard_limit_and_restored_exact
     assert "300 connections" in seen["refused"]
     assert "256 files" in seen["refused"]
     assert "tune_process(300)" in seen["refused"] and "ulimit -n" in seen["refused"]
+    assert "100 connections" in seen["refused_with_files_open"]
     assert seen["tuned"] >= 300 + process.SPARE_FILES
     assert seen["changes"][-1] == f"open files 256 -> {seen['tuned']:,}"
     assert seen["restored"] == 256
