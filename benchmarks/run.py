@@ -213,7 +213,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         cells = [c for c in cells if c.name in wanted]
     if args.n:
         cells = [c if c.kind == "stream" or c.deepseek_scale else replace(c, n=args.n) for c in cells]
-    names = list(CONTENDERS)
+    names = [name for name, contender in CONTENDERS.items() if not contender.variant]
     if args.contenders:
         names = [c.strip() for c in args.contenders.split(",")]
         unknown = set(names) - set(CONTENDERS)

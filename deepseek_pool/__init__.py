@@ -58,6 +58,7 @@ from .params import (
     UserMessageParam,
 )
 from .pool.pool import DeepSeekPool, DrainStopped, PoolStats, Result
+from .process import ProcessTuning, tune_process
 from .types import Balance, ChatChunk, ChatCompletion, ChatCompletionBuilder, FIMCompletion, Usage
 from .wire.adapter import DeepSeekAdapter
 from .wire.calls import CallControl, CallHandle, RetryEvent
@@ -102,6 +103,7 @@ __all__ = [
     "ModelPrice",
     "NamedToolChoiceParam",
     "PoolStats",
+    "ProcessTuning",
     "ProxyAuthenticationError",
     "RateLimitError",
     "ReasoningEffort",
@@ -127,4 +129,5 @@ __all__ = [
     "Usage",
     "UserMessageParam",
     "__version__",
+    "tune_process",
 ]

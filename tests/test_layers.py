@@ -20,7 +20,7 @@ PACKAGE = Path(deepseek_pool.__file__).resolve().parent
 ROOT = PACKAGE.name
 
 #: The foundation: plain values, the exception tree, settings and data that every layer may use.
-FOUNDATION = ("errors", "config", "types", "messages", "params", "models", "forks", "interpreter")
+FOUNDATION = ("errors", "config", "types", "messages", "params", "models", "forks", "process")
 
 #: What each layer may import, as the packages' ``__init__`` docstrings say (design.md's layers).
 #: ``api`` is the flat public namespace (``deepseek_pool/__init__.py`` and the compatibility

@@ -55,6 +55,8 @@ class Contender:
     #: retries 429/503/resets out of the box (or as users commonly configure it)
     retries: bool = False
     thread_based: bool = True
+    #: run only when named (``--contenders``): a variant of another contender, not a peer
+    variant: bool = False
 
     def available(self) -> bool:
         return all(importlib.util.find_spec(package) is not None for package in self.needs)
@@ -71,6 +73,14 @@ CONTENDERS: Dict[str, Contender] = {
     c.name: c
     for c in (
         Contender("deepseek_pool", "deepseek_pool (DeepSeekPool)", "dspool", ("deepseek_pool",), retries=True),
+        Contender(
+            "deepseek_pool_tuned",
+            "deepseek_pool + tune_process(C)",
+            "dspool_tuned",
+            ("deepseek_pool",),
+            retries=True,
+            variant=True,
+        ),
         Contender("urllib3", "urllib3 PoolManager + threads (floor)", "urllib3_threads", ("urllib3",), retries=True),
         Contender("requests", "requests Session + threads", "requests_threads", ("requests",), retries=True),
         Contender(

@@ -24,6 +24,7 @@ from ..batch.runner import BatchFileError, BatchSummary, Interrupter, run_batch
 from ..budget.limiter import Limiter
 from ..errors import ConfigurationError
 from ..pool.pool import DeepSeekPool
+from ..process import tune_process
 from .console import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SPEND_CAP, PROG, CommandFailed, is_tty
 from .credentials import client_from_args
 
@@ -117,6 +118,8 @@ def run_command(args: argparse.Namespace, command_line: str) -> int:
     elif args.limiter_name != "default":
         raise CommandFailed("--limiter-name is only used with --limiter-storage")
     client = client_from_args(args, max_retries=args.max_retries)
+    # An application owns the process: raise what its calls in flight need, given back on return.
+    tuning = tune_process(min(args.workers, args.max_in_flight or args.workers))
     try:
         pool = DeepSeekPool(
             client,
@@ -130,6 +133,7 @@ def run_command(args: argparse.Namespace, command_line: str) -> int:
         client.close()
         if limiter is not None:
             limiter.close()
+        tuning.restore()
         raise CommandFailed(str(err)) from None
     interrupter = Interrupter()
     stderr = sys.stderr
@@ -171,6 +175,7 @@ def run_command(args: argparse.Namespace, command_line: str) -> int:
             client.close()
         if limiter is not None:
             limiter.close()
+        tuning.restore()
     return _report_run(summary, args, command_line)
 
 

@@ -10,6 +10,6 @@ other way round).
 May import: :mod:`deepseek_pool.client`, :mod:`deepseek_pool.wire` (a call's control),
 :mod:`deepseek_pool.budget`, :mod:`deepseek_pool.money` and the foundation modules
 (:mod:`deepseek_pool.errors`, :mod:`~deepseek_pool.types`, :mod:`~deepseek_pool.messages`, :mod:`~deepseek_pool.params`,
-:mod:`~deepseek_pool.models`, :mod:`~deepseek_pool.forks`, :mod:`~deepseek_pool.interpreter`).
+:mod:`~deepseek_pool.models`, :mod:`~deepseek_pool.forks`, :mod:`~deepseek_pool.process`).
 Never the batch runner or the CLI, which stand on it.
 """

@@ -25,6 +25,7 @@ import queue
 import sys
 import threading
 import time
+import warnings
 from functools import partial
 from typing import (
     Any,
@@ -40,7 +41,6 @@ from typing import (
     cast,
 )
 
-from .. import interpreter
 from ..budget.limiter import Limiter
 from ..client import DeepSeekClient
 from ..errors import APIStatusError, APITimeoutError, status_error
@@ -49,6 +49,7 @@ from ..messages import Messages, normalize_messages
 from ..models import ModelPrice
 from ..money.spend import UNSET_MAX_TOKENS_RESERVE, Reservation, SpendCap
 from ..params import ChatRequest, SubmitParams
+from ..process import check_open_files, hint_large_pool
 from ..types import ChatChunk, ChatCompletion, Usage
 from ..wire.calls import CallControl, CallHandle
 from .call import Drain, DrainStopped, PoolCall
@@ -98,6 +99,7 @@ STOP_POLL_INTERVAL = 0.1
 ABORT_WAIT = 2.0
 #: Statuses after which a pool sends nothing more: the key is wrong, the balance is spent.
 STOP_STATUSES = frozenset({401, 402})
+_NOT_GIVEN: Any = object()  # the deprecated switch_interval=/gc_threshold= were not passed
 _sleep = time.sleep  # as_completed's collecting wait (a name of its own, for the tests to watch)
 
 
@@ -138,18 +140,15 @@ class DeepSeekPool:
         wait this long for the results finishing around it before they block: with
         thousands of slow calls in flight, waking the consuming thread for every single
         result costs the process more CPU than the calls themselves add. 0 never waits.
-    :param switch_interval: the interpreter's thread switch interval while the pool is
-        open (``sys.setswitchinterval``, process-wide; put back at ``close``). ``"auto"``
-        raises it to 50 ms for pools of 128 workers or more: with the default 5 ms, a
-        wave of answers arriving at once can make the interpreter spend its time handing
-        the GIL between hundreds of runnable threads (see :mod:`deepseek_pool.interpreter`).
-        A number raises it to that many seconds for any pool; None leaves it alone.
-    :param gc_threshold: the cyclic collector's first threshold while the pool is open
-        (``gc.set_threshold``, process-wide; put back at ``close``). ``"auto"`` raises it
-        from 700 to 10,000 for pools of 128 workers or more: thousands of calls in flight
-        hold objects for seconds, and collecting every 700 allocations keeps walking them
-        (see :mod:`deepseek_pool.interpreter`). An int raises it to that for any pool;
-        None leaves it alone.
+    :param switch_interval: deprecated, ignored: the pool no longer changes process-wide
+        settings; an application calls :func:`deepseek_pool.tune_process` instead.
+    :param gc_threshold: deprecated, ignored, as ``switch_interval``.
+
+    A pool that may hold more connections (``max_workers``, or ``max_in_flight`` if lower)
+    than the process may open files refuses to start
+    (:class:`~deepseek_pool.errors.ConfigurationError`), before anything is sent. A pool of
+    128 workers or more, in a process that never called :func:`deepseek_pool.tune_process`,
+    logs once what that call would gain.
     """
 
     def __init__(
@@ -170,9 +169,9 @@ class DeepSeekPool:
         stop_on: Iterable[int] = STOP_STATUSES,
         max_cost: Optional[float] = None,
         prices: Optional[Mapping[str, ModelPrice]] = None,
-        switch_interval: Union[str, float, None] = "auto",
+        switch_interval: Union[str, float, None] = _NOT_GIVEN,
         collect_interval: float = COLLECT_INTERVAL,
-        gc_threshold: Union[str, int, None] = "auto",
+        gc_threshold: Union[str, int, None] = _NOT_GIVEN,
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
@@ -186,9 +185,17 @@ class DeepSeekPool:
             or not (0 <= collect_interval <= 1)
         ):
             raise ValueError(f"collect_interval must be a number of seconds from 0 to 1, got {collect_interval!r}")
-        # Checked before anything is held: a bad value leaves the interpreter as it was.
-        options = ((interpreter.SWITCH_INTERVAL, switch_interval), (interpreter.GC_THRESHOLD, gc_threshold))
-        settings = [(setting, setting.wanted(option, max_workers)) for setting, option in options]
+        for name, option in (("switch_interval", switch_interval), ("gc_threshold", gc_threshold)):
+            if option is not _NOT_GIVEN:
+                warnings.warn(
+                    f"DeepSeekPool({name}=...) is deprecated and does nothing: the pool no longer changes "
+                    "process-wide settings; call deepseek_pool.tune_process(calls_in_flight) in your application",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+        cap = max_in_flight if limiter is None else limiter.max_in_flight  # a bad one is named below
+        connections = min(max_workers, cap) if isinstance(cap, int) and cap > 0 else max_workers
+        check_open_files(connections, f"DeepSeekPool(max_workers={max_workers})")  # before anything is made
         #: the spend cap (None without ``max_cost``): ``spend.spent``, ``spend.reserved`` ...
         self.spend: Optional[SpendCap] = None
         if max_cost is not None:
@@ -226,8 +233,7 @@ class DeepSeekPool:
         self._retried = 0
         self._cancelled = 0
         self._usage = Usage()
-        #: (setting, token) of each interpreter setting this pool holds raised until close
-        self._held = [(setting, setting.hold(value)) for setting, value in settings if value is not None]
+        hint_large_pool(max_workers)
         reset_after_fork(self)
 
     def _after_fork(self) -> None:
@@ -641,9 +647,6 @@ class DeepSeekPool:
         if not self._connections_released:
             self._connections_released = True
             self.client.release_connections(self.max_workers)
-        held, self._held = self._held, []
-        for setting, token in held:
-            setting.release(token)
         if self._owns_client and not self._client_closed and (wait or cancel):
             self._client_closed = True
             self.client.close()
