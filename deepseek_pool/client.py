@@ -8,7 +8,7 @@ as arguments, so any number of threads may share one client.
 The request path is kept lean because per-call CPU decides how many threads two
 cores can feed: the session's environment (proxies, CA bundle) is resolved once
 at construction instead of on every call, headers are merged once, and calls go
-straight to the urllib3 pool the adapter would pick (see :mod:`.transport`); a
+straight to the urllib3 pool the adapter would pick (see :mod:`~deepseek_pool.wire.transport`); a
 patched ``HTTPAdapter.send`` (``responses``), a user's own adapter or a proxy keeps
 the adapter path.
 
