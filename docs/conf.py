@@ -42,8 +42,8 @@ nitpicky = False
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_typehints = "signature"
-# Optional extras: document their modules even where they are not installed.
-autodoc_mock_imports = [name for name in ("redis", "celery") if importlib.util.find_spec(name) is None]
+# Optional extras (and pytest, for the plugin): document their modules where they are not installed.
+autodoc_mock_imports = [name for name in ("redis", "celery", "pytest") if importlib.util.find_spec(name) is None]
 
 html_theme = "furo" if importlib.util.find_spec("furo") else "alabaster"
 html_title = f"deepseek-pool {release}"
