@@ -19,7 +19,7 @@ an error line too (code ``JSONDecodeError``, ``LineTooLong``, ``JSONTooDeep``,
 ``ValueError`` ...; custom_id = its own when it has a usable one, else its line number),
 and the rest still run. Every line written is valid UTF-8 JSON that a resume reads back
 (:mod:`deepseek_pool.batch.jsonl`). Batch ``url`` values are routed by
-:data:`deepseek_pool.pool.pool.BATCH_URLS` (chat, beta chat, FIM).
+:data:`deepseek_pool.pool.items.BATCH_URLS` (chat, beta chat, FIM).
 
 Locking: the output is locked (``flock``) for the whole run, compaction included; the
 lock is re-checked to be on the file at the path, so a run that opened the file just

@@ -228,7 +228,7 @@ class MemoryStorage(TransactionalStorage):
     ``storage="memory://"`` gives each limiter a storage of its own; to share one budget
     between limiters of a process, share the Limiter (or pass one MemoryStorage to each).
 
-    A start or finish that no gate can refuse or learn from (:func:`budget.ungated`: no
+    A start or finish that no gate can refuse or learn from (:func:`~deepseek_pool.budget.rules.ungated`: no
     cap, rpm, tpm or cool-down, the common case) takes no lock: its lease is one dict
     operation and its counts go on a deque (both atomic in CPython), added to the budget
     by the next locked operation. A lock every worker takes for every call makes them all
