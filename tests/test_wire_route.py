@@ -6,9 +6,11 @@ What the client sends compared with requests' ``Session.send`` is in
 
 from __future__ import annotations
 
+import socket
 import ssl
 import time
 from pathlib import Path
+from typing import Any, List
 
 import pytest
 import requests
@@ -85,3 +87,42 @@ def test_a_silence_waits_while_the_caller_holds_a_piece() -> None:
     silence.expire()
     silence.stop()
     assert silence.fired
+
+
+def _resolver(monkeypatch: pytest.MonkeyPatch, delay: float) -> List[str]:
+    """``deepseek.test`` resolves to 127.0.0.1 after ``delay`` seconds; returns the names looked up."""
+    real = socket.getaddrinfo
+    asked: List[str] = []
+
+    def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "deepseek.test":
+            asked.append(host)
+            time.sleep(delay)
+            return real("127.0.0.1", *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
+
+
+def test_a_host_name_resolves_and_the_call_is_answered(
+    fake_deepseek: FakeDeepSeek, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = _resolver(monkeypatch, 0.0)
+    base = fake_deepseek.base_url.replace("127.0.0.1", "deepseek.test")
+    client = dp.DeepSeekClient(KEY, base_url=base, max_retries=0)
+    assert client.chat("named?").content == FakeDeepSeek.answer_for("named?")
+    assert asked == ["deepseek.test"]
+
+
+def test_a_slow_resolver_cannot_hold_a_call_past_its_call_timeout(
+    fake_deepseek: FakeDeepSeek, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _resolver(monkeypatch, 3.0)
+    base = fake_deepseek.base_url.replace("127.0.0.1", "deepseek.test")
+    client = dp.DeepSeekClient(KEY, base_url=base, max_retries=0, call_timeout=0.5)
+    start = time.monotonic()
+    with pytest.raises(dp.APITimeoutError):
+        client.chat("slow name?")
+    assert time.monotonic() - start < 2.0  # the resolver alone takes 3 s
+    assert fake_deepseek.stats.requests == 0

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Mapping, Optional
 
 import requests
@@ -17,9 +18,11 @@ from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.poolmanager import ProxyManager
 
 from .calls import release_connection, sending
+from .resolve import is_address, resolve
 
 __all__ = [
     "GENUINE_SEND",
@@ -69,6 +72,35 @@ class _CallAwareConnectionMixin:
             except BaseException:
                 self.close()  # type: ignore[attr-defined]
                 raise
+
+    def _new_conn(self) -> Any:
+        """Open the socket; a host name is resolved within the connect timeout (:mod:`.resolve`).
+
+        urllib3 resolves and connects in one call with no bound on the resolving; here the
+        name is resolved first, bounded, and each address it gave is then tried as urllib3
+        would (an IP address needs no resolver).
+        """
+        conn: Any = self  # a urllib3 connection: its attributes are urllib3's
+        host, timeout = conn._dns_host, conn.timeout
+        if sending.handle is None or is_address(host) or not isinstance(timeout, (int, float)):
+            return super()._new_conn()  # type: ignore[misc]
+        try:
+            addresses = resolve(host, conn.port, timeout)
+        except TimeoutError as err:
+            raise ConnectTimeoutError(conn, f"Resolving {host} timed out. (connect timeout={timeout})") from err
+        except socket.gaierror as err:
+            raise NameResolutionError(conn.host, conn, err) from err
+        failure: Optional[BaseException] = None
+        try:
+            for address in dict.fromkeys(info[4][0] for info in addresses):
+                conn._dns_host = address
+                try:
+                    return super()._new_conn()  # type: ignore[misc]
+                except (NewConnectionError, ConnectTimeoutError) as err:
+                    failure = err
+        finally:
+            conn._dns_host = host
+        raise failure or NewConnectionError(conn, f"Failed to establish a new connection: {host} has no address")
 
     #: a request's head, held back to leave with its body in one write
     _held_head: Optional[bytes] = None
