@@ -239,9 +239,10 @@ class _Connection:
             self.upstream = socket.create_connection(self.owner.upstream, timeout=5.0)
             self.upstream.settimeout(None)
             client, upstream = self.client, self.upstream
+            watched = [client, upstream]
             while not stop.is_set():
                 pending = isinstance(client, ssl.SSLSocket) and client.pending() > 0
-                readable = [client] if pending else select.select([client, upstream], [], [], _POLL)[0]
+                readable = [client] if pending else select.select(watched, [], [], _POLL)[0]
                 if client in readable:
                     data = client.recv(65536)
                     if not data:
@@ -251,6 +252,9 @@ class _Connection:
                 if upstream in readable:
                     data = upstream.recv(65536)
                     if not data:
+                        if toxic.kind in ("stall_after_head", "blackhole"):
+                            watched = [client]  # the client must not learn of it: silence until it gives up
+                            continue
                         if toxic.kind == "slow_close":
                             stop.wait(toxic.seconds)
                         return
