@@ -146,6 +146,8 @@ class Exchange:
         if kind == "empty":
             return self.send(200, b"\n", _SSE)
         sock = self.sock
+        if kind == "hold_after_done_close":
+            return self._close_delimited_hold(events)
         head = self.head(200, _SSE, None, "Cache-Control: no-cache\r\n")
         if kind == "cut" and fault is not None:
             events = events[: min(fault.count, len(events) - 1)]
@@ -187,6 +189,20 @@ class Exchange:
             self._hold()
             return CLOSE
         return self._after() if finishing else CLOSE
+
+    def _close_delimited_hold(self, events: List[bytes]) -> int:
+        """Every event and ``[DONE]`` in a body that only the close would end (``Connection: close``,
+        neither length nor chunks, as RFC 9112 section 6.3 allows), then the connection held open."""
+        if not self.wait_latency():
+            return CLOSE
+        self.wire.record(200, False)  # never finished: in flight until the connection goes
+        head = (
+            f"{STATUS_LINES[200]}Date: {http_date()}\r\nContent-Type: {_SSE}\r\nCache-Control: no-cache\r\n"
+            f"x-ds-trace-id: {self.rid}\r\nx-request-id: {self.rid}\r\nConnection: close\r\n\r\n"
+        ).encode("latin-1")
+        self.sock.sendall(head + b"".join(events))
+        self._hold()
+        return CLOSE
 
     def _trickle_forever(self, line: bytes) -> int:
         while self.pause(self.wire.trickle_interval):

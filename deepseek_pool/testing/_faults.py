@@ -3,18 +3,20 @@
 A fault is written as a short string so that it reads well in tests, in a rate table and
 on the command line (``--fault 503=0.1``):
 
-======================  ===============================================================
-``ok``                  no fault
-``429`` / ``429:<s>``   rate limited; ``<s>`` sets Retry-After for this one answer
-``500`` ``502`` ``503`` server errors; ``402`` insufficient balance
-``reset``               read the request, then drop the connection with a TCP RST
-``trickle:<n>``         ``n`` blank lines (``: keep-alive`` comments when streaming) first
-``trickle_forever``     keep-alive lines until the client or the server gives up
-``cut:<k>``             close the connection after ``k`` events (``k`` bytes if not streaming)
-``insufficient``        200 with partial content, finish_reason ``insufficient_system_resource``
-``empty``               200 with a whitespace-only body
-``hold_after_done``     after ``data: [DONE]`` keep the stream open without ending it
-======================  ===============================================================
+==========================  ===============================================================
+``ok``                      no fault
+``429`` / ``429:<s>``       rate limited; ``<s>`` sets Retry-After for this one answer
+``500`` ``502`` ``503``     server errors; ``402`` insufficient balance
+``reset``                   read the request, then drop the connection with a TCP RST
+``trickle:<n>``             ``n`` blank lines (``: keep-alive`` comments when streaming) first
+``trickle_forever``         keep-alive lines until the client or the server gives up
+``cut:<k>``                 close the connection after ``k`` events (``k`` bytes if not streaming)
+``insufficient``            200 with partial content, finish_reason ``insufficient_system_resource``
+``empty``                   200 with a whitespace-only body
+``hold_after_done``         after ``data: [DONE]`` keep the stream open without ending it
+``hold_after_done_close``   the same with ``Connection: close`` and no framing (the body
+                            ends when the connection does), the case a reader may not wait for
+==========================  ===============================================================
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from typing import Dict, List, Mapping, Optional, Tuple
 #: Faults answered with an HTTP error status, by name.
 STATUS_FAULTS: Dict[str, int] = {"429": 429, "500": 500, "502": 502, "503": 503, "402": 402}
 
-_PLAIN = frozenset({"ok", "reset", "trickle_forever", "insufficient", "empty", "hold_after_done"}) | frozenset(
-    STATUS_FAULTS
-)
+_PLAIN = frozenset(
+    {"ok", "reset", "trickle_forever", "insufficient", "empty", "hold_after_done", "hold_after_done_close"}
+) | frozenset(STATUS_FAULTS)
 _WITH_COUNT = frozenset({"trickle", "cut"})
 
 #: Every fault name, for error messages and ``--help``.
@@ -46,6 +48,7 @@ FAULT_NAMES: Tuple[str, ...] = (
     "insufficient",
     "empty",
     "hold_after_done",
+    "hold_after_done_close",
 )
 
 
