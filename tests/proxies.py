@@ -371,7 +371,7 @@ class FaultProxy:
         while not self.stopping.is_set():
             try:
                 sock, _ = self._listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

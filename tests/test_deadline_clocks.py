@@ -57,7 +57,6 @@ SLOW = 0.25  # the consumer's time per chunk: longer than the read timeout below
 READ = 0.15
 
 
-@pytest.mark.xfail(reason="issue 22: the read timeout counts the consumer's own time between chunks", strict=True)
 @pytest.mark.parametrize("entry", ["chat_on_chunk", "chat_stream"])
 def test_a_slow_consumer_does_not_time_out_a_steady_server(entry: str) -> None:
     with FakeDeepSeek(stream_chunk_delay=0.05, chunks_per_answer=4) as fake:
@@ -100,7 +99,6 @@ def test_control_plain_requests_lets_a_slow_consumer_finish() -> None:
 # --- call_timeout runs from submit, and bounds name resolution -------------------------------------------
 
 
-@pytest.mark.xfail(reason="issue 22: call_timeout starts when a worker picks the call up, not at submit", strict=True)
 def test_call_timeout_counts_the_time_queued_behind_a_busy_pool() -> None:
     with FakeDeepSeek(latency=0.8) as fake:
         client = dp.DeepSeekClient(KEY, base_url=fake.base_url, max_retries=0, call_timeout=1.0)
@@ -123,7 +121,6 @@ def test_call_timeout_counts_the_time_queued_behind_a_busy_pool() -> None:
         client.close()
 
 
-@pytest.mark.xfail(reason="issue 22: name resolution is not bounded by call_timeout", strict=True)
 def test_call_timeout_bounds_name_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
     real = socket.getaddrinfo
@@ -158,9 +155,6 @@ def test_call_timeout_bounds_name_resolution(monkeypatch: pytest.MonkeyPatch) ->
         pytest.param(
             "hold_after_done_close",
             id="connection-close",
-            marks=pytest.mark.xfail(
-                reason="issue 22: after [DONE], a body held open with Connection: close is waited for", strict=True
-            ),
         ),
     ],
 )
@@ -181,10 +175,6 @@ def test_done_ends_a_stream_held_open_at_once(fault: str, entry: str) -> None:
 SILENT = 30
 
 
-@pytest.mark.xfail(
-    reason="issue 22: a silent stream sometimes ends as APIConnectionError (Silence.fired is read too early)",
-    strict=True,
-)
 def test_every_silent_stream_is_a_timeout_and_sent_once() -> None:
     with FakeDeepSeek() as fake, FaultProxy(address_of(fake.base_url), Toxic("stall_after_head")) as front:
         client = dp.DeepSeekClient(

@@ -63,21 +63,26 @@ def make_client(base_url: str, session: Optional[requests.Session] = None) -> dp
 @dataclass
 class Expected:
     error: Type[BaseException]
-    attempts: int
+    attempts: Tuple[int, ...]  # what the fake may count
     within: float  # seconds the call may take, before SLACK
 
 
-def expected(fault: str, entry: str) -> Expected:
-    """What a call through ``entry`` hitting ``fault`` must end in, on every route."""
-    attempts = MAX_RETRIES + 1
+def expected(route: str, fault: str, entry: str) -> Expected:
+    """What a call through ``entry`` hitting ``fault`` on ``route`` must end in."""
+    attempts = (MAX_RETRIES + 1,)
     # chat_stream handed the head to the caller, and on_chunk saw the first events of a cut stream:
     # a body that breaks then is not retried
     if entry == "chat_stream" or (entry == "chat_on_chunk" and fault == "cut"):
-        attempts = 1
+        attempts = (1,)
+        if fault == "reset" and route == "connect-tls":
+            # The RST right after the head races the head through the tunnelling proxy: a relay
+            # that sees the RST first closes the tunnel without passing the head on, and a
+            # call that got no head is retried like any connection failure.
+            attempts = (1, MAX_RETRIES + 1)
     if fault == "stall":
-        return Expected(dp.APITimeoutError, attempts, min(attempts * (READ + BACKOFF), CALL_TIMEOUT))
+        return Expected(dp.APITimeoutError, attempts, min(attempts[-1] * (READ + BACKOFF), CALL_TIMEOUT))
     if fault == "trickle":
-        return Expected(dp.APITimeoutError, attempts, CALL_TIMEOUT if attempts > 1 else TOTAL)
+        return Expected(dp.APITimeoutError, attempts, CALL_TIMEOUT if attempts[-1] > 1 else TOTAL)
     return Expected(dp.APIConnectionError, attempts, 0.3)
 
 
@@ -140,34 +145,12 @@ def run_cell(route: str, fault: str, entry: str, shared: Shared) -> Outcome:
     return outcome
 
 
-#: (route, fault, entry) cells that fail on today's client, with what they show: off the direct
-#: route, the body's socket is made blocking and only the client's own connections can be broken
-KNOWN: Dict[Tuple[str, str, str], str] = {
-    (route, "stall", entry): f"a body stalled after the head hangs on the {route} route (no read timeout, no deadline)"
-    for route in ROUTES
-    if route != "direct"
-    for entry in ENTRIES
-}
-
-
-def _known(route: str, fault: str, entry: str) -> Optional[str]:
-    return KNOWN.get((route, fault, entry))
-
-
-RACE = "issue 22 item 6: a silent stream read in its own thread sometimes ends as APIConnectionError"
-
-
 def _cells() -> Iterator[Any]:
     for route in ROUTES:
         for fault in FAULTS:
             for entry in ENTRIES:
                 cell = f"{route}/{fault}/{entry}"
-                reason = _known(route, fault, entry)
-                marks = [pytest.mark.xfail(reason=f"issue 22: {reason}", strict=True)] if reason else []
-                if route == "direct" and fault == "stall" and entry != "chat_stream_true":
-                    # A race, so not strict: test_deadline_clocks.py's silent-streams test pins it down.
-                    marks = [pytest.mark.xfail(reason=RACE, strict=False)]
-                yield pytest.param(cell, id=cell, marks=marks)
+                yield pytest.param(cell, id=cell)
 
 
 def _environment(route: str, shared: Shared) -> Dict[str, str]:
@@ -239,7 +222,7 @@ def test_cell(cell: str, matrix: Dict[str, Outcome], shared: Shared) -> None:
     if cell not in matrix:
         pytest.skip(f"the proxy for route {route} is not installed")
     outcome = matrix[cell]
-    want = expected(fault, entry)
+    want = expected(route, fault, entry)
     err = outcome.error
     what = f"{type(err).__name__}: {err}" if err is not None else f"success {outcome.content!r}"
     problems = []
@@ -251,8 +234,8 @@ def test_cell(cell: str, matrix: Dict[str, Outcome], shared: Shared) -> None:
         problems.append(f"expected {want.error.__name__}")
     elif fault in ("cut", "reset") and isinstance(err, dp.APITimeoutError):
         problems.append("a cut or a reset is not a timeout")
-    if outcome.attempts != want.attempts:
-        problems.append(f"{outcome.attempts} attempts, expected {want.attempts}")
+    if outcome.attempts not in want.attempts:
+        problems.append(f"{outcome.attempts} attempts, expected {' or '.join(map(str, want.attempts))}")
     if err is not None and KEY[3:] in f"{err} {err!r}":
         problems.append("the error shows the API key")
     assert not problems, f"{cell}: {what}, {outcome.wall:.2f} s, {outcome.attempts} attempts\n  " + "\n  ".join(
@@ -280,13 +263,7 @@ def _chain(err: BaseException) -> str:
     "scheme",
     [
         pytest.param("http", id="plain-http-through-the-proxy"),
-        pytest.param(
-            "https",
-            id="CONNECT",
-            marks=pytest.mark.xfail(
-                reason="issue 22: a 407 on CONNECT is retried (max_retries + 1 attempts)", strict=True
-            ),
-        ),
+        pytest.param("https", id="CONNECT"),
     ],
 )
 @pytest.mark.parametrize("proxy_name", ["tinyproxy", "proxy.py"])
@@ -316,7 +293,6 @@ def test_a_proxy_407_is_not_retried_and_hides_the_credentials(
     assert "407" in str(err) or "proxy" in str(err).lower()
 
 
-@pytest.mark.xfail(reason="issue 22: a certificate failure is retried (max_retries + 1 handshakes)", strict=True)
 def test_an_untrusted_certificate_is_not_retried() -> None:
     trustme = pytest.importorskip("trustme")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

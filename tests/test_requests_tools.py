@@ -33,7 +33,6 @@ vcrpy = pytest.importorskip("vcr")
 KEY = "sk-tools-test-key"
 PROMPT = "mocked or recorded?"
 ANSWER = "a mocked answer"
-BYPASS = "issue 22: the client goes around {tool} ({how}), so the tool sees no call"
 
 
 # --- answers the mocks give ----------------------------------------------------------------------------
@@ -103,10 +102,6 @@ def plain_call(session: requests.Session, url: str, entry: str) -> str:
     return "".join(content)
 
 
-def xfail_bypass(tool: str, how: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(reason=BYPASS.format(tool=tool, how=how), strict=True)
-
-
 # --- responses (patches HTTPAdapter.send) ----------------------------------------------------------------
 
 
@@ -133,7 +128,6 @@ def _requests_mock_content(request: Any, context: Any) -> bytes:
     return body
 
 
-@xfail_bypass("requests-mock's Mocker", "it patches Session.send, which the client never calls")
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_requests_mock_mocker_sees_every_call(entry: str, dead_url: str) -> None:
     client = client_for()
@@ -155,13 +149,7 @@ def test_control_requests_mock_mocker_with_plain_requests(entry: str, dead_url: 
     "prefix",
     [
         pytest.param("base", id="on-the-base-url"),
-        pytest.param(
-            "http://",
-            id="on-the-scheme",
-            marks=pytest.mark.xfail(
-                reason="issue 22: an adapter mounted on the scheme is shadowed by the client's own mount", strict=True
-            ),
-        ),
+        pytest.param("http://", id="on-the-scheme"),
     ],
 )
 @pytest.mark.parametrize("entry", ENTRIES)
@@ -196,7 +184,6 @@ def _record_then_replay(tmp_path: Any, entry: str, call: Any) -> Tuple[str, str,
     return recorded, replayed, written, played
 
 
-@xfail_bypass("vcrpy", "its patched connection classes are shadowed by the client's own pool classes")
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_vcrpy_records_then_replays_with_the_server_gone(entry: str, tmp_path: Any) -> None:
     def call(base_url: str) -> str:
@@ -259,10 +246,7 @@ def _betamax_round(tmp_path: Any, entry: str, wrap: str, call: Any) -> Tuple[str
 @pytest.mark.parametrize(
     "wrap",
     [
-        pytest.param(
-            "session-given-to-the-client",
-            marks=xfail_bypass("betamax", "its scheme-wide adapter is shadowed by the adapter the client mounts"),
-        ),
+        "session-given-to-the-client",
         "client.session",  # Betamax mounts on every prefix the session has, the client's own included
     ],
 )
@@ -323,7 +307,6 @@ def vcr_config(request: pytest.FixtureRequest, vcr_cassette_dir: str, replay_url
     return {"record_mode": "once"}
 
 
-@xfail_bypass("pytest-recording's vcr cassette", "it patches urllib3's connection classes, as vcrpy does")
 @pytest.mark.vcr
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_pytest_recording_vcr_marker_records_every_call(entry: str, vcr: Any, fake_deepseek: FakeDeepSeek) -> None:
@@ -332,7 +315,6 @@ def test_pytest_recording_vcr_marker_records_every_call(entry: str, vcr: Any, fa
     assert len(vcr) == 1
 
 
-@xfail_bypass("pytest-recording's replay", "it patches urllib3's connection classes, as vcrpy does")
 @pytest.mark.vcr(record_mode="none")
 @pytest.mark.default_cassette("replay.yaml")
 @pytest.mark.parametrize("entry", ["chat", "chat_stream", "chat_on_chunk"])

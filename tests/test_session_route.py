@@ -111,19 +111,11 @@ def _late_headers(session: requests.Session, client_after: Callable[[], dp.DeepS
 
 
 FEATURES = [
-    pytest.param(_auth, id="auth", marks=pytest.mark.xfail(reason="issue 22: session.auth is dropped", strict=True)),
-    pytest.param(_hooks, id="hooks", marks=pytest.mark.xfail(reason="issue 22: session.hooks is dropped", strict=True)),
-    pytest.param(
-        _params, id="params", marks=pytest.mark.xfail(reason="issue 22: session.params is dropped", strict=True)
-    ),
-    pytest.param(
-        _cookies, id="cookies", marks=pytest.mark.xfail(reason="issue 22: session.cookies is dropped", strict=True)
-    ),
-    pytest.param(
-        _late_headers,
-        id="late-headers",
-        marks=pytest.mark.xfail(reason="issue 22: session.headers are read once, at construction", strict=True),
-    ),
+    pytest.param(_auth, id="auth"),
+    pytest.param(_hooks, id="hooks"),
+    pytest.param(_params, id="params"),
+    pytest.param(_cookies, id="cookies"),
+    pytest.param(_late_headers, id="late-headers"),
 ]
 
 
@@ -146,11 +138,6 @@ def test_a_plain_session_is_sent_alike(fake_deepseek: FakeDeepSeek) -> None:
     session.close()
 
 
-@pytest.mark.xfail(
-    reason="issue 22: an adapter mounted on 'http://' is ignored, and the client's own mount re-routes the "
-    "user's other requests to that host",
-    strict=True,
-)
 def test_an_adapter_mounted_on_the_scheme_is_used_and_keeps_the_users_other_requests(
     fake_deepseek: FakeDeepSeek,
 ) -> None:

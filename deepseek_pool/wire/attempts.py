@@ -236,7 +236,9 @@ class AttemptLoop:
                 ) from None
             status = response.status_code
             raw = response.raw
-            if status == 407:  # from the forward proxy, not from DeepSeek
+            if status == 407 or (
+                status == 401 and "proxy-authenticate" in response.headers
+            ):  # the proxy's, not DeepSeek's
                 response.close()
                 raise ProxyAuthenticationError(PROXY_AUTHENTICATION)
             if status >= 400:

@@ -15,14 +15,10 @@ from functools import partial
 from http.client import HTTPResponse
 from typing import Any, Iterator, Optional, Union
 
-from urllib3.exceptions import (
-    ReadTimeoutError,
-)
+from urllib3.exceptions import ReadTimeoutError
+from urllib3.response import HTTPResponse as Urllib3Response
 
-from ..errors import (
-    APITimeoutError,
-    DeepSeekError,
-)
+from ..errors import APITimeoutError, DeepSeekError
 from .calls import CallHandle, Silence
 from .chunked import Dechunker
 
@@ -65,6 +61,12 @@ def raw_pieces(raw: Any, deadline: float, handle: Optional[CallHandle] = None) -
     fp = plain_chunked(raw)
     if fp is not None:
         source: Iterator[bytes] = _dechunk(raw, fp)
+    elif not isinstance(raw, Urllib3Response):  # a tool's stand-in (vcrpy's): read it as requests would
+        stream = getattr(raw, "stream", None)
+        if stream is not None:
+            source = stream(_READ_SIZE, decode_content=True)
+        else:
+            source = iter(partial(raw.read, _READ_SIZE), b"")
     elif raw.chunked and raw.supports_chunked_reads():
         source = raw.read_chunked(None, decode_content=True)  # gzip or deflate: urllib3 decodes
     else:
@@ -122,7 +124,7 @@ def plain_chunked(raw: Any) -> Optional[HTTPResponse]:
     :class:`~deepseek_pool.wire.chunked.Dechunker`; others go through urllib3.
     """
     fp = getattr(raw, "_fp", None)
-    if raw.chunked and fp.__class__ is HTTPResponse and fp.fp is not None and not _encoded(raw):
+    if getattr(raw, "chunked", False) and fp.__class__ is HTTPResponse and fp.fp is not None and not _encoded(raw):
         return fp
     return None
 

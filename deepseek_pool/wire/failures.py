@@ -53,6 +53,8 @@ PROXY_AUTHENTICATION = (
 )
 
 
+#: A CONNECT the proxy refused for its credentials: 407 as the standard says, 401 as tinyproxy says.
+_REFUSED_TUNNEL = re.compile(r"Tunnel connection failed: 40[17]\b")
 #: OpenSSL's names for a server's refusal of the client's certificate (TLS 1.2 and 1.3 alerts).
 _REFUSED_CLIENT_CERT = (
     "ALERT_CERTIFICATE_REQUIRED",
@@ -84,7 +86,7 @@ def final_failure(err: BaseException) -> Optional[DeepSeekError]:
         reason = getattr(inner, "reason", None)
         if isinstance(inner, ssl.SSLError) and isinstance(reason, str) and reason.endswith(_REFUSED_CLIENT_CERT):
             return TLSError(f"the server refused the client certificate ({reason}); check cert=")
-        if isinstance(inner, OSError) and str(inner).startswith("Tunnel connection failed: 407"):  # http.client
+        if isinstance(inner, OSError) and _REFUSED_TUNNEL.match(str(inner)):  # http.client's words
             return ProxyAuthenticationError(PROXY_AUTHENTICATION)
     return None
 

@@ -235,7 +235,8 @@ class ChatStream:
         if not self._closed:
             self._closed = True
             self._attempt.end()
-            if not self.response.raw.isclosed():
+            isclosed = getattr(self.response.raw, "isclosed", None)
+            if isclosed is None or not isclosed():
                 self.response.close()
 
     def __enter__(self) -> ChatStream:
