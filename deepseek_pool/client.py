@@ -24,43 +24,35 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
 from functools import partial
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union, Unpack
+from typing import Any, Dict, List, Mapping, Optional, Union, Unpack
 from urllib.parse import urlsplit
 
 import requests
-from urllib3.util.retry import Retry
 
 from . import config
 from .config import Timeout, TimeoutLike
-from .errors import (
-    APIResponseValidationError,
-    APITimeoutError,
-    ConfigurationError,
-    DeepSeekError,
-    IncompleteResponseError,
-)
+from .errors import APITimeoutError, ConfigurationError
 from .forks import reset_after_fork
 from .messages import Messages, build_chat_body, header_problem, normalize_messages
 from .models import DEFAULT_MODEL
 from .params import ChatParams, FIMParams, merge_extra_body
 from .types import (
     Balance,
-    ChatChunk,
     ChatCompletion,
     FIMCompletion,
     completion_problem,
     model_list_problem,
     object_problem,
 )
-from .wire.adapter import DeepSeekAdapter, request_id_of
-from .wire.attempts import NO_RETRIES, AttemptLoop
+from .wire.answers import ChunkCallback, aggregate_stream, parse_chat, parse_json
+from .wire.attempts import AttemptLoop
 from .wire.calls import Attempt, CallControl, CallHandle, RetryListener
+from .wire.mount import mount_adapter
 from .wire.reader import READER
 from .wire.retry import DeepSeekRetry
 from .wire.route import SessionRoute
@@ -78,27 +70,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ChunkCallback = Callable[[ChatChunk], None]
-#: Says what makes a parsed body not the expected shape, or None when it is fine.
-ShapeCheck = Callable[[Any], Optional[str]]
-
 _USER_AGENT = f"deepseek-pool/0.1 (python-requests/{requests.__version__})"
-#: Where the client's own session mounts its adapter: everywhere, as requests mounts its own.
-_SCHEMES = ("https://", "http://")
-#: A 200 that stopped for this reason is a load failure, not an answer.
-_INSUFFICIENT = "insufficient_system_resource"
-
-
-def _answered(completion: ChatCompletion) -> ChatCompletion:
-    """Return ``completion``, or raise when it is a load failure dressed as a 200."""
-    if completion.finish_reason == _INSUFFICIENT:
-        raise IncompleteResponseError(
-            "DeepSeek cut the answer short for lack of server resources (insufficient_system_resource)",
-            status_code=200,
-            body=completion.raw,
-            request_id=completion.request_id,
-        )
-    return completion
 
 
 class DeepSeekClient:
@@ -242,31 +214,8 @@ class DeepSeekClient:
         return base_url + "/beta"
 
     def _mount(self, pool_maxsize: int) -> None:
-        """Size the connection pool: on the client's own session, mount an adapter of ``pool_maxsize``.
-
-        On a session the user gave, the client mounts nothing (their other requests keep
-        their routes, and a tool's scheme-wide adapter, betamax's, still applies); it only
-        checks that the adapter requests picks does not retry by itself.
-        """
-        if not self._owns_session:
-            adapter = self.session.get_adapter(self.base_url)
-            own_retries = getattr(adapter, "max_retries", None)
-            if isinstance(own_retries, Retry) and own_retries.total not in (0, False, None):
-                raise ConfigurationError(
-                    f"the adapter the session uses for {self.base_url!r} retries by itself ({own_retries!r}); every "
-                    "attempt would then be retried twice over. Mount it with max_retries=0 and set "
-                    "DeepSeekClient(max_retries=...) instead"
-                )
-            self.pool_maxsize = getattr(adapter, "_pool_maxsize", pool_maxsize)
-            return
-        adapter = DeepSeekAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=NO_RETRIES)
-        old = {self.session.adapters.get(prefix) for prefix in _SCHEMES}
-        for prefix in _SCHEMES:
-            self.session.mount(prefix, adapter)
-        self.pool_maxsize = pool_maxsize
-        for previous in old:
-            if previous is not None and previous is not adapter:
-                previous.close()
+        """Size the connection pool to ``pool_maxsize`` (see :func:`~deepseek_pool.wire.mount.mount_adapter`)."""
+        self.pool_maxsize = mount_adapter(self.session, self.base_url, pool_maxsize, owned=self._owns_session)
 
     def _grow(self, threads: int) -> None:
         """Serve ``threads`` callers: grow the own session's pool, or say what a given session's lacks."""
@@ -327,30 +276,6 @@ class DeepSeekClient:
         return self._route.send(method, url, body, connect, read, attempt.handle)
 
     @staticmethod
-    def _json(data: Optional[bytes], response: requests.Response, check: Optional[ShapeCheck] = None) -> Any:
-        """The body as JSON, checked by ``check``; an empty body is a load failure (retried)."""
-        if not data or not data.strip():
-            raise IncompleteResponseError("the server sent an empty body", status_code=response.status_code)
-        try:
-            value = json.loads(data)
-        except ValueError as err:
-            raise APIResponseValidationError(
-                f"the server's answer is not JSON: {data[:200]!r}",
-                status_code=response.status_code,
-                body=data.decode("utf-8", "replace"),
-                request_id=request_id_of(response.headers),
-            ) from err
-        problem = check(value) if check is not None else None
-        if problem is not None:
-            raise APIResponseValidationError(
-                f"the server's answer is not a completion: {problem}",
-                status_code=response.status_code,
-                body=value,
-                request_id=request_id_of(response.headers),
-            )
-        return value
-
-    @staticmethod
     def _control(control: Optional[CallControl], on_retry: Optional[RetryListener]) -> Optional[CallControl]:
         if on_retry is None:
             return control
@@ -409,43 +334,11 @@ class DeepSeekClient:
                 timeout=timeout,
                 control=control,
                 stream=True,
-                parse=partial(self._aggregate, on_chunk, restart_streams, control),
+                parse=partial(aggregate_stream, self.shared_stream_reader, on_chunk, restart_streams, control),
             )
         return self._call(  # type: ignore[no-any-return]
-            "POST", url, body, timeout=timeout, control=control, parse=self._parse_chat
+            "POST", url, body, timeout=timeout, control=control, parse=parse_chat
         )
-
-    def _parse_chat(self, data: Optional[bytes], response: requests.Response, attempt: Attempt) -> ChatCompletion:
-        assert data is not None
-        raw = self._json(data, response, completion_problem)
-        return _answered(ChatCompletion(raw, request_id_of(response.headers)))
-
-    def _aggregate(
-        self,
-        on_chunk: Optional[ChunkCallback],
-        restart: bool,
-        control: Optional[CallControl],
-        data: Optional[bytes],
-        response: requests.Response,
-        attempt: Attempt,
-    ) -> ChatCompletion:
-        # Nobody watches the chunks: the shared reader may read them while this thread sleeps.
-        reader = READER if on_chunk is None and self.shared_stream_reader else None
-        first_token = control.first_token if control is not None else None
-        stream = ChatStream(response, attempt, reader=reader, on_first_token=first_token)
-        delivered = False
-        try:
-            with stream:
-                if on_chunk is not None:
-                    for chunk in stream:
-                        on_chunk(chunk)
-                        delivered = True
-                completion = _answered(stream.completion())
-        except DeepSeekError as err:
-            # Once the caller has seen part of this answer, a retry would show it again.
-            err._after_chunks = delivered and not restart  # type: ignore[attr-defined]
-            raise
-        return completion
 
     def chat_stream(
         self,
@@ -513,7 +406,7 @@ class DeepSeekClient:
             body,
             timeout=timeout,
             control=control,
-            parse=lambda data, response, attempt: FIMCompletion(self._json(data, response, completion_problem)),
+            parse=lambda data, response, attempt: FIMCompletion(parse_json(data, response, completion_problem)),
         )
 
     def models(self, *, timeout: TimeoutLike = None) -> List[str]:
@@ -524,7 +417,7 @@ class DeepSeekClient:
             None,
             timeout=timeout,
             control=None,
-            parse=lambda data, response, attempt: self._json(data, response, model_list_problem),
+            parse=lambda data, response, attempt: parse_json(data, response, model_list_problem),
         )
         return [entry["id"] for entry in data["data"] if isinstance(entry, dict) and isinstance(entry.get("id"), str)]
 
@@ -536,7 +429,7 @@ class DeepSeekClient:
             None,
             timeout=timeout,
             control=None,
-            parse=lambda data, response, attempt: Balance(self._json(data, response, object_problem)),
+            parse=lambda data, response, attempt: Balance(parse_json(data, response, object_problem)),
         )
 
     def _after_fork(self) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 import deepseek_pool as dp
 from deepseek_pool.budget.limiter import Limiter
-from deepseek_pool.pool import pool as pool_module
+from deepseek_pool.pool import window as window_module
 from deepseek_pool.pool.pool import DeepSeekPool, Result, parse_request
 from deepseek_pool.testing import FakeDeepSeek
 
@@ -263,8 +263,8 @@ def naps(monkeypatch: pytest.MonkeyPatch) -> List[float]:
         taken.append(seconds)
         time.sleep(seconds)
 
-    monkeypatch.setattr(pool_module, "_sleep", nap)
-    monkeypatch.setattr(pool_module, "COLLECT_AFTER", 1)  # a call of collect_interval or more is slow
+    monkeypatch.setattr(window_module, "_sleep", nap)
+    monkeypatch.setattr(window_module, "COLLECT_AFTER", 1)  # a call of collect_interval or more is slow
     return taken
 
 

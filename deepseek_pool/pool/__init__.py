@@ -1,11 +1,13 @@
 """The pool: many chat calls at once from synchronous code, on a ``ThreadPoolExecutor``.
 
-Owns :class:`~deepseek_pool.pool.pool.DeepSeekPool` (submit, ``as_completed``, ``map``, the
-bounded window, drain and close), what it is given and gives back
-(:mod:`~deepseek_pool.pool.items`), and each pool call's control, which feeds the limiter
-and the spend cap from the client's attempts (:mod:`~deepseek_pool.pool.call`; it names
-what it needs of the pool as a Protocol, so the pool imports its calls and never the
-other way round).
+Owns :class:`~deepseek_pool.pool.pool.DeepSeekPool` (submit, ``as_completed``, ``map``,
+its counters, drain and close), the bounded window behind ``as_completed``
+(:mod:`~deepseek_pool.pool.window`), the one-call worker that checks a call, waits for the
+limits, calls the client and accounts (:mod:`~deepseek_pool.pool.worker`), what the pool is
+given and gives back (:mod:`~deepseek_pool.pool.items`), and each pool call's control,
+which feeds the limiter and the spend cap from the client's attempts
+(:mod:`~deepseek_pool.pool.call`). The window, the worker and the call each name what they
+need of the pool as a Protocol, so the pool imports them and never the other way round.
 
 May import: :mod:`deepseek_pool.client`, :mod:`deepseek_pool.wire` (a call's control),
 :mod:`deepseek_pool.budget`, :mod:`deepseek_pool.money` and the foundation modules

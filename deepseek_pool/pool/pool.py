@@ -1,9 +1,10 @@
 """``DeepSeekPool``: many chat calls at once from synchronous code.
 
-Each call is a ``functools.partial`` of one worker function, bound to that
-request's parameters and submitted to a ``ThreadPoolExecutor``; results come back
-through the futures' done-callbacks in completion order. Input is pulled lazily
-through a bounded window, so a generator of a million requests runs in memory
+Each call is a ``functools.partial`` of one worker function
+(:mod:`~deepseek_pool.pool.worker`), bound to that request's parameters and submitted to
+a ``ThreadPoolExecutor``; results come back through the futures' done-callbacks in
+completion order. Input is pulled lazily through a bounded window
+(:mod:`~deepseek_pool.pool.window`), so a generator of a million requests runs in memory
 bounded by the window. Every start goes through a shared
 :class:`~deepseek_pool.budget.limiter.Limiter` (in-flight cap, requests and tokens per
 minute, 429 cool-down, retry budget).
@@ -21,50 +22,25 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
-import queue
-import sys
 import threading
 import time
 import warnings
-from functools import partial
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    Iterable,
-    Iterator,
-    List,
-    Mapping,
-    Optional,
-    Union,
-    Unpack,
-    cast,
-)
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Union, Unpack, cast
 
 from ..budget.limiter import Limiter
 from ..client import DeepSeekClient
-from ..errors import APIStatusError, APITimeoutError, status_error
 from ..forks import reset_after_fork
-from ..messages import Messages, normalize_messages
+from ..messages import Messages
 from ..models import ModelPrice
-from ..money.spend import UNSET_MAX_TOKENS_RESERVE, Reservation, SpendCap
+from ..money.spend import SpendCap
 from ..params import ChatRequest, SubmitParams
 from ..process import check_open_files, hint_large_pool
-from ..types import ChatChunk, ChatCompletion, Usage
-from ..wire.calls import CallControl, CallHandle
-from .call import Drain, DrainStopped, PoolCall
-from .items import (
-    BATCH_URLS,
-    POOL_KEYS,
-    PoolStats,
-    Request,
-    Result,
-    Routed,
-    estimate_prompt_tokens,
-    estimate_tokens,
-    parse_request,
-    route_request,
-)
+from ..types import ChatCompletion, Usage
+from ..wire.calls import CallHandle
+from .call import Drain, DrainStopped
+from .items import BATCH_URLS, POOL_KEYS, PoolStats, Request, Result, Routed, parse_request, route_request
+from .window import COLLECT_INTERVAL, WINDOW_PER_WORKER, bounded_window
+from .worker import PoolChunkCallback, run_submitted
 
 __all__ = [
     "BATCH_URLS",
@@ -81,26 +57,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ResultCallback = Callable[["Result"], None]
-PoolChunkCallback = Callable[["Result", ChatChunk], None]
 
-#: Call options the pool sets itself, so a request may not.
-_POOL_OWNED = frozenset({"on_retry", "on_chunk", "restart_streams"})
-#: Submitted-but-unfinished requests per worker that as_completed/map keep queued.
-WINDOW_PER_WORKER = 2
-#: Default ``collect_interval``: how long ``as_completed`` waits, after a slow call's result,
-#: for the results finishing around it, so that its thread wakes once for them all.
-COLLECT_INTERVAL = 0.005
-#: ``as_completed`` waits so only after a call that took this many collect intervals (0.5 s
-#: by default): the results of such calls come at most 1 % of their latency later.
-COLLECT_AFTER = 100
-#: Seconds between looks at an ``as_completed(stop=...)`` event while no result arrives.
-STOP_POLL_INTERVAL = 0.1
-#: Most seconds leaving an ``as_completed`` loop early waits for its aborted calls to end.
-ABORT_WAIT = 2.0
 #: Statuses after which a pool sends nothing more: the key is wrong, the balance is spent.
 STOP_STATUSES = frozenset({401, 402})
 _NOT_GIVEN: Any = object()  # the deprecated switch_interval=/gc_threshold= were not passed
-_sleep = time.sleep  # as_completed's collecting wait (a name of its own, for the tests to watch)
 
 
 class DeepSeekPool:
@@ -136,7 +96,7 @@ class DeepSeekPool:
         ``prices`` gives one. See :mod:`deepseek_pool.money.spend`.
     :param prices: model id -> :class:`~deepseek_pool.models.ModelPrice`, for ``max_cost``.
     :param collect_interval: after yielding the result of a call that took at least
-        :data:`COLLECT_AFTER` times this (0.5 s by default), ``as_completed`` and ``map``
+        :data:`~deepseek_pool.pool.window.COLLECT_AFTER` times this (0.5 s by default), ``as_completed`` and ``map``
         wait this long for the results finishing around it before they block: with
         thousands of slow calls in flight, waking the consuming thread for every single
         result costs the process more CPU than the calls themselves add. 0 never waits.
@@ -262,152 +222,12 @@ class DeepSeekPool:
     def __repr__(self) -> str:
         return f"DeepSeekPool(max_workers={self.max_workers}, window={self.window}, limiter={self.limiter!r})"
 
-    # -- one call ----------------------------------------------------------------------
-
-    def _run(
-        self,
-        result: Result,
-        messages: Messages,
-        params: Dict[str, Any],
-        cancelled: threading.Event,
-        endpoint: str = "chat",
-        drain: Optional[Drain] = None,
-        accepted: Optional[float] = None,
-    ) -> Result:
-        """Worker body for a batch item: never raises, the outcome goes on ``result``."""
-        try:
-            result.completion = self._call(result, messages, params, cancelled, endpoint, drain, accepted)
-        except BaseException as err:
-            result.error = err
-        self._finish(result)
-        return result
-
-    def _call(
-        self,
-        result: Result,
-        messages: Messages,
-        params: Dict[str, Any],
-        cancelled: threading.Event,
-        endpoint: str = "chat",
-        drain: Optional[Drain] = None,
-        accepted: Optional[float] = None,
-    ) -> Any:
-        """Validate, wait for the limits, call, account; raise on failure (used by submit too).
-
-        ``accepted`` is when the pool took the request (``submit``, or the window taking the
-        item): the client's ``call_timeout`` runs from then, so time queued behind busy
-        workers counts too. Returns a :class:`ChatCompletion` (a
-        :class:`~deepseek_pool.FIMCompletion` for ``"fim"``).
-        """
-        if endpoint != "fim":
-            normalize_messages(messages)  # bad input fails here, before any limiter or network
-        for key in _POOL_OWNED & params.keys():
-            raise TypeError(f"{key!r} is set by the pool; use DeepSeekPool(on_chunk=...) or its limiter instead")
-        stopped = self._stopped_by
-        if stopped is not None:
-            raise status_error(stopped, f"not sent: an earlier call of this pool was answered {stopped}")
-        spend = self.spend
-        model = params.get("model") or self.client.model
-        if spend is not None:
-            spend.price(model)  # an unpriced model is refused before it waits anywhere
-        tokens = estimate_tokens(messages, params)
-        limiter = self.limiter
-        start = time.monotonic()
-        call_timeout = self.client.call_timeout
-        deadline = None if call_timeout is None else (start if accepted is None else accepted) + call_timeout
-        if deadline is not None and start >= deadline:
-            raise APITimeoutError(f"not sent: the call's deadline (call_timeout={call_timeout} s) passed in the queue")
-        wake = cancelled if drain is None else drain.wake
-        try:
-            permit = limiter.acquire(tokens, cancelled=wake, timeout=None if deadline is None else deadline - start)
-        except TimeoutError:
-            raise APITimeoutError(
-                f"the call's deadline (call_timeout={call_timeout} s) passed while waiting for the limiter"
-            ) from None
-        except cf.CancelledError:
-            if drain is not None and drain.stop.is_set() and not cancelled.is_set():
-                raise DrainStopped("not sent: the pool is draining (stop was set); run this call again later") from None
-            raise
-        reservation: Optional[Reservation] = None
-        if spend is not None:
-            max_tokens = params.get("max_tokens")
-            try:
-                reservation = spend.reserve(
-                    model,
-                    prompt_tokens=estimate_prompt_tokens(messages, params),
-                    completion_tokens=max_tokens
-                    if isinstance(max_tokens, int) and max_tokens > 0
-                    else UNSET_MAX_TOKENS_RESERVE,
-                )
-            except BaseException:
-                limiter.release(permit, tokens_used=0, ok=False)
-                raise
-        begun = time.monotonic()
-        result.started_at = begun
-        result.queued = begun - start
-        control = PoolCall(self, permit, tokens, deadline, cancelled, drain, result)
-        handle = control.handle
-        completion: Any = None
-        self._handles[handle] = cancelled  # a dict store: atomic, no lock (see _untrack)
-        if cancelled.is_set():
-            handle.abort()
-        try:
-            if endpoint == "fim":
-                assert isinstance(messages, str)  # route_request made it the FIM prompt
-                fim_params = dict(params)
-                completion = self.client.fim(messages, fim_params.pop("suffix", None), control=control, **fim_params)
-            elif params.get("stream"):
-                completion = self._stream(result, messages, dict(params), control, endpoint == "beta")
-            else:
-                completion = self.client.chat(messages, control=control, beta=endpoint == "beta", **params)
-            return completion
-        finally:
-            del self._handles[handle]
-            result.attempts = control.attempts
-            result.elapsed = time.monotonic() - begun
-            usage = completion.usage if completion is not None else None
-            if usage is not None:
-                used: Optional[int] = usage.total_tokens
-            else:
-                # An error status means nothing was generated; after a timeout or a cut
-                # stream the server may have spent tokens, so the estimate stays charged.
-                error = sys.exc_info()[1]
-                unsent = control.attempts == 0 or isinstance(error, (TypeError, ValueError))
-                used = 0 if unsent or isinstance(error, APIStatusError) else None
-            if control.permit is not None:  # None: it gave its slot back and did not get a new one
-                limiter.release(control.permit, tokens_used=used, retries=control.retries, ok=completion is not None)
-            if reservation is not None:
-                assert spend is not None
-                spend.settle(reservation, usage=usage, charge=used is None)
+    # -- what each call reports (its worker is in pool/worker.py) ------------------
 
     def _note_stop(self, status: int) -> None:
         if self._stopped_by is None:
             self._stopped_by = status
             log.error("stopping: DeepSeek answered %d; calls not yet sent now fail without being sent", status)
-
-    def _stream(
-        self,
-        result: Result,
-        messages: Messages,
-        params: Dict[str, Any],
-        control: CallControl,
-        beta: bool = False,
-    ) -> ChatCompletion:
-        params.pop("stream")
-        user_callback = self.on_chunk
-        # The control records the first token (PoolCall.first_token). Without a user
-        # callback nobody watches the chunks: the client's shared reader may read them,
-        # and a broken stream may be retried from the start.
-        on_chunk = None if user_callback is None else partial(user_callback, result)
-        return self.client.chat(
-            messages,
-            stream=True,
-            on_chunk=on_chunk,
-            restart_streams=user_callback is None,
-            control=control,
-            beta=beta,
-            **params,
-        )
 
     def _finish(self, result: Result) -> None:
         completion = result.completion
@@ -479,22 +299,10 @@ class DeepSeekPool:
             raise TypeError(f"{key!r} is a batch key; use as_completed()/map() for it")
         result = Result(-1, None, messages)
         future = self._executor.submit(
-            self._submitted_call, result, messages, cast("Dict[str, Any]", params), time.monotonic()
+            run_submitted, self, result, messages, cast("Dict[str, Any]", params), time.monotonic()
         )
         self._track(future)
         return future
-
-    def _submitted_call(
-        self, result: Result, messages: Messages, params: Dict[str, Any], accepted: float
-    ) -> ChatCompletion:
-        try:
-            result.completion = self._call(result, messages, params, self._closing, accepted=accepted)
-            return result.completion
-        except BaseException as err:
-            result.error = err
-            raise
-        finally:
-            self._finish(result)
 
     def as_completed(
         self, requests: Iterable[Union[ChatRequest, Request]], *, stop: Optional[threading.Event] = None
@@ -516,96 +324,10 @@ class DeepSeekPool:
             call that would now need another attempt (a retry, or a first attempt after a
             rate-limit wait) ends with :class:`DrainStopped` instead, and is yielded with
             it: it was never answered. Waits notice the stop within
-            :data:`STOP_POLL_INTERVAL` seconds; attempts check it before they are sent.
+            :data:`~deepseek_pool.pool.window.STOP_POLL_INTERVAL` seconds; attempts check it before they are sent.
         """
         self._check_open()
-        done: queue.SimpleQueue[cf.Future[Result]] = queue.SimpleQueue()
-        cancelled = threading.Event()
-        drain = Drain(stop) if stop is not None else None
-        pending: set[cf.Future[Result]] = set()
-        source = enumerate(requests)
-        exhausted = False
-        with self._lock:
-            self._iterations[cancelled] = drain
-        submit = self._executor.submit
-        run = self._run
-        monotonic = time.monotonic
-
-        def feed() -> bool:
-            """Submit the next request; False when the input is exhausted."""
-            try:
-                index, request = next(source)
-            except StopIteration:
-                return False
-            try:
-                custom_id, messages, params, endpoint = route_request(request)
-            except (TypeError, ValueError) as err:
-                result = Result(index, request.get("custom_id") if isinstance(request, Mapping) else None, request)
-                result.error = err
-                future: cf.Future[Result] = cf.Future()
-                self._finish(result)
-                future.set_result(result)
-                with self._lock:
-                    self._submitted += 1
-            else:
-                item = Result(index, custom_id, request)
-                future = submit(partial(run, item, messages, params, cancelled, endpoint, drain, monotonic()))
-                self._track(future)
-            pending.add(future)
-            future.add_done_callback(done.put)
-            return True
-
-        get = done.get
-        collect = self.collect_interval
-        slow = collect * COLLECT_AFTER
-        linger = False  # the last result was a slow call's: its neighbours are worth a moment
-        try:
-            while True:
-                if drain is not None and drain.stop.is_set() and not drain.wake.is_set():
-                    drain.wake.set()  # end the limiter waits and backoff sleeps of this iteration's calls
-                    self.limiter.wake_waiters()
-                if stop is not None and stop.is_set() and not exhausted:
-                    exhausted = True
-                    # Cancelling calls done-callbacks at once: the dropped futures go
-                    # through ``done`` and are skipped below like any cancelled one.
-                    for future in list(pending):
-                        future.cancel()
-                while not exhausted and len(pending) < self.window:
-                    if self._closing.is_set() or cancelled.is_set():
-                        exhausted = True
-                        break
-                    exhausted = not feed()
-                if not pending:
-                    return
-                if linger and done.empty():
-                    linger = False
-                    _sleep(collect)  # results finishing meanwhile come in this one wake-up
-                if stop is None:
-                    future = get()
-                else:
-                    try:
-                        future = get(timeout=STOP_POLL_INTERVAL)
-                    except queue.Empty:
-                        continue
-                pending.discard(future)
-                if future.cancelled():
-                    continue
-                result = future.result()
-                linger = collect > 0 and result.elapsed >= slow
-                yield result
-        finally:
-            with self._lock:
-                self._iterations.pop(cancelled, None)
-            if pending:
-                cancelled.set()
-                if drain is not None:
-                    drain.wake.set()
-                self.limiter.wake_waiters()
-                running = [future for future in pending if not future.cancel()]
-                self._abort_running(cancelled)
-                # Aborted calls end within moments; waiting for them keeps the stats true
-                # (nothing of this loop is left in flight) and the limiter's slots given back.
-                cf.wait(running, timeout=ABORT_WAIT)
+        yield from bounded_window(self, requests, stop)
 
     def map(self, requests: Iterable[Union[ChatRequest, Request]]) -> List[Result]:
         """Run ``requests`` and return their :class:`Result` objects in input order."""

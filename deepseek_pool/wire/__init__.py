@@ -6,9 +6,11 @@ retry policy of :mod:`~deepseek_pool.wire.retry` asked at each), the streamed an
 (:mod:`~deepseek_pool.wire.stream`) and the shared reader of streams nobody watches
 (:mod:`~deepseek_pool.wire.reader`), a body's reads under the deadlines
 (:mod:`~deepseek_pool.wire.body`, with :mod:`~deepseek_pool.wire.chunked` framing and the
-:mod:`~deepseek_pool.wire.sse` decoder), requests' adapter and its watchable connections
-(:mod:`~deepseek_pool.wire.adapter`, which resolves names within the connect timeout:
-:mod:`~deepseek_pool.wire.resolve`), a call's control, handle, deadlines and watchdog
+:mod:`~deepseek_pool.wire.sse` decoder), a 2xx body read into the call's answer
+(:mod:`~deepseek_pool.wire.answers`), requests' adapter and its watchable connections
+(:mod:`~deepseek_pool.wire.adapter`, which resolves names within the connect timeout,
+:mod:`~deepseek_pool.wire.resolve`, and is mounted sized to the threads by
+:mod:`~deepseek_pool.wire.mount`), a call's control, handle, deadlines and watchdog
 (:mod:`~deepseek_pool.wire.calls`), and the translation of foreign exceptions
 (:mod:`~deepseek_pool.wire.failures`).
 

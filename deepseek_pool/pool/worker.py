@@ -1,0 +1,201 @@
+"""One pool call, in a worker thread: check it, wait for the limits, call the client, account.
+
+The pool submits :func:`run_item` (a batch item: never raises, the outcome goes on its
+:class:`~deepseek_pool.pool.items.Result`) or :func:`run_submitted` (``submit``: its future
+raises); both run :func:`run_call` and hand the result to the pool's counters. What they
+need of the pool is named here as a Protocol (:class:`PoolWorker`), so the pool imports
+its worker and never the other way round.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import sys
+import threading
+import time
+from functools import partial
+from typing import Any, Callable, Dict, Optional, Protocol
+
+from ..errors import APIStatusError, APITimeoutError, status_error
+from ..messages import Messages, normalize_messages
+from ..money.spend import UNSET_MAX_TOKENS_RESERVE, Reservation, SpendCap
+from ..types import ChatChunk, ChatCompletion
+from ..wire.calls import CallControl, CallHandle
+from .call import CallOwner, Drain, DrainStopped, PoolCall
+from .items import Result, estimate_prompt_tokens, estimate_tokens
+
+__all__ = ["PoolChunkCallback", "PoolWorker", "run_call", "run_item", "run_submitted"]
+
+PoolChunkCallback = Callable[["Result", ChatChunk], None]
+
+#: Call options the pool sets itself, so a request may not.
+_POOL_OWNED = frozenset({"on_retry", "on_chunk", "restart_streams"})
+
+
+class PoolWorker(CallOwner, Protocol):
+    """What a worker needs of its pool (a :class:`~deepseek_pool.pool.pool.DeepSeekPool`)."""
+
+    spend: Optional[SpendCap]
+    on_chunk: Optional[PoolChunkCallback]
+    _stopped_by: Optional[int]
+    _closing: threading.Event
+    _handles: Dict[CallHandle, threading.Event]
+
+    def _finish(self, result: Result) -> None: ...
+
+
+def run_item(
+    pool: PoolWorker,
+    result: Result,
+    messages: Messages,
+    params: Dict[str, Any],
+    cancelled: threading.Event,
+    endpoint: str = "chat",
+    drain: Optional[Drain] = None,
+    accepted: Optional[float] = None,
+) -> Result:
+    """Worker body for a batch item: never raises, the outcome goes on ``result``."""
+    try:
+        result.completion = run_call(pool, result, messages, params, cancelled, endpoint, drain, accepted)
+    except BaseException as err:
+        result.error = err
+    pool._finish(result)
+    return result
+
+
+def run_call(
+    pool: PoolWorker,
+    result: Result,
+    messages: Messages,
+    params: Dict[str, Any],
+    cancelled: threading.Event,
+    endpoint: str = "chat",
+    drain: Optional[Drain] = None,
+    accepted: Optional[float] = None,
+) -> Any:
+    """Validate, wait for the limits, call, account; raise on failure (used by submit too).
+
+    ``accepted`` is when the pool took the request (``submit``, or the window taking the
+    item): the client's ``call_timeout`` runs from then, so time queued behind busy
+    workers counts too. Returns a :class:`ChatCompletion` (a
+    :class:`~deepseek_pool.FIMCompletion` for ``"fim"``).
+    """
+    if endpoint != "fim":
+        normalize_messages(messages)  # bad input fails here, before any limiter or network
+    for key in _POOL_OWNED & params.keys():
+        raise TypeError(f"{key!r} is set by the pool; use DeepSeekPool(on_chunk=...) or its limiter instead")
+    stopped = pool._stopped_by
+    if stopped is not None:
+        raise status_error(stopped, f"not sent: an earlier call of this pool was answered {stopped}")
+    spend = pool.spend
+    model = params.get("model") or pool.client.model
+    if spend is not None:
+        spend.price(model)  # an unpriced model is refused before it waits anywhere
+    tokens = estimate_tokens(messages, params)
+    limiter = pool.limiter
+    start = time.monotonic()
+    call_timeout = pool.client.call_timeout
+    deadline = None if call_timeout is None else (start if accepted is None else accepted) + call_timeout
+    if deadline is not None and start >= deadline:
+        raise APITimeoutError(f"not sent: the call's deadline (call_timeout={call_timeout} s) passed in the queue")
+    wake = cancelled if drain is None else drain.wake
+    try:
+        permit = limiter.acquire(tokens, cancelled=wake, timeout=None if deadline is None else deadline - start)
+    except TimeoutError:
+        raise APITimeoutError(
+            f"the call's deadline (call_timeout={call_timeout} s) passed while waiting for the limiter"
+        ) from None
+    except cf.CancelledError:
+        if drain is not None and drain.stop.is_set() and not cancelled.is_set():
+            raise DrainStopped("not sent: the pool is draining (stop was set); run this call again later") from None
+        raise
+    reservation: Optional[Reservation] = None
+    if spend is not None:
+        max_tokens = params.get("max_tokens")
+        try:
+            reservation = spend.reserve(
+                model,
+                prompt_tokens=estimate_prompt_tokens(messages, params),
+                completion_tokens=max_tokens
+                if isinstance(max_tokens, int) and max_tokens > 0
+                else UNSET_MAX_TOKENS_RESERVE,
+            )
+        except BaseException:
+            limiter.release(permit, tokens_used=0, ok=False)
+            raise
+    begun = time.monotonic()
+    result.started_at = begun
+    result.queued = begun - start
+    control = PoolCall(pool, permit, tokens, deadline, cancelled, drain, result)
+    handle = control.handle
+    completion: Any = None
+    pool._handles[handle] = cancelled  # a dict store: atomic, no lock (see DeepSeekPool._untrack)
+    if cancelled.is_set():
+        handle.abort()
+    try:
+        if endpoint == "fim":
+            assert isinstance(messages, str)  # route_request made it the FIM prompt
+            fim_params = dict(params)
+            completion = pool.client.fim(messages, fim_params.pop("suffix", None), control=control, **fim_params)
+        elif params.get("stream"):
+            completion = _stream(pool, result, messages, dict(params), control, endpoint == "beta")
+        else:
+            completion = pool.client.chat(messages, control=control, beta=endpoint == "beta", **params)
+        return completion
+    finally:
+        del pool._handles[handle]
+        result.attempts = control.attempts
+        result.elapsed = time.monotonic() - begun
+        usage = completion.usage if completion is not None else None
+        if usage is not None:
+            used: Optional[int] = usage.total_tokens
+        else:
+            # An error status means nothing was generated; after a timeout or a cut
+            # stream the server may have spent tokens, so the estimate stays charged.
+            error = sys.exc_info()[1]
+            unsent = control.attempts == 0 or isinstance(error, (TypeError, ValueError))
+            used = 0 if unsent or isinstance(error, APIStatusError) else None
+        if control.permit is not None:  # None: it gave its slot back and did not get a new one
+            limiter.release(control.permit, tokens_used=used, retries=control.retries, ok=completion is not None)
+        if reservation is not None:
+            assert spend is not None
+            spend.settle(reservation, usage=usage, charge=used is None)
+
+
+def _stream(
+    pool: PoolWorker,
+    result: Result,
+    messages: Messages,
+    params: Dict[str, Any],
+    control: CallControl,
+    beta: bool = False,
+) -> ChatCompletion:
+    params.pop("stream")
+    user_callback = pool.on_chunk
+    # The control records the first token (PoolCall.first_token). Without a user
+    # callback nobody watches the chunks: the client's shared reader may read them,
+    # and a broken stream may be retried from the start.
+    on_chunk = None if user_callback is None else partial(user_callback, result)
+    return pool.client.chat(
+        messages,
+        stream=True,
+        on_chunk=on_chunk,
+        restart_streams=user_callback is None,
+        control=control,
+        beta=beta,
+        **params,
+    )
+
+
+def run_submitted(
+    pool: PoolWorker, result: Result, messages: Messages, params: Dict[str, Any], accepted: float
+) -> ChatCompletion:
+    """Worker body for ``submit``: its future raises what the call raised."""
+    try:
+        result.completion = run_call(pool, result, messages, params, pool._closing, accepted=accepted)
+        return result.completion
+    except BaseException as err:
+        result.error = err
+        raise
+    finally:
+        pool._finish(result)
