@@ -491,8 +491,10 @@ def test_worker_processes_each_build_their_own_pool_and_fan_out(
     budget = tmp_path / "budget.db"
     assert module.main(out=out, storage=f"sqlite:///{budget}") == 0
     shared = dp.Limiter(storage=f"sqlite:///{budget}", name="deepseek-account")
-    assert shared.stats.started == len(module.sample_documents()) * 5  # every call went through the one budget
-    assert shared.stats.in_flight == 0
+    stats = shared.stats
+    shared.close()
+    assert stats.started == len(module.sample_documents()) * 5  # every call went through the one budget
+    assert stats.in_flight == 0
     lines = [line for line in out.getvalue().splitlines() if line.startswith("Report")]
     assert len(lines) == len(module.sample_documents())
     pids = {line.split("(process ")[1].split(")")[0] for line in lines}

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -135,6 +137,7 @@ def test_the_slots_of_a_process_on_another_host_return_when_its_leases_expire(bu
     here.release(here.acquire(timeout=3))
     assert 0.1 < time.monotonic() - start < 1.5
     here.close()
+    elsewhere.close()  # given to the limiter, so not closed by it
 
 
 def test_a_call_that_outlives_its_lease_keeps_its_slot(budget_uri: str) -> None:
@@ -151,6 +154,7 @@ def test_a_call_that_outlives_its_lease_keeps_its_slot(budget_uri: str) -> None:
     assert observer.stats.in_flight == 0
     long_call.close()
     observer.close()
+    other.close()
 
 
 def test_sqlite_budgets_with_different_names_are_separate(budget_uri: str) -> None:
@@ -160,6 +164,8 @@ def test_sqlite_budgets_with_different_names_are_separate(budget_uri: str) -> No
     one.release(first)
     two.release(second)
     assert (one.stats.started, two.stats.started) == (1, 1)
+    one.close()
+    two.close()
 
 
 def test_a_named_cap_is_shared_through_sqlite(budget_uri: str) -> None:
@@ -167,6 +173,20 @@ def test_a_named_cap_is_shared_through_sqlite(budget_uri: str) -> None:
     two = dp.Limiter(max_in_flight=100, storage=budget_uri, name="cap")
     one.cool_down(0.0, message="concurrency limit of 7 based on your remaining balance")
     assert two.stats.cap == 7
+    one.close()
+    two.close()
+
+
+def test_an_sqlite_storage_used_after_close_keeps_no_connection_open(budget_uri: str) -> None:
+    """As a lease renewer that wakes while its limiter closes: the call works, and closes what it opened."""
+    storage = SQLiteStorage.from_uri(budget_uri)
+    limiter = dp.Limiter(max_in_flight=1, storage=storage, name="after-close")
+    permit = limiter.acquire()
+    storage.close()
+    limiter.release(permit)
+    assert limiter.stats.in_flight == 0
+    assert storage._db is None  # nothing left open for the finalizer to warn about
+    limiter.close()
 
 
 def test_an_unusable_sqlite_path_is_a_clear_error(tmp_path: Path) -> None:
@@ -229,6 +249,55 @@ def test_a_client_pool_and_limiter_made_before_a_fork_work_in_the_child(storage:
             assert all(r.ok for r in pool.map(["parent again"] * 4))  # the parent is untouched
         assert limiter.stats.in_flight == 0
         limiter.close()
+
+
+def test_a_forked_child_closes_its_copy_of_the_parents_sqlite_connection(budget_uri: str) -> None:
+    """Closed at once (dropped unclosed, 3.13 warned "unclosed database"); the parent's own stays open."""
+    limiter = dp.Limiter(max_in_flight=2, storage=budget_uri, name="fork-close")
+    held = limiter.acquire()
+    parents = limiter.storage._db  # type: ignore[attr-defined]
+
+    def child() -> bool:
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            parents.execute("SELECT 1")
+        limiter.release(limiter.acquire(timeout=5))  # on a connection of the child's own
+        return True
+
+    assert run_in_fork(child) == 0
+    assert parents.execute("SELECT 1").fetchone() == (1,)
+    limiter.release(held)
+    assert (limiter.stats.started, limiter.stats.in_flight) == (2, 0)  # the child's call is in the one budget
+    limiter.close()
+
+
+def test_a_child_forked_during_a_transaction_leaves_it_to_the_parent(budget_uri: str) -> None:
+    """Closing the child's copy would roll back, in the shared WAL index, what the parent is writing."""
+    storage = SQLiteStorage.from_uri(budget_uri)
+    limiter = dp.Limiter(max_in_flight=2, storage=storage, name="fork-busy")
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold_a_transaction() -> None:
+        with storage.transaction("fork-busy"):
+            inside.set()
+            leave.wait(10)
+
+    holder = threading.Thread(target=hold_a_transaction, daemon=True)
+    holder.start()
+    assert inside.wait(10)
+    parents = storage._db
+
+    def child() -> bool:
+        return storage._db is None and parents is not None and parents.in_transaction  # open, not rolled back
+
+    try:
+        assert run_in_fork(child) == 0
+    finally:
+        leave.set()
+        holder.join(10)
+    limiter.release(limiter.acquire(timeout=5))
+    assert limiter.stats.started == 1
+    limiter.close()
+    storage.close()
 
 
 def test_the_childs_memory_budget_forgets_the_parents_calls() -> None:

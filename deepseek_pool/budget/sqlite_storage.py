@@ -21,7 +21,7 @@ import socket
 import sqlite3
 import threading
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, List, Optional
 
 from ..errors import ConfigurationError
 from .rules import BudgetState, Lease
@@ -39,6 +39,27 @@ CREATE TABLE IF NOT EXISTS lease (
     PRIMARY KEY (name, id)
 );
 """
+
+
+#: Connections a forked child inherited in the middle of a transaction: kept, never closed.
+_INHERITED_BUSY: List[sqlite3.Connection] = []
+
+
+def _let_go_of_inherited(db: sqlite3.Connection, *, busy: bool) -> None:
+    """In a forked child, put down the parent's connection before opening the child's own.
+
+    Idle at the fork (the storage's lock was free: no thread of the parent was inside a
+    transaction), it is closed. That frees only the child's copies of its file descriptors:
+    POSIX locks belong to the process that took them, and the parent still holds its
+    shared lock, so the close neither checkpoints nor removes the WAL. Dropping it unclosed
+    did the same close in its finalizer, with a ResourceWarning since Python 3.13.
+    Busy at the fork, closing would roll back, in the WAL index the processes share, the
+    transaction that the parent is still writing: it is kept open and referenced instead.
+    """
+    if busy:
+        _INHERITED_BUSY.append(db)
+    else:
+        db.close()
 
 
 def _process_gone(pid: int) -> bool:
@@ -103,6 +124,7 @@ class SQLiteStorage(TransactionalStorage):
         self._lock = threading.Lock()
         self._db: Optional[sqlite3.Connection] = None
         self._pid = os.getpid()
+        self._closed = False
         self._connect()  # fail now, with a clear error, if the file cannot be used
 
     @classmethod
@@ -114,7 +136,9 @@ class SQLiteStorage(TransactionalStorage):
         return cls(path)
 
     def _connect(self) -> sqlite3.Connection:
-        if self._db is None or self._pid != os.getpid():
+        if self._pid != os.getpid():
+            self._disconnect()  # forked without after_fork(): the parent's connection
+        if self._db is None:
             deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
             while True:
                 try:
@@ -151,30 +175,46 @@ class SQLiteStorage(TransactionalStorage):
     def transaction(self, name: str) -> Iterator[BudgetState]:
         with self._lock:
             db = self._connect()
-            db.execute("BEGIN IMMEDIATE")
             try:
-                state = _SQLiteState(db, name, self._host)
-                row = db.execute("SELECT state FROM budget WHERE name = ?", (name,)).fetchone()
-                if row is not None:
-                    state.load_scalars(json.loads(row[0]))
-                yield state
-                db.execute(
-                    "INSERT OR REPLACE INTO budget (name, state) VALUES (?, ?)", (name, json.dumps(state.scalars()))
-                )
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    state = _SQLiteState(db, name, self._host)
+                    row = db.execute("SELECT state FROM budget WHERE name = ?", (name,)).fetchone()
+                    if row is not None:
+                        state.load_scalars(json.loads(row[0]))
+                    yield state
+                    db.execute(
+                        "INSERT OR REPLACE INTO budget (name, state) VALUES (?, ?)",
+                        (name, json.dumps(state.scalars())),
+                    )
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            finally:
+                if self._closed:
+                    # Used after close() (a lease renewer that woke as its limiter closed):
+                    # no connection outlives the call, so none is left for the finalizer.
+                    self._disconnect()
 
     def close(self) -> None:
         with self._lock:
-            if self._db is not None and self._pid == os.getpid():
-                self._db.close()
-            self._db = None
+            self._closed = True
+            self._disconnect()
+
+    def _disconnect(self) -> None:
+        # In a forked child that never called after_fork(), the parent's connection: that this
+        # lock was free to take means no transaction was open on it, so it is closed too.
+        if self._db is not None:
+            self._db.close()
+        self._db = None
 
     def after_fork(self) -> None:
         # A connection must not cross a fork: the child opens its own.
+        busy = self._lock.locked()  # a thread of the parent was inside a transaction
         self._lock = threading.Lock()
+        if self._db is not None and self._pid != os.getpid():
+            _let_go_of_inherited(self._db, busy=busy)
         self._db = None
 
     def __repr__(self) -> str:
