@@ -7,10 +7,12 @@ Run it::
 
 What this adds to the web examples:
 
-* **Build the pool inside each worker process, after it has started.** Threads do not
-  survive ``fork()`` and a forked copy of open connections is shared by two processes, so
-  a pool made in the parent (at import time of a module the parent loads) is unusable in
-  its children. Here ``init_worker`` runs in each process as the executor's initializer.
+* **Build the pool inside each worker process, after it has started.** A pool made in the
+  parent does work in a child forked through Python (``os.fork``: gunicorn ``--preload``,
+  Celery prefork, multiprocessing's "fork"), whose hooks start its threads and connections
+  afresh there; but a pool built in the child lets no thread, socket or lease cross the fork
+  at all, which also holds under a server that forks from C without those hooks (uWSGI's
+  default mode). Here ``init_worker`` runs in each process as the executor's initializer.
 * **Share one budget between the processes.** DeepSeek caps concurrent requests per
   account (all keys together). Each process builds its own :class:`~deepseek_pool.Limiter`
   on the same ``sqlite://`` file and name, so they share one budget: a busy process may use
