@@ -289,8 +289,10 @@ def test_python_blocks_run_in_order(page: str, deepseek_env: FakeDeepSeek, loopb
                 trace = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-3:])
                 raise AssertionError(f"{block}\nfailed with {trace}\noutput so far:\n{output.getvalue()}") from err
     finally:
-        for value in namespace.values():
-            if isinstance(value, dp.DeepSeekClient):
+        for value in namespace.values():  # what a page's examples opened and left open
+            if isinstance(value, dp.DeepSeekPool):
+                value.close(cancel=True)
+            if isinstance(value, (dp.DeepSeekClient, dp.Limiter)):
                 value.close()
     printed = output.getvalue()
     for expected in PRINTED.get(page, []):
