@@ -8,10 +8,11 @@
     deepseek-pool serve-fake --latency 0.2-0.5      # a local DeepSeek-compatible server
 
 Exit status: 0 success, 1 some items or the call failed, 2 bad invocation or
-configuration, 3 the spend cap (``run --max-cost``) stopped the run, 130
-interrupted. A bad invocation prints one line on stderr, never a traceback. The API
-key comes from ``DEEPSEEK_API_KEY`` or ``--api-key-file``, never from an argument
-that would show in ``ps``.
+configuration, 3 the spend cap (``run --max-cost``) stopped the run, 130 interrupted
+by Ctrl-C, 143 stopped by SIGTERM (``run`` drains on the first SIGTERM as on the
+first Ctrl-C; a second signal cancels). A bad invocation prints one line on stderr,
+never a traceback. The API key comes from ``DEEPSEEK_API_KEY`` or ``--api-key-file``,
+never from an argument that would show in ``ps``.
 
 This module holds the parser (the commands and their options) and :func:`main`; each
 command's work lives in its own module: :mod:`.run`, :mod:`.demo`, :mod:`.chat`.
@@ -30,7 +31,16 @@ from .. import __version__
 from ..config import ENV_API_KEY
 from ..models import DEFAULT_MODEL
 from .chat import chat_command
-from .console import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SPEND_CAP, EXIT_USAGE, PROG, CommandFailed
+from .console import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SPEND_CAP,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    PROG,
+    CommandFailed,
+)
 from .demo import demo_command
 from .options import dollars, latency_range, model_id, non_negative_int, positive_int, price, rate, seconds
 from .run import run_command
@@ -95,7 +105,9 @@ def _build_parser(prog: str) -> _Parser:
             "read are skipped with a warning naming their line numbers.\n\n"
             "Ctrl-C once drains: no request of any kind is sent any more (retries\n"
             "included), the answers already coming are saved, and calls that would need\n"
-            "another attempt are left for the rerun. Ctrl-C twice cancels the calls in flight."
+            "another attempt are left for the rerun. Ctrl-C twice cancels the calls in flight.\n"
+            "SIGTERM (docker stop, Kubernetes, systemd) drains the same way; a second SIGTERM\n"
+            "or Ctrl-C cancels."
         ),
         epilog=(
             "input lines, one JSON value each:\n"
@@ -113,7 +125,8 @@ def _build_parser(prog: str) -> _Parser:
             "peak or off-peak) would pass it; set max_tokens for a hard bound. Models without a\n"
             "known price are refused up front unless --price gives one.\n\n"
             "exit status: 0 all items answered, 1 some failed, 2 bad invocation (nothing sent),\n"
-            f"{EXIT_SPEND_CAP} stopped by the spend cap (rerun with a higher cap for the rest), 130 interrupted."
+            f"{EXIT_SPEND_CAP} stopped by the spend cap (rerun with a higher cap for the rest), {EXIT_INTERRUPTED}\n"
+            f"stopped by Ctrl-C, {EXIT_TERMINATED} stopped by SIGTERM (rerun to resume)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -7,6 +7,9 @@ from typing import TextIO
 
 PROG = "deepseek-pool"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: ``run`` stopped by SIGTERM (a drain, or a cancel after a second signal): 128 + 15, the
+#: status a shell reports for a process SIGTERM ended, as 130 is 128 + SIGINT.
+EXIT_TERMINATED = 143
 #: ``run`` stopped by its spend cap (``--max-cost``): the items not started are left for a rerun.
 EXIT_SPEND_CAP = 3
 

@@ -1,7 +1,10 @@
-"""``deepseek-pool run``: a JSONL batch through a pool, with Ctrl-C handling, the summary and the exit status.
+"""``deepseek-pool run``: a JSONL batch through a pool, with Ctrl-C and SIGTERM handled, a summary and exit status.
 
-The one command that decides process-wide state (the SIGINT handler, while it runs): it is
-the application.
+The one command that decides process-wide state (the SIGINT and SIGTERM handlers, while
+it runs, given back on return): it is the application. SIGTERM is how Docker, Kubernetes
+and systemd stop a process, so it drains exactly like the first Ctrl-C; a second signal
+of either kind cancels. The temporary copy of a piped input is removed on every exit
+path but SIGKILL.
 """
 
 from __future__ import annotations
@@ -25,11 +28,23 @@ from ..budget.limiter import Limiter
 from ..errors import ConfigurationError
 from ..pool.pool import DeepSeekPool
 from ..process import tune_process
-from .console import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SPEND_CAP, PROG, CommandFailed, is_tty
+from .console import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SPEND_CAP,
+    EXIT_TERMINATED,
+    PROG,
+    CommandFailed,
+    is_tty,
+)
 from .credentials import client_from_args
 
 #: Seconds a cancelled run waits for its worker threads before exiting without them.
 CANCEL_EXIT_GRACE = 2.0
+#: The signals that stop a run: the first drains, a second of either kind cancels.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_SIGNAL_NAMES: Dict[int, str] = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
 def _raw_stderr(text: str) -> None:
@@ -75,19 +90,79 @@ def _check_run_paths(args: argparse.Namespace) -> None:
             raise CommandFailed(f"cannot write the summary to {args.json_summary}: no such directory or it is one")
 
 
+class StopSignals:
+    """SIGINT and SIGTERM for one run: the first drains (:class:`Interrupter`), a second cancels.
+
+    While a piped input is being saved nothing has been sent, so the first signal stops
+    the run at once (``KeyboardInterrupt``). Installed only from the main thread, where
+    Python runs handlers; :meth:`restore` gives the previous handlers back.
+    """
+
+    def __init__(self, interrupter: Interrupter) -> None:
+        self.interrupter = interrupter
+        #: the signal that stopped the run (None: none came)
+        self.first: Optional[int] = None
+        #: saving a piped input: nothing is sent yet
+        self.copying = False
+        self._previous: Dict[int, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return _SIGNAL_NAMES.get(self.first or signal.SIGINT, "a signal")
+
+    @property
+    def status(self) -> int:
+        """The exit status of a run the signals stopped: 143 after SIGTERM, 130 after Ctrl-C."""
+        return EXIT_TERMINATED if self.first == signal.SIGTERM else EXIT_INTERRUPTED
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self)
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            # None: the old handler was not set from Python; the default is the closest.
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+        self._previous.clear()
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        name = _SIGNAL_NAMES.get(signum, f"signal {signum}")
+        if self.first is None:
+            self.first = signum
+            if self.copying:
+                _raw_stderr(f"\n{name}: stopping; nothing was sent.\n")
+                raise KeyboardInterrupt
+            again = "Press Ctrl-C again" if signum == signal.SIGINT else "A second SIGTERM or Ctrl-C"
+            _raw_stderr(
+                f"\n{name}: stopping (a drain). No request of any kind is sent any more (retries included); the "
+                f"answers already coming are saved. {again} to cancel them.\n"
+            )
+        else:
+            _raw_stderr(f"\n{name} again: cancelling the calls in flight (a rerun sends them again).\n")
+        self.interrupter()
+
+
 @contextlib.contextmanager
-def _input_file(path: str, output: str) -> Any:
-    """The input as a regular file: a pipe (``-``, ``/dev/stdin``, a FIFO) is saved to a temporary one first."""
+def _input_file(path: str, output: str, signals: StopSignals) -> Any:
+    """The input as a regular file: a pipe (``-``, ``/dev/stdin``, a FIFO) is saved to a temporary one first.
+
+    The temporary file is removed when the block ends, however it ends (a signal included).
+    """
     if path != "-" and stat.S_ISREG(os.stat(path).st_mode):
         yield path
         return
     directory = os.path.dirname(os.path.abspath(output))
     with tempfile.NamedTemporaryFile(prefix=".deepseek-pool-input-", suffix=".jsonl", dir=directory) as spool:
-        if path == "-":
-            shutil.copyfileobj(sys.stdin.buffer, spool)
-        else:
-            with open(path, "rb") as source:
-                shutil.copyfileobj(source, spool)
+        signals.copying = True
+        try:
+            if path == "-":
+                shutil.copyfileobj(sys.stdin.buffer, spool)
+            else:
+                with open(path, "rb") as source:
+                    shutil.copyfileobj(source, spool)
+        finally:
+            signals.copying = False
         spool.flush()
         yield spool.name
 
@@ -139,20 +214,11 @@ def run_command(args: argparse.Namespace, command_line: str) -> int:
     stderr = sys.stderr
     progress = BatchProgress(stderr, bar=not args.quiet and is_tty(stderr), quiet=args.quiet)
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        if interrupter.presses == 0:
-            _raw_stderr(
-                "\nCtrl-C: stopping (a drain). No request of any kind is sent any more (retries included); the answers "
-                "already coming are saved. Press Ctrl-C again to cancel them.\n"
-            )
-        else:
-            _raw_stderr("\nCtrl-C again: cancelling the calls in flight (a rerun sends them again).\n")
-        interrupter()
-
-    previous = _set_sigint(on_sigint)
+    signals = StopSignals(interrupter)
+    signals.install()
     summary: Optional[BatchSummary] = None
     try:
-        with _input_file(args.input, args.output) as input_path:
+        with _input_file(args.input, args.output, signals) as input_path:
             summary = run_batch(
                 input_path,
                 args.output,
@@ -162,13 +228,17 @@ def run_command(args: argparse.Namespace, command_line: str) -> int:
                 interrupter=interrupter,
                 progress=progress,
             )
+    except KeyboardInterrupt:
+        if signals.first is None:
+            raise
+        # A signal outside the batch loop: while saving stdin, or a second one as the run ended.
     except (BatchFileError, ConfigurationError) as err:
         raise CommandFailed(str(err)) from None
     except OSError as err:
         name = err.filename or args.output
         raise CommandFailed(f"cannot use {name}: {err.strerror or err}") from None
     finally:
-        _set_sigint(previous)
+        signals.restore()
         cancelled = summary is not None and summary.interrupted == "cancelled"
         pool.close(wait=not cancelled, cancel=summary is None or cancelled)
         if not cancelled:
@@ -176,19 +246,17 @@ def run_command(args: argparse.Namespace, command_line: str) -> int:
         if limiter is not None:
             limiter.close()
         tuning.restore()
-    return _report_run(summary, args, command_line)
+    if summary is None:
+        stderr = sys.stderr
+        print(f"{PROG} run: stopped by {signals.name}; everything completed is in {args.output}", file=stderr)
+        print(f"to resume: {command_line}", file=stderr, flush=True)
+        return signals.status
+    return _report_run(summary, args, command_line, signals.status)
 
 
-def _set_sigint(handler: Any) -> Any:
-    """Install a SIGINT handler where one can be (the main thread); return the old one."""
-    if handler is None or threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGINT, handler)
-
-
-def _run_status(summary: BatchSummary) -> int:
+def _run_status(summary: BatchSummary, interrupted: int) -> int:
     if summary.interrupted:
-        return EXIT_INTERRUPTED
+        return interrupted
     if summary.complete:
         return EXIT_OK
     if summary.capped and not summary.failed:
@@ -196,9 +264,10 @@ def _run_status(summary: BatchSummary) -> int:
     return EXIT_FAILED
 
 
-def _report_run(summary: BatchSummary, args: argparse.Namespace, command_line: str) -> int:
+def _report_run(summary: BatchSummary, args: argparse.Namespace, command_line: str, interrupted: int) -> int:
+    """Print the summary and hints; return the exit status (``interrupted``: the one for a stopped run)."""
     err = sys.stderr
-    status = _run_status(summary)
+    status = _run_status(summary, interrupted)
     if args.json_summary:
         data = summary_dict(summary)
         data["exit_status"] = status
@@ -219,8 +288,8 @@ def _report_run(summary: BatchSummary, args: argparse.Namespace, command_line: s
         print(f"{verb}: {summary.not_run} items not run; everything completed is in {args.output}", file=err)
         print(f"to resume: {command_line}", file=err, flush=True)
         if summary.interrupted == "cancelled":
-            _exit_without_workers(EXIT_INTERRUPTED)
-        return EXIT_INTERRUPTED
+            _exit_without_workers(status)
+        return status
     if status != EXIT_FAILED:
         return status
     if not args.quiet or summary.tally.failed:

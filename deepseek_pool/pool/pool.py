@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextvars
 import logging
 import threading
 import time
@@ -293,13 +294,23 @@ class DeepSeekPool:
         ``asyncio.wrap_future`` makes it awaitable. ``params`` are typed by
         :class:`~deepseek_pool.SubmitParams`: the chat fields, ``model``, ``stream`` and
         ``timeout``; others go in ``extra_body={...}``. ``custom_id`` may not be given here.
+
+        The call runs in a copy of the caller's ``contextvars`` context, taken here, as do
+        the pool's callbacks for it (``on_chunk``, ``on_result``); the future's own
+        done-callbacks run in the worker thread outside it, as ``concurrent.futures`` runs them.
         """
         self._check_open()
         for key in POOL_KEYS & params.keys():
             raise TypeError(f"{key!r} is a batch key; use as_completed()/map() for it")
         result = Result(-1, None, messages)
         future = self._executor.submit(
-            run_submitted, self, result, messages, cast("Dict[str, Any]", params), time.monotonic()
+            contextvars.copy_context().run,
+            run_submitted,
+            self,
+            result,
+            messages,
+            cast("Dict[str, Any]", params),
+            time.monotonic(),
         )
         self._track(future)
         return future

@@ -2,7 +2,9 @@
 
 At most ``window`` requests of one iteration are submitted and unfinished at once, so a
 generator of a million requests runs in memory bounded by the window, and leaving the
-loop early cancels what it queued and aborts what it started. What the window needs of
+loop early cancels what it queued and aborts what it started. Each call runs in a copy of
+the context of the thread iterating when the window takes its item (``contextvars``: a
+trace's parent, a logging context, a tenant id), as ``submit`` does. What the window needs of
 the pool is named here as a Protocol (:class:`WindowOwner`), so the pool imports its
 window and never the other way round.
 """
@@ -10,6 +12,7 @@ window and never the other way round.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextvars
 import queue
 import threading
 import time
@@ -77,6 +80,7 @@ def bounded_window(
         pool._iterations[cancelled] = drain
     submit = pool._executor.submit
     monotonic = time.monotonic
+    copy_context = contextvars.copy_context
 
     def feed() -> bool:
         """Submit the next request; False when the input is exhausted."""
@@ -96,7 +100,8 @@ def bounded_window(
                 pool._submitted += 1
         else:
             item = Result(index, custom_id, request)
-            future = submit(partial(run_item, pool, item, messages, params, cancelled, endpoint, drain, monotonic()))
+            call = partial(run_item, pool, item, messages, params, cancelled, endpoint, drain, monotonic())
+            future = submit(copy_context().run, call)  # a copy each: a context runs in one thread at a time
             pool._track(future)
         pending.add(future)
         future.add_done_callback(done.put)

@@ -16,7 +16,9 @@ in its own thread holds, by the same code: the watchdog still ends an attempt at
 deadline and a silent read at its read timeout (it breaks the connection, and the
 reader sees the socket end), an abort still breaks only its own call's connection,
 ``[DONE]`` still gets :data:`~deepseek_pool.wire.stream.STREAM_END_GRACE`, and a body
-read to its end gives its connection back to the pool.
+read to its end gives its connection back to the pool. What the reader runs for a body
+(its call control's hooks, such as ``first_token``) runs in a copy of the context of the
+thread that handed the body over, as it would have in that thread.
 
 Only bodies that :func:`~deepseek_pool.wire.body.plain_chunked` accepts on platforms
 with ``epoll`` (Linux) are taken; the others are read by the calling thread as before.
@@ -25,6 +27,7 @@ with ``epoll`` (Linux) are taken; the others are read by the calling thread as b
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import select
 import threading
@@ -83,6 +86,7 @@ class _Body:
         "_grace",
         "_lock",
         "_raw",
+        "context",
         "deadline",
         "done",
         "ended",
@@ -110,6 +114,8 @@ class _Body:
         self.ended = threading.Event()
         self.withdrawn = False  # the caller gave up on it (Ctrl-C): touch nothing
         self._lock = threading.Lock()
+        #: the caller's context, in which the reader thread reads this body (its hooks see it)
+        self.context = contextvars.copy_context()
 
     def take(self, data: bytes) -> bool:
         """What one read brought (``b""``: the connection ended); True once the body is whole.
@@ -295,7 +301,7 @@ class StreamReader:
                     continue
                 error: Optional[BaseException] = None
                 try:
-                    over = body.step()
+                    over = body.context.run(body.step)
                 except BaseException as err:  # the caller hears of it; the thread goes on
                     over, error = True, err
                 if over:
