@@ -52,6 +52,10 @@ UNSET_MAX_TOKENS_RESERVE = 8192
 
 Clock = Callable[[], _dt.datetime]
 
+#: A Monday 02:00 and a Sunday noon, UTC: one hour of each rate.
+_A_PEAK_HOUR = _dt.datetime(2026, 11, 2, 2, tzinfo=_dt.UTC)
+_AN_OFF_PEAK_HOUR = _dt.datetime(2026, 11, 1, 12, tzinfo=_dt.UTC)
+
 
 def _utc_now() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC)
@@ -173,6 +177,37 @@ class SpendCap:
             reservation.spent += cost
             self._spent += cost
         return cost
+
+    def peak_cost(self, model: str, usage: Usage) -> float:
+        """USD ``usage`` costs for ``model`` at its dearest hour: what a call of unknown hour cost at most."""
+        price = self.price(model)
+        hit = usage.prompt_cache_hit_tokens
+        miss = usage.prompt_cache_miss_tokens
+        return max(
+            cost_of(
+                price,
+                prompt_cache_hit_tokens=hit,
+                prompt_cache_miss_tokens=miss if hit + miss else usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                when=when,
+            )
+            for when in (_A_PEAK_HOUR, _AN_OFF_PEAK_HOUR)
+        )
+
+    def count_earlier(self, amount: float) -> None:
+        """Count ``amount`` USD spent before this cap existed (earlier runs on the same output).
+
+        :raises SpendCapReached: it leaves nothing to spend; the message names both amounts.
+        """
+        if not amount > 0:
+            return
+        with self._lock:
+            self._spent += amount
+            spent = self._spent
+        if spent >= self.max_cost:
+            raise SpendCapReached(
+                f"${spent:.6f} is already spent, at or above the spend cap ${self.max_cost:g}: nothing was sent"
+            )
 
     def check_retry(self, reservation: Reservation) -> None:
         """Raise :class:`SpendCapReached` when another attempt's worst case would not fit.

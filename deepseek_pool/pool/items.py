@@ -60,11 +60,14 @@ class Result:
     :ivar queued: seconds spent waiting for the rate limits before starting.
     :ivar elapsed: seconds from start to answer, retries included.
     :ivar first_token: seconds from start to the first streamed token (streaming only).
+    :ivar cost: USD the pool's spend cap counted for this call, every attempt included
+        (None without ``max_cost``): what DeepSeek billed, or at most that.
     """
 
     __slots__ = (
         "attempts",
         "completion",
+        "cost",
         "custom_id",
         "elapsed",
         "error",
@@ -86,6 +89,7 @@ class Result:
         self.queued = 0.0
         self.elapsed = 0.0
         self.first_token: Optional[float] = None
+        self.cost: Optional[float] = None
 
     @property
     def ok(self) -> bool:

@@ -158,6 +158,8 @@ def run_call(
         if control.permit is not None:  # None: it gave its slot back and did not get a new one
             limiter.release(control.permit, tokens_used=used, retries=control.retries, ok=completion is not None)
         control.settle_spend()  # each attempt was counted as it ended; the last one if unseen
+        if reservation is not None:
+            result.cost = reservation.spent
 
 
 def _stream(
