@@ -192,7 +192,8 @@ class ResultsFile:
                         why = "it is not a result line (no str custom_id)"
                         if custom_id is None and isinstance(line, dict) and isinstance(line.get("spend"), dict):
                             self.unanswered_spend += _cost_of(line["spend"]) or 0.0
-                            why = ""  # a spend record: kept, never a result
+                            self.count += 1  # a spend record: never a result, kept by a compaction
+                            continue
                 if not isinstance(custom_id, str):
                     if why:
                         self.unreadable_count += 1
