@@ -265,7 +265,7 @@ def test_reruns_of_one_output_share_one_budget_and_a_cap_already_spent_stops_bef
         with capped_pool(fake.base_url, recorded * 0.9) as pool, pytest.raises(ConfigurationError) as caught:
             run_batch(inp, out, pool)
         message = str(caught.value)
-        assert f"${recorded:.4f}" in message and "$" + f"{recorded * 0.9:g}" in message and "raise it" in message
+        assert f"${recorded:.6f}" in message and "$" + f"{recorded * 0.9:g}" in message and "raise it" in message
         assert fake.stats.requests == sent  # nothing was sent
 
 
@@ -329,3 +329,26 @@ def test_the_default_estimate_is_never_below_deepseeks_tokenizer(monkeypatch: py
     for text, with_tokenizer in zip(texts, exact):
         default = estimate_prompt_tokens([{"role": "user", "content": text}], {})
         assert default >= with_tokenizer >= count(text)
+
+
+def test_run_with_a_max_cost_below_what_the_output_spent_stops_before_sending(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deepseek_pool.cli.commands import main
+
+    inp = write_input(tmp_path / "in.jsonl", 30)
+    out = tmp_path / "out.jsonl"
+    with FakeDeepSeek(seed=8) as fake:
+        monkeypatch.setenv("DEEPSEEK_BASE_URL", fake.base_url)
+        monkeypatch.setenv("DEEPSEEK_API_KEY", KEY)
+        assert main(["run", str(inp), "-o", str(out), "--max-cost", "0.0006", "-q"]) == 3
+        err = capsys.readouterr().err
+        assert "raise --max-cost (this output has spent $" in err and "the cap covers every run" in err
+        assert main(["run", str(inp), "-o", str(out), "--max-cost", "0.0006", "-q"]) == 3  # a resume
+        lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        assert sum(line["cost_usd"] for line in lines) <= 0.0006  # both runs, together
+        sent = fake.stats.requests
+        assert main(["run", str(inp), "-o", str(out), "--max-cost", "0.0001", "-q"]) == 2
+        err = capsys.readouterr().err
+        assert "at or above the spend cap $0.0001: nothing was sent" in err and "raise it above $" in err
+        assert fake.stats.requests == sent

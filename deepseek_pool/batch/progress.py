@@ -134,6 +134,7 @@ class BatchSummary:
     :ivar capped: the spend cap stopped the run: calls that would pass it were not started.
     :ivar max_cost: the spend cap in USD, if any.
     :ivar spent_before: USD the output records as spent by earlier runs (counted against the cap).
+    :ivar spent: USD the cap counted in all, earlier runs included (None without a cap).
     :ivar elapsed: wall-clock seconds.
     :ivar repaired: bytes of a half-written last line removed from the output.
     :ivar compacted: superseded lines removed from the output at the end.
@@ -151,6 +152,7 @@ class BatchSummary:
     capped: bool = False
     max_cost: Optional[float] = None
     spent_before: float = 0.0
+    spent: Optional[float] = None
     elapsed: float = 0.0
     repaired: int = 0
     compacted: int = 0
@@ -268,6 +270,8 @@ def format_summary(summary: BatchSummary) -> str:
     cost = f"estimated cost: {format_cost(tally)}"
     if summary.max_cost is not None:
         cost += f" (spend cap {_dollars(summary.max_cost)}"
+        if summary.spent is not None:
+            cost += f", counted against it {_dollars(summary.spent)}"
         if summary.spent_before:
             cost += f", of which earlier runs on this output spent {_dollars(summary.spent_before)}"
         cost += ")"
@@ -300,6 +304,7 @@ def summary_dict(summary: BatchSummary) -> Dict[str, Any]:
         "unpriced_calls": tally.unpriced,
         "max_cost_usd": summary.max_cost,
         "spent_before_usd": summary.spent_before,
+        "spent_usd": summary.spent,
         "capped": summary.capped,
         "interrupted": summary.interrupted,
         "aborted": summary.aborted,

@@ -259,6 +259,8 @@ def run_batch(
         feed = Feed(input_path, should_run, model)
         interrupted = _run(pool, out, feed, found.malformed, should_run, model, interrupter, progress, summary)
         summary.not_run = to_run - tally.ok - tally.failed
+        if spend is not None:
+            summary.spent = spend.spent
         if interrupted == "stopped" and (summary.aborted is not None or not summary.not_run):
             interrupted = None  # stopped by a fatal error, or Ctrl-C after the last request: not an interrupt
         summary.interrupted = interrupted
@@ -377,9 +379,9 @@ def _count_earlier_spend(out: ResultsFile, spend: SpendCap) -> float:
         spend.count_earlier(before)
     except SpendCapReached:
         raise ConfigurationError(
-            f"{out.path} records ${before:.4f} spent by earlier runs, at or above the spend cap "
+            f"{out.path} records ${before:.6f} spent by earlier runs, at or above the spend cap "
             f"${spend.max_cost:g}: nothing was sent. The cap covers every run on one output; to run the items "
-            f"left, raise it above ${before:.4f} (deepseek-pool run --max-cost, DeepSeekPool(max_cost=...))"
+            f"left, raise it above ${before:.6f} (deepseek-pool run --max-cost, DeepSeekPool(max_cost=...))"
         ) from None
     return before
 
