@@ -9,8 +9,10 @@ and what a run tells its user: progress, the running tally and the summary
 (:mod:`~deepseek_pool.batch.progress`).
 
 May import: :mod:`deepseek_pool.pool` and everything below it; today the pool, the wire
-(:mod:`deepseek_pool.wire`, for what a cancelled retry looks like) and the foundation
-modules :mod:`deepseek_pool.errors` and :mod:`~deepseek_pool.models`. Never the CLI or
+(:mod:`deepseek_pool.wire`, for what a cancelled retry looks like), the spend cap
+(:mod:`deepseek_pool.money`, which counts what earlier runs on an output spent) and the
+foundation modules :mod:`deepseek_pool.errors`, :mod:`~deepseek_pool.models` and
+:mod:`~deepseek_pool.types`. Never the CLI or
 contrib, which stand on it; the runner is a library function, so it sets no process-wide
 state.
 """

@@ -133,6 +133,8 @@ class BatchSummary:
     :ivar aborted: why the run stopped sending by itself (a wrong key, no balance), else None.
     :ivar capped: the spend cap stopped the run: calls that would pass it were not started.
     :ivar max_cost: the spend cap in USD, if any.
+    :ivar spent_before: USD the output records as spent by earlier runs (counted against the cap).
+    :ivar spent: USD the cap counted in all, earlier runs included (None without a cap).
     :ivar elapsed: wall-clock seconds.
     :ivar repaired: bytes of a half-written last line removed from the output.
     :ivar compacted: superseded lines removed from the output at the end.
@@ -149,6 +151,8 @@ class BatchSummary:
     aborted: Optional[str] = None
     capped: bool = False
     max_cost: Optional[float] = None
+    spent_before: float = 0.0
+    spent: Optional[float] = None
     elapsed: float = 0.0
     repaired: int = 0
     compacted: int = 0
@@ -265,7 +269,12 @@ def format_summary(summary: BatchSummary) -> str:
     )
     cost = f"estimated cost: {format_cost(tally)}"
     if summary.max_cost is not None:
-        cost += f" (spend cap {_dollars(summary.max_cost)})"
+        cost += f" (spend cap {_dollars(summary.max_cost)}"
+        if summary.spent is not None:
+            cost += f", counted against it {_dollars(summary.spent)}"
+        if summary.spent_before:
+            cost += f", of which earlier runs on this output spent {_dollars(summary.spent_before)}"
+        cost += ")"
     lines: List[str] = [items, totals, tokens, cost, f"wall time: {_duration(summary.elapsed)}"]
     if summary.capped:
         lines.append(
@@ -294,6 +303,8 @@ def summary_dict(summary: BatchSummary) -> Dict[str, Any]:
         "cost_usd": tally.cost,
         "unpriced_calls": tally.unpriced,
         "max_cost_usd": summary.max_cost,
+        "spent_before_usd": summary.spent_before,
+        "spent_usd": summary.spent,
         "capped": summary.capped,
         "interrupted": summary.interrupted,
         "aborted": summary.aborted,

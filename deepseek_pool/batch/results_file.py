@@ -1,6 +1,14 @@
 """The batch's output file: locked for the whole run, repaired, indexed by custom_id, appended
 to line by line, synced now and then, and compacted atomically at the end (see
-:mod:`deepseek_pool.batch.runner` for the rules)."""
+:mod:`deepseek_pool.batch.runner` for the rules).
+
+It is also the record of what the runs on it spent, so that a spend cap covers them all
+and the record survives whatever the results survive: each result line carries
+``cost_usd``, what the spend cap counted for its item over every run (so the line that
+stands after a compaction still holds what the superseded ones counted), and a call that
+was billed but left no result (refused a retry by the cap, stopped by a drain) leaves a
+spend record, ``{"custom_id": null, "spend": {"for": ID, "cost_usd": X}}``, which no
+reader takes for a result and a compaction keeps."""
 
 from __future__ import annotations
 
@@ -30,6 +38,13 @@ _UNREADABLE_SHOWN = 5
 #: How often opening the output starts over because another run replaced the file meanwhile.
 _LOCK_ATTEMPTS = 20
 _READ_BLOCK = 65536
+
+
+def _cost_of(line: Dict[str, Any]) -> Optional[float]:
+    cost = line.get("cost_usd")
+    if isinstance(cost, (int, float)) and not isinstance(cost, bool) and cost >= 0:
+        return float(cost)
+    return None
 
 
 def _is_success(line: Any) -> bool:
@@ -68,6 +83,12 @@ class ResultsFile:
         self.repaired = 0
         self.unreadable: List[Tuple[int, str]] = []  # (line number, why), the first few
         self.unreadable_count = 0
+        #: custom_id -> ``cost_usd`` of its standing line (what its runs counted)
+        self.costs: Dict[str, float] = {}
+        #: custom_id -> (model, usage) of a standing answer written without ``cost_usd``
+        self.unpriced: Dict[str, Tuple[Any, Any]] = {}
+        #: USD of the spend records: calls billed that left no result
+        self.unanswered_spend = 0.0
         self._file = self._open_locked()
         try:
             self._repair()
@@ -169,6 +190,10 @@ class ResultsFile:
                     else:
                         custom_id = line.get("custom_id") if isinstance(line, dict) else None
                         why = "it is not a result line (no str custom_id)"
+                        if custom_id is None and isinstance(line, dict) and isinstance(line.get("spend"), dict):
+                            self.unanswered_spend += _cost_of(line["spend"]) or 0.0
+                            self.count += 1  # a spend record: never a result, kept by a compaction
+                            continue
                 if not isinstance(custom_id, str):
                     if why:
                         self.unreadable_count += 1
@@ -177,9 +202,15 @@ class ResultsFile:
                     self._drop.add(self.count)
                     self.count += 1
                     continue
-                self._record(custom_id, _is_success(line))
+                ok = _is_success(line)
+                cost = _cost_of(line)
+                if self._record(custom_id, ok, cost) and ok and cost is None:
+                    body = line["response"].get("body")
+                    if isinstance(body, dict):
+                        self.unpriced[custom_id] = (body.get("model"), body.get("usage"))
 
-    def _record(self, custom_id: str, ok: bool) -> None:
+    def _record(self, custom_id: str, ok: bool, cost: Optional[float] = None) -> bool:
+        """Index a line; False when it is dropped at once (an answer already stands)."""
         index = self.count
         self.count += 1
         standing = self.keep.get(custom_id)
@@ -187,23 +218,39 @@ class ResultsFile:
             self.keep[custom_id] = index
         elif custom_id in self.ok_ids:
             self._drop.add(index)  # an answer already stands (two runs on one file?): keep the first
-            return
+            return False
         else:
             self._drop.add(standing)  # the newer outcome of a failed item stands
             self.keep[custom_id] = index
+            self.unpriced.pop(custom_id, None)
+        if cost is not None:
+            self.costs[custom_id] = cost
         if ok:
             self.ok_ids.add(custom_id)
+        return True
+
+    @property
+    def spent(self) -> float:
+        """USD the lines record as spent (cost_usd of the standing lines, and the spend records)."""
+        return sum(self.costs.values()) + self.unanswered_spend
 
     @property
     def superseded(self) -> int:
         return len(self._drop)
 
-    def append(self, custom_id: str, ok: bool, data: bytes) -> None:
-        """Write one whole line and hand it to the OS; fsync now and then."""
+    def append(self, custom_id: Optional[str], ok: bool, data: bytes, cost: Optional[float] = None) -> None:
+        """Write one whole line and hand it to the OS; fsync now and then.
+
+        ``custom_id`` None: a spend record of ``cost`` USD (a call billed that left no result).
+        """
         file = self._file
         file.write(data)
         file.flush()
-        self._record(custom_id, ok)
+        if custom_id is None:
+            self.unanswered_spend += cost or 0.0
+            self.count += 1
+        else:
+            self._record(custom_id, ok, cost)
         self._dirty = True
         now = self._clock()
         if now - self._synced_at >= FSYNC_INTERVAL:

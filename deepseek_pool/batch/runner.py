@@ -46,7 +46,11 @@ the last line.
 Drain and spend cap: after the first Ctrl-C (:class:`Interrupter`) no request of any
 kind is sent; calls refused by the drain are not written, so the rerun sends them. With
 a pool's ``max_cost``, calls the cap refuses are not started and not written; the run
-stops feeding new requests and its summary says ``capped``.
+stops feeding new requests and its summary says ``capped``. The cap belongs to the
+output file: each line records ``cost_usd`` (what the cap counted for its item over
+every run) and a call billed without a result leaves a spend record
+(:mod:`~deepseek_pool.batch.results_file`), so a rerun counts what the earlier runs
+spent, and one whose cap is already spent stops before sending, naming both amounts.
 
 Example::
 
@@ -58,14 +62,17 @@ Example::
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import errno
 import os
 import threading
 import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
-from ..errors import AuthenticationError, InsufficientBalanceError, SpendCapReached
+from ..errors import AuthenticationError, ConfigurationError, InsufficientBalanceError, SpendCapReached
+from ..money.spend import SpendCap
 from ..pool.pool import DeepSeekPool, Result
+from ..types import Usage
 from ..wire.calls import RetryCancelled
 from .input_file import Feed, Malformed, check_input, parse_line, request_of
 from .jsonl import MAX_LINE_BYTES
@@ -158,9 +165,9 @@ def run_lines(
         requests.append(request_of(custom_id, routed, model))
     for (slot, custom_id), result in zip(slots, pool.map(requests)):
         if result.error is None and result.completion is not None:
-            answers[slot] = maker.success(custom_id, result.completion)[0]
+            answers[slot] = maker.success(custom_id, result.completion, result.cost)[0]
         else:
-            answers[slot] = maker.error(custom_id, result.error or RuntimeError("no answer"))
+            answers[slot] = maker.error(custom_id, result.error or RuntimeError("no answer"), result.cost)
     return [answer.decode("utf-8").rstrip("\n") for answer in answers if answer is not None]
 
 
@@ -228,6 +235,8 @@ def run_batch(
                 + (f"; and {more} more" if more else "")
                 + "); their items, if any, run again"
             )
+        if spend is not None:
+            summary.spent_before = _count_earlier_spend(out, spend)
         ok_ids = out.ok_ids
         seen = out.keep
 
@@ -250,6 +259,8 @@ def run_batch(
         feed = Feed(input_path, should_run, model)
         interrupted = _run(pool, out, feed, found.malformed, should_run, model, interrupter, progress, summary)
         summary.not_run = to_run - tally.ok - tally.failed
+        if spend is not None:
+            summary.spent = spend.spent
         if interrupted == "stopped" and (summary.aborted is not None or not summary.not_run):
             interrupted = None  # stopped by a fatal error, or Ctrl-C after the last request: not an interrupt
         summary.interrupted = interrupted
@@ -296,7 +307,8 @@ def _run(
             if should_run(custom_id):
                 begin()
                 try:
-                    out.append(custom_id, False, lines.failure(custom_id, code, message))
+                    cost = out.costs.get(custom_id)
+                    out.append(custom_id, False, lines.failure(custom_id, code, message, cost=cost), cost)
                 finally:
                     end()
                 tally.add_failed()
@@ -305,24 +317,31 @@ def _run(
             error = result.error
             custom_id = result.custom_id or str(result.index + 1)
             completion = result.completion
+            cost = None if result.cost is None else out.costs.get(custom_id, 0.0) + result.cost
             if error is None and completion is not None:
-                data, ok = lines.success(custom_id, completion)
-            elif isinstance(error, SpendCapReached):
-                summary.capped = True
-                feed.stopped = True  # not started: left for a rerun, and nothing more is fed
+                data, ok = lines.success(custom_id, completion, cost)
+            elif isinstance(error, SpendCapReached) or _is_cancellation(error):
+                if isinstance(error, SpendCapReached):
+                    summary.capped = True
+                    feed.stopped = True  # not started (or not retried): left for a rerun, nothing more is fed
+                # Never answered: no result line, so a rerun sends it; what its attempts were billed is kept.
+                if result.cost:
+                    begin()
+                    try:
+                        out.append(None, False, lines.spend(custom_id, result.cost, type(error).__name__), result.cost)
+                    finally:
+                        end()
                 continue
-            elif _is_cancellation(error):
-                continue  # never answered (cancelled, or refused by the drain): not written, so a rerun sends it
             else:
                 assert error is not None
-                data = lines.error(custom_id, error)
+                data = lines.error(custom_id, error, cost)
                 ok = False
                 if summary.aborted is None and isinstance(error, FATAL_ERRORS):
                     summary.aborted = f"{error}; no new requests were sent"
                     interrupter.stop.set()
             begin()
             try:
-                out.append(custom_id, ok, data)
+                out.append(custom_id, ok, data, cost)
             finally:
                 end()
             if ok:
@@ -342,6 +361,29 @@ def _run(
         if close is not None:
             close()
     return "stopped" if interrupter.stop.is_set() else None
+
+
+def _count_earlier_spend(out: ResultsFile, spend: SpendCap) -> float:
+    """Count what earlier runs on ``out`` spent into the pool's cap; refuse to start when none is left.
+
+    The output is the record: the ``cost_usd`` of its lines and its spend records, and
+    answers written without one priced from their usage at the dearest hour.
+    """
+    before = out.spent
+    for model, usage in out.unpriced.values():
+        counted = Usage.from_dict(usage) if isinstance(usage, dict) else None
+        if counted is not None and isinstance(model, str):
+            with contextlib.suppress(ConfigurationError):  # a model priced nowhere: its answer counts $0
+                before += spend.peak_cost(model, counted)
+    try:
+        spend.count_earlier(before)
+    except SpendCapReached:
+        raise ConfigurationError(
+            f"{out.path} records ${before:.6f} spent by earlier runs, at or above the spend cap "
+            f"${spend.max_cost:g}: nothing was sent. The cap covers every run on one output; to run the items "
+            f"left, raise it above ${before:.6f} (deepseek-pool run --max-cost, DeepSeekPool(max_cost=...))"
+        ) from None
+    return before
 
 
 def _requested_model(result: Result, default: str) -> str:

@@ -282,7 +282,13 @@ def _report_run(summary: BatchSummary, args: argparse.Namespace, command_line: s
     if not args.quiet or summary.interrupted or summary.capped:
         print(format_summary(summary), file=err)
     if summary.capped and not summary.interrupted:
-        print(f"to run the items left, raise --max-cost and rerun: {command_line}", file=err, flush=True)
+        spent = f" (this output has spent ${summary.spent:.6f} of it)" if summary.spent is not None else ""
+        print(
+            f"to run the items left, raise --max-cost{spent} and rerun: {command_line}; the cap covers every "
+            "run on this output",
+            file=err,
+            flush=True,
+        )
     if summary.interrupted:
         verb = "cancelled" if summary.interrupted == "cancelled" else "interrupted"
         print(f"{verb}: {summary.not_run} items not run; everything completed is in {args.output}", file=err)

@@ -1,13 +1,22 @@
-"""The spend cap of a pool (``DeepSeekPool(max_cost=...)``): reserve before a call, settle after.
+"""The spend cap of a pool (``DeepSeekPool(max_cost=...)``): reserve before a call, bill each attempt.
 
-Before a call starts, :meth:`SpendCap.reserve` prices its worst case -- the prompt
-estimate as cache misses plus ``max_tokens`` of output (:data:`UNSET_MAX_TOKENS_RESERVE`
-when the request sets none), at the peak or off-peak rate of that moment -- and refuses
-the call with :class:`~deepseek_pool.errors.SpendCapReached` when the money already
-spent plus every running call's reservation plus this one would pass the cap. After the
-call, :meth:`SpendCap.settle` replaces the reservation with what the answer's usage
-costs. So no call starts past the cap; a call can only spend more than it reserved when
-it sets no ``max_tokens``.
+Before a call starts, :meth:`SpendCap.reserve` prices the worst case of one attempt --
+the prompt estimate as cache misses plus ``max_tokens`` of output
+(:data:`UNSET_MAX_TOKENS_RESERVE` when the request sets none), at the peak or off-peak
+rate of that moment -- and refuses the call with
+:class:`~deepseek_pool.errors.SpendCapReached` when the money already spent plus every
+running call's reservation plus this one would pass the cap.
+
+DeepSeek bills every attempt that generated, not only the last: a 200 cut short by
+``insufficient_system_resource`` is billed and then retried. So each attempt is counted
+as it ends -- :meth:`SpendCap.bill` with the usage it reported, :meth:`SpendCap.charge`
+with the whole reservation when it may have been billed but reported nothing (a timeout,
+a cut stream, a body without usage) -- while the reservation stays held for the next
+attempt; :meth:`SpendCap.check_retry` refuses a retry whose worst case no longer fits,
+and :meth:`SpendCap.settle` lets the reservation go. So the sum of what the server billed
+stays under the cap, as long as each attempt costs at most its reservation: the prompt
+estimate is never below the real count, and only a request without ``max_tokens`` can
+generate more than it reserved.
 
 Prices come from :mod:`deepseek_pool.models`, or from ``prices`` given by the user; a
 model without a price cannot be capped and is refused up front
@@ -17,7 +26,10 @@ Example::
 
     cap = SpendCap(5.00)
     held = cap.reserve("deepseek-flash", prompt_tokens=1200, completion_tokens=800)
-    ...  # the call
+    ...  # an attempt answered 200 insufficient_system_resource: billed, to be retried
+    cap.bill(held, usage)
+    cap.check_retry(held)  # raises SpendCapReached when another attempt might not fit
+    ...  # the retry
     cap.settle(held, usage=completion.usage)
     print(cap.spent, cap.reserved)
 """
@@ -40,6 +52,10 @@ UNSET_MAX_TOKENS_RESERVE = 8192
 
 Clock = Callable[[], _dt.datetime]
 
+#: A Monday 02:00 and a Sunday noon, UTC: one hour of each rate.
+_A_PEAK_HOUR = _dt.datetime(2026, 11, 2, 2, tzinfo=_dt.UTC)
+_AN_OFF_PEAK_HOUR = _dt.datetime(2026, 11, 1, 12, tzinfo=_dt.UTC)
+
 
 def _utc_now() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC)
@@ -48,7 +64,8 @@ def _utc_now() -> _dt.datetime:
 class Reservation:
     """Money held for one running call until :meth:`SpendCap.settle`."""
 
-    __slots__ = ("amount", "model", "price", "settled", "when")
+    #: ``amount`` is the worst case of one attempt; ``spent`` what this call's attempts were counted.
+    __slots__ = ("amount", "model", "price", "settled", "spent", "when")
 
     def __init__(self, model: str, price: ModelPrice, amount: float, when: _dt.datetime) -> None:
         self.model = model
@@ -56,9 +73,13 @@ class Reservation:
         self.amount = amount
         self.when = when
         self.settled = False
+        self.spent = 0.0
 
     def __repr__(self) -> str:
-        return f"Reservation(model={self.model!r}, amount={self.amount:.6f}, settled={self.settled})"
+        return (
+            f"Reservation(model={self.model!r}, amount={self.amount:.6f}, spent={self.spent:.6f}, "
+            f"settled={self.settled})"
+        )
 
 
 class SpendCap:
@@ -129,29 +150,98 @@ class SpendCap:
             self.started += 1
         return Reservation(model, price, amount, when)
 
-    def settle(self, reservation: Reservation, *, usage: Optional[Usage] = None, charge: bool = True) -> float:
-        """End a call: count what its ``usage`` cost, else the whole reservation (``charge``) or nothing.
+    def cost(self, reservation: Reservation, usage: Usage) -> float:
+        """USD that ``usage`` costs at the reservation's price and hour."""
+        hit = usage.prompt_cache_hit_tokens
+        miss = usage.prompt_cache_miss_tokens
+        return cost_of(
+            reservation.price,
+            prompt_cache_hit_tokens=hit,
+            prompt_cache_miss_tokens=miss if hit + miss else usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            when=reservation.when,
+        )
 
-        Without usage (a timeout, a cut stream) the server may have billed the call, so
-        the reservation stays spent unless ``charge=False`` (an error status: nothing was
-        generated). Returns the amount counted as spent.
-        """
-        if usage is not None:
-            cost = cost_of(
-                reservation.price,
-                prompt_cache_hit_tokens=usage.prompt_cache_hit_tokens,
-                prompt_cache_miss_tokens=usage.prompt_cache_miss_tokens
-                if usage.prompt_cache_hit_tokens + usage.prompt_cache_miss_tokens
-                else usage.prompt_tokens,
+    def bill(self, reservation: Reservation, usage: Usage) -> float:
+        """Count one attempt that reported ``usage`` (retried or not); the reservation stays held."""
+        return self._count(reservation, self.cost(reservation, usage))
+
+    def charge(self, reservation: Reservation) -> float:
+        """Count one attempt that may have been billed but reported no usage: its worst case."""
+        return self._count(reservation, reservation.amount)
+
+    def _count(self, reservation: Reservation, cost: float) -> float:
+        with self._lock:
+            if reservation.settled:
+                return 0.0
+            reservation.spent += cost
+            self._spent += cost
+        return cost
+
+    def peak_cost(self, model: str, usage: Usage) -> float:
+        """USD ``usage`` costs for ``model`` at its dearest hour: what a call of unknown hour cost at most."""
+        price = self.price(model)
+        hit = usage.prompt_cache_hit_tokens
+        miss = usage.prompt_cache_miss_tokens
+        return max(
+            cost_of(
+                price,
+                prompt_cache_hit_tokens=hit,
+                prompt_cache_miss_tokens=miss if hit + miss else usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
-                when=reservation.when,
+                when=when,
             )
-        else:
-            cost = reservation.amount if charge else 0.0
+            for when in (_A_PEAK_HOUR, _AN_OFF_PEAK_HOUR)
+        )
+
+    def count_earlier(self, amount: float) -> None:
+        """Count ``amount`` USD spent before this cap existed (earlier runs on the same output).
+
+        :raises SpendCapReached: it leaves nothing to spend; the message names both amounts.
+        """
+        if not amount > 0:
+            return
+        with self._lock:
+            self._spent += amount
+            spent = self._spent
+        if spent >= self.max_cost:
+            raise SpendCapReached(
+                f"${spent:.6f} is already spent, at or above the spend cap ${self.max_cost:g}: nothing was sent"
+            )
+
+    def check_retry(self, reservation: Reservation) -> None:
+        """Raise :class:`SpendCapReached` when another attempt's worst case would not fit.
+
+        The reservation is still held for that attempt, so the money counted plus every
+        running call's reservation must stay within the cap.
+        """
+        with self._lock:
+            if reservation.settled or self._spent + self._reserved <= self.max_cost:
+                return
+            self.refused += 1
+            spent, held = self._spent, self._reserved
+        raise SpendCapReached(
+            f"not retried: the spend cap ${self.max_cost:g} could pass (spent ${spent:.6f}, held by running "
+            f"calls ${held:.6f}, this call's next attempt up to ${reservation.amount:.6f})"
+        )
+
+    def settle(self, reservation: Reservation, *, usage: Optional[Usage] = None, charge: bool = True) -> float:
+        """End a call and let its reservation go; count its last attempt first if not yet counted.
+
+        ``usage``: the last attempt's, when it was not counted with :meth:`bill`;
+        ``charge``: the last attempt may have been billed and reported nothing (a timeout,
+        a cut stream), so its worst case is counted. Returns the amount counted now.
+        """
+        cost = 0.0
+        if usage is not None:
+            cost = self.cost(reservation, usage)
+        elif charge:
+            cost = reservation.amount
         with self._lock:
             if reservation.settled:
                 return 0.0
             reservation.settled = True
+            reservation.spent += cost
             self._reserved = max(0.0, self._reserved - reservation.amount)
             self._spent += cost
         return cost

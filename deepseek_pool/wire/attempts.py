@@ -35,6 +35,7 @@ from ..errors import (
     without_secret,
 )
 from ..messages import encode_body
+from ..types import Usage
 from .adapter import request_id_of
 from .body import raw_pieces
 from .calls import Attempt, CallControl, RetryEvent
@@ -102,6 +103,19 @@ def _kind_of(cause: Optional[BaseException]) -> str:
     if isinstance(cause, ReadTimeoutError):
         return "timeout"
     return "connect" if isinstance(cause, ConnectTimeoutError) else "read"
+
+
+def _usage_of(answer: Any) -> Optional[Usage]:
+    usage = getattr(answer, "usage", None)
+    return usage if isinstance(usage, Usage) else None
+
+
+def _billed(control: CallControl, err: DeepSeekError) -> None:
+    """Tell the control of a 200 read whole that is no answer (billed all the same), if it was one."""
+    body = getattr(err, "body", None)
+    if isinstance(err, IncompleteResponseError) and isinstance(body, dict):
+        usage = body.get("usage")
+        control.attempt_billed(Usage.from_dict(usage) if isinstance(usage, dict) else None)
 
 
 def _has_retry_after(raw: Any) -> bool:
@@ -252,16 +266,22 @@ class AttemptLoop:
             if stream:
                 handed_over = True
                 try:
-                    return parse(None, response, attempt)
+                    result = parse(None, response, attempt)
                 except (IncompleteResponseError, APIConnectionError) as err:
+                    _billed(control, err)
                     if getattr(err, "_after_chunks", False):
                         raise  # the caller already saw part of this answer: a retry would repeat it
                     raise _Retryable(err, _body_cause(err), raw) from None
+                control.attempt_billed(_usage_of(result))
+                return result
             data = self._read_or_retry(response, attempt)
             try:
-                return parse(data, response, attempt)
+                result = parse(data, response, attempt)
             except IncompleteResponseError as err:
+                _billed(control, err)
                 raise _Retryable(err, None, raw) from None
+            control.attempt_billed(_usage_of(result))
+            return result
         finally:
             if not handed_over:
                 attempt.end()

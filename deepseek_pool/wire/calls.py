@@ -28,6 +28,7 @@ from typing import Any, Callable, List, NamedTuple, Optional, Protocol, Tuple
 
 from ..errors import APIConnectionError, APITimeoutError, DeepSeekError
 from ..forks import reset_after_fork
+from ..types import Usage
 from .failures import translate_error
 
 __all__ = [
@@ -373,6 +374,12 @@ class CallControl:
         :class:`~deepseek_pool.errors.APIStatusError` it makes (its message may name
         the account's concurrency cap); for a success, at the head, with None.
         """
+
+    def attempt_billed(self, usage: Optional[Usage]) -> None:
+        """An attempt's 2xx answer was read, whether it is returned or retried (a 200 cut
+        short by ``insufficient_system_resource`` is billed, then retried): ``usage`` is
+        what it reported, None when it reported none. Not called for an attempt whose
+        answer was never read whole (an error status, a timeout, a cut stream)."""
 
     def first_token(self, at: float) -> None:
         """A streamed attempt's first chunk with content (or reasoning) arrived at ``at``
