@@ -59,7 +59,7 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import CancelledError
-from typing import Any, Callable, Deque, Optional, Set, Union
+from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple, Union
 
 from ..forks import reset_after_fork
 from .permit import LimiterStats, Permit
@@ -69,10 +69,12 @@ from .retries import (
     NO_RETRY_INCREMENT,
     RETRY_COST,
     SHARED_POLL_INTERVAL,
+    JitterFunction,
     RetryGates,
     WaitFunction,
+    cool_down_jitter,
 )
-from .rules import BudgetConfig
+from .rules import BudgetConfig, CoolingDelay
 from .storage import Storage
 from .storage_uri import storage_from_uri
 
@@ -82,6 +84,38 @@ log = logging.getLogger(__name__)
 
 #: Seconds an in-flight lease lasts unless renewed; renewed every third of it.
 DEFAULT_LEASE_SECONDS = 30.0
+
+
+class _Peers:
+    """The limiters of one process that share a storage object and a name: a release by
+    any of them wakes the head waiter of each, as a release of their own would.
+
+    ``members`` is replaced, never changed in place, so a release reads it without a lock.
+    """
+
+    __slots__ = ("lock", "members")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.members: Tuple[weakref.ReferenceType[Limiter], ...] = ()
+
+    def join(self, limiter: Limiter) -> None:
+        with self.lock:
+            alive = tuple(ref for ref in self.members if ref() is not None)
+            self.members = (*alive, weakref.ref(limiter))
+
+
+_PEERS: weakref.WeakKeyDictionary[Storage, Dict[str, _Peers]] = weakref.WeakKeyDictionary()
+_PEERS_LOCK = threading.Lock()
+
+
+def _peers_of(storage: Storage, name: str) -> _Peers:
+    with _PEERS_LOCK:
+        by_name = _PEERS.setdefault(storage, {})
+        peers = by_name.get(name)
+        if peers is None:
+            peers = by_name[name] = _Peers()
+        return peers
 
 
 def _check_count(name: str, value: Any, minimum: int) -> int:
@@ -112,6 +146,15 @@ class Limiter(RetryGates):
     :param wait: ``wait(event, timeout)`` blocks until the event is set or the timeout
         (None: forever) passes, like :meth:`threading.Event.wait`; tests inject one that
         advances a fake clock instead of sleeping.
+    :param jitter: ``jitter(seconds)`` -> the random seconds added to the end of a
+        ``seconds``-long cool-down or Retry-After wait (default
+        :func:`~deepseek_pool.budget.retries.cool_down_jitter`); tests inject ``lambda s: 0.0``.
+
+    Limiters of one process on one storage object and name wake each other's waiters.
+    They must agree on ``max_in_flight``: the ceiling is stored with the budget, and a
+    limiter that sets another is refused with a
+    :class:`~deepseek_pool.errors.ConfigurationError` naming both while calls run under
+    the first (a new ceiling takes over once none does).
     """
 
     def __init__(
@@ -126,6 +169,7 @@ class Limiter(RetryGates):
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         wait: WaitFunction = threading.Event.wait,
+        jitter: JitterFunction = cool_down_jitter,
     ) -> None:
         if max_in_flight is not None:
             max_in_flight = _check_count("max_in_flight", max_in_flight, 1)
@@ -142,6 +186,8 @@ class Limiter(RetryGates):
             raise TypeError(f"clock must be callable, got {clock!r}")
         if not callable(wait):
             raise TypeError(f"wait must be callable, got {wait!r}")
+        if not callable(jitter):
+            raise TypeError(f"jitter must be callable, got {jitter!r}")
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty str, got {name!r}")
         if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) or not lease_seconds > 0:
@@ -153,6 +199,9 @@ class Limiter(RetryGates):
         self.lease_seconds = float(lease_seconds)
         self._clock = clock
         self._wait = wait
+        self._jitter = jitter
+        self._peers = _peers_of(self.storage, name)
+        self._peers.join(self)
         self._reset_local()
         reset_after_fork(self)
 
@@ -273,6 +322,7 @@ class Limiter(RetryGates):
         deadline = None if timeout is None else begin + timeout
         waiter = threading.Event()
         outcome = "interrupted"
+        not_before = -math.inf  # the end of a cool-down, pushed back by this waiter's jitter
         with lock:
             waiters.append(waiter)
         try:
@@ -280,7 +330,12 @@ class Limiter(RetryGates):
                 with lock:
                     # Cleared under the lock, so a set() that follows is never missed.
                     waiter.clear()
-                    if waiters[0] is waiter:
+                    early = not_before - clock()
+                    if waiters[0] is not waiter:
+                        delay = math.inf
+                    elif early > 0.0:
+                        delay = early
+                    else:
                         granted = self._try_start(tokens)
                         if isinstance(granted, Permit):
                             if self.storage.leases_expire:
@@ -294,10 +349,11 @@ class Limiter(RetryGates):
                             outcome = "granted"
                             return granted
                         delay = granted
-                        if self.storage.shared and delay > SHARED_POLL_INTERVAL:
+                        if delay.__class__ is CoolingDelay:
+                            delay += self._jitter(delay)
+                            not_before = clock() + delay
+                        elif self.storage.shared and delay > SHARED_POLL_INTERVAL:
                             delay = SHARED_POLL_INTERVAL  # another process may release first
-                    else:
-                        delay = math.inf
                 if cancelled is not None:
                     if cancelled.is_set():
                         outcome = "cancelled"
@@ -322,6 +378,12 @@ class Limiter(RetryGates):
                         self._timeouts += 1
                     elif outcome == "cancelled":
                         self._cancellations += 1
+
+    def _wake_head(self) -> None:
+        if self._waiters:
+            with self._lock:
+                if self._waiters:
+                    self._waiters[0].set()
 
     def _leave(self, waiter: threading.Event) -> None:
         """Take ``waiter`` out of the queue; if it was the head, wake the next one."""
@@ -385,10 +447,11 @@ class Limiter(RetryGates):
             earned=earned,
             ok=ok,
         )
-        if self._waiters:
-            with self._lock:
-                if self._waiters:
-                    self._waiters[0].set()
+        # A slot freed here is free for every limiter of this process on the budget.
+        for ref in self._peers.members:
+            peer = ref()
+            if peer is not None and peer._waiters:
+                peer._wake_head()
 
     # -- observing, renewing, closing ------------------------------------------------
 
