@@ -7,10 +7,11 @@ A start is granted only when every gate of the budget allows it
 
 * ``max_in_flight`` -- the ceiling of an adaptive cap on calls between acquire and
   release: a 429 lowers the cap (to the number DeepSeek names, else by a factor when it
-  speaks of concurrency), successes raise it back (AIMD); ``stats.cap`` shows it. A 429
-  that names a cap applies even without a ceiling;
-* ``rpm`` -- starts spaced at least ``60 / rpm`` seconds apart, so no one-second
-  window ever sees more than ``ceil(rpm / 60)`` starts and no burst can draw a 429;
+  speaks of concurrency), successes raise it back (AIMD) while at least half of it is in
+  use; ``stats.cap`` shows it. A 429 that names a cap applies even without a ceiling;
+* ``rpm`` -- requests spaced at least ``60 / rpm`` seconds apart, retries included
+  (:meth:`wait_before_retry` spaces them), so no one-second window ever sees more than
+  ``ceil(rpm / 60)`` and no burst can draw a 429;
 * ``tpm`` -- a token bucket that holds one minute of tokens (``tpm``) and refills
   continuously at ``tpm / 60`` per second. A start takes its estimate out; release
   gives back what was over-estimated (never above ``tpm``) or charges what was
@@ -18,7 +19,9 @@ A start is granted only when every gate of the budget allows it
   bigger than ``tpm`` starts when the bucket is full;
 * a cool-down -- :meth:`Limiter.cool_down`, called after a 429, holds new starts back,
   and retries that go through :meth:`Limiter.wait_before_retry` too when the 429 was
-  about concurrency; a 429 that says nothing about it holds new starts only briefly.
+  about concurrency or carried Retry-After; a 429 that says nothing about it, and no
+  Retry-After, holds new starts only briefly. Each waiter ends a cool-down with a
+  random jitter of its own, so the starts it held spread out.
 
 Separately, a retry budget in the spirit of the AWS SDKs' retry quota makes a failing
 API cost about ``budget / RETRY_COST`` retries in all rather than workers x retries:
@@ -59,9 +62,10 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import CancelledError
-from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple, Union
+from typing import Any, Callable, Deque, Optional, Set, Union
 
 from ..forks import reset_after_fork
+from .peers import peers_of
 from .permit import LimiterStats, Permit
 from .retries import (
     CANCEL_POLL_INTERVAL,
@@ -84,38 +88,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds an in-flight lease lasts unless renewed; renewed every third of it.
 DEFAULT_LEASE_SECONDS = 30.0
-
-
-class _Peers:
-    """The limiters of one process that share a storage object and a name: a release by
-    any of them wakes the head waiter of each, as a release of their own would.
-
-    ``members`` is replaced, never changed in place, so a release reads it without a lock.
-    """
-
-    __slots__ = ("lock", "members")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.members: Tuple[weakref.ReferenceType[Limiter], ...] = ()
-
-    def join(self, limiter: Limiter) -> None:
-        with self.lock:
-            alive = tuple(ref for ref in self.members if ref() is not None)
-            self.members = (*alive, weakref.ref(limiter))
-
-
-_PEERS: weakref.WeakKeyDictionary[Storage, Dict[str, _Peers]] = weakref.WeakKeyDictionary()
-_PEERS_LOCK = threading.Lock()
-
-
-def _peers_of(storage: Storage, name: str) -> _Peers:
-    with _PEERS_LOCK:
-        by_name = _PEERS.setdefault(storage, {})
-        peers = by_name.get(name)
-        if peers is None:
-            peers = by_name[name] = _Peers()
-        return peers
 
 
 def _check_count(name: str, value: Any, minimum: int) -> int:
@@ -200,7 +172,7 @@ class Limiter(RetryGates):
         self._clock = clock
         self._wait = wait
         self._jitter = jitter
-        self._peers = _peers_of(self.storage, name)
+        self._peers = peers_of(self.storage, name)
         self._peers.join(self)
         self._reset_local()
         reset_after_fork(self)
@@ -210,6 +182,7 @@ class Limiter(RetryGates):
         self._lock = threading.Lock()
         # Head of the queue is the only waiter that watches the clock.
         self._waiters: Deque[threading.Event] = deque()
+        self._cool_end = -math.inf  # the end of the latest cool-down a waiter of this limiter met
         self._retry_waiters: Set[threading.Event] = set()
         self._held: Set[str] = set()
         self._lease_ids = itertools.count(1)
@@ -322,7 +295,9 @@ class Limiter(RetryGates):
         deadline = None if timeout is None else begin + timeout
         waiter = threading.Event()
         outcome = "interrupted"
-        not_before = -math.inf  # the end of a cool-down, pushed back by this waiter's jitter
+        # The end of the latest cool-down this waiter met, and its own start after it (jittered).
+        seen_cool_end = not_before = -math.inf
+        out_of_turn = False
         with lock:
             waiters.append(waiter)
         try:
@@ -330,19 +305,28 @@ class Limiter(RetryGates):
                 with lock:
                     # Cleared under the lock, so a set() that follows is never missed.
                     waiter.clear()
+                    head = waiters[0] is waiter
+                    if self._cool_end > seen_cool_end and begin < self._cool_end:
+                        # Held by a cool-down: start at its end plus a jitter of this waiter's
+                        # own, in turn or not, so that the starts it held spread out.
+                        seen_cool_end = self._cool_end
+                        not_before = seen_cool_end + self._jitter(seen_cool_end - begin)
+                        out_of_turn = True
                     early = not_before - clock()
-                    if waiters[0] is not waiter:
-                        delay = math.inf
-                    elif early > 0.0:
+                    if early > 0.0:
                         delay = early
-                    else:
+                    elif head or out_of_turn:
+                        out_of_turn = False
                         granted = self._try_start(tokens)
                         if isinstance(granted, Permit):
                             if self.storage.leases_expire:
                                 self._hold(granted)
-                            waiters.popleft()
-                            if waiters:
-                                waiters[0].set()
+                            if head:
+                                waiters.popleft()
+                                if waiters:
+                                    waiters[0].set()
+                            else:
+                                waiters.remove(waiter)
                             granted.waited = clock() - begin
                             self._throttled += 1
                             self._wait_seconds += granted.waited
@@ -350,10 +334,17 @@ class Limiter(RetryGates):
                             return granted
                         delay = granted
                         if delay.__class__ is CoolingDelay:
-                            delay += self._jitter(delay)
-                            not_before = clock() + delay
+                            # Every waiter of this limiter draws its own end of this cool-down.
+                            self._cool_end = max(self._cool_end, clock() + delay)
+                            for other in waiters:
+                                other.set()
+                            continue
+                        if not head:
+                            delay = math.inf
                         elif self.storage.shared and delay > SHARED_POLL_INTERVAL:
                             delay = SHARED_POLL_INTERVAL  # another process may release first
+                    else:
+                        delay = math.inf
                 if cancelled is not None:
                     if cancelled.is_set():
                         outcome = "cancelled"
