@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 import requests
 
 from . import config
+from .budget.limiter import Limiter
 from .config import Timeout, TimeoutLike
 from .errors import APITimeoutError, ConfigurationError
 from .forks import reset_after_fork
@@ -56,6 +57,7 @@ from .wire.mount import mount_adapter
 from .wire.reader import READER
 from .wire.retry import DeepSeekRetry
 from .wire.route import SessionRoute
+from .wire.slot import SlotCall, SlotStream
 from .wire.stream import ChatStream
 
 __all__ = [
@@ -103,6 +105,11 @@ class DeepSeekClient:
         call. The client mounts nothing on it and does not close it. Mount a
         :class:`~deepseek_pool.DeepSeekAdapter` sized to your threads on it so the watchdog
         can break stalled connections and urllib3 keeps them all.
+    :param limiter: a :class:`~deepseek_pool.Limiter` whose budget direct calls share:
+        ``chat``, ``chat_stream`` and ``fim`` each take a slot (waiting within the call's
+        deadline), give it back when the call or the stream ends, and feed it their 429s
+        and retries as a pool's calls do. A pool's calls through this client take none
+        here: their pool's limiter already holds one (give the pool this limiter too).
     :param shared_stream_reader: read streams that nobody watches chunk by chunk
         (``chat(stream=True)`` without ``on_chunk``, a pool's streams without its
         ``on_chunk``) on the process's one stream reader thread, which serves every
@@ -126,6 +133,7 @@ class DeepSeekClient:
         session: Optional[requests.Session] = None,
         beta_url: Optional[str] = None,
         shared_stream_reader: bool = True,
+        limiter: Optional[Limiter] = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(config.ENV_API_KEY)
         if not key:
@@ -197,6 +205,9 @@ class DeepSeekClient:
         self._fim_url = self.beta_url + "/completions"
         self._beta_chat_url = self.beta_url + "/chat/completions"
         self.shared_stream_reader = bool(shared_stream_reader) and READER.available
+        if limiter is not None and not isinstance(limiter, Limiter):
+            raise ConfigurationError(f"limiter must be a deepseek_pool.Limiter, got {limiter!r}")
+        self.limiter = limiter
 
     @staticmethod
     def _normalize_base_url(url: str) -> str:
@@ -283,6 +294,12 @@ class DeepSeekClient:
             raise TypeError("give on_retry= or control=, not both (a CallControl has its own on_retry)")
         return CallControl(on_retry=on_retry)
 
+    def _slot(self, control: Optional[CallControl]) -> Optional[SlotCall]:
+        """A direct call's slot of the client's limiter (None: no limiter, or the control holds one)."""
+        if self.limiter is None or getattr(control, "holds_slot", False):
+            return None
+        return SlotCall(self.limiter, control, retry=self.retry, call_timeout=self.call_timeout)
+
     # -- API -------------------------------------------------------------------------
 
     def chat(
@@ -324,21 +341,31 @@ class DeepSeekClient:
         """
         body = build_chat_body(messages, self.model if model is None else model, params)
         control = self._control(control, on_retry)
+        slot = self._slot(control)
+        if slot is not None:
+            control = slot.start()
         url = self._beta_chat_url if beta else self._chat_url
-        if stream:
-            body["stream"] = True
-            return self._call(  # type: ignore[no-any-return]
-                "POST",
-                url,
-                body,
-                timeout=timeout,
-                control=control,
-                stream=True,
-                parse=partial(aggregate_stream, self.shared_stream_reader, on_chunk, restart_streams, control),
-            )
-        return self._call(  # type: ignore[no-any-return]
-            "POST", url, body, timeout=timeout, control=control, parse=parse_chat
-        )
+        try:
+            if stream:
+                body["stream"] = True
+                answer = self._call(
+                    "POST",
+                    url,
+                    body,
+                    timeout=timeout,
+                    control=control,
+                    stream=True,
+                    parse=partial(aggregate_stream, self.shared_stream_reader, on_chunk, restart_streams, control),
+                )
+            else:
+                answer = self._call("POST", url, body, timeout=timeout, control=control, parse=parse_chat)
+        except BaseException:
+            if slot is not None:
+                slot.end(ok=False)
+            raise
+        if slot is not None:
+            slot.end(ok=True, usage=answer.usage)
+        return answer  # type: ignore[no-any-return]
 
     def chat_stream(
         self,
@@ -365,15 +392,23 @@ class DeepSeekClient:
         """
         body = build_chat_body(messages, self.model if model is None else model, params)
         body["stream"] = True
-        return self._call(  # type: ignore[no-any-return]
-            "POST",
-            self._chat_url,
-            body,
-            timeout=timeout,
-            control=self._control(control, on_retry),
-            stream=True,
-            parse=lambda data, response, attempt: ChatStream(response, attempt),
-        )
+        control = self._control(control, on_retry)
+        slot = self._slot(control)
+        stream = ChatStream if slot is None else partial(SlotStream, slot=slot)
+        try:
+            return self._call(  # type: ignore[no-any-return]
+                "POST",
+                self._chat_url,
+                body,
+                timeout=timeout,
+                control=control if slot is None else slot.start(),
+                stream=True,
+                parse=lambda data, response, attempt: stream(response, attempt),
+            )
+        except BaseException:
+            if slot is not None:
+                slot.end(ok=False)
+            raise
 
     def fim(
         self,
@@ -400,14 +435,23 @@ class DeepSeekClient:
         body.update(params)
         if "extra_body" in params:
             merge_extra_body(body)
-        return self._call(  # type: ignore[no-any-return]
-            "POST",
-            self._fim_url,
-            body,
-            timeout=timeout,
-            control=control,
-            parse=lambda data, response, attempt: FIMCompletion(parse_json(data, response, completion_problem)),
-        )
+        slot = self._slot(control)
+        try:
+            answer = self._call(
+                "POST",
+                self._fim_url,
+                body,
+                timeout=timeout,
+                control=control if slot is None else slot.start(),
+                parse=lambda data, response, attempt: FIMCompletion(parse_json(data, response, completion_problem)),
+            )
+        except BaseException:
+            if slot is not None:
+                slot.end(ok=False)
+            raise
+        if slot is not None:
+            slot.end(ok=True, usage=answer.usage)
+        return answer  # type: ignore[no-any-return]
 
     def models(self, *, timeout: TimeoutLike = None) -> List[str]:
         """The ids of the models this key can use."""

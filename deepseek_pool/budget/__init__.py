@@ -1,7 +1,8 @@
 """The budget: one account's limits (in flight, rpm, tpm, the adaptive cap) shared by its callers.
 
 Owns :class:`~deepseek_pool.budget.limiter.Limiter` (acquire and release, waits and
-wake-ups, the lease renewer) with its :class:`~deepseek_pool.budget.permit.Permit` and
+wake-ups, the lease renewer; the limiters of a process that wake each other's waiters,
+:mod:`~deepseek_pool.budget.peers`) with its :class:`~deepseek_pool.budget.permit.Permit` and
 stats (:mod:`~deepseek_pool.budget.permit`) and its gates after a failure (:mod:`~deepseek_pool.budget.retries`:
 cool-down, the wait before a retry, the retry budget); the rules of a budget as pure
 functions over its state (:mod:`~deepseek_pool.budget.rules`); and the storages that hold

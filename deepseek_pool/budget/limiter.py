@@ -7,10 +7,11 @@ A start is granted only when every gate of the budget allows it
 
 * ``max_in_flight`` -- the ceiling of an adaptive cap on calls between acquire and
   release: a 429 lowers the cap (to the number DeepSeek names, else by a factor when it
-  speaks of concurrency), successes raise it back (AIMD); ``stats.cap`` shows it. A 429
-  that names a cap applies even without a ceiling;
-* ``rpm`` -- starts spaced at least ``60 / rpm`` seconds apart, so no one-second
-  window ever sees more than ``ceil(rpm / 60)`` starts and no burst can draw a 429;
+  speaks of concurrency), successes raise it back (AIMD) while at least half of it is in
+  use; ``stats.cap`` shows it. A 429 that names a cap applies even without a ceiling;
+* ``rpm`` -- requests spaced at least ``60 / rpm`` seconds apart, retries included
+  (:meth:`wait_before_retry` spaces them), so no one-second window ever sees more than
+  ``ceil(rpm / 60)`` and no burst can draw a 429;
 * ``tpm`` -- a token bucket that holds one minute of tokens (``tpm``) and refills
   continuously at ``tpm / 60`` per second. A start takes its estimate out; release
   gives back what was over-estimated (never above ``tpm``) or charges what was
@@ -18,7 +19,9 @@ A start is granted only when every gate of the budget allows it
   bigger than ``tpm`` starts when the bucket is full;
 * a cool-down -- :meth:`Limiter.cool_down`, called after a 429, holds new starts back,
   and retries that go through :meth:`Limiter.wait_before_retry` too when the 429 was
-  about concurrency; a 429 that says nothing about it holds new starts only briefly.
+  about concurrency or carried Retry-After; a 429 that says nothing about it, and no
+  Retry-After, holds new starts only briefly. Each waiter ends a cool-down with a
+  random jitter of its own, so the starts it held spread out.
 
 Separately, a retry budget in the spirit of the AWS SDKs' retry quota makes a failing
 API cost about ``budget / RETRY_COST`` retries in all rather than workers x retries:
@@ -62,6 +65,7 @@ from concurrent.futures import CancelledError
 from typing import Any, Callable, Deque, Optional, Set, Union
 
 from ..forks import reset_after_fork
+from .peers import peers_of
 from .permit import LimiterStats, Permit
 from .retries import (
     CANCEL_POLL_INTERVAL,
@@ -69,10 +73,12 @@ from .retries import (
     NO_RETRY_INCREMENT,
     RETRY_COST,
     SHARED_POLL_INTERVAL,
+    JitterFunction,
     RetryGates,
     WaitFunction,
+    cool_down_jitter,
 )
-from .rules import BudgetConfig
+from .rules import BudgetConfig, CoolingDelay
 from .storage import Storage
 from .storage_uri import storage_from_uri
 
@@ -112,6 +118,15 @@ class Limiter(RetryGates):
     :param wait: ``wait(event, timeout)`` blocks until the event is set or the timeout
         (None: forever) passes, like :meth:`threading.Event.wait`; tests inject one that
         advances a fake clock instead of sleeping.
+    :param jitter: ``jitter(seconds)`` -> the random seconds added to the end of a
+        ``seconds``-long cool-down or Retry-After wait (default
+        :func:`~deepseek_pool.budget.retries.cool_down_jitter`); tests inject ``lambda s: 0.0``.
+
+    Limiters of one process on one storage object and name wake each other's waiters.
+    They must agree on ``max_in_flight``: the ceiling is stored with the budget, and a
+    limiter that sets another is refused with a
+    :class:`~deepseek_pool.errors.ConfigurationError` naming both while calls run under
+    the first (a new ceiling takes over once none does).
     """
 
     def __init__(
@@ -126,6 +141,7 @@ class Limiter(RetryGates):
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         wait: WaitFunction = threading.Event.wait,
+        jitter: JitterFunction = cool_down_jitter,
     ) -> None:
         if max_in_flight is not None:
             max_in_flight = _check_count("max_in_flight", max_in_flight, 1)
@@ -142,6 +158,8 @@ class Limiter(RetryGates):
             raise TypeError(f"clock must be callable, got {clock!r}")
         if not callable(wait):
             raise TypeError(f"wait must be callable, got {wait!r}")
+        if not callable(jitter):
+            raise TypeError(f"jitter must be callable, got {jitter!r}")
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty str, got {name!r}")
         if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) or not lease_seconds > 0:
@@ -153,6 +171,9 @@ class Limiter(RetryGates):
         self.lease_seconds = float(lease_seconds)
         self._clock = clock
         self._wait = wait
+        self._jitter = jitter
+        self._peers = peers_of(self.storage, name)
+        self._peers.join(self)
         self._reset_local()
         reset_after_fork(self)
 
@@ -161,6 +182,7 @@ class Limiter(RetryGates):
         self._lock = threading.Lock()
         # Head of the queue is the only waiter that watches the clock.
         self._waiters: Deque[threading.Event] = deque()
+        self._cool_end = -math.inf  # the end of the latest cool-down a waiter of this limiter met
         self._retry_waiters: Set[threading.Event] = set()
         self._held: Set[str] = set()
         self._lease_ids = itertools.count(1)
@@ -273,6 +295,9 @@ class Limiter(RetryGates):
         deadline = None if timeout is None else begin + timeout
         waiter = threading.Event()
         outcome = "interrupted"
+        # The end of the latest cool-down this waiter met, and its own start after it (jittered).
+        seen_cool_end = not_before = -math.inf
+        out_of_turn = False
         with lock:
             waiters.append(waiter)
         try:
@@ -280,21 +305,43 @@ class Limiter(RetryGates):
                 with lock:
                     # Cleared under the lock, so a set() that follows is never missed.
                     waiter.clear()
-                    if waiters[0] is waiter:
+                    head = waiters[0] is waiter
+                    if self._cool_end > seen_cool_end and begin < self._cool_end:
+                        # Held by a cool-down: start at its end plus a jitter of this waiter's
+                        # own, in turn or not, so that the starts it held spread out.
+                        seen_cool_end = self._cool_end
+                        not_before = seen_cool_end + self._jitter(seen_cool_end - begin)
+                        out_of_turn = True
+                    early = not_before - clock()
+                    if early > 0.0:
+                        delay = early
+                    elif head or out_of_turn:
+                        out_of_turn = False
                         granted = self._try_start(tokens)
                         if isinstance(granted, Permit):
                             if self.storage.leases_expire:
                                 self._hold(granted)
-                            waiters.popleft()
-                            if waiters:
-                                waiters[0].set()
+                            if head:
+                                waiters.popleft()
+                                if waiters:
+                                    waiters[0].set()
+                            else:
+                                waiters.remove(waiter)
                             granted.waited = clock() - begin
                             self._throttled += 1
                             self._wait_seconds += granted.waited
                             outcome = "granted"
                             return granted
                         delay = granted
-                        if self.storage.shared and delay > SHARED_POLL_INTERVAL:
+                        if delay.__class__ is CoolingDelay:
+                            # Every waiter of this limiter draws its own end of this cool-down.
+                            self._cool_end = max(self._cool_end, clock() + delay)
+                            for other in waiters:
+                                other.set()
+                            continue
+                        if not head:
+                            delay = math.inf
+                        elif self.storage.shared and delay > SHARED_POLL_INTERVAL:
                             delay = SHARED_POLL_INTERVAL  # another process may release first
                     else:
                         delay = math.inf
@@ -322,6 +369,12 @@ class Limiter(RetryGates):
                         self._timeouts += 1
                     elif outcome == "cancelled":
                         self._cancellations += 1
+
+    def _wake_head(self) -> None:
+        if self._waiters:
+            with self._lock:
+                if self._waiters:
+                    self._waiters[0].set()
 
     def _leave(self, waiter: threading.Event) -> None:
         """Take ``waiter`` out of the queue; if it was the head, wake the next one."""
@@ -385,10 +438,11 @@ class Limiter(RetryGates):
             earned=earned,
             ok=ok,
         )
-        if self._waiters:
-            with self._lock:
-                if self._waiters:
-                    self._waiters[0].set()
+        # A slot freed here is free for every limiter of this process on the budget.
+        for ref in self._peers.members:
+            peer = ref()
+            if peer is not None and peer._waiters:
+                peer._wake_head()
 
     # -- observing, renewing, closing ------------------------------------------------
 

@@ -43,11 +43,11 @@ local SPORADIC, EPSILON, TTL = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(A
 local A = 12
 
 -- the state; an infinite value is an absent field, and so is an unfilled tpm bucket
-local s = {cap = inf, cap_hold_until = -inf, successes = 0, next_start = -inf, tpm_level = nil,
+local s = {max_in_flight = -1, cap = inf, cap_hold_until = -inf, successes = 0, next_start = -inf, tpm_level = nil,
            tpm_last = -inf, cool_until = -inf, retry_hold_until = -inf, budget_left = -1, started = 0,
            finished = 0, cool_downs = 0, rate_limited = 0, retries = 0, retries_refused = 0, tokens_used = 0}
-local FIELDS = {'cap', 'cap_hold_until', 'successes', 'next_start', 'tpm_level', 'tpm_last', 'cool_until',
-                'retry_hold_until', 'budget_left', 'started', 'finished', 'cool_downs', 'rate_limited',
+local FIELDS = {'max_in_flight', 'cap', 'cap_hold_until', 'successes', 'next_start', 'tpm_level', 'tpm_last',
+                'cool_until', 'retry_hold_until', 'budget_left', 'started', 'finished', 'cool_downs', 'rate_limited',
                 'retries', 'retries_refused', 'tokens_used'}
 local raw = redis.call('HGETALL', state_key)
 for i = 1, #raw, 2 do s[raw[i]] = tonumber(raw[i + 1]) end
@@ -97,29 +97,40 @@ local function cap_of()
 end
 """
 
-# budget.try_start; ARGV: tokens, lease id, lease seconds -> delay ('inf': until a release)
+# budget.try_start; ARGV: tokens, lease id, lease seconds -> delay ('inf': until a release;
+# 'cooling <delay>': budget.CoolingDelay), or 'ceiling <stored>' when the budget runs under
+# another max_in_flight (budget.ceiling_conflict)
 _START = """
 local tokens, lease, lease_seconds = tonumber(ARGV[A]), ARGV[A + 1], tonumber(ARGV[A + 2])
 fill()
+local mine = max_in_flight or 0
+if s.max_in_flight ~= mine then
+  if s.max_in_flight >= 0 and alive() > 0 then
+    save()
+    return 'ceiling ' .. num(s.max_in_flight)
+  end
+  s.max_in_flight = mine
+end
 local cap = cap_of()
 if cap ~= inf and alive() >= cap then
   save()
   return 'inf'
 end
-local delay = s.cool_until - now
+local delay, cooling = s.cool_until - now, true
 if rpm ~= nil then
   local gap = s.next_start - now
-  if gap > delay then delay = gap end
+  if gap > delay then delay, cooling = gap, false end
 end
 if tpm ~= nil then
   local short = math.min(tokens, tpm) - s.tpm_level
   if short > EPSILON then
     local gap = short / (tpm / 60.0)
-    if gap > delay then delay = gap end
+    if gap > delay then delay, cooling = gap, false end
   end
 end
 if delay > 0 then
   save()
+  if cooling then return 'cooling ' .. num(delay) end
   return num(delay)
 end
 redis.call('ZADD', leases_key, now + lease_seconds, lease)
@@ -136,6 +147,9 @@ _FINISH = """
 local lease, reserved, used = ARGV[A], tonumber(ARGV[A + 1]), opt(ARGV[A + 2])
 local earned, ok = tonumber(ARGV[A + 3]), ARGV[A + 4] == '1'
 fill()
+local grow = ok and s.cap < ceiling and now >= s.cap_hold_until
+local in_use = 0
+if grow then in_use = alive() end
 redis.call('ZREM', leases_key, lease)
 s.finished = s.finished + 1
 if used ~= nil then
@@ -144,7 +158,7 @@ if used ~= nil then
 end
 if ok then
   if retry_budget ~= nil then s.budget_left = math.min(retry_budget, s.budget_left + earned) end
-  if s.cap < ceiling and now >= s.cap_hold_until then
+  if grow and 2 * in_use >= cap_of() then
     s.successes = s.successes + 1
     if s.successes >= PATIENCE * s.cap then
       s.successes = 0
@@ -157,10 +171,10 @@ save()
 return 'ok'
 """
 
-# budget.rate_limited; ARGV: seconds, named cap ('' none), concurrency (1/0), sporadic (1/0) -> the cap
+# budget.rate_limited; ARGV: seconds, named cap ('' none), concurrency, sporadic, retry after (1/0) -> the cap
 _RATE_LIMITED = """
 local seconds, named = tonumber(ARGV[A]), opt(ARGV[A + 1])
-local concurrency, sporadic = ARGV[A + 2] == '1', ARGV[A + 3] == '1'
+local concurrency, sporadic, told = ARGV[A + 2] == '1', ARGV[A + 3] == '1', ARGV[A + 4] == '1'
 fill()
 s.rate_limited = s.rate_limited + 1
 s.cool_downs = s.cool_downs + 1
@@ -174,7 +188,7 @@ elseif concurrency then
   s.cap = math.max(1, math.floor(base * DECREASE))
   s.successes = 0
 end
-if sporadic then
+if sporadic and not told then
   s.cool_until = math.max(s.cool_until, now + math.min(seconds, SPORADIC))
 else
   s.cool_until = math.max(s.cool_until, now + seconds)
@@ -209,6 +223,16 @@ _RETRY_HOLD = """
 return num(s.retry_hold_until - now)
 """
 
+# budget.pace -> seconds to wait, '0' when the retry took its place in the rpm spacing
+_PACE = """
+if rpm == nil then return '0' end
+local gap = s.next_start - now
+if gap > 0 then return num(gap) end
+s.next_start = now + 60.0 / rpm
+save()
+return '0'
+"""
+
 # ARGV: lease seconds, lease ids...; only leases still there are renewed (a stale renewal
 # that arrives after its release must not bring the slot back)
 _RENEW = """
@@ -232,6 +256,7 @@ SCRIPTS = {
     "rate_limited": _RATE_LIMITED,
     "spend_retry": _SPEND_RETRY,
     "retry_hold": _RETRY_HOLD,
+    "pace": _PACE,
     "renew": _RENEW,
     "snapshot": _SNAPSHOT,
 }

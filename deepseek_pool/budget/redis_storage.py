@@ -30,7 +30,8 @@ Round-trips (one ``EVALSHA`` each; the first use of a script on a server adds on
   locally, without a round-trip);
 * release: 1;
 * renew: 1 per limiter every ``lease_seconds / 3``, for all the leases it holds;
-* a 429 (cool-down), a paid retry, a look at the retry hold, ``stats``: 1 each.
+* a 429 (cool-down), a paid retry, a look at the retry hold, a retry's place in the ``rpm``
+  spacing (only with ``rpm``), ``stats``: 1 each.
 
 A process that dies holding slots gives them back when their leases expire, within
 ``lease_seconds`` (Redis cannot see a process on another machine die).
@@ -66,7 +67,7 @@ import redis.exceptions
 
 from ..errors import ConfigurationError, StorageUnavailable
 from .redis_scripts import PRELUDE, SCRIPTS, script_constants
-from .rules import BudgetConfig, RateLimitSignal
+from .rules import BudgetConfig, CoolingDelay, RateLimitSignal, ceiling_conflict
 from .storage import BudgetSnapshot, MemoryStorage, Storage
 
 __all__ = ["ON_STORAGE_ERROR", "RedisStorage"]
@@ -229,7 +230,12 @@ class RedisStorage(Storage):
     def start(self, name: str, config: BudgetConfig, tokens: int, lease: str, lease_seconds: float) -> float:
         shared, answer = self._shared("start", name, config, [tokens, lease, repr(float(lease_seconds))])
         if shared:
-            return float(answer)
+            text = answer.decode() if isinstance(answer, bytes) else str(answer)
+            if text.startswith("cooling"):
+                return CoolingDelay(text.split()[1])
+            if text.startswith("ceiling"):
+                raise ceiling_conflict(config.stored_ceiling, int(float(text.split()[1])))
+            return float(text)
         delay = self._local.start(name, config, tokens, lease, lease_seconds)
         if delay == 0.0:
             with self._lock:
@@ -267,6 +273,7 @@ class RedisStorage(Storage):
             "" if signal.named_cap is None else str(signal.named_cap),
             "1" if signal.concurrency else "0",
             "1" if signal.sporadic else "0",
+            "1" if signal.retry_after else "0",
         ]
         shared, answer = self._shared("rate_limited", name, config, args)
         local = self._local.rate_limited(name, config, seconds, signal)  # the fallback learns it too
@@ -282,6 +289,10 @@ class RedisStorage(Storage):
     def retry_hold(self, name: str) -> float:
         shared, answer = self._shared("retry_hold", name, None, [])
         return float(answer) if shared else self._local.retry_hold(name)
+
+    def pace(self, name: str, config: BudgetConfig) -> float:
+        shared, answer = self._shared("pace", name, config, [])
+        return float(answer) if shared else self._local.pace(name, config)
 
     def renew(self, name: str, leases: Iterable[str], lease_seconds: float) -> None:
         with self._lock:

@@ -7,8 +7,10 @@ apart so that admission (acquire and release) and what follows a failure read on
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import random
 import threading
 from concurrent.futures import CancelledError
 from typing import Callable, Dict, Optional, Set
@@ -48,7 +50,25 @@ CANCEL_POLL_INTERVAL = 0.1
 #: in another process cannot wake it.
 SHARED_POLL_INTERVAL = 0.02
 
+#: The end of a cool-down or Retry-After wait is pushed back by a random part of it, up
+#: to this fraction of the wait ...
+JITTER_FRACTION = 0.2
+#: ... and at most this many seconds: threads held together do not all wake in one instant.
+JITTER_MAX = 1.0
+
 WaitFunction = Callable[[threading.Event, Optional[float]], bool]
+JitterFunction = Callable[[float], float]
+
+
+def cool_down_jitter(seconds: float) -> float:
+    """Seconds added to the end of a ``seconds``-long cool-down or Retry-After wait: positive,
+    random, at most :data:`JITTER_FRACTION` of it and :data:`JITTER_MAX`.
+
+    A wait that ends at the instant every other held thread's ends makes a herd, the
+    very burst that drew the 429; the spread is each waiter's own, so processes that
+    share a budget spread too.
+    """
+    return random.uniform(0.0, min(JITTER_MAX, JITTER_FRACTION * seconds))
 
 
 class RetryGates:
@@ -62,18 +82,26 @@ class RetryGates:
     _lock: threading.Lock
     _clock: Callable[[], float]
     _wait: WaitFunction
+    _jitter: JitterFunction
     _retry_waiters: Set[threading.Event]
     _budget_exhausted: bool
     _timeouts: int
     _cancellations: int
 
     def cool_down(
-        self, seconds: float, *, message: Optional[str] = None, signal: Optional[RateLimitSignal] = None
+        self,
+        seconds: float,
+        *,
+        message: Optional[str] = None,
+        signal: Optional[RateLimitSignal] = None,
+        retry_after: bool = False,
     ) -> None:
         """A call saw a 429: lower the cap if it speaks of concurrency, and hold starts back.
 
         :param seconds: the Retry-After value, or the backoff delay (the caller caps
             server-directed values).
+        :param retry_after: ``seconds`` is the server's own Retry-After: new starts and
+            retries of every sharer wait that long, whatever the message says.
         :param message: the 429's message; DeepSeek names the account's cap there
             ("concurrency limit of 39"). Without ``message`` or ``signal``, new starts and
             retries wait ``seconds`` and the cap stays.
@@ -83,6 +111,8 @@ class RetryGates:
             raise ValueError(f"cool-down seconds must be a finite number >= 0, got {seconds!r}")
         if signal is None:
             signal = budget.rate_limit_signal(message) if message is not None else RateLimitSignal()
+        if retry_after and not signal.retry_after:
+            signal = dataclasses.replace(signal, retry_after=True)
         with self._lock:
             cap = self.storage.rate_limited(self.name, self._config, seconds, signal)
         if signal.named_cap is not None:
@@ -97,19 +127,34 @@ class RetryGates:
         cancelled: Optional[threading.Event] = None,
         timeout: Optional[float] = None,
         permit: Optional[Permit] = None,
+        pace: bool = True,
+        retry_after: bool = False,
     ) -> None:
-        """Sleep ``delay`` seconds before a retry, and longer while a concurrency cool-down lasts.
+        """Sleep ``delay`` seconds before a retry, longer while a cool-down holds retries, then
+        take the retry's place in the ``rpm`` spacing.
+
+        The end of a cool-down is pushed back by :func:`cool_down_jitter`, so retries held
+        together do not all go out at once.
 
         :param timeout: most seconds to wait in all (a call's deadline); a wait that
             would pass it raises at once rather than sleeping first.
         :param permit: the call's permit (accepted for symmetry with the other calls).
+        :param retry_after: ``delay`` is the server's Retry-After: its end is jittered too.
+        :param pace: take a place in the ``rpm`` spacing (every request that reaches the
+            server counts); False for a retry that queues through :meth:`acquire` next,
+            which spaces it.
         :raises concurrent.futures.CancelledError: ``cancelled`` was set while waiting.
         :raises TimeoutError: the wait would pass ``timeout``.
         """
         clock = self._clock
         begin = clock()
         end = begin + delay
+        if retry_after and delay > 0.0:
+            end += self._jitter(delay)
         limit = math.inf if timeout is None else begin + timeout
+        hold_end = -math.inf  # the latest cool-down end seen, and this waiter's own end of it
+        held_until = -math.inf
+        paced = not pace or self._config.rpm is None
         waiter = threading.Event()
         with self._lock:
             self._retry_waiters.add(waiter)
@@ -121,7 +166,14 @@ class RetryGates:
                     raise CancelledError("retry wait cancelled")
                 hold = self.storage.retry_hold(self.name)
                 now = clock()
-                wait = max(end - now, hold)
+                if hold > 0.0 and now + hold > hold_end:
+                    hold_end = now + hold
+                    held_until = hold_end + self._jitter(hold)
+                wait = max(end, held_until) - now
+                if wait <= 0.0 and not paced:
+                    wait = self.storage.pace(self.name, self._config)
+                    paced = wait <= 0.0
+                    end = now + wait
                 if wait <= 0.0:
                     return
                 if now + wait > limit:

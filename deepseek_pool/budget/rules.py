@@ -14,10 +14,16 @@ What the state holds:
 * the adaptive cap (AIMD): a 429 lowers it -- to the number DeepSeek names in its
   message ("concurrency limit of 39"), else multiplicatively when the message speaks
   of concurrency -- and successes raise it additively back toward the ceiling
-  (``max_in_flight``);
-* the start spacing (``rpm``) and the token bucket (``tpm``);
+  (``max_in_flight``), but only while at least half of it is in use, as Netflix's
+  AIMD limit does: a cap that nobody fills has learnt nothing about the account;
+* the ceiling itself, stored with the budget: every sharer must configure the same
+  ``max_in_flight`` (a different one is refused, naming both), and a new one takes
+  over only once no call of the budget is in flight;
+* the start spacing (``rpm``), which retries take too (:func:`pace`), and the token
+  bucket (``tpm``);
 * the cool-down after a 429: new starts wait; retries too, when the 429 was about
-  concurrency (a sporadic 429 holds new starts only briefly);
+  concurrency or carried ``Retry-After`` (a sporadic 429 without one holds new starts
+  only briefly);
 * the retry budget, and counters for the stats.
 """
 
@@ -28,7 +34,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-__all__ = ["BudgetConfig", "BudgetState", "Lease", "RateLimitSignal", "rate_limit_signal"]
+from ..errors import ConfigurationError
+
+__all__ = [
+    "BudgetConfig",
+    "BudgetState",
+    "CoolingDelay",
+    "Lease",
+    "RateLimitSignal",
+    "ceiling_conflict",
+    "rate_limit_signal",
+]
 
 #: A 429 that names the account's cap: "... concurrency limit of 39 based on your remaining balance".
 _NAMED_CAP = re.compile(r"concurren\w*\s+limit\D{0,20}?(\d+)", re.IGNORECASE)
@@ -58,9 +74,12 @@ class BudgetConfig:
     #: ``max_in_flight`` as the cap's ceiling (inf: none); a field, not a property,
     #: because the rules read it inside the storage's lock on every call.
     ceiling: float = field(init=False, repr=False, compare=False)
+    #: ``max_in_flight`` as the budget stores it (0: none); see :func:`try_start`.
+    stored_ceiling: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ceiling", math.inf if self.max_in_flight is None else float(self.max_in_flight))
+        object.__setattr__(self, "stored_ceiling", self.max_in_flight or 0)
 
 
 @dataclass(frozen=True)
@@ -70,6 +89,8 @@ class RateLimitSignal:
     :ivar named_cap: the account's cap, when the message names it.
     :ivar concurrency: the message speaks of concurrency (the cap is reached).
     :ivar sporadic: the message speaks of something else: a passing limit, not the cap.
+    :ivar retry_after: the server said how long to wait (``Retry-After``): the whole budget
+        waits that long, however sporadic the message.
 
     With neither flag (a 429 whose message was not read) the cool-down is a plain one.
     """
@@ -77,6 +98,7 @@ class RateLimitSignal:
     named_cap: Optional[int] = None
     concurrency: bool = False
     sporadic: bool = False
+    retry_after: bool = False
 
 
 def rate_limit_signal(message: Optional[str]) -> RateLimitSignal:
@@ -88,6 +110,12 @@ def rate_limit_signal(message: Optional[str]) -> RateLimitSignal:
         if _CONCURRENCY.search(message) is not None:
             return RateLimitSignal(None, True)
     return RateLimitSignal(None, False, True)
+
+
+class CoolingDelay(float):
+    """A wait that :func:`try_start` asks for because of a cool-down (not the ``rpm`` spacing
+    or the token bucket): the limiter pushes its end back by a random jitter, so the
+    starts it held do not all go out in one instant. Still a float for everyone else."""
 
 
 @dataclass
@@ -108,6 +136,7 @@ class BudgetState:
     """
 
     SCALARS = (
+        "max_in_flight",
         "cap",
         "cap_hold_until",
         "successes",
@@ -127,6 +156,7 @@ class BudgetState:
     )
 
     def __init__(self) -> None:
+        self.max_in_flight = -1  # the ceiling its sharers agreed on (0: none; -1: not yet set)
         self.cap = math.inf
         self.cap_hold_until = -math.inf
         self.successes = 0.0
@@ -224,6 +254,7 @@ def ungated(state: BudgetState, config: BudgetConfig, now: float) -> bool:
     return (
         state.cap == math.inf
         and config.max_in_flight is None
+        and state.max_in_flight == 0
         and config.rpm is None
         and config.tpm is None
         and state.cool_until <= now
@@ -240,14 +271,22 @@ def try_start(state: BudgetState, config: BudgetConfig, now: float, tokens: int,
     """
     if state.budget_left < 0 or config.tpm is not None or state.cap > config.ceiling:  # else fill has nothing to do
         fill(state, config, now)
+    if state.max_in_flight != config.stored_ceiling:
+        # One ceiling per budget: a sharer configured otherwise is refused, not obeyed in
+        # silence; a new ceiling takes over once nothing runs under the old one.
+        if state.max_in_flight >= 0 and state.alive(now) > 0:
+            raise ceiling_conflict(config.stored_ceiling, state.max_in_flight)
+        state.max_in_flight = config.stored_ceiling
     cap = state.cap
     if cap != math.inf and state.alive(now) >= cap_of(state):
         return math.inf
     delay = state.cool_until - now
+    cooling = True
     if config.rpm is not None:
         gap = state.next_start - now
         if gap > delay:
             delay = gap
+            cooling = False
     if config.tpm is not None:
         # An oversize request needs a full bucket, not more than the bucket can hold.
         need = min(float(tokens), float(config.tpm))
@@ -256,8 +295,9 @@ def try_start(state: BudgetState, config: BudgetConfig, now: float, tokens: int,
             gap = short / (config.tpm / 60.0)
             if gap > delay:
                 delay = gap
+                cooling = False
     if delay > 0.0:
-        return delay
+        return CoolingDelay(delay) if cooling else delay
     state.add(lease)
     state.started += 1
     if config.rpm is not None:
@@ -283,6 +323,10 @@ def finish(
     """A call ended: give its slot back, correct its token reservation, learn from its success."""
     if state.budget_left < 0 or config.tpm is not None or state.cap > config.ceiling:  # else fill has nothing to do
         fill(state, config, now)
+    ceiling = config.ceiling
+    grow = ok and state.cap < ceiling and now >= state.cap_hold_until
+    # In use as this call ends, itself included: the cap grows only while half of it is.
+    in_use = state.alive(now) if grow else 0
     state.drop(lease_id)
     state.finished += 1
     if tokens_used is not None:
@@ -293,8 +337,7 @@ def finish(
         if config.retry_budget is not None:
             left = state.budget_left + earned
             state.budget_left = left if left < config.retry_budget else config.retry_budget
-        ceiling = config.ceiling
-        if state.cap < ceiling and now >= state.cap_hold_until:
+        if grow and 2 * in_use >= cap_of(state):
             # Additive increase: one more slot per INCREASE_PATIENCE * cap successes.
             state.successes += 1
             if state.successes >= INCREASE_PATIENCE * state.cap:
@@ -309,8 +352,10 @@ def rate_limited(state: BudgetState, config: BudgetConfig, now: float, seconds: 
 
     A 429 holds new starts and retries for ``seconds`` (the server's Retry-After, else
     the backoff), except a sporadic one (its message speaks of something other than
-    concurrency), which holds new starts for :data:`SPORADIC_COOL_DOWN` at most and
-    leaves retries to their own backoff, so that sporadic 429s cost little.
+    concurrency) that carried no Retry-After, which holds new starts for
+    :data:`SPORADIC_COOL_DOWN` at most and leaves retries to their own backoff, so that
+    sporadic 429s cost little. An explicit Retry-After is the server's instruction to
+    every caller: it always holds the whole budget.
     """
     fill(state, config, now)
     state.rate_limited += 1
@@ -323,7 +368,7 @@ def rate_limited(state: BudgetState, config: BudgetConfig, now: float, seconds: 
         base = state.cap if state.cap != math.inf else float(max(1, state.alive(now)))
         state.cap = max(1.0, math.floor(base * DECREASE_FACTOR))
         state.successes = 0
-    if signal.sporadic:
+    if signal.sporadic and not signal.retry_after:
         state.cool_until = max(state.cool_until, now + min(seconds, SPORADIC_COOL_DOWN))
     else:
         state.cool_until = max(state.cool_until, now + seconds)
@@ -342,3 +387,31 @@ def spend_retry(state: BudgetState, config: BudgetConfig, now: float, cost: int)
         return cost
     state.retries_refused += 1
     return None
+
+
+def pace(state: BudgetState, config: BudgetConfig, now: float) -> float:
+    """A retry is about to be sent: take its place in the ``rpm`` spacing (0.0), or say how long to wait.
+
+    Every request that reaches the server counts against ``rpm``, retries too; a retry
+    keeps its call's in-flight slot, so it takes nothing else of the budget.
+    """
+    if config.rpm is None:
+        return 0.0
+    gap = state.next_start - now
+    if gap > 0.0:
+        return gap
+    state.next_start = now + 60.0 / config.rpm
+    return 0.0
+
+
+def ceiling_conflict(mine: int, stored: int) -> ConfigurationError:
+    """The error for a limiter whose ``max_in_flight`` differs from its budget's (0: none)."""
+
+    def shown(value: int) -> str:
+        return "None" if value == 0 else str(value)
+
+    return ConfigurationError(
+        f"this Limiter has max_in_flight={shown(mine)}, but its budget (same storage and name) runs with "
+        f"max_in_flight={shown(stored)}, set by another Limiter whose calls are in flight: give every sharer "
+        "the same ceiling, or a different name (a new ceiling takes over once no call of the budget runs)"
+    )

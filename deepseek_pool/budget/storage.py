@@ -2,7 +2,7 @@
 
 A storage keeps the state of each named budget and applies the limiter's operations to
 it atomically: :class:`Storage` lists them (start, finish, rate_limited, spend_retry,
-retry_hold, renew, snapshot). Most storages need only two methods: a
+retry_hold, pace, renew, snapshot). Most storages need only two methods: a
 :class:`TransactionalStorage` gives :meth:`~TransactionalStorage.transaction` (the state
 of one budget, held against every other sharer, saved when the block ends) and
 :meth:`~Storage.clock` (the clock every sharer agrees on), and the rules of
@@ -106,6 +106,10 @@ class Storage:
         """Seconds retries must still wait (a cool-down about concurrency), <= 0 when none."""
         raise NotImplementedError
 
+    def pace(self, name: str, config: BudgetConfig) -> float:
+        """A retry goes out now: take its place in the ``rpm`` spacing (0.0) or say how long to wait."""
+        raise NotImplementedError
+
     def renew(self, name: str, leases: Iterable[str], lease_seconds: float) -> None:
         """Push the expiry of these leases ``lease_seconds`` ahead."""
         raise NotImplementedError
@@ -165,6 +169,10 @@ class TransactionalStorage(Storage):
     def retry_hold(self, name: str) -> float:
         with self.transaction(name) as state:
             return float(state.retry_hold_until - self.clock())
+
+    def pace(self, name: str, config: BudgetConfig) -> float:
+        with self.transaction(name) as state:
+            return budget.pace(state, config, self.clock())
 
     def renew(self, name: str, leases: Iterable[str], lease_seconds: float) -> None:
         with self.transaction(name) as state:

@@ -67,12 +67,17 @@ class PoolCall(CallControl):
 
     A call whose attempt met the account's concurrency cap (a 429 about concurrency)
     gives its in-flight slot back and queues for a new one before it retries: the cap
-    was just lowered, and retrying on the old slot would only meet it again.
+    was just lowered, and retrying on the old slot would only meet it again. Every retry
+    takes its place in the ``rpm`` spacing, and a 429's ``Retry-After`` holds the whole
+    budget (see :meth:`~deepseek_pool.budget.limiter.Limiter.cool_down`).
 
     With a spend cap (``spend`` and its ``reservation``), each attempt that was sent is
     counted as it ends: the usage it reported, else its whole reservation unless it
     surely generated nothing (an error status, a connection never made).
     """
+
+    #: This control holds a slot of the budget: a client with a limiter takes no second one.
+    holds_slot = True
 
     def __init__(
         self,
@@ -100,6 +105,7 @@ class PoolCall(CallControl):
         self.attempts = 0
         self.retries = 0
         self._requeue = False
+        self._retry_after = False
 
     def attempt_started(self, attempt: int) -> None:
         self.attempts = attempt
@@ -118,14 +124,17 @@ class PoolCall(CallControl):
             self.unbilled = False
 
     def response_received(self, status: int, retry_after: Optional[float], error: Optional[Exception]) -> None:
+        self._retry_after = retry_after is not None
         if status >= 400:
             self.unbilled = False  # an error status: nothing was generated
         if status == 429:
             if self.pool.cool_down:
+                # An explicit Retry-After (capped by the policy's retry_after_max) holds the
+                # whole budget; without one, the backoff is the guess, held as the message says.
                 seconds = retry_after if retry_after is not None else self.pool.client.retry.backoff_for(1)
                 message = error.message if isinstance(error, APIStatusError) else None
                 signal = rate_limit_signal(message)
-                self.limiter.cool_down(seconds, signal=signal)
+                self.limiter.cool_down(seconds, signal=signal, retry_after=retry_after is not None)
                 self._requeue = signal.concurrency
         elif status in self.pool.stop_on:
             self.pool._note_stop(status)
@@ -160,7 +169,15 @@ class PoolCall(CallControl):
         # The drain's wake event is set by a cancel too, so one event ends the wait for both.
         wake = self.drain.wake if self.drain is not None else self.cancelled
         try:
-            self.limiter.wait_before_retry(delay, cancelled=wake, timeout=timeout, permit=self.permit)
+            # A retry that queues for a new slot next is spaced there, not twice.
+            self.limiter.wait_before_retry(
+                delay,
+                cancelled=wake,
+                timeout=timeout,
+                permit=self.permit,
+                pace=not self._requeue,
+                retry_after=self._retry_after,
+            )
         except cf.CancelledError:
             self.check()
             raise RetryCancelled("not retried: the pool is shutting down") from None

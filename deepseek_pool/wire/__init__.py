@@ -11,7 +11,8 @@ retry policy of :mod:`~deepseek_pool.wire.retry` asked at each), the streamed an
 (:mod:`~deepseek_pool.wire.adapter`, which resolves names within the connect timeout,
 :mod:`~deepseek_pool.wire.resolve`, and is mounted sized to the threads by
 :mod:`~deepseek_pool.wire.mount`), a call's control, handle, deadlines and watchdog
-(:mod:`~deepseek_pool.wire.calls`), and the translation of foreign exceptions
+(:mod:`~deepseek_pool.wire.calls`), a direct call's slot of a shared budget, named by a
+Protocol (:mod:`~deepseek_pool.wire.slot`), and the translation of foreign exceptions
 (:mod:`~deepseek_pool.wire.failures`).
 
 May import: the standard library, requests, urllib3, and the foundation modules
