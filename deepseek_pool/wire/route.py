@@ -81,11 +81,6 @@ class KeyAuth(AuthBase):
     def __repr__(self) -> str:
         return "KeyAuth(<hidden>)"
 
-    def __eq__(self, other: object) -> bool:  # requests compares auths when it rebuilds one on redirects
-        return self is other
-
-    __hash__ = object.__hash__
-
 
 class DirectRoute:
     """The urllib3 pool requests' adapter picks for one URL prefix, and the headers a plain session adds.
