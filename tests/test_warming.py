@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
 
 import deepseek_pool as dp
+from deepseek_pool.cli.commands import main
 from deepseek_pool.pool.warming import WarmPrefix, shared_prefix, warm_first
 from deepseek_pool.testing import FakeDeepSeek
 
@@ -118,3 +122,19 @@ def test_warm_prefix_settings_are_checked() -> None:
         WarmPrefix(wait=-1)
     with pytest.raises(ValueError, match="min_tokens"):
         WarmPrefix(min_tokens=1.5)  # type: ignore[arg-type]
+
+
+def test_run_warm_prefix_warms_before_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(item(n)) + "\n" for n in range(6)))
+    with FakeDeepSeek(cache_build_delay=0.05) as fake:
+        monkeypatch.setenv("DEEPSEEK_API_KEY", KEY)
+        monkeypatch.setenv("DEEPSEEK_BASE_URL", fake.base_url)
+        assert main(["run", str(inp), "-o", str(tmp_path / "out.jsonl"), "--warm-prefix"]) == 0
+        assert [r.body.get("max_tokens") for r in fake.received[:3]] == [1, 1, None]
+        assert len(fake.received) == 8
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert all(line["response"]["body"]["usage"]["prompt_cache_hit_tokens"] >= 2816 for line in lines)
+    assert re.search(r"\((9\d)% cache hits\)", capsys.readouterr().err)  # the summary shows it worked

@@ -189,9 +189,9 @@ def warm_first(
     head = list(itertools.islice(source, window))
     prefix = shared_prefix(head)
     if prefix is None:
-        log.info("warm_prefix: the first %d requests share no leading messages; not warming", len(head))
+        log.warning("warm_prefix: the first %d requests share no leading messages; not warming", len(head))
     elif prefix.tokens < settings.min_tokens:
-        log.info(
+        log.warning(
             "warm_prefix: the shared prefix is about %d tokens, below the %d DeepSeek caches; not warming",
             prefix.tokens,
             settings.min_tokens,
