@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -122,6 +123,22 @@ def test_warm_prefix_settings_are_checked() -> None:
         WarmPrefix(wait=-1)
     with pytest.raises(ValueError, match="min_tokens"):
         WarmPrefix(min_tokens=1.5)  # type: ignore[arg-type]
+    with dp.DeepSeekClient(KEY, base_url="http://127.0.0.1:9") as client, pytest.raises(TypeError, match="warm_"):
+        dp.DeepSeekPool(client, warm_prefix="yes")  # type: ignore[arg-type]
+
+
+def test_a_stopped_run_sends_no_warm_up() -> None:
+    stop = threading.Event()
+    stop.set()
+
+    class Refuses:
+        _closing = threading.Event()
+
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("a drained run sends nothing")
+
+    requests = [item(n) for n in range(5)]
+    assert list(warm_first(Refuses(), requests, 8, WarmPrefix(), stop)) == requests  # type: ignore[arg-type]
 
 
 def test_run_warm_prefix_warms_before_the_batch(

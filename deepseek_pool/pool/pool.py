@@ -148,6 +148,8 @@ class DeepSeekPool:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
             raise ValueError(f"window must be an int >= 1, got {window!r}")
+        if not isinstance(warm_prefix, (bool, WarmPrefix)):
+            raise TypeError(f"warm_prefix must be True, False or a WarmPrefix, got {warm_prefix!r}")
         if limiter is not None and (max_in_flight is not None or rpm is not None or tpm is not None):
             raise ValueError("give either limiter= or max_in_flight/rpm/tpm, not both")
         if (

@@ -188,7 +188,9 @@ def warm_first(
     source = iter(requests)
     head = list(itertools.islice(source, window))
     prefix = shared_prefix(head)
-    if prefix is None:
+    if stop is not None and stop.is_set():
+        pass  # a drained run sends nothing more, warm-ups included
+    elif prefix is None:
         log.warning("warm_prefix: the first %d requests share no leading messages; not warming", len(head))
     elif prefix.tokens < settings.min_tokens:
         log.warning(
