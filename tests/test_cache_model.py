@@ -165,12 +165,12 @@ def post(fake: FakeDeepSeek, text: str, user_id: Optional[str] = None) -> Dict[s
 
 
 def test_over_the_wire_requests_sent_together_miss_and_later_ones_hit() -> None:
-    with FakeDeepSeek(latency=0.2, cache_build_delay=0.3) as fake:
+    with FakeDeepSeek(latency=0.2, cache_build_delay=0.8) as fake:
         with cf.ThreadPoolExecutor(2) as executor:
             together = list(executor.map(lambda n: post(fake, f"question {n}"), range(2)))
         assert [u["prompt_cache_hit_tokens"] for u in together] == [0, 0]
         assert post(fake, "too soon")["prompt_cache_hit_tokens"] == 0
-        time.sleep(0.35)
+        time.sleep(0.85)
         later = post(fake, "question 3")
         system_tokens = 4 + (len(SYSTEM) + 3) // 4  # the fake's count: 4 per message + characters / 4
         assert later["prompt_cache_hit_tokens"] == system_tokens - system_tokens % 256 > 0
