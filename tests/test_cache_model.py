@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from deepseek_pool.testing import FakeDeepSeek
+from deepseek_pool.testing import main as serve_fake
 from deepseek_pool.testing._cache import CacheRules, PromptCache
 from deepseek_pool.testing._protocol import plan_chat
 
@@ -178,3 +179,8 @@ def test_over_the_wire_requests_sent_together_miss_and_later_ones_hit() -> None:
         assert post(fake, "question 3", user_id="someone else")["prompt_cache_hit_tokens"] == 0
         fake.reset()
         assert post(fake, "question 4")["prompt_cache_hit_tokens"] == 0
+
+
+def test_serve_fake_refuses_a_negative_build_delay(capsys: pytest.CaptureFixture[str]) -> None:
+    assert serve_fake(["--cache-build-delay", "-1"]) == 2
+    assert "cache_build_delay must be >= 0" in capsys.readouterr().err
