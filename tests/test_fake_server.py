@@ -373,7 +373,14 @@ def test_stop_sequence_cuts_the_answer(fake: FakeDeepSeek, http: requests.Sessio
     assert body["choices"][0]["message"]["content"] == full[: full.index("you said")]
 
 
-def test_prefix_cache_hits_on_repeated_prefixes(fake: FakeDeepSeek, http: requests.Session) -> None:
+def test_prefix_cache_hits_on_repeated_prefixes(http: requests.Session) -> None:
+    # Every token counts and units build at once, so the tiny prompts here can hit
+    # (the V4 rules themselves are tested in test_cache_model.py).
+    with FakeDeepSeek(cache_build_delay=0, cache_unit_tokens=1, cache_min_tokens=0) as fake:
+        check_repeated_prefixes_hit(fake, http)
+
+
+def check_repeated_prefixes_hit(fake: FakeDeepSeek, http: requests.Session) -> None:
     first = post(http, fake).json()["usage"]
     assert first["prompt_cache_hit_tokens"] == 0
     again = post(http, fake).json()["usage"]

@@ -203,6 +203,7 @@ def run_command(args: argparse.Namespace, command_line: str) -> int:
             **({} if limiter is not None else _limits(args)),
             max_cost=args.max_cost,
             prices=prices or None,
+            warm_prefix=args.warm_prefix,
         )
     except ValueError as err:
         client.close()

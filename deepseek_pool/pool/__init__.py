@@ -6,7 +6,8 @@ its counters, drain and close), the bounded window behind ``as_completed``
 limits, calls the client and accounts (:mod:`~deepseek_pool.pool.worker`), what the pool is
 given and gives back (:mod:`~deepseek_pool.pool.items`), and each pool call's control,
 which feeds the limiter and the spend cap from the client's attempts
-(:mod:`~deepseek_pool.pool.call`). The window, the worker and the call each name what they
+(:mod:`~deepseek_pool.pool.call`), and the warming of DeepSeek's prompt cache before a
+batch fans out (:mod:`~deepseek_pool.pool.warming`). The window, the worker and the call each name what they
 need of the pool as a Protocol, so the pool imports them and never the other way round.
 
 May import: :mod:`deepseek_pool.client`, :mod:`deepseek_pool.wire` (a call's control),

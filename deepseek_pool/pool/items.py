@@ -126,6 +126,12 @@ class PoolStats:
         """Calls submitted and neither finished nor cancelled."""
         return self.submitted - self.done - self.cancelled
 
+    @property
+    def cache_hit_share(self) -> Optional[float]:
+        """The share of prompt tokens DeepSeek's cache served (None before any usage)."""
+        prompt = self.usage.prompt_cache_hit_tokens + self.usage.prompt_cache_miss_tokens
+        return self.usage.prompt_cache_hit_tokens / prompt if prompt else None
+
 
 class Routed(NamedTuple):
     """A request split up: its ``custom_id``, messages (the prompt for FIM), params and endpoint."""

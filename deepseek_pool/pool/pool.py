@@ -40,6 +40,7 @@ from ..types import ChatCompletion, Usage
 from ..wire.calls import CallHandle
 from .call import Drain, DrainStopped
 from .items import BATCH_URLS, POOL_KEYS, PoolStats, Request, Result, Routed, parse_request, route_request
+from .warming import WarmPrefix, warm_first
 from .window import COLLECT_INTERVAL, WINDOW_PER_WORKER, bounded_window
 from .worker import PoolChunkCallback, run_submitted
 
@@ -51,6 +52,7 @@ __all__ = [
     "Request",
     "Result",
     "Routed",
+    "WarmPrefix",
     "parse_request",
     "route_request",
 ]
@@ -101,6 +103,13 @@ class DeepSeekPool:
         wait this long for the results finishing around it before they block: with
         thousands of slow calls in flight, waking the consuming thread for every single
         result costs the process more CPU than the calls themselves add. 0 never waits.
+    :param warm_prefix: warm DeepSeek's prompt cache before ``as_completed``/``map`` fan
+        out: find the leading messages (with the tools) that their first ``window`` requests
+        share, send two one-token requests carrying them, wait for the cache to build
+        (3 s), then start the rest, which then pay that prefix at the cache-hit price.
+        ``True`` or a :class:`~deepseek_pool.pool.warming.WarmPrefix` (its ``wait`` and
+        ``min_tokens``). A prefix too short to be cached is not warmed (logged). See
+        :mod:`deepseek_pool.pool.warming`; ``stats.cache_hit_share`` shows whether it worked.
     :param switch_interval: deprecated, ignored: the pool no longer changes process-wide
         settings; an application calls :func:`deepseek_pool.tune_process` instead.
     :param gc_threshold: deprecated, ignored, as ``switch_interval``.
@@ -133,11 +142,14 @@ class DeepSeekPool:
         switch_interval: Union[str, float, None] = _NOT_GIVEN,
         collect_interval: float = COLLECT_INTERVAL,
         gc_threshold: Union[str, int, None] = _NOT_GIVEN,
+        warm_prefix: Union[bool, WarmPrefix] = False,
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
             raise ValueError(f"window must be an int >= 1, got {window!r}")
+        if not isinstance(warm_prefix, (bool, WarmPrefix)):
+            raise TypeError(f"warm_prefix must be True, False or a WarmPrefix, got {warm_prefix!r}")
         if limiter is not None and (max_in_flight is not None or rpm is not None or tpm is not None):
             raise ValueError("give either limiter= or max_in_flight/rpm/tpm, not both")
         if (
@@ -176,6 +188,10 @@ class DeepSeekPool:
         self._executor = executor or cf.ThreadPoolExecutor(max_workers, thread_name_prefix="deepseek-pool")
         self.window = window or WINDOW_PER_WORKER * max_workers
         self.collect_interval = float(collect_interval)
+        #: how ``as_completed``/``map`` warm the prompt cache first (None: they do not)
+        self.warm_prefix: Optional[WarmPrefix] = (
+            warm_prefix if isinstance(warm_prefix, WarmPrefix) else WarmPrefix() if warm_prefix else None
+        )
         self.on_result = on_result
         self.on_chunk = on_chunk
         self.cool_down = cool_down
@@ -338,6 +354,8 @@ class DeepSeekPool:
             :data:`~deepseek_pool.pool.window.STOP_POLL_INTERVAL` seconds; attempts check it before they are sent.
         """
         self._check_open()
+        if self.warm_prefix is not None:
+            requests = warm_first(self, requests, self.window, self.warm_prefix, stop)
         yield from bounded_window(self, requests, stop)
 
     def map(self, requests: Iterable[Union[ChatRequest, Request]]) -> List[Result]:

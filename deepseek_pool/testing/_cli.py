@@ -7,6 +7,7 @@ import sys
 import threading
 from typing import Dict, Optional, Sequence
 
+from deepseek_pool.testing._cache import CacheRules
 from deepseek_pool.testing._faults import FAULT_NAMES, parse_rates
 from deepseek_pool.testing._server import FakeDeepSeek, Latency
 
@@ -70,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="answer 429 'concurrency limit of N' above N requests in flight, as DeepSeek's account cap does",
     )
+    parser.add_argument(
+        "--cache-build-delay",
+        type=float,
+        default=CacheRules.build_delay,
+        metavar="SECONDS",
+        help="seconds before a prompt-cache unit can be hit (DeepSeek: seconds; default 0.05, for tests)",
+    )
     return parser
 
 
@@ -113,6 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             stream_chunk_delay=args.stream_chunk_delay,
             chunks_per_answer=args.chunks_per_answer,
             max_concurrency=args.max_concurrency,
+            cache_build_delay=args.cache_build_delay,
         )
     except SystemExit as exc:  # argparse exits on bad input; a main() returns its status
         return exc.code if isinstance(exc.code, int) else 2

@@ -52,6 +52,14 @@ class Plan:
     cache_keys: List[int] = field(default_factory=list)  # cumulative prefix hashes
     cache_tokens: List[int] = field(default_factory=list)  # tokens up to each prefix
     logprobs: Optional[int] = None  # None: no logprobs; else how many top_logprobs per token
+    cache_scope: Optional[str] = None  # the request's user_id: each has a cache of its own
+
+    def answer_prefix(self) -> Optional[Tuple[int, int]]:
+        """The (key, tokens) of the prompt followed by this answer, as the next turn sends it back."""
+        if self.kind != "chat" or self.tool_calls or not self.cache_keys:
+            return None
+        key = hash((self.cache_keys[-1], "assistant", self.content))
+        return key, self.cache_tokens[-1] + 4 + tokens(self.content)
 
     def completion_tokens(self) -> Tuple[int, int]:
         """Return (completion tokens, reasoning tokens)."""
@@ -104,6 +112,12 @@ def _budget(
     return content, reasoning, "stop"
 
 
+def _user_id(body: Dict[str, Any]) -> Optional[str]:
+    """The request's ``user_id``, which gives it a prompt cache of its own."""
+    user_id = body.get("user_id")
+    return user_id if isinstance(user_id, str) else None
+
+
 def plan_chat(body: Any, models: FrozenSet[str], ordered_models: Sequence[str], *, beta: bool) -> Plan:
     """Validate a chat request like DeepSeek does and decide the answer.
 
@@ -135,10 +149,12 @@ def plan_chat(body: Any, models: FrozenSet[str], ordered_models: Sequence[str], 
             param="messages",
         )
     prompt = ""
-    prefix_hash = 0
+    # Tools are rendered before the messages, so they (and the model) start every prefix.
+    tools_text = dumps(tools) if tools else ""
+    total = tokens(tools_text)
+    prefix_hash = hash((model, tools_text))
     cache_keys: List[int] = []
     cache_tokens: List[int] = []
-    total = 0
     for i, message in enumerate(messages):
         role = message["role"]
         text = text_of(message.get("content"))
@@ -159,8 +175,6 @@ def plan_chat(body: Any, models: FrozenSet[str], ordered_models: Sequence[str], 
         prefix_hash = hash((prefix_hash, role, text))
         cache_keys.append(prefix_hash)
         cache_tokens.append(total)
-    if tools:
-        total += tokens(dumps(tools))
     if total > MAX_CONTEXT_TOKENS:
         raise ApiError(
             400,
@@ -197,6 +211,7 @@ def plan_chat(body: Any, models: FrozenSet[str], ordered_models: Sequence[str], 
         cache_keys,
         cache_tokens,
         logprobs,
+        _user_id(body),
     )
 
 
@@ -225,5 +240,7 @@ def plan_fim(body: Any, models: FrozenSet[str], ordered_models: Sequence[str]) -
     stops = read_stop(body)
     prompt_tokens = tokens(prompt) + tokens(suffix or "")
     text, _, finish = _budget(fim_answer_for(prompt, suffix), None, max_tokens, stops)
-    key = hash(("fim", prompt))
-    return Plan("fim", model, text, None, [], finish, prompt_tokens, stream, include_usage, [key], [tokens(prompt)])
+    key = hash(("fim", model, prompt))
+    plan = Plan("fim", model, text, None, [], finish, prompt_tokens, stream, include_usage, [key], [tokens(prompt)])
+    plan.cache_scope = _user_id(body)
+    return plan

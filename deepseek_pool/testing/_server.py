@@ -29,7 +29,6 @@ from typing import (
     Mapping,
     Optional,
     Sequence,
-    Set,
     Tuple,
     Type,
 )
@@ -37,6 +36,7 @@ from typing import (
 from deepseek_pool.testing import _protocol as proto
 from deepseek_pool.testing import _render as render
 from deepseek_pool.testing._answers import answer_for, fim_answer_for, reasoning_for
+from deepseek_pool.testing._cache import CacheRules, PromptCache
 from deepseek_pool.testing._connections import ConnectionServer
 from deepseek_pool.testing._endpoints import ERRORS, ROUTES
 from deepseek_pool.testing._exchange import RESET, Exchange, Wire
@@ -54,8 +54,8 @@ __all__ = ["FakeDeepSeek", "FakeStats", "Latency", "ReceivedRequest"]
 DEFAULT_MODELS: Tuple[str, ...] = ("deepseek-flash", "deepseek-v4-pro", "deepseek-chat", "deepseek-reasoner")
 DEFAULT_TRICKLE_INTERVAL = 0.05
 DEFAULT_MAX_RECEIVED = 10_000
-#: Bound on the prefix cache so a long benchmark cannot grow it without limit.
-MAX_CACHE_ENTRIES = 200_000
+#: Faults after which the answer was not completed, so the prompt cache learns nothing from it.
+UNFINISHED_FAULTS = frozenset({"cut", "empty", "trickle_forever"})
 STOP_JOIN_SECONDS = 2.0
 
 
@@ -89,6 +89,12 @@ class FakeDeepSeek(ConnectionServer):
     :param max_concurrency: the account's concurrency cap, as DeepSeek enforces it: a chat
         or FIM request that arrives while this many are in flight is answered 429 with
         DeepSeek's message naming the number ("concurrency limit of N"). None: no cap.
+    :param cache_build_delay: seconds before a new prompt-cache unit can be hit (DeepSeek:
+        "seconds"); the cache follows DeepSeek V4's rules, see :mod:`._cache`, and reports
+        ``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens`` in every usage.
+    :param cache_lifetime: seconds an unused unit lives (DeepSeek: hours to days).
+    :param cache_unit_tokens: hits come in multiples of this many tokens.
+    :param cache_min_tokens: a hit shorter than this counts as a miss.
     """
 
     def __init__(
@@ -108,6 +114,10 @@ class FakeDeepSeek(ConnectionServer):
         chunks_per_answer: Optional[int] = None,
         max_received: Optional[int] = DEFAULT_MAX_RECEIVED,
         max_concurrency: Optional[int] = None,
+        cache_build_delay: float = CacheRules.build_delay,
+        cache_lifetime: float = CacheRules.lifetime,
+        cache_unit_tokens: int = CacheRules.unit_tokens,
+        cache_min_tokens: int = CacheRules.min_tokens,
     ) -> None:
         if api_key is not None and not api_key:
             raise ValueError("api_key must be None (accept any key) or a non-empty string")
@@ -121,6 +131,7 @@ class FakeDeepSeek(ConnectionServer):
             raise ValueError(f"max_concurrency must be None or >= 1, got {max_concurrency!r}")
         if isinstance(models, str) or not models:
             raise ValueError("models must be a non-empty sequence of model ids")
+        rules = CacheRules(cache_unit_tokens, cache_min_tokens, cache_build_delay, cache_lifetime)
         self._api_key = api_key
         self._latency = latency_function(latency)
         self._chunk_delay = float(stream_chunk_delay)
@@ -154,8 +165,7 @@ class FakeDeepSeek(ConnectionServer):
         self._in_flight = 0
         self._connections = 0
         self._faults_injected: Dict[str, int] = {}
-        self._cache_lock = threading.Lock()
-        self._cache: Set[int] = set()
+        self._prompt_cache = PromptCache(rules)
 
         self._stopping = threading.Event()
         self._wire = Wire(self._stopping, self._record, self._trickle_interval, self._chunk_delay)
@@ -250,8 +260,7 @@ class FakeDeepSeek(ConnectionServer):
             self._connections = 0
             self._faults_injected = {}
             self._rng.seed(self._seed)
-        with self._cache_lock:
-            self._cache.clear()
+        self._prompt_cache.clear()
 
     def start(self) -> FakeDeepSeek:
         """Bind and start serving in background threads; returns self.
@@ -465,26 +474,17 @@ class FakeDeepSeek(ConnectionServer):
             return ex.error(402, message, type_=type_, code=code)
         if fault is not None and fault.kind == "insufficient":
             plan = proto.cut_short(plan)
-        usage = plan.usage(self._cache_hit(plan.cache_keys, plan.cache_tokens))
+        cache = self._prompt_cache
+        usage = plan.usage(cache.lookup(plan.cache_scope, plan.cache_keys, plan.cache_tokens))
         created = int(time.time())
         if plan.stream:
             events = render.stream_events(plan, ex.rid, created, usage if plan.include_usage else None, self._chunks)
-            return ex.stream(events, fault)
-        return ex.plain(render.chat_body(plan, ex.rid, created, usage), fault)
-
-    def _cache_hit(self, keys: Sequence[int], cumulative: Sequence[int]) -> int:
-        """Tokens of the longest message prefix already seen: a simple prefix cache."""
-        hit = 0
-        with self._cache_lock:
-            cache = self._cache
-            for key, total in zip(keys, cumulative):
-                if key not in cache:
-                    break
-                hit = total
-            if len(cache) > MAX_CACHE_ENTRIES:
-                cache.clear()
-            cache.update(keys)
-        return hit
+            after = ex.stream(events, fault)
+        else:
+            after = ex.plain(render.chat_body(plan, ex.rid, created, usage), fault)
+        if (fault is None or fault.kind not in UNFINISHED_FAULTS) and not self._stopping.is_set():
+            cache.complete(plan.cache_scope, plan.cache_keys, plan.cache_tokens, plan.answer_prefix())
+        return after
 
     # -- counters ---------------------------------------------------------------------------
 
