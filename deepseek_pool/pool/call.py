@@ -121,6 +121,8 @@ class PoolCall(CallControl):
         if status >= 400:
             self.unbilled = False  # an error status: nothing was generated
         if status == 429:
+            if self.result is not None:
+                self.result.rate_limited += 1
             if self.pool.cool_down:
                 seconds = retry_after if retry_after is not None else self.pool.client.retry.backoff_for(1)
                 message = error.message if isinstance(error, APIStatusError) else None
