@@ -1,4 +1,4 @@
-"""The ``deepseek-pool`` command: ``run``, ``demo``, ``chat``, ``serve-fake``.
+"""The ``deepseek-pool`` command: ``run``, ``report``, ``demo``, ``chat``, ``serve-fake``.
 
 An application, not a library layer: it parses arguments, reads the environment, and is
 the one place in the package that may decide process-wide state (signal handlers and
