@@ -266,3 +266,45 @@ def test_cost_is_split_by_the_hour_each_call_ended(tmp_path: Path, capsys: pytes
     assert report["cost_usd"]["off_peak"] == pytest.approx(2 * output * PRICES["deepseek-flash"].off_peak_factor)
     assert report["latency_seconds"] == {"p50": 2.0, "p90": 3.0, "p99": 3.0, "max": 3.0}
     assert [entry["custom_id"] for entry in report["slowest"]] == ["saturday", "peak", "evening"]
+
+
+def test_plot_draws_the_batch_over_time(batch: Tuple[Path, Dict[str, Any]], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from deepseek_pool.cli.report import read_report
+    from deepseek_pool.cli.report_plot import BUCKETS, series
+
+    out, _ = batch
+    picture = tmp_path / "batch.png"
+    done = cli("report", str(out), "--plot", str(picture), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    data = picture.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(data[16:20], "big") > 500  # a real image
+    lines = lines_of(out)
+    timed = [line["call"] for line in lines if "started_at" in line["call"]]
+    answered = [line for line in lines if line["error"] is None]
+    drawn = series(read_report(str(out)).calls)
+    # Calls in flight: the most that overlapped, counted here from the lines (8 workers at most).
+    ends = sorted(call["ended_at"] for call in timed)
+    most = max(
+        sum(1 for other in timed if other["started_at"] <= call["started_at"] < other["ended_at"]) for call in timed
+    )
+    assert max(value for _, value in drawn["in_flight"]) == most <= 8 and drawn["in_flight"][-1][1] == 0
+    # Throughput: every answer is in one bucket; cost: the last point is the report's total.
+    span = ends[-1] - min(call["started_at"] for call in timed)
+    assert sum(rate * span / BUCKETS for _, rate in drawn["throughput"]) == pytest.approx(len(answered))
+    assert drawn["cost"][-1][1] == pytest.approx(report_json(out)["cost_usd"]["total"])
+    assert len(drawn["latency"]) == len(answered)
+
+
+def test_plot_without_matplotlib_names_the_extra(
+    batch: Tuple[Path, Dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out, _ = batch
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an install without the extra sees
+    assert main(["report", str(out), "--plot", str(tmp_path / "batch.png")]) == 2
+    captured = capsys.readouterr()
+    assert "pip install 'deepseek-pool[plot]'" in captured.err and captured.out == ""
+    assert not (tmp_path / "batch.png").exists()

@@ -211,6 +211,12 @@ def _build_parser(prog: str) -> _Parser:
     report.add_argument("output", metavar="OUT.jsonl", help="a results file written by 'run'")
     report.add_argument("--json", action="store_true", help="print the report as JSON (for scripts)")
     report.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw throughput, calls in flight, cumulative cost and the latency distribution to FILE "
+        "(needs matplotlib: pip install 'deepseek-pool[plot]')",
+    )
+    report.add_argument(
         "--top", type=non_negative_int, default=5, metavar="N", help="slowest items to name (default 5)"
     )
     report.add_argument(

@@ -77,6 +77,8 @@ class BatchReport:
     cost_untimed: float = 0.0
     unpriced: int = 0
     billed_without_result: float = 0.0
+    #: (started_at, ended_at, answered, estimated cost) of each timed call, for the plot
+    calls: List[Tuple[float, float, bool, float]] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -228,6 +230,7 @@ def _count(
     else:
         report.failed_by[outcome] += 1
     call = line.get("call")
+    started: Optional[float] = None
     ended: Optional[float] = None
     if isinstance(call, dict):
         report.recorded += 1
@@ -246,18 +249,20 @@ def _count(
                 report.latencies.append(seconds)
             report.first_start = started if report.first_start is None else min(report.first_start, started)
             report.last_end = ended if report.last_end is None else max(report.last_end, ended)
-    if outcome == "answered":
-        _count_usage(report, line, ended, prices)
+    cost = _count_usage(report, line, ended, prices) if outcome == "answered" else 0.0
+    if started is not None and ended is not None:
+        report.calls.append((started, ended, outcome == "answered", cost))
 
 
 def _count_usage(
     report: BatchReport, line: Mapping[str, Any], ended: Optional[float], prices: Optional[Mapping[str, ModelPrice]]
-) -> None:
+) -> float:
+    """Count an answer's tokens and estimated cost; return the cost (0 when unknown)."""
     body = line["response"].get("body")
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
         report.usage_missing += 1
-        return
+        return 0.0
     prompt = int(_number(usage.get("prompt_tokens")) or 0)
     completion = int(_number(usage.get("completion_tokens")) or 0)
     hit = int(_number(usage.get("prompt_cache_hit_tokens")) or 0)
@@ -269,7 +274,7 @@ def _count_usage(
     price = price_of(model, prices) if isinstance(model, str) else None
     if price is None:
         report.unpriced += 1
-        return
+        return 0.0
     when = _dt.datetime.fromtimestamp(ended, _dt.UTC) if ended is not None else None
     cost = _cost_of(
         price,
@@ -284,6 +289,7 @@ def _count_usage(
         report.cost_peak += cost
     else:
         report.cost_off_peak += cost
+    return cost
 
 
 #: A weekday hour in DeepSeek's peak window: prices a call whose time is not recorded at its dearest.
@@ -376,6 +382,10 @@ def _notes(report: BatchReport) -> List[str]:
 
 
 def report_command(args: argparse.Namespace, command_line: str) -> int:
+    if args.plot:
+        from .report_plot import require_matplotlib
+
+        require_matplotlib()  # before reading: a missing extra is said at once
     try:
         report = read_report(args.output, prices=dict(args.price) or None)
     except OSError as err:
@@ -387,4 +397,10 @@ def report_command(args: argparse.Namespace, command_line: str) -> int:
         sys.stdout.write("\n")
     else:
         print(format_report(report, args.top))
+    if args.plot:
+        from .report_plot import plot_report
+
+        sys.stdout.flush()
+        title = f"{report.path}: {report.answered} answered, {report.failed} failed"
+        plot_report(report.calls, args.plot, title=title, marks=report.latency() or {})
     return EXIT_OK
