@@ -7,7 +7,7 @@ and :func:`main`; each command's work is in its own module (:mod:`~deepseek_pool
 :mod:`~deepseek_pool.cli.report` with :mod:`~deepseek_pool.cli.report_plot`,
 :mod:`~deepseek_pool.cli.demo`, :mod:`~deepseek_pool.cli.chat`), over what they share
 (:mod:`~deepseek_pool.cli.console`, :mod:`~deepseek_pool.cli.options`,
-:mod:`~deepseek_pool.cli.credentials`).
+:mod:`~deepseek_pool.cli.credentials`, :mod:`~deepseek_pool.cli.logs`).
 
 May import: everything else in the package (today :mod:`deepseek_pool` for its version,
 :mod:`deepseek_pool.batch`, :mod:`deepseek_pool.pool`, :mod:`deepseek_pool.budget`,

@@ -13,7 +13,8 @@ configuration, 3 the spend cap (``run --max-cost``) stopped the run, 130 interru
 by Ctrl-C, 143 stopped by SIGTERM (``run`` drains on the first SIGTERM as on the
 first Ctrl-C; a second signal cancels). A bad invocation prints one line on stderr,
 never a traceback. The API key comes from ``DEEPSEEK_API_KEY`` or ``--api-key-file``,
-never from an argument that would show in ``ps``.
+never from an argument that would show in ``ps``. ``DEEPSEEK_POOL_LOG=info`` logs each
+retry on stderr, ``debug`` each attempt too (:mod:`.logs`).
 
 This module holds the parser (the commands and their options) and :func:`main`; each
 command's work lives in its own module: :mod:`.run`, :mod:`.report`, :mod:`.demo`, :mod:`.chat`.
@@ -43,6 +44,7 @@ from .console import (
     CommandFailed,
 )
 from .demo import demo_command
+from .logs import logging_from_env
 from .options import dollars, latency_range, model_id, non_negative_int, positive_int, price, rate, seconds
 from .report import report_command
 from .run import run_command
@@ -306,7 +308,8 @@ def main(argv: Optional[Sequence[str]] = None, *, prog: str = PROG) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         command_line = " ".join([prog, shlex.join(arguments)])
-        status: int = handler(args, command_line)
+        with logging_from_env():
+            status: int = handler(args, command_line)
         return status
     except CommandFailed as fail:
         print(f"{where}: error: {fail}", file=sys.stderr)
