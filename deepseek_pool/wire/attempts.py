@@ -275,13 +275,14 @@ class AttemptLoop:
                 ) from None
             status = response.status_code
             raw = response.raw
-            log.debug(
-                "call %s: status %d in %.3fs, request id %s",
-                call_id,
-                status,
-                time.monotonic() - sent,
-                request_id_of(response.headers),
-            )
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "call %s: status %d in %.3fs, request id %s",
+                    call_id,
+                    status,
+                    time.monotonic() - sent,
+                    request_id_of(response.headers),
+                )
             if status == 407 or (
                 status == 401 and "proxy-authenticate" in response.headers
             ):  # the proxy's, not DeepSeek's
