@@ -87,7 +87,7 @@ def test_every_input_form_gets_one_line_in_openai_batch_output_shape(fake: FakeD
     assert len(lines) == 5 and summary.complete and summary.tally.ok == 5
     expected = {"a": "alpha", "b": "beta", "c": "gamma", "4": "delta", "6": "epsilon"}
     for line in lines:
-        assert set(line) == {"id", "custom_id", "response", "error"}
+        assert set(line) == {"id", "custom_id", "response", "error", "call"}  # OpenAI's keys + what the call did
         assert line["id"].startswith("batch_req_") and line["error"] is None
         response = line["response"]
         assert response["status_code"] == 200 and response["request_id"]

@@ -228,7 +228,7 @@ def test_the_pools_log_lines_carry_the_callers_logging_context(tenant_logs: Tena
             finally:
                 TENANT.reset(token)
         client.close()
-    retries = [tenant for name, message, tenant in tenant_logs.records if message.startswith("retry 1 of")]
+    retries = [tenant for name, message, tenant in tenant_logs.records if ": retry 1 after " in message]
     stops = [tenant for name, message, tenant in tenant_logs.records if message.startswith("stopping: DeepSeek")]
     assert retries == ["acme"], tenant_logs.records
     assert stops == ["initech"], tenant_logs.records

@@ -78,7 +78,7 @@ from .input_file import Feed, Malformed, check_input, parse_line, request_of
 from .jsonl import MAX_LINE_BYTES
 from .paths import BatchFileError, PathLike, check_regular
 from .progress import BatchProgress, BatchSummary, Tally
-from .result_lines import LineMaker
+from .result_lines import NOT_CALLED, LineMaker, call_record
 from .results_file import FSYNC_INTERVAL, ResultsFile
 
 __all__ = ["FSYNC_INTERVAL", "BatchFileError", "BatchSummary", "Interrupter", "run_batch", "run_lines"]
@@ -158,16 +158,17 @@ def run_lines(
         _number, custom_id, routed, bad = scanned
         if routed is None:
             assert bad is not None
-            answers.append(maker.failure(custom_id, bad[0], bad[1]))
+            answers.append(maker.failure(custom_id, bad[0], bad[1], call=NOT_CALLED))
             continue
         slots.append((len(answers), custom_id))
         answers.append(None)
         requests.append(request_of(custom_id, routed, model))
     for (slot, custom_id), result in zip(slots, pool.map(requests)):
+        call = call_record(result)
         if result.error is None and result.completion is not None:
-            answers[slot] = maker.success(custom_id, result.completion, result.cost)[0]
+            answers[slot] = maker.success(custom_id, result.completion, result.cost, call)[0]
         else:
-            answers[slot] = maker.error(custom_id, result.error or RuntimeError("no answer"), result.cost)
+            answers[slot] = maker.error(custom_id, result.error or RuntimeError("no answer"), result.cost, call)
     return [answer.decode("utf-8").rstrip("\n") for answer in answers if answer is not None]
 
 
@@ -308,7 +309,9 @@ def _run(
                 begin()
                 try:
                     cost = out.costs.get(custom_id)
-                    out.append(custom_id, False, lines.failure(custom_id, code, message, cost=cost), cost)
+                    out.append(
+                        custom_id, False, lines.failure(custom_id, code, message, cost=cost, call=NOT_CALLED), cost
+                    )
                 finally:
                     end()
                 tally.add_failed()
@@ -319,7 +322,7 @@ def _run(
             completion = result.completion
             cost = None if result.cost is None else out.costs.get(custom_id, 0.0) + result.cost
             if error is None and completion is not None:
-                data, ok = lines.success(custom_id, completion, cost)
+                data, ok = lines.success(custom_id, completion, cost, call_record(result))
             elif isinstance(error, SpendCapReached) or _is_cancellation(error):
                 if isinstance(error, SpendCapReached):
                     summary.capped = True
@@ -334,7 +337,7 @@ def _run(
                 continue
             else:
                 assert error is not None
-                data = lines.error(custom_id, error, cost)
+                data = lines.error(custom_id, error, cost, call_record(result))
                 ok = False
                 if summary.aborted is None and isinstance(error, FATAL_ERRORS):
                     summary.aborted = f"{error}; no new requests were sent"

@@ -1,12 +1,13 @@
-"""The ``deepseek-pool`` command: ``run``, ``demo``, ``chat``, ``serve-fake``.
+"""The ``deepseek-pool`` command: ``run``, ``report``, ``demo``, ``chat``, ``serve-fake``.
 
 An application, not a library layer: it parses arguments, reads the environment, and is
 the one place in the package that may decide process-wide state (signal handlers and
 the like) for the process it runs in. :mod:`~deepseek_pool.cli.commands` holds the parser
 and :func:`main`; each command's work is in its own module (:mod:`~deepseek_pool.cli.run`,
+:mod:`~deepseek_pool.cli.report` with :mod:`~deepseek_pool.cli.report_plot`,
 :mod:`~deepseek_pool.cli.demo`, :mod:`~deepseek_pool.cli.chat`), over what they share
 (:mod:`~deepseek_pool.cli.console`, :mod:`~deepseek_pool.cli.options`,
-:mod:`~deepseek_pool.cli.credentials`).
+:mod:`~deepseek_pool.cli.credentials`, :mod:`~deepseek_pool.cli.logs`).
 
 May import: everything else in the package (today :mod:`deepseek_pool` for its version,
 :mod:`deepseek_pool.batch`, :mod:`deepseek_pool.pool`, :mod:`deepseek_pool.budget`,

@@ -4,6 +4,7 @@
 
     deepseek-pool demo                              # offline: one by one vs. the pool
     deepseek-pool run prompts.jsonl -o results.jsonl  # resumable batch; rerun to resume
+    deepseek-pool report results.jsonl              # what a batch did (finished or running)
     deepseek-pool chat "Say hi"                      # stream one answer: check key and URL
     deepseek-pool serve-fake --latency 0.2-0.5      # a local DeepSeek-compatible server
 
@@ -12,10 +13,11 @@ configuration, 3 the spend cap (``run --max-cost``) stopped the run, 130 interru
 by Ctrl-C, 143 stopped by SIGTERM (``run`` drains on the first SIGTERM as on the
 first Ctrl-C; a second signal cancels). A bad invocation prints one line on stderr,
 never a traceback. The API key comes from ``DEEPSEEK_API_KEY`` or ``--api-key-file``,
-never from an argument that would show in ``ps``.
+never from an argument that would show in ``ps``. ``DEEPSEEK_POOL_LOG=info`` logs each
+retry on stderr, ``debug`` each attempt too (:mod:`.logs`).
 
 This module holds the parser (the commands and their options) and :func:`main`; each
-command's work lives in its own module: :mod:`.run`, :mod:`.demo`, :mod:`.chat`.
+command's work lives in its own module: :mod:`.run`, :mod:`.report`, :mod:`.demo`, :mod:`.chat`.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ from .console import (
     CommandFailed,
 )
 from .demo import demo_command
+from .logs import logging_from_env
 from .options import dollars, latency_range, model_id, non_negative_int, positive_int, price, rate, seconds
+from .report import report_command
 from .run import run_command
 
 __all__ = ["main"]
@@ -74,6 +78,7 @@ def _add_connection_options(parser: argparse.ArgumentParser, model_help: str) ->
 _EXAMPLES = (
     ("demo", "offline: the same prompts one by one, then through the pool"),
     ("run prompts.jsonl -o results.jsonl", "a batch of requests; rerun the same command to resume"),
+    ("report results.jsonl", "what a batch did: outcomes, latency, retries, tokens, cost"),
     ('chat "Say hi"', "stream one answer (checks the key and base URL)"),
     ("serve-fake --latency 0.2-0.5", "a local DeepSeek-compatible server for tests"),
 )
@@ -199,6 +204,41 @@ def _build_parser(prog: str) -> _Parser:
     )
     run.set_defaults(handler=run_command)
 
+    report = commands.add_parser(
+        "report",
+        help="what a batch did, from its output file (finished or still running)",
+        description=(
+            "Read the output of 'run' (while it runs too) and tell what the batch did: items by\n"
+            "outcome (failures by error class and status), latency percentiles of the answers,\n"
+            "attempts and 429s, tokens and the cache-hit share, the estimated cost split between\n"
+            "peak and off-peak hours, and the slowest items. Per custom_id the line that stands\n"
+            "is counted (its success, else its last line). Lines written before deepseek-pool\n"
+            "0.2.0 do not record times, attempts or 429s: those parts say 'not recorded'."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument("output", metavar="OUT.jsonl", help="a results file written by 'run'")
+    report.add_argument("--json", action="store_true", help="print the report as JSON (for scripts)")
+    report.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw throughput, calls in flight, cumulative cost and the latency distribution to FILE "
+        "(needs matplotlib: pip install 'deepseek-pool[plot]')",
+    )
+    report.add_argument(
+        "--top", type=non_negative_int, default=5, metavar="N", help="slowest items to name (default 5)"
+    )
+    report.add_argument(
+        "--price",
+        type=price,
+        action="append",
+        default=[],
+        metavar="MODEL=HIT,MISS,OUTPUT",
+        help="a model's price in USD per 1M tokens, flat at all hours, for models the built-in table "
+        "does not know (repeatable)",
+    )
+    report.set_defaults(handler=report_command)
+
     demo = commands.add_parser(
         "demo",
         help="offline demo: the same prompts one by one, then through the pool",
@@ -263,7 +303,7 @@ def main(argv: Optional[Sequence[str]] = None, *, prog: str = PROG) -> int:
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
     parser = _build_parser(prog)
-    command = arguments[0] if arguments and arguments[0] in ("run", "demo", "chat") else None
+    command = arguments[0] if arguments and arguments[0] in ("run", "report", "demo", "chat") else None
     where = f"{prog} {command}" if command else prog
     try:
         try:
@@ -275,7 +315,8 @@ def main(argv: Optional[Sequence[str]] = None, *, prog: str = PROG) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         command_line = " ".join([prog, shlex.join(arguments)])
-        status: int = handler(args, command_line)
+        with logging_from_env():
+            status: int = handler(args, command_line)
         return status
     except CommandFailed as fail:
         print(f"{where}: error: {fail}", file=sys.stderr)

@@ -128,6 +128,8 @@ class PoolCall(CallControl):
         if status >= 400:
             self.unbilled = False  # an error status: nothing was generated
         if status == 429:
+            if self.result is not None:
+                self.result.rate_limited += 1
             if self.pool.cool_down:
                 # An explicit Retry-After (capped by the policy's retry_after_max) holds the
                 # whole budget; without one, the backoff is the guess, held as the message says.

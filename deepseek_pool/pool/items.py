@@ -56,6 +56,7 @@ class Result:
     :ivar completion: the answer, or None on error.
     :ivar error: the exception, or None on success.
     :ivar attempts: HTTP attempts made (1 + retries).
+    :ivar rate_limited: attempts answered 429 (rate limited).
     :ivar started_at: ``time.monotonic()`` when the call started (after the rate limits).
     :ivar queued: seconds spent waiting for the rate limits before starting.
     :ivar elapsed: seconds from start to answer, retries included.
@@ -74,6 +75,7 @@ class Result:
         "first_token",
         "index",
         "queued",
+        "rate_limited",
         "request",
         "started_at",
     )
@@ -85,6 +87,7 @@ class Result:
         self.completion: Optional[ChatCompletion] = None
         self.error: Optional[BaseException] = None
         self.attempts = 0
+        self.rate_limited = 0
         self.started_at: Optional[float] = None
         self.queued = 0.0
         self.elapsed = 0.0

@@ -8,15 +8,21 @@ one place, and asks the retry policy -- a :class:`~deepseek_pool.DeepSeekRetry`,
 when to try again. The caller's :class:`~deepseek_pool.CallControl` hears of every
 attempt, response, retry and wait. So attempts are counted once, the call's deadline
 bounds every wait, and no exception that could carry the API key leaves.
+
+Every line the loop logs names its call (``call 1f: ...``, an id unique in the process):
+at DEBUG each attempt, its status and time to the head, and DeepSeek's request id; at
+INFO each retry and its wait; at DEBUG how the call ended when it failed.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import time
 from typing import Any, Callable, Mapping, Optional, Protocol
+from urllib.parse import urlsplit
 
 import requests
 from urllib3.exceptions import ConnectTimeoutError, ProtocolError, ReadTimeoutError
@@ -45,6 +51,9 @@ from .retry import DeepSeekRetry
 __all__ = ["NO_RETRIES", "AttemptLoop", "Parse"]
 
 log = logging.getLogger(__name__)
+
+#: Call ids for log lines: ``next`` on a count is atomic under the GIL, and cheap.
+_CALL_IDS = itertools.count(1)
 
 #: Reads a response into the call's result: ``parse(body or None when streaming, response, attempt)``.
 Parse = Callable[[Optional[bytes], requests.Response, Attempt], Any]
@@ -154,16 +163,19 @@ class AttemptLoop:
         whether a status, a broken connection, or a body that shows the answer is not one.
         No exception that could carry the API key leaves it.
         """
+        call_id = f"{next(_CALL_IDS):x}"
         try:
-            return self._attempts(method, url, payload, timeout, control, parse, stream)
+            return self._attempts(call_id, method, url, payload, timeout, control, parse, stream)
         except DeepSeekError as err:
             clean = without_secret(err, self._owner._api_key)
+            log.debug("call %s: failed: %s: %s", call_id, type(clean).__name__, clean)
             if clean is err:
                 raise
         raise clean  # outside the except block, so the original is not its context
 
     def _attempts(
         self,
+        call_id: str,
         method: str,
         url: str,
         payload: Optional[Mapping[str, Any]],
@@ -190,10 +202,14 @@ class AttemptLoop:
             total = attempt_timeout.total
             attempt = Attempt(min(call_deadline, now + total) if total else call_deadline, control.handle)
             control.attempt_started(number)
+            if log.isEnabledFor(logging.DEBUG):  # the path only: a URL may carry credentials
+                log.debug("call %s: attempt %d: %s %s", call_id, number, method, urlsplit(url).path)
             try:
-                return self._attempt(method, url, body, attempt_timeout, attempt, control, parse, stream)
+                return self._attempt(method, url, body, attempt_timeout, attempt, control, parse, stream, call_id)
             except _Retryable as failure:
                 error, cause, raw = failure.error, failure.cause, failure.response
+            if raw is None:
+                log.debug("call %s: attempt %d: %s: %s", call_id, number, type(error).__name__, error)
             refusal: Optional[str] = None  # why not to retry ("" when it needs no note)
             try:
                 retry = retry.increment(method, url, response=raw, error=cause)
@@ -210,7 +226,14 @@ class AttemptLoop:
                 if refusal:
                     _add_note(error, refusal)
                 raise error  # outside any except block: its cause stays the transport's error
-            log.info("retry %d of %s after %s in %.2fs", number, retry.total, status or type(error).__name__, delay)
+            log.info(
+                "call %s: retry %d after %s in %.2fs (%s more allowed)",
+                call_id,
+                number,
+                status or type(error).__name__,
+                delay,
+                retry.total,
+            )
             control.wait(delay, call_deadline)
 
     @staticmethod
@@ -232,9 +255,11 @@ class AttemptLoop:
         control: CallControl,
         parse: Parse,
         stream: bool,
+        call_id: str,
     ) -> Any:
         """One attempt: a result, a :class:`_Retryable` failure, or a final error."""
         handed_over = False
+        sent = time.monotonic()
         try:
             try:
                 response = self._owner._send(method, url, body, timeout, attempt)
@@ -250,6 +275,14 @@ class AttemptLoop:
                 ) from None
             status = response.status_code
             raw = response.raw
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "call %s: status %d in %.3fs, request id %s",
+                    call_id,
+                    status,
+                    time.monotonic() - sent,
+                    request_id_of(response.headers),
+                )
             if status == 407 or (
                 status == 401 and "proxy-authenticate" in response.headers
             ):  # the proxy's, not DeepSeek's
