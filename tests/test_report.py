@@ -61,7 +61,9 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[Path, Dict
             }
             file.write(json.dumps(request) + "\n")
         file.write("this line is not JSON\n")
-    with FakeDeepSeek(faults={"429": 0.15, "500": 0.15}, retry_after=0, latency=LATENCY, seed=5) as fake:
+    # A cache with no minimum, unit or build delay: the short shared system prompt hits at once.
+    cache = {"cache_build_delay": 0, "cache_unit_tokens": 1, "cache_min_tokens": 0}
+    with FakeDeepSeek(faults={"429": 0.15, "500": 0.15}, retry_after=0, latency=LATENCY, seed=5, **cache) as fake:
         done = cli(
             "run", "in.jsonl", "-o", "out.jsonl", "-q", "--max-retries", "1", "--workers", "8",
             cwd=where, DEEPSEEK_API_KEY="sk-report", DEEPSEEK_BASE_URL=fake.base_url,
