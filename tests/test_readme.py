@@ -244,7 +244,7 @@ def test_python_blocks_run_in_order(deepseek_env: FakeDeepSeek, loopback_only: N
                 raise AssertionError(f"{block}\nfailed with {trace}\noutput so far:\n{output.getvalue()}") from err
     finally:
         for value in namespace.values():
-            if isinstance(value, dp.DeepSeekClient):
+            if isinstance(value, (dp.DeepSeekClient, dp.Limiter)):  # a Limiter may hold an sqlite:// file
                 value.close()
     printed = output.getvalue()
     assert FakeDeepSeek.answer_for("In one sentence: why is the sky blue?") in printed
