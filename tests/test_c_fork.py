@@ -1,0 +1,143 @@
+"""A fork from C (uWSGI's default mode) runs no ``os.register_at_fork`` hook: fork safety must not need one.
+
+A script, run in a subprocess so that pytest is never forked, makes a module-level
+client, pool and sqlite limiter, uses them (pooled keep-alive connections, the watchdog,
+the stream reader, the executor's threads and the lease renewer all exist), then forks
+with libc's ``fork()`` through ctypes. Parent and child both call a FakeDeepSeek that the
+test started, at once: every answer must be the one for its own prompt, nothing may hang,
+the shared cap must hold (the fake answers 429 above it) and the two processes' leases
+must differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import deepseek_pool as dp
+from deepseek_pool import forks
+from deepseek_pool.budget.storage import MemoryStorage
+from deepseek_pool.testing import FakeDeepSeek
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="needs libc fork()")
+
+ROOT = Path(__file__).resolve().parent.parent
+CAP = 4
+CALLS = 24  # per process, half of them streamed
+
+FORKER = textwrap.dedent(
+    """
+    import ctypes, json, os, sys, time
+    import deepseek_pool as dp
+    from deepseek_pool.testing import FakeDeepSeek
+
+    base_url, uri, out, cap, calls = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    limiter = dp.Limiter(max_in_flight=cap, storage=uri, name="c-fork", lease_seconds=3.0)
+    client = dp.DeepSeekClient("sk-c-fork", base_url=base_url, max_retries=0, timeout=10.0, limiter=limiter)
+    pool = dp.DeepSeekPool(client, max_workers=2 * cap, limiter=limiter)
+
+    # Before the fork: keep-alive connections in the pool, a watchdog, a stream reader,
+    # executor threads, a lease renewer, and leases taken in the sqlite budget.
+    warm = pool.map([{"messages": f"warm {i}", "stream": i % 2 == 0} for i in range(4 * cap)])
+    assert all(r.ok for r in warm), [r.error for r in warm if not r.ok]
+    assert client.chat("warm stream", stream=True).content == FakeDeepSeek.answer_for("warm stream")
+
+    def run(role):
+        prompts = [f"{role} {os.getpid()} prompt {i}" for i in range(calls)]
+        started = time.monotonic()
+        results = pool.map([{"messages": p, "stream": i % 2 == 0} for i, p in enumerate(prompts)])
+        direct = client.chat(f"{role} direct", stream=True).content  # the stream reader, outside the pool
+        permit = limiter.acquire(timeout=10)
+        lease = permit.lease
+        limiter.release(permit)
+        wrong = [
+            (p, r.completion.content)
+            for p, r in zip(prompts, results)
+            if r.ok and r.completion.content != FakeDeepSeek.answer_for(p)
+        ]
+        report = {
+            "pid": os.getpid(),
+            "ok": sum(r.ok for r in results),
+            "errors": [repr(r.error) for r in results if not r.ok],
+            "wrong": wrong,
+            "direct_right": direct == FakeDeepSeek.answer_for(f"{role} direct"),
+            "lease_prefix": lease.split(":")[0],
+            "seconds": time.monotonic() - started,
+        }
+        with open(os.path.join(out, role + ".json"), "w") as file:
+            json.dump(report, file)
+
+    pid = ctypes.CDLL(None).fork()  # no os.register_at_fork hook runs
+    if pid == 0:
+        try:
+            run("child")
+            pool.close()
+            limiter.close()
+        finally:
+            os._exit(0)
+    run("parent")
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            sys.exit("the child hung")
+        time.sleep(0.02)
+    pool.close()
+    limiter.close()
+    """
+)
+
+
+def test_processes_forked_from_c_never_share_connections_threads_or_leases(tmp_path: Path) -> None:
+    script = tmp_path / "forker.py"
+    script.write_text(FORKER)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with FakeDeepSeek(latency=0.03, max_concurrency=CAP) as fake:
+        budget = f"sqlite:///{tmp_path / 'budget.db'}"
+        done = subprocess.run(
+            [sys.executable, str(script), fake.base_url, budget, str(tmp_path), str(CAP), str(CALLS)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        stats = fake.stats
+    assert done.returncode == 0, done.stderr
+    parent = json.loads((tmp_path / "parent.json").read_text())
+    child = json.loads((tmp_path / "child.json").read_text())
+    for report in (parent, child):
+        assert report["errors"] == [] and report["ok"] == CALLS, report
+        assert report["wrong"] == [], report  # never the answer to another process's request
+        assert report["direct_right"], report
+    assert parent["pid"] != child["pid"]
+    assert parent["lease_prefix"] != child["lease_prefix"]
+    assert stats.by_status.get(429, 0) == 0, stats  # the sqlite cap held across both processes
+    assert stats.peak_concurrency <= CAP, stats
+
+
+# -- the mechanism, without a fork: another process id is enough ---------------------------
+
+
+def test_a_new_process_id_resets_a_shared_storage_once_not_once_per_limiter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two limiters on one storage: the second to notice the new process must not drop the first's lease."""
+    storage = MemoryStorage()
+    first = dp.Limiter(max_in_flight=2, storage=storage, name="shared")
+    second = dp.Limiter(max_in_flight=2, storage=storage, name="shared")
+    parents = first.acquire()  # a call of the parent's, in flight at the fork
+    prefix = parents.lease.split(":")[0]
+    monkeypatch.setattr(forks, "current", lambda: -7)  # as if forked from C: no hook ran
+    held = first.acquire(timeout=0)  # the parent's lease is gone from this process's budget
+    assert held.lease.split(":")[0] != prefix
+    other = second.acquire(timeout=0)  # resets the limiter, not the storage again
+    assert first.stats.in_flight == 2
+    with pytest.raises(TimeoutError):
+        second.acquire(timeout=0)  # the cap still counts the first limiter's call
+    first.release(held)
+    second.release(other)
+    assert first.stats.in_flight == 0
