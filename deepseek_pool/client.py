@@ -38,7 +38,7 @@ from . import config
 from .budget.limiter import Limiter
 from .config import Timeout, TimeoutLike
 from .errors import APITimeoutError, ConfigurationError
-from .forks import reset_after_fork
+from .forks import ProcessBound, reset_after_fork
 from .messages import Messages, build_chat_body, header_problem, normalize_messages
 from .models import DEFAULT_MODEL
 from .params import ChatParams, FIMParams, merge_extra_body
@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 _USER_AGENT = f"deepseek-pool/0.1 (python-requests/{requests.__version__})"
 
 
-class DeepSeekClient:
+class DeepSeekClient(ProcessBound):
     """A thread-safe client for the DeepSeek API.
 
     :param api_key: the key; defaults to ``DEEPSEEK_API_KEY``.
@@ -280,6 +280,7 @@ class DeepSeekClient:
         self, method: str, url: str, body: Optional[bytes], timeout: Timeout, attempt: Attempt
     ) -> requests.Response:
         """One HTTP exchange up to the response head; raises the transport's own exceptions."""
+        self._check_process()  # never a connection of another process
         remaining = attempt.deadline - time.monotonic()
         if remaining <= 0:
             raise APITimeoutError("the attempt's total deadline passed before the request was sent")

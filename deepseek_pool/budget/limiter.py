@@ -64,7 +64,7 @@ from collections import deque
 from concurrent.futures import CancelledError
 from typing import Any, Callable, Deque, Optional, Set, Union
 
-from ..forks import reset_after_fork
+from ..forks import ProcessBound, reset_after_fork
 from .peers import peers_of
 from .permit import LimiterStats, Permit
 from .retries import (
@@ -99,7 +99,7 @@ def _check_count(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-class Limiter(RetryGates):
+class Limiter(RetryGates, ProcessBound):
     """Gates that decide when a call may start; share one across threads, pools, processes.
 
     :param max_in_flight: the ceiling of the adaptive in-flight cap (None: no ceiling).
@@ -270,6 +270,7 @@ class Limiter(RetryGates):
         :raises TimeoutError: the timeout passed first.
         :raises concurrent.futures.CancelledError: ``cancelled`` was set first (or on entry).
         """
+        self._check_process()
         if tokens.__class__ is not int or tokens < 0:
             tokens = _check_count("tokens", tokens, 0)
         if timeout is not None and not timeout >= 0:
@@ -499,7 +500,7 @@ class Limiter(RetryGates):
     def _after_fork(self) -> None:
         # The parent's calls, waiters and renewal thread stay in the parent.
         self._reset_local()
-        self.storage.after_fork()
+        self.storage._check_process()  # once per process, however many limiters share it
 
 
 def _renew_leases(ref: weakref.ReferenceType[Limiter], closed: threading.Event) -> None:

@@ -66,6 +66,7 @@ import redis
 import redis.exceptions
 
 from ..errors import ConfigurationError, StorageUnavailable
+from ..forks import reset_after_fork
 from .redis_scripts import PRELUDE, SCRIPTS, script_constants
 from .rules import BudgetConfig, CoolingDelay, RateLimitSignal, ceiling_conflict
 from .storage import BudgetSnapshot, MemoryStorage, Storage
@@ -123,6 +124,7 @@ class RedisStorage(Storage):
         self._scripts = {name: client.register_script(PRELUDE + body) for name, body in SCRIPTS.items()}
         self._constants = script_constants()
         self._reset_local()
+        reset_after_fork(self)
 
     def _reset_local(self) -> None:
         self._lock = threading.Lock()
@@ -228,6 +230,7 @@ class RedisStorage(Storage):
         return float(seconds) + float(micros) / 1e6
 
     def start(self, name: str, config: BudgetConfig, tokens: int, lease: str, lease_seconds: float) -> float:
+        self._check_process()  # before the lock: a fork from C may have copied it held
         shared, answer = self._shared("start", name, config, [tokens, lease, repr(float(lease_seconds))])
         if shared:
             text = answer.decode() if isinstance(answer, bytes) else str(answer)

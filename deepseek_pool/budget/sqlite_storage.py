@@ -24,6 +24,7 @@ import time
 from typing import Any, Iterator, List, Optional
 
 from ..errors import ConfigurationError
+from ..forks import reset_after_fork
 from .rules import BudgetState, Lease
 from .storage import TransactionalStorage
 
@@ -125,6 +126,7 @@ class SQLiteStorage(TransactionalStorage):
         self._db: Optional[sqlite3.Connection] = None
         self._pid = os.getpid()
         self._closed = False
+        reset_after_fork(self)
         self._connect()  # fail now, with a clear error, if the file cannot be used
 
     @classmethod
@@ -173,6 +175,7 @@ class SQLiteStorage(TransactionalStorage):
 
     @contextlib.contextmanager
     def transaction(self, name: str) -> Iterator[BudgetState]:
+        self._check_process()  # before the lock: a fork from C may have copied it held
         with self._lock:
             db = self._connect()
             try:

@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, Optional, Tuple
 
+from ..forks import ProcessBound, reset_after_fork
 from . import rules as budget
 from .rules import BudgetConfig, BudgetState, Lease, RateLimitSignal
 
@@ -58,7 +59,7 @@ class BudgetSnapshot:
     tokens_used: int
 
 
-class Storage:
+class Storage(ProcessBound):
     """The operations a limiter asks of its storage; each is atomic across every sharer.
 
     ``config`` is the asking limiter's :class:`~deepseek_pool.budget.rules.BudgetConfig`; the
@@ -122,6 +123,9 @@ class Storage:
 
     def after_fork(self) -> None:
         """In a forked child: drop what the parent's connections and threads held."""
+
+    def _after_fork(self) -> None:
+        self.after_fork()  # once per process (see deepseek_pool.forks), at the first use or the fork hook
 
 
 class TransactionalStorage(Storage):
@@ -249,6 +253,7 @@ class MemoryStorage(TransactionalStorage):
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._states: Dict[str, _MemoryState] = {}
+        reset_after_fork(self)
 
     def clock(self) -> float:
         return self._clock()
@@ -270,6 +275,7 @@ class MemoryStorage(TransactionalStorage):
 
     @contextlib.contextmanager
     def transaction(self, name: str) -> Iterator[BudgetState]:
+        self._check_process()
         with self._lock:
             state = self._state(name)
             state.settle()
@@ -287,6 +293,7 @@ class MemoryStorage(TransactionalStorage):
     # the lock-free path above and without the context manager.
 
     def start(self, name: str, config: BudgetConfig, tokens: int, lease: str, lease_seconds: float) -> float:
+        self._check_process()  # the parent's leases are not this process's
         held = Lease(lease, math.inf, self._pid)
         state = self._known_state(name)
         if budget.ungated(state, config, self._clock()):

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 
 from ..budget.limiter import Limiter
 from ..client import DeepSeekClient
-from ..forks import reset_after_fork
+from ..forks import ProcessBound, reset_after_fork
 from ..messages import Messages
 from ..models import ModelPrice
 from ..money.spend import SpendCap
@@ -66,7 +66,7 @@ STOP_STATUSES = frozenset({401, 402})
 _NOT_GIVEN: Any = object()  # the deprecated switch_interval=/gc_threshold= were not passed
 
 
-class DeepSeekPool:
+class DeepSeekPool(ProcessBound):
     """Run many DeepSeek chat calls at once on a thread pool, within shared limits.
 
     :param client: the :class:`DeepSeekClient` to use; built from the environment
@@ -285,6 +285,7 @@ class DeepSeekPool:
     # -- public surface ----------------------------------------------------------------
 
     def _check_open(self) -> None:
+        self._check_process()  # the entry of submit, as_completed and map
         if self._closed or self._closing.is_set():
             raise RuntimeError("this DeepSeekPool is closed")
 

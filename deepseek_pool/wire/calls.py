@@ -27,7 +27,7 @@ import time
 from typing import Any, Callable, List, NamedTuple, Optional, Protocol, Tuple
 
 from ..errors import APIConnectionError, APITimeoutError, DeepSeekError
-from ..forks import reset_after_fork
+from ..forks import ProcessBound, reset_after_fork
 from ..types import Usage
 from .failures import translate_error
 
@@ -168,7 +168,7 @@ class _Watch:
 _COMPACT_AT = 1024
 
 
-class Watchdog:
+class Watchdog(ProcessBound):
     """One daemon thread that expires attempts whose total deadline has passed.
 
     Watching costs a heap push under a lock; cancelling sets a flag. Cancelled entries
@@ -186,6 +186,7 @@ class Watchdog:
 
     def watch(self, deadline: float, handle: Expirable) -> _Watch:
         """Expire ``handle`` at ``deadline`` (monotonic seconds) unless cancelled first."""
+        self._check_process()
         entry = _Watch(deadline, handle)
         with self._cond:
             heap = self._heap

@@ -35,7 +35,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from ..errors import APIConnectionError, APITimeoutError
-from ..forks import reset_after_fork
+from ..forks import ProcessBound, reset_after_fork
 from .body import body_begins, finish_chunked, plain_chunked, reporting_silence, watchable
 from .calls import WATCHDOG, Silence
 from .chunked import Dechunker
@@ -180,7 +180,7 @@ class _Body:
                 self._grace = None
 
 
-class StreamReader:
+class StreamReader(ProcessBound):
     """One daemon thread that reads many streamed bodies, each readable socket once per wake.
 
     :meth:`read` blocks its caller until the body is over; the thread starts with the
@@ -207,6 +207,7 @@ class StreamReader:
             reader takes (the caller then reads it itself; nothing was read).
         :raises: what broke the body, as reading it in this thread would have raised it.
         """
+        self._check_process()
         raw = stream.response.raw
         fp = plain_chunked(raw) if _EPOLL is not None else None
         sock = getattr(getattr(raw, "connection", None), "sock", None)
