@@ -11,8 +11,9 @@ What this adds to the web examples:
   parent does work in a child forked through Python (``os.fork``: gunicorn ``--preload``,
   Celery prefork, multiprocessing's "fork"), whose hooks start its threads and connections
   afresh there; but a pool built in the child lets no thread, socket or lease cross the fork
-  at all, which also holds under a server that forks from C without those hooks (uWSGI's
-  default mode). Here ``init_worker`` runs in each process as the executor's initializer.
+  at all. (A fork from C without those hooks, uWSGI's default mode, is covered too: every
+  object checks its process id.) Here ``init_worker`` runs in each process as the
+  executor's initializer.
 * **Share one budget between the processes.** DeepSeek caps concurrent requests per
   account (all keys together). Each process builds its own :class:`~deepseek_pool.Limiter`
   on the same ``sqlite://`` file and name, so they share one budget: a busy process may use
