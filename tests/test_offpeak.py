@@ -380,3 +380,27 @@ def test_the_report_splits_the_cost_by_the_calendar(tmp_path: Path) -> None:
     assert report.cost_off_peak == pytest.approx(2 * costs[False])
     assert report.cost_peak == pytest.approx(2 * costs[True])
     assert report.cost_untimed == pytest.approx(costs[True])
+
+
+# -- the cost benchmark cell -----------------------------------------------------------------------------
+
+
+def test_the_cost_cell_measures_warming_off_peak_and_the_rerun() -> None:
+    from benchmarks import cost
+
+    small = ["--items", "30", "--latency", "0.05", "--build-delay", "0.1", "--warm-wait", "0.2"]
+    args = cost.parser().parse_args(small)
+    args.workers = 30
+    rows = {row["row"]: row for row in cost.run_cell(args)}
+    cold, warmed, off = rows["cold"], rows["warmed"], rows["warmed, off-peak only"]
+    assert cold["requests"] == 30 and cold["hit_tokens"] == 0
+    assert warmed["requests"] == 32 and warmed["prompt_usd"] < 0.2 * cold["prompt_usd"]  # two warm-ups, then hits
+    assert off["rate"] == pytest.approx(0.5) and off["held_until"] == "10:00 UTC"
+    rerun = rows["rerun, response cache on"]
+    if cost.has_response_cache():
+        assert rerun["requests"] == 0 and rerun["spent_usd"] == 0 and rerun["cached"] == 30
+    else:
+        assert rerun["todo"] == cost.NO_CACHE
+    text = "\n".join(cost.table(list(rows.values())))
+    assert "Warming: prompt cost" in text
+    assert ("TODO" in text) is not cost.has_response_cache()
