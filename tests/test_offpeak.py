@@ -324,7 +324,7 @@ def test_deepseek_pool_run_off_peak_only(
     inp, out = _write_input(tmp_path / "in.jsonl", 5), tmp_path / "out.jsonl"
     assert main(["run", str(inp), "-o", str(out), "--off-peak-only"]) == 0
     err = capsys.readouterr().err
-    assert "no new call starts until 2026-12-08 10:00 UTC" in err and "peak windows" in err
+    assert "no new call starts until 2026-12-08 10:00 UTC" in err and "calls held through a peak window" in err
     assert len(out.read_text().splitlines()) == 5 and deepseek_env.stats.requests == 5
     assert clock.now() == at(2026, 12, 8, 10, 0)
 

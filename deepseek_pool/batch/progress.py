@@ -320,7 +320,8 @@ def format_summary(summary: BatchSummary) -> str:
             f"stopped by the spend cap: {summary.not_run} items not started (a rerun with a higher cap runs them)"
         )
     if summary.off_peak_holds:
-        lines.append(f"off-peak only: calls held through {summary.off_peak_holds} peak windows")
+        windows = "a peak window" if summary.off_peak_holds == 1 else f"{summary.off_peak_holds} peak windows"
+        lines.append(f"off-peak only: calls held through {windows}")
     if summary.compacted:
         lines.append(f"output compacted: {summary.compacted} superseded lines removed")
     return "\n".join(lines)

@@ -52,6 +52,11 @@ every run) and a call billed without a result leaves a spend record
 (:mod:`~deepseek_pool.batch.results_file`), so a rerun counts what the earlier runs
 spent, and one whose cap is already spent stops before sending, naming both amounts.
 
+Off-peak: with an off-peak-only pool (``DeepSeekPool(off_peak_only=...)``) the progress
+says when a peak window holds the calls and until when, and the summary counts the
+windows (``off_peak_holds``); the running cost prices each answer at the rate the peak
+calendar gives its start and end (:mod:`deepseek_pool.money.offpeak`).
+
 Example::
 
     with DeepSeekPool(max_workers=16) as pool:
