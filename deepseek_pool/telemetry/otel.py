@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import Observation
+from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ..models import estimate_cost
@@ -38,6 +39,7 @@ _VERSION = "0.1.0"
 _DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
 _TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
 _API_MODULES = ("opentelemetry.trace", "opentelemetry.metrics")
+_UNKNOWN = object()
 
 
 def _is_configured(provider: Any) -> bool:
@@ -46,7 +48,16 @@ def _is_configured(provider: Any) -> bool:
 
 
 def configured() -> bool:
-    """Whether the application set a global tracer or meter provider (an SDK's, a vendor's)."""
+    """Whether the application set a global tracer or meter provider (an SDK's, a vendor's).
+
+    Asked before every call until it is true, so it reads the API's globals (None until
+    ``set_tracer_provider`` / ``set_meter_provider``) before calling anything; where an API
+    release keeps them elsewhere, its public getters answer instead.
+    """
+    tracer_provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    meter_provider = getattr(_metrics_api, "_METER_PROVIDER", _UNKNOWN)
+    if tracer_provider is None and meter_provider is None:
+        return False
     return _is_configured(trace.get_tracer_provider()) or _is_configured(metrics.get_meter_provider())
 
 

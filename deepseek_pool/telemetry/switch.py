@@ -23,6 +23,9 @@ from ..errors import ConfigurationError
 if TYPE_CHECKING:
     from .otel import Recorder
 
+#: Imported by OpenTelemetry's trace and metrics APIs alike: absent, nothing can be configured.
+_OTEL_CONTEXT = "opentelemetry.context"
+
 __all__ = ["AUTO", "CallTrace", "Telemetry", "TelemetryLike", "resolve_telemetry"]
 
 
@@ -83,6 +86,7 @@ class Telemetry:
         self.automatic = _automatic
         self._lock = threading.Lock()
         self._recorder: Optional[Recorder] = None
+        self._configured: Optional[Callable[[], bool]] = None  # otel.configured, once imported
         if not _automatic:
             self._recorder = self._make_recorder()
 
@@ -101,11 +105,13 @@ class Telemetry:
 
     def _automatic_recorder(self) -> Optional[Recorder]:
         """The recorder once OpenTelemetry is configured globally (kept: providers are set once)."""
-        modules = sys.modules
-        if "opentelemetry.trace" not in modules and "opentelemetry.metrics" not in modules:
+        if _OTEL_CONTEXT not in sys.modules:
             return None  # nobody imported OpenTelemetry, so nobody configured it
-        from .otel import configured
+        configured = self._configured
+        if configured is None:
+            from .otel import configured
 
+            self._configured = configured
         if not configured():
             return None
         with self._lock:
@@ -128,8 +134,8 @@ class Telemetry:
         """
         recorder = self._recorder
         if recorder is None:
-            if not self.automatic:
-                return None
+            if _OTEL_CONTEXT not in sys.modules or not self.automatic:
+                return None  # the common case when off: one dict lookup
             recorder = self._automatic_recorder()
             if recorder is None:
                 return None
