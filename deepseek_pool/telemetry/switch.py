@@ -107,12 +107,11 @@ class Telemetry:
         """The recorder once OpenTelemetry is configured globally (kept: providers are set once)."""
         if _OTEL_CONTEXT not in sys.modules:
             return None  # nobody imported OpenTelemetry, so nobody configured it
-        configured = self._configured
-        if configured is None:
-            from .otel import configured
+        if self._configured is None:
+            from . import otel
 
-            self._configured = configured
-        if not configured():
+            self._configured = otel.configured
+        if not self._configured():
             return None
         with self._lock:
             if self._recorder is None:
