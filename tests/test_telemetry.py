@@ -531,3 +531,20 @@ def test_explicit_telemetry_without_opentelemetry_says_what_to_install() -> None
 def test_the_global_tracer_is_untouched_here() -> None:
     """These tests never set OpenTelemetry's global provider (it can be set once per process)."""
     assert type(trace.get_tracer_provider()).__module__.startswith("opentelemetry.trace")
+
+
+def test_the_cost_benchmark_runs() -> None:
+    pytest.importorskip("openai")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = root
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.telemetry_cost", "--n", "5", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "telemetry adds" in done.stdout and "openai-python adds" in done.stdout

@@ -180,7 +180,10 @@ class Recorder:
         for name, limiter in limiters:
             if limiter is None:
                 continue
-            value = getattr(limiter.stats, field)
+            try:
+                value = getattr(limiter.stats, field)
+            except Exception:  # a shared storage out of reach: no figure this time, the call paths go on
+                continue
             if value is not None:
                 yield Observation(value, {"deepseek_pool.limiter.name": name})
 
