@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
@@ -211,6 +212,34 @@ def test_a_span_covers_the_wait_before_a_retry(fake: FakeDeepSeek, otel: Otel) -
     (span,) = otel.finished()
     assert span.end_time is not None and span.start_time is not None
     assert (span.end_time - span.start_time) / 1e9 >= 0.3
+
+
+def test_a_pool_calls_span_covers_its_wait_at_the_limiter(otel: Otel) -> None:
+    with FakeDeepSeek(latency=0.3) as fake:
+        client = client_for(fake, otel)
+        with dp.DeepSeekPool(client, max_workers=2, limiter=dp.Limiter(max_in_flight=1)) as pool:
+            assert all(result.ok for result in pool.map(["first", "second"]))
+        client.close()
+    first, second = sorted(otel.finished(), key=lambda span: span.end_time or 0)
+    assert first.start_time is not None and second.start_time is not None and second.end_time is not None
+    # Both began together; the second waited for the first's slot, inside its own span.
+    assert abs(second.start_time - first.start_time) / 1e9 < 0.2
+    assert (second.end_time - second.start_time) / 1e9 >= 0.55
+
+
+def test_a_direct_calls_span_covers_its_wait_for_a_slot(otel: Otel) -> None:
+    limiter = dp.Limiter(max_in_flight=1)
+    with FakeDeepSeek(latency=0.3) as fake:
+        client = dp.DeepSeekClient(api_key=KEY, base_url=fake.base_url, limiter=limiter, telemetry=otel.telemetry())
+        permit = limiter.acquire()  # another caller holds the only slot for 0.3 s
+        timer = threading.Timer(0.3, limiter.release, [permit])
+        timer.start()
+        client.chat("waits for the slot")
+        timer.join(WAIT)
+        client.close()
+    (span,) = otel.finished()
+    assert span.end_time is not None and span.start_time is not None
+    assert (span.end_time - span.start_time) / 1e9 >= 0.55
 
 
 def test_a_failed_call_has_error_type_and_status(fake: FakeDeepSeek, otel: Otel) -> None:
