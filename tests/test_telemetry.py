@@ -21,7 +21,6 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
-from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -332,6 +331,24 @@ def test_a_stream_cut_short_is_an_error_with_finish_reason_error(fake: FakeDeepS
     client.close()
 
 
+def test_an_aggregated_stream_cut_short_says_error_and_one_refused_says_no_finish_reason(
+    fake: FakeDeepSeek, otel: Otel
+) -> None:
+    client = client_for(fake, otel)
+    fake.script("cut:3")
+    with pytest.raises(dp.APIConnectionError):
+        client.chat("cut me", stream=True)
+    fake.script("429")
+    with pytest.raises(dp.RateLimitError):
+        client.chat("refused", stream=True)
+    client.close()
+    cut, refused = otel.finished()
+    assert list(cut.attributes["gen_ai.response.finish_reasons"]) == ["error"]
+    assert cut.attributes["error.type"] == "APIConnectionError"
+    assert "gen_ai.response.finish_reasons" not in refused.attributes  # no stream ever began
+    assert refused.attributes["error.type"] == "RateLimitError"
+
+
 # -- content: off unless OpenTelemetry's own switch says so -------------------------------------
 
 
@@ -555,11 +572,6 @@ def test_explicit_telemetry_without_opentelemetry_says_what_to_install() -> None
         timeout=60,
     )
     assert "deepseek-pool[otel]" in done.stdout, done.stderr
-
-
-def test_the_global_tracer_is_untouched_here() -> None:
-    """These tests never set OpenTelemetry's global provider (it can be set once per process)."""
-    assert type(trace.get_tracer_provider()).__module__.startswith("opentelemetry.trace")
 
 
 def test_the_cost_benchmark_runs() -> None:

@@ -202,9 +202,9 @@ class Trace:
         "model",
         "retries",
         "span",
+        "stream_began",
         "stream_builder",
         "stream_error",
-        "streaming",
     )
 
     def __init__(
@@ -219,7 +219,7 @@ class Trace:
         self.retries = 0
         self.stream_builder: Any = None
         self.stream_error: Optional[BaseException] = None
-        self.streaming = stream
+        self.stream_began = False  # an attempt's answer began to stream (a ChatStream was made)
         operation = "chat" if "messages" in payload else "text_completion"
         self.model = str(payload.get("model") or "")
         address, port = server_of(url)
@@ -245,6 +245,8 @@ class Trace:
     # -- during the call ---------------------------------------------------------------
 
     def first_chunk_hook(self, inner: Optional[Callable[[float], None]]) -> Callable[[float], None]:
+        self.stream_began = True
+
         def first_token(at: float) -> None:
             if self.first_chunk is None:
                 self.first_chunk = at - self._started  # the first attempt's, if a stream restarts
@@ -316,7 +318,8 @@ class Trace:
             if model:
                 metric_attributes = {**metric_attributes, "gen_ai.response.model": model}
         else:
-            attributes = {"gen_ai.response.finish_reasons": ["error"]} if self.streaming and error is not None else {}
+            # A stream that broke before its final event: "error"; a call refused before any stream: none.
+            attributes = {"gen_ai.response.finish_reasons": ["error"]} if self.stream_began and error else {}
         if self.first_chunk is not None:
             attributes["gen_ai.response.time_to_first_chunk"] = self.first_chunk
             instruments.first_chunk.record(self.first_chunk, metric_attributes)
