@@ -128,7 +128,7 @@ def run_call(
     result.queued = begun - start
     control = PoolCall(pool, permit, tokens, deadline, cancelled, drain, result, spend, reservation)
     control.started = start  # its telemetry span covers the wait at the limiter too
-    telemetry = pool.client.telemetry
+    telemetry = getattr(pool.client, "telemetry", None)  # a stand-in client may have none
     if telemetry is not None:
         telemetry.watch_limiter(limiter)
     handle = control.handle
