@@ -77,18 +77,17 @@ class Telemetry:
         meter_provider: Any = None,
         capture_content: Optional[bool] = None,
         latest_names: Optional[bool] = None,
-        _automatic: bool = False,
     ) -> None:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self.capture_content = capture_content
         self.latest_names = latest_names
-        self.automatic = _automatic
         self._lock = threading.Lock()
-        self._recorder: Optional[Recorder] = None
         self._configured: Optional[Callable[[], bool]] = None  # otel.configured, once imported
-        if not _automatic:
-            self._recorder = self._make_recorder()
+        self._recorder: Optional[Recorder] = None if self.automatic else self._make_recorder()
+
+    #: Whether this one waits for OpenTelemetry's global providers to be configured (:data:`AUTO`).
+    automatic = False
 
     def __repr__(self) -> str:
         if self.automatic:
@@ -147,8 +146,14 @@ class Telemetry:
             recorder.watch_limiter(limiter)
 
 
+class _Automatic(Telemetry):
+    """The default: records to the global providers once the application has configured one."""
+
+    automatic = True
+
+
 #: The default of every client: record once OpenTelemetry is configured globally.
-AUTO = Telemetry(_automatic=True)
+AUTO: Telemetry = _Automatic()
 
 TelemetryLike = Union[None, bool, Telemetry]
 
