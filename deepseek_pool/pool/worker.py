@@ -138,6 +138,10 @@ def run_call(
     result.started_at = begun
     result.queued = begun - start
     control = PoolCall(pool, permit, tokens, deadline, cancelled, drain, result, spend, reservation)
+    control.started = start  # its telemetry span covers the wait at the limiter too
+    telemetry = getattr(pool.client, "telemetry", None)  # a stand-in client may have none
+    if telemetry is not None:
+        telemetry.watch_limiter(limiter)
     handle = control.handle
     completion: Any = None
     pool._handles[handle] = cancelled  # a dict store: atomic, no lock (see DeepSeekPool._untrack)
