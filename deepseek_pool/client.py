@@ -53,7 +53,7 @@ from .types import (
 from .wire.answers import ChunkCallback, aggregate_stream, parse_chat, parse_json
 from .wire.attempts import AttemptLoop
 from .wire.calls import Attempt, CallControl, CallHandle, RetryListener
-from .wire.mount import mount_adapter
+from .wire.mount import SizedConnections
 from .wire.reader import READER
 from .wire.retry import DeepSeekRetry
 from .wire.route import SessionRoute
@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 _USER_AGENT = f"deepseek-pool/0.1 (python-requests/{requests.__version__})"
 
 
-class DeepSeekClient(ProcessBound):
+class DeepSeekClient(SizedConnections, ProcessBound):
     """A thread-safe client for the DeepSeek API.
 
     :param api_key: the key; defaults to ``DEEPSEEK_API_KEY``.
@@ -169,14 +169,9 @@ class DeepSeekClient(ProcessBound):
             pool_maxsize = config.DEFAULT_POOL_MAXSIZE
         if isinstance(pool_maxsize, bool) or not isinstance(pool_maxsize, int) or pool_maxsize < 1:
             raise ConfigurationError(f"pool_maxsize must be an int >= 1, got {pool_maxsize!r}")
-        self._lock = threading.Lock()
         self._owns_session = session is None
         self.session = session if session is not None else requests.Session()
-        self.pool_maxsize = 0
-        self._base_pool_maxsize = pool_maxsize
-        self._reserved = 0
-        self._hinted = False
-        self._mount(pool_maxsize)
+        self._size_connections(pool_maxsize)
 
         # The client's own headers; the session's are merged in at each call, as requests does.
         own_headers: Dict[str, str] = {}
@@ -223,50 +218,6 @@ class DeepSeekClient(ProcessBound):
         if base_url.endswith("/v1"):
             return base_url[:-3] + "/beta"
         return base_url + "/beta"
-
-    def _mount(self, pool_maxsize: int) -> None:
-        """Size the connection pool to ``pool_maxsize`` (see :func:`~deepseek_pool.wire.mount.mount_adapter`)."""
-        self.pool_maxsize = mount_adapter(self.session, self.base_url, pool_maxsize, owned=self._owns_session)
-
-    def _grow(self, threads: int) -> None:
-        """Serve ``threads`` callers: grow the own session's pool, or say what a given session's lacks."""
-        if threads <= self.pool_maxsize:
-            return
-        if self._owns_session:
-            self._mount(threads)
-        elif not self._hinted:
-            self._hinted = True
-            log.warning(
-                "%d threads share a session whose adapter for %s keeps %d connections: urllib3 will open and "
-                "discard the others. Mount one sized to them: session.mount(%r, "
-                "deepseek_pool.DeepSeekAdapter(pool_maxsize=%d))",
-                threads,
-                self.base_url,
-                self.pool_maxsize,
-                self.base_url,
-                threads,
-            )
-
-    def ensure_pool_size(self, threads: int) -> None:
-        """Grow the connection pool to serve ``threads`` concurrent calls without discarding connections."""
-        with self._lock:
-            self._grow(threads)
-
-    def reserve_connections(self, threads: int) -> None:
-        """Add ``threads`` to the callers sharing this client (a pool's workers), growing the pool.
-
-        Pools that share a client add up: two pools of 40 workers need 80 connections,
-        else urllib3 discards the connections it cannot keep. Hand them back with
-        :meth:`release_connections`.
-        """
-        with self._lock:
-            self._reserved += threads
-            self._grow(max(self._base_pool_maxsize, self._reserved))
-
-    def release_connections(self, threads: int) -> None:
-        """Those ``threads`` no longer use the client (the pool stays as large as it grew)."""
-        with self._lock:
-            self._reserved = max(0, self._reserved - threads)
 
     def __repr__(self) -> str:
         return (
