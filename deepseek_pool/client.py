@@ -29,13 +29,14 @@ import os
 import threading
 import time
 from functools import partial
-from typing import Any, Dict, List, Mapping, Optional, Union, Unpack
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, Unpack
 from urllib.parse import urlsplit
 
 import requests
 
 from . import config
 from .budget.limiter import Limiter
+from .cache.response_cache import CacheLike, CacheLookup, open_cache
 from .config import Timeout, TimeoutLike
 from .errors import APITimeoutError, ConfigurationError
 from .forks import ProcessBound, reset_after_fork
@@ -115,6 +116,11 @@ class DeepSeekClient(SizedConnections, ProcessBound):
         ``on_chunk``) on the process's one stream reader thread, which serves every
         readable socket per wake-up, while the calling thread sleeps until the answer
         is whole (see :mod:`deepseek_pool.wire.reader`). False reads each in its calling thread.
+    :param cache: a response cache (opt-in): a :class:`~deepseek_pool.ResponseCache`, or a URI
+        the client opens (and closes): ``sqlite:////abs/path.db``, ``redis://host:6379/0``,
+        ``memory://``, ``?ttl=SECONDS``. ``chat``, ``chat_stream`` and ``fim`` then serve an
+        answer stored for the very same request (``.cached``: not sent, no slot, $0) and store
+        each complete answer; ``cache=False`` on a call skips it. See :mod:`deepseek_pool.cache`.
     """
 
     def __init__(
@@ -134,6 +140,7 @@ class DeepSeekClient(SizedConnections, ProcessBound):
         beta_url: Optional[str] = None,
         shared_stream_reader: bool = True,
         limiter: Optional[Limiter] = None,
+        cache: CacheLike = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(config.ENV_API_KEY)
         if not key:
@@ -203,6 +210,12 @@ class DeepSeekClient(SizedConnections, ProcessBound):
         if limiter is not None and not isinstance(limiter, Limiter):
             raise ConfigurationError(f"limiter must be a deepseek_pool.Limiter, got {limiter!r}")
         self.limiter = limiter
+        self.cache, self._owns_cache = None, False
+        try:
+            self.cache, self._owns_cache = open_cache(cache)
+        except BaseException:
+            self.close()
+            raise
 
     @staticmethod
     def _normalize_base_url(url: str) -> str:
@@ -252,6 +265,47 @@ class DeepSeekClient(SizedConnections, ProcessBound):
             return None
         return SlotCall(self.limiter, control, retry=self.retry, call_timeout=self.call_timeout)
 
+    def _lookup(self, cache: bool, control: Optional[CallControl], url: str, body: Any) -> Optional[CacheLookup]:
+        """This call's look in the response cache (None: no cache, or ``cache=False``)."""
+        looked = getattr(control, "response_cache", None)
+        if looked is not None:  # a pool looked before it took its limits: keep the answer there
+            return looked.lookup(url, body, look=False)  # type: ignore[no-any-return]
+        return None if cache is False or self.cache is None else self.cache.lookup(url, body)
+
+    def _chat_request(
+        self, messages: Messages, model: Optional[str], params: Mapping[str, Any], stream: bool, beta: bool
+    ) -> Tuple[str, Dict[str, Any]]:
+        body = build_chat_body(messages, self.model if model is None else model, params)
+        if stream:
+            body["stream"] = True
+        return (self._beta_chat_url if beta else self._chat_url), body
+
+    def _fim_request(
+        self, prompt: Any, suffix: Any, model: Optional[str], params: Mapping[str, Any]
+    ) -> Tuple[str, Dict[str, Any]]:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        if suffix is not None and not isinstance(suffix, str):
+            raise TypeError(f"suffix must be a str or None, got {type(suffix).__name__}")
+        body: Dict[str, Any] = {"model": self.model if model is None else model, "prompt": prompt}
+        if suffix is not None:
+            body["suffix"] = suffix
+        body.update(params)
+        if "extra_body" in params:
+            merge_extra_body(body)
+        return self._fim_url, body
+
+    def request_for(self, endpoint: str, messages: Messages, params: Mapping[str, Any]) -> Tuple[str, Dict[str, Any]]:
+        """The URL and JSON body a call sends: ``endpoint`` is ``"chat"``, ``"beta"`` or ``"fim"``
+        (``messages`` then the prompt), ``params`` what ``chat``/``fim`` take (``model``, ``stream``,
+        ``suffix``; ``timeout`` is sent in no body). A pool looks its calls up in its cache with it."""
+        options = {key: value for key, value in params.items() if key != "timeout"}
+        model = options.pop("model", None)
+        if endpoint == "fim":
+            return self._fim_request(messages, options.pop("suffix", None), model, options)
+        stream = bool(options.pop("stream", False))
+        return self._chat_request(messages, model, options, stream, endpoint == "beta")
+
     # -- API -------------------------------------------------------------------------
 
     def chat(
@@ -266,6 +320,7 @@ class DeepSeekClient(SizedConnections, ProcessBound):
         restart_streams: bool = False,
         control: Optional[CallControl] = None,
         beta: bool = False,
+        cache: bool = True,
         **params: Unpack[ChatParams],
     ) -> ChatCompletion:
         """Send one chat request and return its answer.
@@ -284,6 +339,9 @@ class DeepSeekClient(SizedConnections, ProcessBound):
             abort handle, hooks) for callers that run calls themselves.
         :param beta: post to ``beta_url + "/chat/completions"`` (chat prefix completion,
             strict tool schemas) instead of ``base_url + "/chat/completions"``.
+        :param cache: False: neither look the call up in the client's response cache nor
+            keep its answer there. A cached answer has ``cached`` set; a cached streamed one
+            is shown to ``on_chunk`` as chunks first.
         :param params: DeepSeek's chat fields, typed by :class:`~deepseek_pool.ChatParams`:
             ``thinking`` (``True``/``False`` switches thinking mode), ``reasoning_effort``,
             ``max_tokens``, ``temperature``, ``response_format``, ``tools``, ``tool_choice``,
@@ -291,15 +349,17 @@ class DeepSeekClient(SizedConnections, ProcessBound):
             the body last (untyped keywords still pass through at run time, but mypy flags them).
         :raises DeepSeekError: see :mod:`deepseek_pool.errors`.
         """
-        body = build_chat_body(messages, self.model if model is None else model, params)
+        url, body = self._chat_request(messages, model, params, stream, beta)
         control = self._control(control, on_retry)
+        lookup = self._lookup(cache, control, url, body)
+        if lookup is not None and lookup.hit is not None:
+            return lookup.chat(on_chunk)  # not sent: no slot, nothing billed
+        store = None if lookup is None else lookup.store
         slot = self._slot(control)
         if slot is not None:
             control = slot.start()
-        url = self._beta_chat_url if beta else self._chat_url
         try:
             if stream:
-                body["stream"] = True
                 answer = self._call(
                     "POST",
                     url,
@@ -307,10 +367,19 @@ class DeepSeekClient(SizedConnections, ProcessBound):
                     timeout=timeout,
                     control=control,
                     stream=True,
-                    parse=partial(aggregate_stream, self.shared_stream_reader, on_chunk, restart_streams, control),
+                    parse=partial(
+                        aggregate_stream,
+                        self.shared_stream_reader,
+                        on_chunk,
+                        restart_streams,
+                        control,
+                        on_complete=store,
+                    ),
                 )
             else:
                 answer = self._call("POST", url, body, timeout=timeout, control=control, parse=parse_chat)
+                if store is not None:
+                    store(answer)
         except BaseException:
             if slot is not None:
                 slot.end(ok=False)
@@ -327,6 +396,7 @@ class DeepSeekClient(SizedConnections, ProcessBound):
         timeout: TimeoutLike = None,
         on_retry: Optional[RetryListener] = None,
         control: Optional[CallControl] = None,
+        cache: bool = True,
         **params: Unpack[ChatParams],
     ) -> ChatStream:
         """Start a streamed chat answer; use the result as a context manager and iterate it.
@@ -334,7 +404,8 @@ class DeepSeekClient(SizedConnections, ProcessBound):
         Errors the server answers with (401, 429 after retries ...) raise here; a
         failure in the middle of the stream raises from the iteration. Add
         ``stream_options={"include_usage": True}`` for a final usage chunk. ``params``
-        are :meth:`chat`'s (:class:`~deepseek_pool.ChatParams`).
+        are :meth:`chat`'s (:class:`~deepseek_pool.ChatParams`), and so is ``cache``: a
+        cached answer is replayed as chunks, and a stream read to its end is kept.
 
         ::
 
@@ -342,15 +413,22 @@ class DeepSeekClient(SizedConnections, ProcessBound):
                 for chunk in stream:
                     print(chunk.content or "", end="", flush=True)
         """
-        body = build_chat_body(messages, self.model if model is None else model, params)
-        body["stream"] = True
+        url, body = self._chat_request(messages, model, params, True, False)
         control = self._control(control, on_retry)
+        lookup = self._lookup(cache, control, url, body)
+        if lookup is not None and lookup.hit is not None:
+            return lookup.stream()
+        store = None if lookup is None else lookup.store
         slot = self._slot(control)
-        stream = ChatStream if slot is None else partial(SlotStream, slot=slot)
+        stream = (
+            partial(ChatStream, on_complete=store)
+            if slot is None
+            else partial(SlotStream, slot=slot, on_complete=store)
+        )
         try:
             return self._call(  # type: ignore[no-any-return]
                 "POST",
-                self._chat_url,
+                url,
                 body,
                 timeout=timeout,
                 control=control if slot is None else slot.start(),
@@ -370,33 +448,30 @@ class DeepSeekClient(SizedConnections, ProcessBound):
         model: Optional[str] = None,
         timeout: TimeoutLike = None,
         control: Optional[CallControl] = None,
+        cache: bool = True,
         **params: Unpack[FIMParams],
     ) -> FIMCompletion:
         """Fill in the middle between ``prompt`` and ``suffix`` (DeepSeek's beta completions).
 
         ``params`` are DeepSeek's FIM fields, typed by :class:`~deepseek_pool.FIMParams`
-        (``max_tokens``, ``stop``, ``echo`` ...; others in ``extra_body={...}``).
+        (``max_tokens``, ``stop``, ``echo`` ...; others in ``extra_body={...}``); ``cache`` is :meth:`chat`'s.
         """
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-        if suffix is not None and not isinstance(suffix, str):
-            raise TypeError(f"suffix must be a str or None, got {type(suffix).__name__}")
-        body: Dict[str, Any] = {"model": self.model if model is None else model, "prompt": prompt}
-        if suffix is not None:
-            body["suffix"] = suffix
-        body.update(params)
-        if "extra_body" in params:
-            merge_extra_body(body)
+        url, body = self._fim_request(prompt, suffix, model, params)
+        lookup = self._lookup(cache, control, url, body)
+        if lookup is not None and lookup.hit is not None:
+            return lookup.fim()
         slot = self._slot(control)
         try:
             answer = self._call(
                 "POST",
-                self._fim_url,
+                url,
                 body,
                 timeout=timeout,
                 control=control if slot is None else slot.start(),
                 parse=lambda data, response, attempt: FIMCompletion(parse_json(data, response, completion_problem)),
             )
+            if lookup is not None:
+                lookup.store(answer)
         except BaseException:
             if slot is not None:
                 slot.end(ok=False)
@@ -443,6 +518,8 @@ class DeepSeekClient(SizedConnections, ProcessBound):
         """Close the client's own session; a session the user gave stays theirs, open."""
         if self._owns_session:
             self.session.close()
+        if self._owns_cache and self.cache is not None:
+            self.cache.close()
 
     def __enter__(self) -> DeepSeekClient:
         return self

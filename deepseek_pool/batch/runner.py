@@ -347,7 +347,10 @@ def _run(
                 out.append(custom_id, ok, data, cost)
             finally:
                 end()
-            if ok:
+            if ok and result.cached:
+                tally.ok += 1  # its tokens and cost were the original call's: nothing was billed now
+                summary.cached += 1
+            elif ok:
                 tally.add_ok(completion, _requested_model(result, default_model))
             else:
                 tally.add_failed()

@@ -160,7 +160,7 @@ def warm(pool: Warmer, prefix: Prefix, settings: WarmPrefix, stop: Optional[thre
     the two share. True when both completed; a failure is logged and the batch goes on cold.
     """
     started = time.monotonic()
-    params = cast(SubmitParams, {**prefix.context, "max_tokens": 1})
+    params = cast(SubmitParams, {**prefix.context, "max_tokens": 1, "cache": False})  # must reach DeepSeek
     for turn in ("1", "2"):
         messages = [*prefix.messages, {"role": prefix.next_role, "content": turn}]
         try:

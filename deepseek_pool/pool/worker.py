@@ -14,8 +14,9 @@ import sys
 import threading
 import time
 from functools import partial
-from typing import Any, Callable, Dict, Optional, Protocol
+from typing import Any, Callable, Dict, Optional, Protocol, Tuple
 
+from ..cache.response_cache import CacheLookup, ResponseCache
 from ..errors import APIStatusError, APITimeoutError, status_error
 from ..messages import Messages, normalize_messages
 from ..money.spend import UNSET_MAX_TOKENS_RESERVE, Reservation, SpendCap
@@ -36,6 +37,7 @@ class PoolWorker(CallOwner, Protocol):
     """What a worker needs of its pool (a :class:`~deepseek_pool.pool.pool.DeepSeekPool`)."""
 
     spend: Optional[SpendCap]
+    cache: Optional[ResponseCache]
     on_chunk: Optional[PoolChunkCallback]
     _stopped_by: Optional[int]
     _closing: threading.Event
@@ -87,6 +89,9 @@ def run_call(
     stopped = pool._stopped_by
     if stopped is not None:
         raise status_error(stopped, f"not sent: an earlier call of this pool was answered {stopped}")
+    params, lookup = _look_up(pool, messages, params, endpoint)
+    if lookup is not None and lookup.hit is not None:
+        return _from_cache(pool, result, lookup, endpoint)  # no limiter slot, no spend: $0
     spend = pool.spend
     model = params.get("model") or pool.client.model
     if spend is not None:
@@ -127,6 +132,7 @@ def run_call(
     result.started_at = begun
     result.queued = begun - start
     control = PoolCall(pool, permit, tokens, deadline, cancelled, drain, result, spend, reservation)
+    control.response_cache = None if lookup is None else lookup.cache
     handle = control.handle
     completion: Any = None
     pool._handles[handle] = cancelled  # a dict store: atomic, no lock (see DeepSeekPool._untrack)
@@ -136,11 +142,13 @@ def run_call(
         if endpoint == "fim":
             assert isinstance(messages, str)  # route_request made it the FIM prompt
             fim_params = dict(params)
-            completion = pool.client.fim(messages, fim_params.pop("suffix", None), control=control, **fim_params)
+            completion = pool.client.fim(
+                messages, fim_params.pop("suffix", None), control=control, cache=False, **fim_params
+            )
         elif params.get("stream"):
             completion = _stream(pool, result, messages, dict(params), control, endpoint == "beta")
         else:
-            completion = pool.client.chat(messages, control=control, beta=endpoint == "beta", **params)
+            completion = pool.client.chat(messages, control=control, beta=endpoint == "beta", cache=False, **params)
         return completion
     finally:
         del pool._handles[handle]
@@ -170,9 +178,7 @@ def _stream(
     control: CallControl,
     beta: bool = False,
 ) -> ChatCompletion:
-    params.pop("stream")
-    if params.get("stream_options") is None:
-        params["stream_options"] = {"include_usage": True}  # settled with the usage, not the estimate
+    params = _stream_params(params)
     user_callback = pool.on_chunk
     # The control records the first token (PoolCall.first_token). Without a user
     # callback nobody watches the chunks: the client's shared reader may read them,
@@ -185,8 +191,44 @@ def _stream(
         restart_streams=user_callback is None,
         control=control,
         beta=beta,
+        cache=False,
         **params,
     )
+
+
+def _stream_params(params: Dict[str, Any]) -> Dict[str, Any]:
+    """What a pool's streamed call sends: the usage asked for, unless the caller set ``stream_options``."""
+    params = {key: value for key, value in params.items() if key != "stream"}
+    if params.get("stream_options") is None:
+        params["stream_options"] = {"include_usage": True}  # settled with the usage, not the estimate
+    return params
+
+
+def _look_up(
+    pool: PoolWorker, messages: Messages, params: Dict[str, Any], endpoint: str
+) -> Tuple[Dict[str, Any], Optional[CacheLookup]]:
+    """The params to send (without the pool's ``cache`` option) and the call's look in the pool's cache."""
+    use = params.get("cache", True)
+    if "cache" in params:
+        if not isinstance(use, bool):
+            raise TypeError(f"a request's 'cache' must be True or False, got {use!r}")
+        params = {key: value for key, value in params.items() if key != "cache"}
+    if not use or pool.cache is None:
+        return params, None
+    sent = {**_stream_params(params), "stream": True} if endpoint != "fim" and params.get("stream") else params
+    url, body = pool.client.request_for(endpoint, messages, sent)
+    return params, pool.cache.lookup(url, body)
+
+
+def _from_cache(pool: PoolWorker, result: Result, lookup: CacheLookup, endpoint: str) -> Any:
+    """A cached answer, as a call would have given it (a streamed one shown to ``on_chunk``)."""
+    result.started_at = time.monotonic()
+    if pool.spend is not None:
+        result.cost = 0.0
+    if endpoint == "fim":
+        return lookup.fim()
+    user_callback = pool.on_chunk
+    return lookup.chat(None if user_callback is None else partial(user_callback, result))
 
 
 def run_submitted(

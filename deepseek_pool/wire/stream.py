@@ -65,6 +65,8 @@ class ChatStream:
         instead of waking for every event. Iterating reads in the calling thread.
     :param on_first_token: called once, with ``time.monotonic()``, when the first chunk
         with content (or reasoning) arrives.
+    :param on_complete: called with the answer once the stream was read to ``[DONE]`` after
+        a ``finish_reason`` (the response cache keeps it then, and only then).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class ChatStream:
         *,
         reader: Optional[BodyReader] = None,
         on_first_token: Optional[Callable[[float], None]] = None,
+        on_complete: Optional[Callable[[ChatCompletion], None]] = None,
     ) -> None:
         self.response = response
         self.request_id = request_id_of(response.headers)
@@ -81,6 +84,7 @@ class ChatStream:
         self._builder = ChatCompletionBuilder()
         self._reader = reader
         self._on_first_token = on_first_token
+        self._on_complete = on_complete
         self._iterator = self._chunks()
         self._closed = False
         self._decoder = SSEDecoder()
@@ -160,6 +164,8 @@ class ChatStream:
                     "the stream sent 'data: [DONE]' before any finish_reason (the server cut it short)"
                 )
             raise APIConnectionError("the stream ended before any finish_reason (connection closed by the server)")
+        if done and self._on_complete is not None:
+            self._on_complete(self._builder.build(self.request_id))
 
     def _broke(self, err: Exception) -> None:
         """Reading failed with ``err``: fine if the answer was already whole, else raise what it means."""
