@@ -57,7 +57,7 @@ from .wire.calls import Attempt, CallControl, CallHandle, RetryListener
 from .wire.mount import SizedConnections
 from .wire.reader import READER
 from .wire.retry import DeepSeekRetry
-from .wire.route import SessionRoute
+from .wire.route import SessionRoute, client_headers
 from .wire.slot import SlotCall, SlotStream
 from .wire.stream import ChatStream
 
@@ -180,25 +180,9 @@ class DeepSeekClient(SizedConnections, ProcessBound):
         self.session = session if session is not None else requests.Session()
         self._size_connections(pool_maxsize)
 
-        # The client's own headers; the session's are merged in at each call, as requests does.
-        own_headers: Dict[str, str] = {}
-        if session is None:
-            own_headers["Accept-Encoding"] = "gzip, deflate"
-        own_headers.update(
-            {"User-Agent": _USER_AGENT, "Accept": "application/json", "Content-Type": "application/json"}
+        own_headers, authorization = client_headers(
+            _USER_AGENT, self._api_key, headers, rate_limit_group, compress=session is None
         )
-        if rate_limit_group:
-            own_headers["X-RateLimit-Group"] = rate_limit_group
-        authorization = f"Bearer {self._api_key}"
-        for name, value in (headers or {}).items():
-            if name.lower() == "authorization":
-                authorization = value
-            else:
-                own_headers[name] = value
-        for name, value in own_headers.items():
-            problem = header_problem(value) if isinstance(value, str) else "is not a str"
-            if problem is not None:
-                raise ConfigurationError(f"header {name!r} cannot be sent: its value {problem}")
         self._route = SessionRoute(self.session, own_headers, authorization)
         self._chat_url = self.base_url + "/chat/completions"
         self._call = AttemptLoop(self).run  # every call's attempts, retries and waits
