@@ -229,7 +229,7 @@ def test_errors_cut_streams_and_cut_answers_are_never_stored(fake: FakeDeepSeek)
 def _stream_without_done(conn: Any, request: bytes) -> bool:
     event = {"id": "r", "model": "m", "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}]}
     body = chunk(b"data: " + json.dumps(event).encode() + b"\n\n") + b"0\r\n\r\n"
-    conn.sendall(sse_head() + body)
+    conn.sendall(sse_head(headers={"Connection": "close"}) + body)
     return True
 
 
