@@ -276,6 +276,24 @@ def test_a_pool_serves_hits_before_its_limits_at_no_cost(fake: FakeDeepSeek, tmp
         assert fake.stats.requests == len(requests) + 2
 
 
+def test_a_warmed_rerun_that_the_cache_answers_sends_no_warm_up(fake: FakeDeepSeek) -> None:
+    from deepseek_pool.pool.warming import WarmPrefix
+
+    system = {"role": "system", "content": "Grade by the rubric: clarity, structure, evidence. " * 100}
+    requests = [{"messages": [system, {"role": "user", "content": f"Essay {n}"}]} for n in range(6)]
+    with (
+        client_for(fake, "memory://") as client,
+        dp.DeepSeekPool(client, max_workers=3, warm_prefix=WarmPrefix(wait=0)) as pool,
+    ):
+        assert not any(r.cached for r in pool.map(requests))
+        assert fake.stats.requests == 6 + 2  # the two warm-ups, then the batch
+        assert all(r.cached for r in pool.map(requests))
+        assert fake.stats.requests == 8  # no warm-up for answers the cache holds
+        fresh = {"messages": [system, {"role": "user", "content": "A new essay"}]}
+        assert [r.cached for r in pool.map([fresh, *requests])] == [False] + [True] * 6
+        assert fake.stats.requests == 8 + 2 + 1  # one not cached: warmed, then sent
+
+
 def test_a_pool_uses_its_clients_cache_unless_told_otherwise(fake: FakeDeepSeek) -> None:
     with client_for(fake, "memory://") as client:
         client.chat("shared")

@@ -149,6 +149,15 @@ class ResponseCache:
         self._count(0)
         return entry
 
+    def holds(self, url: str, body: Mapping[str, Any]) -> bool:
+        """Whether a fresh, whole answer for this request is stored (a peek: counted nowhere, never raises)."""
+        try:
+            data = self.store.get(request_key(url, body))
+            entry = None if data is None else decode_entry(request_key(url, body), data)
+        except Exception:  # unreachable, corrupt: the call itself will say so, once
+            return False
+        return entry is not None and (self.ttl is None or self._clock() - entry.stored_at < self.ttl)
+
     def put(self, key: str, answer: Any, *, streamed: bool) -> bool:
         """Keep ``answer`` under ``key`` if it is complete; True when it was stored."""
         if getattr(answer, "cached", False) or answer.finish_reason not in COMPLETE_FINISH_REASONS:

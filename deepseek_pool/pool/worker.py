@@ -23,9 +23,9 @@ from ..money.spend import UNSET_MAX_TOKENS_RESERVE, Reservation, SpendCap
 from ..types import ChatChunk, ChatCompletion
 from ..wire.calls import CallControl, CallHandle
 from .call import CallOwner, Drain, DrainStopped, PoolCall
-from .items import Result, estimate_prompt_tokens, estimate_tokens
+from .items import Result, estimate_prompt_tokens, estimate_tokens, route_request
 
-__all__ = ["PoolChunkCallback", "PoolWorker", "run_call", "run_item", "run_submitted"]
+__all__ = ["PoolChunkCallback", "PoolWorker", "in_cache", "run_call", "run_item", "run_submitted"]
 
 PoolChunkCallback = Callable[["Result", ChatChunk], None]
 
@@ -204,10 +204,11 @@ def _stream_params(params: Dict[str, Any]) -> Dict[str, Any]:
     return params
 
 
-def _look_up(
+def _cached_request(
     pool: PoolWorker, messages: Messages, params: Dict[str, Any], endpoint: str
-) -> Tuple[Dict[str, Any], Optional[CacheLookup]]:
-    """The params to send (without the pool's ``cache`` option) and the call's look in the pool's cache."""
+) -> Tuple[Dict[str, Any], Optional[Tuple[str, Dict[str, Any]]]]:
+    """The params to send (without the pool's ``cache`` option), and the URL and body the
+    pool's response cache knows the call by (None: no cache for it)."""
     use = params.get("cache", True)
     if "cache" in params:
         if not isinstance(use, bool):
@@ -216,8 +217,27 @@ def _look_up(
     if not use or pool.cache is None:
         return params, None
     sent = {**_stream_params(params), "stream": True} if endpoint != "fim" and params.get("stream") else params
-    url, body = pool.client.request_for(endpoint, messages, sent)
-    return params, pool.cache.lookup(url, body)
+    return params, pool.client.request_for(endpoint, messages, sent)
+
+
+def _look_up(
+    pool: PoolWorker, messages: Messages, params: Dict[str, Any], endpoint: str
+) -> Tuple[Dict[str, Any], Optional[CacheLookup]]:
+    """The params to send and the call's look in the pool's cache (None: no cache for it)."""
+    params, request = _cached_request(pool, messages, params, endpoint)
+    return params, None if request is None or pool.cache is None else pool.cache.lookup(*request)
+
+
+def in_cache(pool: PoolWorker, request: Any) -> bool:
+    """Whether the pool's response cache would answer ``request`` (a peek that counts nowhere)."""
+    if pool.cache is None:
+        return False
+    try:
+        _custom_id, messages, params, endpoint = route_request(request)
+        params, sent = _cached_request(pool, messages, params, endpoint)
+    except (TypeError, ValueError):
+        return False
+    return sent is not None and pool.cache.holds(*sent)
 
 
 def _from_cache(pool: PoolWorker, result: Result, lookup: CacheLookup, endpoint: str) -> Any:
