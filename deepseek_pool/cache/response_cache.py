@@ -151,9 +151,10 @@ class ResponseCache:
 
     def holds(self, url: str, body: Mapping[str, Any]) -> bool:
         """Whether a fresh, whole answer for this request is stored (a peek: counted nowhere, never raises)."""
+        key = request_key(url, body)
         try:
-            data = self.store.get(request_key(url, body))
-            entry = None if data is None else decode_entry(request_key(url, body), data)
+            data = self.store.get(key)
+            entry = None if data is None else decode_entry(key, data)
         except Exception:  # unreachable, corrupt: the call itself will say so, once
             return False
         return entry is not None and (self.ttl is None or self._clock() - entry.stored_at < self.ttl)
