@@ -497,6 +497,36 @@ def test_many_threads_asking_the_same_question_get_right_answers_and_one_whole_e
     other.close()
 
 
+_WORKER = """
+import sys
+import deepseek_pool as dp
+key, base_url, uri = sys.argv[1:4]
+with dp.DeepSeekClient(key, base_url=base_url, cache=uri, max_retries=0) as client:
+    for round in range(3):
+        for n in range(8):
+            print(client.chat(f"shared question {n}").content.replace("\\n", " "))
+"""
+
+
+def test_processes_sharing_one_sqlite_file_each_get_right_answers(fake: FakeDeepSeek, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path}/shared.db"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    command = [sys.executable, "-c", _WORKER, KEY, fake.base_url, uri]
+    children = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [child.communicate(timeout=60)[0].splitlines() for child in children]
+    assert [child.returncode for child in children] == [0] * 4
+    with dp.DeepSeekClient(KEY, base_url=fake.base_url) as plain:
+        expected = [plain.chat(f"shared question {n}").content.replace("\n", " ") for n in range(8)]
+    for lines in outputs:
+        assert lines == expected * 3
+    assert fake.stats.requests - 8 <= 4 * 8  # each sent at most its first round (96 without the cache)
+    with dp.ResponseCache(uri) as cache:
+        assert cache.clear() == 8
+
+
 # -- redis --------------------------------------------------------------------------------------
 
 
