@@ -568,3 +568,19 @@ def test_an_unreachable_redis_is_refused_up_front(fake: FakeDeepSeek) -> None:
     with pytest.raises(dp.ConfigurationError, match="as a response cache") as refused:
         dp.ResponseCache(uri)
     assert "hunter2" not in str(refused.value) and "***" in str(refused.value)
+
+
+def test_a_cache_made_before_a_fork_serves_and_stores_in_the_child(fake: FakeDeepSeek, tmp_path: Path) -> None:
+    from .test_processes import run_in_fork
+
+    with client_for(fake, f"sqlite:///{tmp_path}/forked.db") as client:
+        client.chat("before the fork")  # the parent's connection is open
+
+        def child() -> bool:
+            hit = client.chat("before the fork").cached
+            client.chat("in the child")
+            return hit and client.chat("in the child").cached
+
+        assert run_in_fork(child) == 0
+        assert client.chat("in the child").cached  # the child's answer is in the shared file
+        assert fake.stats.requests == 2

@@ -12,7 +12,6 @@ request is sent, with a message naming it.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import threading
 from typing import Dict, List, Optional, Tuple
@@ -25,6 +24,9 @@ __all__ = ["CacheStore", "MemoryStore", "SQLiteStore", "redact", "split_options"
 
 #: Milliseconds a SQLite write waits for another process's lock.
 BUSY_TIMEOUT_MS = 10_000
+
+#: Connections a forked child inherited: kept, never used or closed (see SQLiteStore._after_fork).
+_INHERITED: List[sqlite3.Connection] = []
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS deepseek_response (key TEXT PRIMARY KEY, value BLOB NOT NULL)"
 
@@ -186,9 +188,13 @@ class SQLiteStore(CacheStore, ProcessBound):
             db.close()
 
     def _after_fork(self) -> None:
-        """In a forked child: the parent's connection is not ours to use; open our own at the next use."""
-        db, self._db = self._db, None
-        if db is not None and not self._lock.locked():
-            with contextlib.suppress(sqlite3.Error):
-                db.close()  # idle at the fork: closing frees only the child's copies of its descriptors
+        """In a forked child: the parent's connection is not ours to use; open our own at the next use.
+
+        The parent's is kept referenced, never closed: a close could wait forever on a lock
+        of SQLite's that a thread of the parent held at the fork, and a finalizer's close
+        warns (Python 3.13). One idle connection per fork is the price.
+        """
+        if self._db is not None:
+            _INHERITED.append(self._db)
+        self._db = None
         self._lock = threading.Lock()
