@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from .budget.limiter import Limiter, LimiterStats
+from .cache.response_cache import CacheStats, ResponseCache
 from .client import ChatStream, DeepSeekClient
 from .config import Timeout
 from .errors import (
@@ -76,6 +77,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "Balance",
+    "CacheStats",
     "CallControl",
     "CallHandle",
     "ChatChunk",
@@ -108,6 +110,7 @@ __all__ = [
     "ProxyAuthenticationError",
     "RateLimitError",
     "ReasoningEffort",
+    "ResponseCache",
     "ResponseFormatParam",
     "Result",
     "RetryBudgetExceeded",

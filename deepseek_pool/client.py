@@ -29,12 +29,13 @@ import os
 import threading
 import time
 from functools import partial
-from typing import Any, Dict, List, Mapping, Optional, Union, Unpack
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, Unpack
 
 import requests
 
 from . import config
 from .budget.limiter import Limiter
+from .cache.response_cache import CacheLike, CacheLookup, open_cache
 from .config import Timeout, TimeoutLike
 from .errors import APITimeoutError, ConfigurationError
 from .forks import ProcessBound, reset_after_fork
@@ -53,10 +54,10 @@ from .types import (
 from .wire.answers import ChunkCallback, aggregate_stream, parse_chat, parse_json
 from .wire.attempts import AttemptLoop
 from .wire.calls import Attempt, CallControl, CallHandle, RetryListener
-from .wire.mount import mount_adapter
+from .wire.mount import SizedConnections
 from .wire.reader import READER
 from .wire.retry import DeepSeekRetry
-from .wire.route import SessionRoute
+from .wire.route import SessionRoute, client_headers
 from .wire.slot import SlotCall, SlotStream
 from .wire.stream import ChatStream
 from .wire.urls import default_beta_url, normalize_base_url
@@ -76,7 +77,7 @@ log = logging.getLogger(__name__)
 _USER_AGENT = f"deepseek-pool/0.1 (python-requests/{requests.__version__})"
 
 
-class DeepSeekClient(ProcessBound):
+class DeepSeekClient(SizedConnections, ProcessBound):
     """A thread-safe client for the DeepSeek API.
 
     :param api_key: the key; defaults to ``DEEPSEEK_API_KEY``.
@@ -119,6 +120,11 @@ class DeepSeekClient(ProcessBound):
     :param telemetry: OpenTelemetry spans and metrics (see :doc:`observability`). None (the
         default): recorded once the application configures OpenTelemetry's global providers;
         False: never; a :class:`~deepseek_pool.Telemetry`: to its providers.
+    :param cache: a response cache (opt-in): a :class:`~deepseek_pool.ResponseCache`, or a URI
+        the client opens (and closes): ``sqlite:////abs/path.db``, ``redis://host:6379/0``,
+        ``memory://``, ``?ttl=SECONDS``. ``chat``, ``chat_stream`` and ``fim`` then serve an
+        answer stored for the very same request (``.cached``: not sent, no slot, $0) and store
+        each complete answer; ``cache=False`` on a call skips it. See :mod:`deepseek_pool.cache`.
     """
 
     def __init__(
@@ -139,6 +145,7 @@ class DeepSeekClient(ProcessBound):
         shared_stream_reader: bool = True,
         limiter: Optional[Limiter] = None,
         telemetry: TelemetryLike = None,
+        cache: CacheLike = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(config.ENV_API_KEY)
         if not key:
@@ -172,34 +179,13 @@ class DeepSeekClient(ProcessBound):
             pool_maxsize = config.DEFAULT_POOL_MAXSIZE
         if isinstance(pool_maxsize, bool) or not isinstance(pool_maxsize, int) or pool_maxsize < 1:
             raise ConfigurationError(f"pool_maxsize must be an int >= 1, got {pool_maxsize!r}")
-        self._lock = threading.Lock()
         self._owns_session = session is None
         self.session = session if session is not None else requests.Session()
-        self.pool_maxsize = 0
-        self._base_pool_maxsize = pool_maxsize
-        self._reserved = 0
-        self._hinted = False
-        self._mount(pool_maxsize)
+        self._size_connections(pool_maxsize)
 
-        # The client's own headers; the session's are merged in at each call, as requests does.
-        own_headers: Dict[str, str] = {}
-        if session is None:
-            own_headers["Accept-Encoding"] = "gzip, deflate"
-        own_headers.update(
-            {"User-Agent": _USER_AGENT, "Accept": "application/json", "Content-Type": "application/json"}
+        own_headers, authorization = client_headers(
+            _USER_AGENT, self._api_key, headers, rate_limit_group, compress=session is None
         )
-        if rate_limit_group:
-            own_headers["X-RateLimit-Group"] = rate_limit_group
-        authorization = f"Bearer {self._api_key}"
-        for name, value in (headers or {}).items():
-            if name.lower() == "authorization":
-                authorization = value
-            else:
-                own_headers[name] = value
-        for name, value in own_headers.items():
-            problem = header_problem(value) if isinstance(value, str) else "is not a str"
-            if problem is not None:
-                raise ConfigurationError(f"header {name!r} cannot be sent: its value {problem}")
         self._route = SessionRoute(self.session, own_headers, authorization)
         self._chat_url = self.base_url + "/chat/completions"
         self.telemetry = resolve_telemetry(telemetry)
@@ -212,50 +198,12 @@ class DeepSeekClient(ProcessBound):
         if limiter is not None and not isinstance(limiter, Limiter):
             raise ConfigurationError(f"limiter must be a deepseek_pool.Limiter, got {limiter!r}")
         self.limiter = limiter
-
-    def _mount(self, pool_maxsize: int) -> None:
-        """Size the connection pool to ``pool_maxsize`` (see :func:`~deepseek_pool.wire.mount.mount_adapter`)."""
-        self.pool_maxsize = mount_adapter(self.session, self.base_url, pool_maxsize, owned=self._owns_session)
-
-    def _grow(self, threads: int) -> None:
-        """Serve ``threads`` callers: grow the own session's pool, or say what a given session's lacks."""
-        if threads <= self.pool_maxsize:
-            return
-        if self._owns_session:
-            self._mount(threads)
-        elif not self._hinted:
-            self._hinted = True
-            log.warning(
-                "%d threads share a session whose adapter for %s keeps %d connections: urllib3 will open and "
-                "discard the others. Mount one sized to them: session.mount(%r, "
-                "deepseek_pool.DeepSeekAdapter(pool_maxsize=%d))",
-                threads,
-                self.base_url,
-                self.pool_maxsize,
-                self.base_url,
-                threads,
-            )
-
-    def ensure_pool_size(self, threads: int) -> None:
-        """Grow the connection pool to serve ``threads`` concurrent calls without discarding connections."""
-        with self._lock:
-            self._grow(threads)
-
-    def reserve_connections(self, threads: int) -> None:
-        """Add ``threads`` to the callers sharing this client (a pool's workers), growing the pool.
-
-        Pools that share a client add up: two pools of 40 workers need 80 connections,
-        else urllib3 discards the connections it cannot keep. Hand them back with
-        :meth:`release_connections`.
-        """
-        with self._lock:
-            self._reserved += threads
-            self._grow(max(self._base_pool_maxsize, self._reserved))
-
-    def release_connections(self, threads: int) -> None:
-        """Those ``threads`` no longer use the client (the pool stays as large as it grew)."""
-        with self._lock:
-            self._reserved = max(0, self._reserved - threads)
+        self.cache, self._owns_cache = None, False
+        try:
+            self.cache, self._owns_cache = open_cache(cache)
+        except BaseException:
+            self.close()
+            raise
 
     def __repr__(self) -> str:
         return (
@@ -290,6 +238,47 @@ class DeepSeekClient(ProcessBound):
             return None
         return SlotCall(self.limiter, control, retry=self.retry, call_timeout=self.call_timeout)
 
+    def _lookup(self, cache: bool, control: Optional[CallControl], url: str, body: Any) -> Optional[CacheLookup]:
+        """This call's look in the response cache (None: no cache, or ``cache=False``)."""
+        looked = getattr(control, "response_cache", None)
+        if looked is not None:  # a pool looked before it took its limits: keep the answer there
+            return looked.lookup(url, body, look=False)  # type: ignore[no-any-return]
+        return None if cache is False or self.cache is None else self.cache.lookup(url, body)
+
+    def _chat_request(
+        self, messages: Messages, model: Optional[str], params: Mapping[str, Any], stream: bool, beta: bool
+    ) -> Tuple[str, Dict[str, Any]]:
+        body = build_chat_body(messages, self.model if model is None else model, params)
+        if stream:
+            body["stream"] = True
+        return (self._beta_chat_url if beta else self._chat_url), body
+
+    def _fim_request(
+        self, prompt: Any, suffix: Any, model: Optional[str], params: Mapping[str, Any]
+    ) -> Tuple[str, Dict[str, Any]]:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        if suffix is not None and not isinstance(suffix, str):
+            raise TypeError(f"suffix must be a str or None, got {type(suffix).__name__}")
+        body: Dict[str, Any] = {"model": self.model if model is None else model, "prompt": prompt}
+        if suffix is not None:
+            body["suffix"] = suffix
+        body.update(params)
+        if "extra_body" in params:
+            merge_extra_body(body)
+        return self._fim_url, body
+
+    def request_for(self, endpoint: str, messages: Messages, params: Mapping[str, Any]) -> Tuple[str, Dict[str, Any]]:
+        """The URL and JSON body a call sends: ``endpoint`` is ``"chat"``, ``"beta"`` or ``"fim"``
+        (``messages`` then the prompt), ``params`` what ``chat``/``fim`` take (``model``, ``stream``,
+        ``suffix``; ``timeout`` is sent in no body). A pool looks its calls up in its cache with it."""
+        options = {key: value for key, value in params.items() if key != "timeout"}
+        model = options.pop("model", None)
+        if endpoint == "fim":
+            return self._fim_request(messages, options.pop("suffix", None), model, options)
+        stream = bool(options.pop("stream", False))
+        return self._chat_request(messages, model, options, stream, endpoint == "beta")
+
     # -- API -------------------------------------------------------------------------
 
     def chat(
@@ -304,6 +293,7 @@ class DeepSeekClient(ProcessBound):
         restart_streams: bool = False,
         control: Optional[CallControl] = None,
         beta: bool = False,
+        cache: bool = True,
         **params: Unpack[ChatParams],
     ) -> ChatCompletion:
         """Send one chat request and return its answer.
@@ -322,6 +312,9 @@ class DeepSeekClient(ProcessBound):
             abort handle, hooks) for callers that run calls themselves.
         :param beta: post to ``beta_url + "/chat/completions"`` (chat prefix completion,
             strict tool schemas) instead of ``base_url + "/chat/completions"``.
+        :param cache: False: neither look the call up in the client's response cache nor
+            keep its answer there. A cached answer has ``cached`` set; a cached streamed one
+            is shown to ``on_chunk`` as chunks first.
         :param params: DeepSeek's chat fields, typed by :class:`~deepseek_pool.ChatParams`:
             ``thinking`` (``True``/``False`` switches thinking mode), ``reasoning_effort``,
             ``max_tokens``, ``temperature``, ``response_format``, ``tools``, ``tool_choice``,
@@ -329,15 +322,17 @@ class DeepSeekClient(ProcessBound):
             the body last (untyped keywords still pass through at run time, but mypy flags them).
         :raises DeepSeekError: see :mod:`deepseek_pool.errors`.
         """
-        body = build_chat_body(messages, self.model if model is None else model, params)
+        url, body = self._chat_request(messages, model, params, stream, beta)
         control = self._control(control, on_retry)
+        lookup = self._lookup(cache, control, url, body)
+        if lookup is not None and lookup.hit is not None:
+            return lookup.chat(on_chunk)  # not sent: no slot, nothing billed
+        store = None if lookup is None else lookup.store
         slot = self._slot(control)
         if slot is not None:
             control = slot.start()
-        url = self._beta_chat_url if beta else self._chat_url
         try:
             if stream:
-                body["stream"] = True
                 answer = self._call(
                     "POST",
                     url,
@@ -345,10 +340,19 @@ class DeepSeekClient(ProcessBound):
                     timeout=timeout,
                     control=control,
                     stream=True,
-                    parse=partial(aggregate_stream, self.shared_stream_reader, on_chunk, restart_streams, control),
+                    parse=partial(
+                        aggregate_stream,
+                        self.shared_stream_reader,
+                        on_chunk,
+                        restart_streams,
+                        control,
+                        on_complete=store,
+                    ),
                 )
             else:
                 answer = self._call("POST", url, body, timeout=timeout, control=control, parse=parse_chat)
+                if store is not None:
+                    store(answer)
         except BaseException:
             if slot is not None:
                 slot.end(ok=False)
@@ -365,6 +369,7 @@ class DeepSeekClient(ProcessBound):
         timeout: TimeoutLike = None,
         on_retry: Optional[RetryListener] = None,
         control: Optional[CallControl] = None,
+        cache: bool = True,
         **params: Unpack[ChatParams],
     ) -> ChatStream:
         """Start a streamed chat answer; use the result as a context manager and iterate it.
@@ -372,7 +377,8 @@ class DeepSeekClient(ProcessBound):
         Errors the server answers with (401, 429 after retries ...) raise here; a
         failure in the middle of the stream raises from the iteration. Add
         ``stream_options={"include_usage": True}`` for a final usage chunk. ``params``
-        are :meth:`chat`'s (:class:`~deepseek_pool.ChatParams`).
+        are :meth:`chat`'s (:class:`~deepseek_pool.ChatParams`), and so is ``cache``: a
+        cached answer is replayed as chunks, and a stream read to its end is kept.
 
         ::
 
@@ -380,15 +386,22 @@ class DeepSeekClient(ProcessBound):
                 for chunk in stream:
                     print(chunk.content or "", end="", flush=True)
         """
-        body = build_chat_body(messages, self.model if model is None else model, params)
-        body["stream"] = True
+        url, body = self._chat_request(messages, model, params, True, False)
         control = self._control(control, on_retry)
+        lookup = self._lookup(cache, control, url, body)
+        if lookup is not None and lookup.hit is not None:
+            return lookup.stream()
+        store = None if lookup is None else lookup.store
         slot = self._slot(control)
-        stream = ChatStream if slot is None else partial(SlotStream, slot=slot)
+        stream = (
+            partial(ChatStream, on_complete=store)
+            if slot is None
+            else partial(SlotStream, slot=slot, on_complete=store)
+        )
         try:
             return self._call(  # type: ignore[no-any-return]
                 "POST",
-                self._chat_url,
+                url,
                 body,
                 timeout=timeout,
                 control=control if slot is None else slot.start(),
@@ -408,33 +421,30 @@ class DeepSeekClient(ProcessBound):
         model: Optional[str] = None,
         timeout: TimeoutLike = None,
         control: Optional[CallControl] = None,
+        cache: bool = True,
         **params: Unpack[FIMParams],
     ) -> FIMCompletion:
         """Fill in the middle between ``prompt`` and ``suffix`` (DeepSeek's beta completions).
 
         ``params`` are DeepSeek's FIM fields, typed by :class:`~deepseek_pool.FIMParams`
-        (``max_tokens``, ``stop``, ``echo`` ...; others in ``extra_body={...}``).
+        (``max_tokens``, ``stop``, ``echo`` ...; others in ``extra_body={...}``); ``cache`` is :meth:`chat`'s.
         """
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-        if suffix is not None and not isinstance(suffix, str):
-            raise TypeError(f"suffix must be a str or None, got {type(suffix).__name__}")
-        body: Dict[str, Any] = {"model": self.model if model is None else model, "prompt": prompt}
-        if suffix is not None:
-            body["suffix"] = suffix
-        body.update(params)
-        if "extra_body" in params:
-            merge_extra_body(body)
+        url, body = self._fim_request(prompt, suffix, model, params)
+        lookup = self._lookup(cache, control, url, body)
+        if lookup is not None and lookup.hit is not None:
+            return lookup.fim()
         slot = self._slot(control)
         try:
             answer = self._call(
                 "POST",
-                self._fim_url,
+                url,
                 body,
                 timeout=timeout,
                 control=control if slot is None else slot.start(),
                 parse=lambda data, response, attempt: FIMCompletion(parse_json(data, response, completion_problem)),
             )
+            if lookup is not None:
+                lookup.store(answer)
         except BaseException:
             if slot is not None:
                 slot.end(ok=False)
@@ -481,6 +491,8 @@ class DeepSeekClient(ProcessBound):
         """Close the client's own session; a session the user gave stays theirs, open."""
         if self._owns_session:
             self.session.close()
+        if self._owns_cache and self.cache is not None:
+            self.cache.close()
 
     def __enter__(self) -> DeepSeekClient:
         return self

@@ -235,6 +235,8 @@ class SubmitParams(ChatParams, total=False):
     #: stream under the hood (the pool's ``on_chunk`` sees the chunks); the answer comes whole
     stream: bool
     timeout: TimeoutLike
+    #: False: neither look this call up in the pool's response cache nor keep its answer
+    cache: bool
 
 
 class ChatRequest(ChatParams, total=False):
@@ -249,6 +251,8 @@ class ChatRequest(ChatParams, total=False):
     custom_id: str
     model: str
     stream: bool
+    #: False: skip the pool's response cache for this request (the key is never sent)
+    cache: bool
 
 
 def merge_extra_body(body: Dict[str, Any]) -> None:

@@ -154,9 +154,12 @@ class ChatCompletion:
     :ivar usage: token counts (:class:`Usage`) or None.
     :ivar logprobs: the choice's ``logprobs`` (``{"content": [...]}``) when asked for, else None.
     :ivar request_id: the server's request id header, when it sent one.
+    :ivar cached: served by the response cache (:class:`~deepseek_pool.ResponseCache`):
+        not sent, nothing billed; ``usage`` is the original call's.
     """
 
     __slots__ = (
+        "cached",
         "content",
         "finish_reason",
         "id",
@@ -172,6 +175,7 @@ class ChatCompletion:
     def __init__(self, raw: Dict[str, Any], request_id: Optional[str] = None) -> None:
         self.raw = raw
         self.request_id = request_id
+        self.cached = False
         self.id: str = raw.get("id") or ""
         self.model: str = raw.get("model") or ""
         choices = raw.get("choices") or ()
@@ -393,12 +397,13 @@ class ChatCompletionBuilder:
 
 
 class FIMCompletion:
-    """A fill-in-the-middle answer from ``/beta/completions``."""
+    """A fill-in-the-middle answer from ``/beta/completions`` (``cached``: as :class:`ChatCompletion`'s)."""
 
-    __slots__ = ("finish_reason", "id", "model", "raw", "text", "usage")
+    __slots__ = ("cached", "finish_reason", "id", "model", "raw", "text", "usage")
 
     def __init__(self, raw: Dict[str, Any]) -> None:
         self.raw = raw
+        self.cached = False
         self.id: str = raw.get("id") or ""
         self.model: str = raw.get("model") or ""
         choices = raw.get("choices") or ()

@@ -26,13 +26,14 @@ FOUNDATION = ("errors", "config", "types", "messages", "params", "models", "fork
 #: ``api`` is the flat public namespace (``deepseek_pool/__init__.py`` and the compatibility
 #: module ``deepseek_pool.redis_storage``); a layer's own modules may always import each other.
 MAY_IMPORT: Dict[str, Set[str]] = {
-    "cli": {"api", "batch", "pool", "money", "budget", "client", "wire", "telemetry", "foundation", "testing"},
-    "contrib": {"batch", "pool", "money", "budget", "client", "wire", "telemetry", "foundation"},
-    "batch": {"pool", "money", "budget", "client", "wire", "telemetry", "foundation"},
-    "pool": {"money", "budget", "client", "wire", "telemetry", "foundation"},
-    "api": {"pool", "money", "budget", "client", "wire", "telemetry", "foundation"},
+    "cli": {"api", "batch", "pool", "money", "budget", "client", "cache", "wire", "telemetry", "foundation", "testing"},
+    "contrib": {"batch", "pool", "money", "budget", "client", "cache", "wire", "telemetry", "foundation"},
+    "batch": {"pool", "money", "budget", "client", "cache", "wire", "telemetry", "foundation"},
+    "pool": {"money", "budget", "client", "cache", "wire", "telemetry", "foundation"},
+    "api": {"pool", "money", "budget", "client", "cache", "wire", "telemetry", "foundation"},
     # design.md: a client may take a limiter and a cache
-    "client": {"money", "budget", "wire", "telemetry", "foundation"},
+    "client": {"money", "budget", "cache", "wire", "telemetry", "foundation"},
+    "cache": {"wire", "foundation"},  # a replayed stream is a wire ChatStream
     "money": {"foundation"},
     "budget": {"foundation"},
     "wire": {"telemetry", "foundation"},  # the attempt loop and the stream call telemetry's no-op-by-default interface
@@ -49,6 +50,7 @@ ORDER = (
     "api",
     "pool",
     "client",
+    "cache",
     "money",
     "budget",
     "wire",

@@ -154,6 +154,7 @@ class BatchSummary:
     :ivar compaction_error: why the compaction failed (the output is still complete), else None.
     :ivar unreadable: lines of the output that could not be read and were skipped.
     :ivar off_peak_holds: peak windows an off-peak-only run held its calls through (None: not off-peak-only).
+    :ivar cached: of this run's answers, those the response cache served (not sent, $0).
     """
 
     items: int
@@ -173,6 +174,7 @@ class BatchSummary:
     compaction_error: Optional[str] = None
     unreadable: int = 0
     off_peak_holds: Optional[int] = None
+    cached: int = 0
 
     @property
     def complete(self) -> bool:
@@ -300,6 +302,8 @@ def format_summary(summary: BatchSummary) -> str:
     if summary.not_run:
         items += f", {summary.not_run} not run"
     items += f" (of {summary.items} in the input)"
+    if summary.cached:
+        items += f"; {summary.cached} answers from the response cache (not sent, $0)"
     totals = f"done: {summary.done}, failed: {summary.failed}, left: {summary.not_run}"
     share = tally.cache_hit_share
     tokens = (
@@ -336,6 +340,7 @@ def summary_dict(summary: BatchSummary) -> Dict[str, Any]:
         "failed": summary.failed,
         "left": summary.not_run,
         "answered_this_run": tally.ok,
+        "answered_from_cache": summary.cached,
         "failed_this_run": tally.failed,
         "skipped": summary.skipped,
         "prompt_tokens": tally.prompt_tokens,

@@ -11,9 +11,11 @@ Besides OpenAI's keys (``id``, ``custom_id``, ``response``, ``error``) a line ma
 ``started_at`` / ``ended_at`` are Unix times (seconds, UTC) of the call's start (after the
 rate limits) and its end, retries included; ``queued_seconds`` the wait for the limits
 before it; ``attempts`` the HTTP attempts sent; ``rate_limited`` how many were answered
-429. The times are absent for a call that never started (:data:`NOT_CALLED` for an input
-line that was not a request). Readers of the OpenAI shape
-ignore the extra keys; files written before they existed simply lack them.
+429; ``cached``, present and true only for an answer the response cache served (its
+``usage`` is the original call's: nothing was billed). The times are absent for a call
+that never started (:data:`NOT_CALLED` for an input line that was not a request).
+Readers of the OpenAI shape ignore the extra keys; files written before they existed
+simply lack them.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def call_record(result: Any) -> Dict[str, Any]:
         record["queued_seconds"] = round(result.queued, 3)
     record["attempts"] = result.attempts
     record["rate_limited"] = result.rate_limited
+    if getattr(result, "cached", False):
+        record["cached"] = True  # served by the response cache: nothing sent, nothing billed
     return record
 
 

@@ -369,7 +369,10 @@ def _run(
                 out.append(custom_id, ok, data, cost)
             finally:
                 end()
-            if ok:
+            if ok and result.cached:
+                tally.ok += 1  # its tokens and cost were the original call's: nothing was billed now
+                summary.cached += 1
+            elif ok:
                 ended = now()  # priced off-peak only if no peak instant lay between its start and end
                 peak = calendar.peak_between(ended - _dt.timedelta(seconds=result.elapsed), ended)
                 tally.add_ok(completion, _requested_model(result, default_model), peak=peak)

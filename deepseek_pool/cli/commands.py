@@ -45,7 +45,17 @@ from .console import (
 )
 from .demo import demo_command
 from .logs import logging_from_env
-from .options import dollars, latency_range, model_id, non_negative_int, positive_int, price, rate, seconds
+from .options import (
+    add_cache_option,
+    dollars,
+    latency_range,
+    model_id,
+    non_negative_int,
+    positive_int,
+    price,
+    rate,
+    seconds,
+)
 from .report import report_command
 from .run import run_command
 
@@ -202,6 +212,7 @@ def _build_parser(prog: str) -> _Parser:
         metavar="NAME",
         help="the shared budget's name in --limiter-storage (default 'default')",
     )
+    add_cache_option(run)
     run.add_argument("--json-summary", metavar="FILE", help="also write the summary as JSON to FILE (for scripts)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar, notices or summary")
     _add_connection_options(

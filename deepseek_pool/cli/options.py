@@ -87,3 +87,19 @@ def price(text: str) -> Tuple[str, ModelPrice]:
 
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
+
+
+def add_cache_option(run: argparse.ArgumentParser) -> None:
+    """``run --cache URI`` (and ``--clear-cache``): the response cache of a run."""
+    run.add_argument(
+        "--cache",
+        metavar="URI",
+        help="serve requests answered before (the very same body, to the same URL) from a response cache, "
+        "not sent and at $0, and keep each complete answer there: sqlite:////var/tmp/ds-cache.db (this "
+        "machine), redis://host:6379/0 (many); add ?ttl=SECONDS to forget answers older than that",
+    )
+    run.add_argument(
+        "--clear-cache",
+        action="store_true",
+        help="empty the --cache store before the run (every answer it holds, other runs' too)",
+    )

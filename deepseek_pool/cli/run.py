@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional
 from ..batch.progress import BatchProgress, format_summary, summary_dict
 from ..batch.runner import BatchFileError, BatchSummary, Interrupter, run_batch
 from ..budget.limiter import Limiter
+from ..cache.response_cache import ResponseCache
 from ..errors import ConfigurationError
 from ..money.offpeak import OffPeakOnly
 from ..pool.pool import DeepSeekPool
@@ -173,6 +174,27 @@ def _limits(args: argparse.Namespace) -> Dict[str, Any]:
     return {"max_in_flight": args.max_in_flight, "rpm": args.rpm, "tpm": args.tpm, "retry_budget": args.retry_budget}
 
 
+def _open_cache(args: argparse.Namespace) -> Optional[ResponseCache]:
+    """The run's response cache (None without ``--cache``), opened and checked before anything is sent."""
+    if args.cache is None:
+        if args.clear_cache:
+            raise CommandFailed("--clear-cache is only used with --cache")
+        return None
+    try:
+        cache = ResponseCache(args.cache)
+    except ConfigurationError as err:
+        raise CommandFailed(f"--cache: {err}") from None
+    if args.clear_cache:
+        try:
+            removed = cache.clear()
+        except Exception as err:
+            cache.close()
+            raise CommandFailed(f"--clear-cache: cannot empty {cache.store.name}: {err}") from None
+        if not args.quiet:
+            print(f"{PROG} run: emptied the response cache {cache.store.name} ({removed} answers)", file=sys.stderr)
+    return cache
+
+
 def run_command(args: argparse.Namespace, command_line: str) -> int:
     _check_run_paths(args)
     prices = dict(args.price)
@@ -193,7 +215,13 @@ def run_command(args: argparse.Namespace, command_line: str) -> int:
             raise CommandFailed(f"--limiter-storage: {err}") from None
     elif args.limiter_name != "default":
         raise CommandFailed("--limiter-name is only used with --limiter-storage")
-    client = client_from_args(args, max_retries=args.max_retries)
+    cache = _open_cache(args)
+    try:
+        client = client_from_args(args, max_retries=args.max_retries)
+    except BaseException:
+        if cache is not None:
+            cache.close()
+        raise
     # An application owns the process: raise what its calls in flight need, given back on return.
     tuning = tune_process(min(args.workers, args.max_in_flight or args.workers))
     try:
@@ -206,11 +234,14 @@ def run_command(args: argparse.Namespace, command_line: str) -> int:
             prices=prices or None,
             warm_prefix=args.warm_prefix,
             off_peak_only=OffPeakOnly() if args.off_peak_only else False,
+            cache=cache if cache is not None else False,
         )
     except ValueError as err:
         client.close()
         if limiter is not None:
             limiter.close()
+        if cache is not None:
+            cache.close()
         tuning.restore()
         raise CommandFailed(str(err)) from None
     interrupter = Interrupter()
@@ -248,6 +279,8 @@ def run_command(args: argparse.Namespace, command_line: str) -> int:
             client.close()
         if limiter is not None:
             limiter.close()
+        if cache is not None:
+            cache.close()
         tuning.restore()
     if summary is None:
         stderr = sys.stderr

@@ -11,7 +11,8 @@ batch fans out (:mod:`~deepseek_pool.pool.warming`). The window, the worker and 
 need of the pool as a Protocol, so the pool imports them and never the other way round.
 
 May import: :mod:`deepseek_pool.client`, :mod:`deepseek_pool.wire` (a call's control),
-:mod:`deepseek_pool.budget`, :mod:`deepseek_pool.money` and the foundation modules
+:mod:`deepseek_pool.budget`, :mod:`deepseek_pool.money`, :mod:`deepseek_pool.cache` (a call
+is looked up in the response cache before it takes its limits) and the foundation modules
 (:mod:`deepseek_pool.errors`, :mod:`~deepseek_pool.types`, :mod:`~deepseek_pool.messages`, :mod:`~deepseek_pool.params`,
 :mod:`~deepseek_pool.models`, :mod:`~deepseek_pool.forks`, :mod:`~deepseek_pool.process`).
 Never the batch runner or the CLI, which stand on it.

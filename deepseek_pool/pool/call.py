@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, FrozenSet, Optional, Protocol
 
 from ..budget.limiter import Limiter, Permit
 from ..budget.rules import rate_limit_signal
+from ..cache.response_cache import ResponseCache
 from ..errors import APIStatusError, APITimeoutError, SpendCapReached
 from ..money.spend import Reservation, SpendCap
 from ..types import Usage
@@ -78,6 +79,9 @@ class PoolCall(CallControl):
 
     #: This control holds a slot of the budget: a client with a limiter takes no second one.
     holds_slot = True
+    #: The pool's response cache, which it looked in before taking its limits (a miss): the
+    #: client keeps the answer there and does not look again. None: no cache for this call.
+    response_cache: Optional[ResponseCache] = None
 
     def __init__(
         self,

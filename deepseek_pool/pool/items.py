@@ -63,6 +63,7 @@ class Result:
     :ivar first_token: seconds from start to the first streamed token (streaming only).
     :ivar cost: USD the pool's spend cap counted for this call, every attempt included
         (None without ``max_cost``): what DeepSeek billed, or at most that.
+    :ivar cached: the answer came from the pool's response cache (nothing sent, $0).
     """
 
     __slots__ = (
@@ -95,6 +96,11 @@ class Result:
         self.cost: Optional[float] = None
 
     @property
+    def cached(self) -> bool:
+        """True when the response cache served the answer (nothing was sent)."""
+        return bool(getattr(self.completion, "cached", False))
+
+    @property
     def ok(self) -> bool:
         """True when the request got an answer."""
         return self.error is None and self.completion is not None
@@ -123,6 +129,8 @@ class PoolStats:
     usage: Usage
     #: submitted calls that were cancelled before they started
     cancelled: int = 0
+    #: answers served by the response cache (their tokens are not in ``usage``: nothing was billed)
+    cached: int = 0
 
     @property
     def in_flight(self) -> int:

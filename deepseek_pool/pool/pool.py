@@ -29,6 +29,7 @@ import warnings
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Union, Unpack, cast
 
 from ..budget.limiter import Limiter
+from ..cache.response_cache import CacheLike, ResponseCache, open_cache
 from ..client import DeepSeekClient
 from ..forks import ProcessBound, reset_after_fork
 from ..messages import Messages
@@ -116,6 +117,13 @@ class DeepSeekPool(ProcessBound):
         running finish, and the log says when the pool goes on. ``True`` or an
         :class:`~deepseek_pool.money.offpeak.OffPeakOnly` (its clock, calendar and
         listeners); the spend cap then reads the same clock. See :mod:`deepseek_pool.money.offpeak`.
+    :param cache: a response cache for the pool's calls (opt-in): a
+        :class:`~deepseek_pool.ResponseCache` or a URI the pool opens and closes
+        (``sqlite:////abs/path.db``, ``redis://host:6379/0``, ``?ttl=SECONDS``); None: the
+        client's (``DeepSeekClient(cache=...)``), False: none. A request answered before,
+        with the very same body, is served from it before the limits: no slot, no spend,
+        nothing sent (``Result.cached``, ``stats.cached``); a request's ``cache: False``
+        skips it. See :mod:`deepseek_pool.cache`.
     :param switch_interval: deprecated, ignored: the pool no longer changes process-wide
         settings; an application calls :func:`deepseek_pool.tune_process` instead.
     :param gc_threshold: deprecated, ignored, as ``switch_interval``.
@@ -150,6 +158,7 @@ class DeepSeekPool(ProcessBound):
         gc_threshold: Union[str, int, None] = _NOT_GIVEN,
         warm_prefix: Union[bool, WarmPrefix] = False,
         off_peak_only: Union[bool, OffPeakOnly] = False,
+        cache: CacheLike = None,
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
@@ -198,6 +207,16 @@ class DeepSeekPool(ProcessBound):
         self.client = client if client is not None else DeepSeekClient()
         if self.spend is not None:
             self.spend.check_models([self.client.model])  # an unpriced default model is refused up front
+        #: the response cache of the pool's calls (None: none)
+        self.cache: Optional[ResponseCache] = getattr(self.client, "cache", None)
+        self._owns_cache = False
+        try:
+            if cache is not None:
+                self.cache, self._owns_cache = open_cache(cache)
+        except BaseException:
+            if self._owns_client:
+                self.client.close()
+            raise
         self.max_workers = max_workers
         self.client.reserve_connections(max_workers)
         self._connections_released = False
@@ -227,6 +246,7 @@ class DeepSeekPool(ProcessBound):
         self._failed = 0
         self._retried = 0
         self._cancelled = 0
+        self._cached = 0
         self._usage = Usage()
         hint_large_pool(max_workers)
         reset_after_fork(self)
@@ -266,7 +286,8 @@ class DeepSeekPool(ProcessBound):
 
     def _finish(self, result: Result) -> None:
         completion = result.completion
-        usage = completion.usage if result.error is None and completion is not None else None
+        cached = result.cached
+        usage = completion.usage if result.error is None and completion is not None and not cached else None
         retried = result.attempts > 1
         # One short critical section per item and no call inside it: a thread that the
         # interpreter switches out while holding a lock shared by every worker makes them
@@ -279,6 +300,8 @@ class DeepSeekPool(ProcessBound):
                 self._failed += 1
             if retried:
                 self._retried += 1
+            if cached:
+                self._cached += 1
             if usage is not None:
                 total = self._usage  # this pool's own Usage object, summed in place
                 total.prompt_tokens += usage.prompt_tokens
@@ -388,7 +411,9 @@ class DeepSeekPool(ProcessBound):
         """A snapshot of the counters: submitted, done, ok, failed, retried, usage."""
         with self._lock:
             usage = self._usage + Usage()  # a copy: the pool sums into its own in place
-            return PoolStats(self._submitted, self._done, self._ok, self._failed, self._retried, usage, self._cancelled)
+            return PoolStats(
+                self._submitted, self._done, self._ok, self._failed, self._retried, usage, self._cancelled, self._cached
+            )
 
     def close(self, *, wait: bool = True, cancel: bool = False) -> None:
         """Stop accepting work; ``cancel`` drops what has not started; ``wait`` waits for the rest.
@@ -420,6 +445,9 @@ class DeepSeekPool(ProcessBound):
         if self._owns_client and not self._client_closed and (wait or cancel):
             self._client_closed = True
             self.client.close()
+        if self._owns_cache and self.cache is not None and (wait or cancel):
+            self._owns_cache = False
+            self.cache.close()
 
     def __enter__(self) -> DeepSeekPool:
         return self

@@ -12,7 +12,8 @@ miss on ``deepseek-flash``).
 The prefix is found in the first window of requests only (the input stays lazy): the
 leading messages that the largest group of chat requests with the same model, tools and
 ``user_id`` share. A prefix below :data:`MIN_PREFIX_TOKENS` cannot hit on V4, so it is not
-warmed, and the log says so.
+warmed, and the log says so; nor is a window that the pool's response cache answers whole
+(a rerun: nothing of it will be sent).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ..messages import Messages, normalize_messages
 from ..params import SubmitParams
 from ..types import ChatCompletion
 from .items import exact_token_counter, route_request
+from .worker import in_cache
 
 __all__ = ["MIN_PREFIX_TOKENS", "WARM_WAIT", "Prefix", "WarmPrefix", "shared_prefix", "warm_first"]
 
@@ -160,7 +162,7 @@ def warm(pool: Warmer, prefix: Prefix, settings: WarmPrefix, stop: Optional[thre
     the two share. True when both completed; a failure is logged and the batch goes on cold.
     """
     started = time.monotonic()
-    params = cast(SubmitParams, {**prefix.context, "max_tokens": 1})
+    params = cast(SubmitParams, {**prefix.context, "max_tokens": 1, "cache": False})  # must reach DeepSeek
     for turn in ("1", "2"):
         messages = [*prefix.messages, {"role": prefix.next_role, "content": turn}]
         try:
@@ -192,6 +194,8 @@ def warm_first(
         pass  # a drained run sends nothing more, warm-ups included
     elif prefix is None:
         log.warning("warm_prefix: the first %d requests share no leading messages; not warming", len(head))
+    elif all(in_cache(pool, request) for request in head):  # type: ignore[arg-type]
+        log.info("warm_prefix: the response cache answers the first %d requests; not warming", len(head))
     elif prefix.tokens < settings.min_tokens:
         log.warning(
             "warm_prefix: the shared prefix is about %d tokens, below the %d DeepSeek caches; not warming",

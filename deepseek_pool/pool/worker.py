@@ -14,8 +14,9 @@ import sys
 import threading
 import time
 from functools import partial
-from typing import Any, Callable, Dict, NoReturn, Optional, Protocol
+from typing import Any, Callable, Dict, NoReturn, Optional, Protocol, Tuple
 
+from ..cache.response_cache import CacheLookup, ResponseCache
 from ..errors import APIStatusError, APITimeoutError, status_error
 from ..messages import Messages, normalize_messages
 from ..money.offpeak import OffPeakOnly
@@ -23,9 +24,9 @@ from ..money.spend import UNSET_MAX_TOKENS_RESERVE, Reservation, SpendCap
 from ..types import ChatChunk, ChatCompletion
 from ..wire.calls import CallControl, CallHandle
 from .call import CallOwner, Drain, DrainStopped, PoolCall
-from .items import Result, estimate_prompt_tokens, estimate_tokens
+from .items import Result, estimate_prompt_tokens, estimate_tokens, route_request
 
-__all__ = ["PoolChunkCallback", "PoolWorker", "run_call", "run_item", "run_submitted"]
+__all__ = ["PoolChunkCallback", "PoolWorker", "in_cache", "run_call", "run_item", "run_submitted"]
 
 PoolChunkCallback = Callable[["Result", ChatChunk], None]
 
@@ -38,6 +39,7 @@ class PoolWorker(CallOwner, Protocol):
 
     spend: Optional[SpendCap]
     off_peak: Optional[OffPeakOnly]
+    cache: Optional[ResponseCache]
     on_chunk: Optional[PoolChunkCallback]
     _stopped_by: Optional[int]
     _closing: threading.Event
@@ -89,6 +91,9 @@ def run_call(
     stopped = pool._stopped_by
     if stopped is not None:
         raise status_error(stopped, f"not sent: an earlier call of this pool was answered {stopped}")
+    params, lookup = _look_up(pool, messages, params, endpoint)
+    if lookup is not None and lookup.hit is not None:
+        return _from_cache(pool, result, lookup, endpoint)  # no limiter slot, no spend: $0
     spend = pool.spend
     model = params.get("model") or pool.client.model
     if spend is not None:
@@ -142,6 +147,7 @@ def run_call(
     telemetry = getattr(pool.client, "telemetry", None)  # a stand-in client may have none
     if telemetry is not None:
         telemetry.watch_limiter(limiter)
+    control.response_cache = None if lookup is None else lookup.cache
     handle = control.handle
     completion: Any = None
     pool._handles[handle] = cancelled  # a dict store: atomic, no lock (see DeepSeekPool._untrack)
@@ -151,11 +157,13 @@ def run_call(
         if endpoint == "fim":
             assert isinstance(messages, str)  # route_request made it the FIM prompt
             fim_params = dict(params)
-            completion = pool.client.fim(messages, fim_params.pop("suffix", None), control=control, **fim_params)
+            completion = pool.client.fim(
+                messages, fim_params.pop("suffix", None), control=control, cache=False, **fim_params
+            )
         elif params.get("stream"):
             completion = _stream(pool, result, messages, dict(params), control, endpoint == "beta")
         else:
-            completion = pool.client.chat(messages, control=control, beta=endpoint == "beta", **params)
+            completion = pool.client.chat(messages, control=control, beta=endpoint == "beta", cache=False, **params)
         return completion
     finally:
         del pool._handles[handle]
@@ -192,9 +200,7 @@ def _stream(
     control: CallControl,
     beta: bool = False,
 ) -> ChatCompletion:
-    params.pop("stream")
-    if params.get("stream_options") is None:
-        params["stream_options"] = {"include_usage": True}  # settled with the usage, not the estimate
+    params = _stream_params(params)
     user_callback = pool.on_chunk
     # The control records the first token (PoolCall.first_token). Without a user
     # callback nobody watches the chunks: the client's shared reader may read them,
@@ -207,8 +213,64 @@ def _stream(
         restart_streams=user_callback is None,
         control=control,
         beta=beta,
+        cache=False,
         **params,
     )
+
+
+def _stream_params(params: Dict[str, Any]) -> Dict[str, Any]:
+    """What a pool's streamed call sends: the usage asked for, unless the caller set ``stream_options``."""
+    params = {key: value for key, value in params.items() if key != "stream"}
+    if params.get("stream_options") is None:
+        params["stream_options"] = {"include_usage": True}  # settled with the usage, not the estimate
+    return params
+
+
+def _cached_request(
+    pool: PoolWorker, messages: Messages, params: Dict[str, Any], endpoint: str
+) -> Tuple[Dict[str, Any], Optional[Tuple[str, Dict[str, Any]]]]:
+    """The params to send (without the pool's ``cache`` option), and the URL and body the
+    pool's response cache knows the call by (None: no cache for it)."""
+    use = params.get("cache", True)
+    if "cache" in params:
+        if not isinstance(use, bool):
+            raise TypeError(f"a request's 'cache' must be True or False, got {use!r}")
+        params = {key: value for key, value in params.items() if key != "cache"}
+    if not use or pool.cache is None:
+        return params, None
+    sent = {**_stream_params(params), "stream": True} if endpoint != "fim" and params.get("stream") else params
+    return params, pool.client.request_for(endpoint, messages, sent)
+
+
+def _look_up(
+    pool: PoolWorker, messages: Messages, params: Dict[str, Any], endpoint: str
+) -> Tuple[Dict[str, Any], Optional[CacheLookup]]:
+    """The params to send and the call's look in the pool's cache (None: no cache for it)."""
+    params, request = _cached_request(pool, messages, params, endpoint)
+    return params, None if request is None or pool.cache is None else pool.cache.lookup(*request)
+
+
+def in_cache(pool: PoolWorker, request: Any) -> bool:
+    """Whether the pool's response cache would answer ``request`` (a peek that counts nowhere)."""
+    if pool.cache is None:
+        return False
+    try:
+        _custom_id, messages, params, endpoint = route_request(request)
+        params, sent = _cached_request(pool, messages, params, endpoint)
+    except (TypeError, ValueError):
+        return False
+    return sent is not None and pool.cache.holds(*sent)
+
+
+def _from_cache(pool: PoolWorker, result: Result, lookup: CacheLookup, endpoint: str) -> Any:
+    """A cached answer, as a call would have given it (a streamed one shown to ``on_chunk``)."""
+    result.started_at = time.monotonic()
+    if pool.spend is not None:
+        result.cost = 0.0
+    if endpoint == "fim":
+        return lookup.fim()
+    user_callback = pool.on_chunk
+    return lookup.chat(None if user_callback is None else partial(user_callback, result))
 
 
 def run_submitted(

@@ -83,16 +83,18 @@ def aggregate_stream(
     data: Optional[bytes],
     response: requests.Response,
     attempt: Attempt,
+    on_complete: Optional[Callable[[ChatCompletion], None]] = None,
 ) -> ChatCompletion:
     """A streamed chat answer read into one completion, each chunk shown to ``on_chunk``.
 
     ``shared_reader``: the client may read streams nobody watches on the process's one
-    stream reader thread (:mod:`~deepseek_pool.wire.reader`).
+    stream reader thread (:mod:`~deepseek_pool.wire.reader`). ``on_complete``: see
+    :class:`~deepseek_pool.wire.stream.ChatStream`.
     """
     # Nobody watches the chunks: the shared reader may read them while this thread sleeps.
     reader = READER if on_chunk is None and shared_reader else None
     first_token = control.first_token if control is not None else None
-    stream = ChatStream(response, attempt, reader=reader, on_first_token=first_token)
+    stream = ChatStream(response, attempt, reader=reader, on_first_token=first_token, on_complete=on_complete)
     delivered = False
     try:
         with stream:

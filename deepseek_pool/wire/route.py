@@ -33,11 +33,13 @@ from requests.auth import AuthBase, HTTPBasicAuth
 from requests.cookies import extract_cookies_to_jar
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
+from ..errors import ConfigurationError
+from ..messages import header_problem
 from .adapter import GENUINE_SEND, DeepSeekAdapter, wrap_response
 from .attempts import NO_RETRIES
 from .calls import CallHandle, sending
 
-__all__ = ["DirectRoute", "KeyAuth", "SessionRoute"]
+__all__ = ["DirectRoute", "KeyAuth", "SessionRoute", "client_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,36 @@ _PROXY_KEYS = tuple(
     _ENV_KEY(name) for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 )
 _CA_KEYS = tuple(_ENV_KEY(name) for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"))
+
+
+def client_headers(
+    user_agent: str,
+    api_key: str,
+    headers: Optional[Mapping[str, str]],
+    rate_limit_group: Optional[str],
+    *,
+    compress: bool,
+) -> Tuple[Dict[str, str], str]:
+    """A client's own headers and its ``Authorization`` value, each checked to be sendable.
+
+    The session's headers are merged in at each call, as requests does; ``compress`` (the
+    client's own session) asks for gzip. A user's ``Authorization`` header replaces the key's.
+    """
+    own: Dict[str, str] = {"Accept-Encoding": "gzip, deflate"} if compress else {}
+    own.update({"User-Agent": user_agent, "Accept": "application/json", "Content-Type": "application/json"})
+    if rate_limit_group:
+        own["X-RateLimit-Group"] = rate_limit_group
+    authorization = f"Bearer {api_key}"
+    for name, value in (headers or {}).items():
+        if name.lower() == "authorization":
+            authorization = value
+        else:
+            own[name] = value
+    for name, value in own.items():
+        problem = header_problem(value) if isinstance(value, str) else "is not a str"
+        if problem is not None:
+            raise ConfigurationError(f"header {name!r} cannot be sent: its value {problem}")
+    return own, authorization
 
 
 class KeyAuth(AuthBase):

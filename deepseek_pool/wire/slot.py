@@ -137,8 +137,8 @@ class SlotCall(CallControl):
 class SlotStream(ChatStream):
     """A stream that gives its call's slot back when it ends, is closed, or is collected unclosed."""
 
-    def __init__(self, response: requests.Response, attempt: Attempt, *, slot: SlotCall) -> None:
-        super().__init__(response, attempt)
+    def __init__(self, response: requests.Response, attempt: Attempt, *, slot: SlotCall, **options: Any) -> None:
+        super().__init__(response, attempt, **options)
         self._give_back = weakref.finalize(self, slot.end, ok=True)
 
     def close(self) -> None:

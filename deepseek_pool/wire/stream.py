@@ -67,6 +67,8 @@ class ChatStream:
         instead of waking for every event. Iterating reads in the calling thread.
     :param on_first_token: called once, with ``time.monotonic()``, when the first chunk
         with content (or reasoning) arrives.
+    :param on_complete: called with the answer once the stream was read to ``[DONE]`` after
+        a ``finish_reason`` (the response cache keeps it then, and only then).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class ChatStream:
         *,
         reader: Optional[BodyReader] = None,
         on_first_token: Optional[Callable[[float], None]] = None,
+        on_complete: Optional[Callable[[ChatCompletion], None]] = None,
     ) -> None:
         self.response = response
         self.request_id = request_id_of(response.headers)
@@ -89,6 +92,7 @@ class ChatStream:
         self._trace: Any = None
         self._trace_end: Any = None  # a weakref.finalize while a traced stream is open
         self._failure: Optional[BaseException] = None
+        self._on_complete = on_complete
         self._iterator = self._chunks()
         self._closed = False
         self._decoder = SSEDecoder()
@@ -174,6 +178,8 @@ class ChatStream:
             self.close()
             raise failure
         self.close()
+        if done and self._on_complete is not None:
+            self._on_complete(self._builder.build(self.request_id))
 
     def _broke(self, err: Exception) -> None:
         """Reading failed with ``err``: fine if the answer was already whole, else raise what it means."""
