@@ -312,3 +312,25 @@ def test_plot_without_matplotlib_names_the_extra(
     captured = capsys.readouterr()
     assert "pip install 'deepseek-pool[plot]'" in captured.err and captured.out == ""
     assert not (tmp_path / "batch.png").exists()
+
+
+def test_answers_from_the_response_cache_count_no_cost_latency_or_tokens(tmp_path: Path) -> None:
+    with open(tmp_path / "in.jsonl", "w", encoding="utf-8") as file:
+        for i in range(10):
+            file.write(json.dumps({"custom_id": f"c{i}", "messages": [{"role": "user", "content": f"q{i}"}]}) + "\n")
+    cache = f"sqlite:///{tmp_path / 'answers.db'}"
+    with FakeDeepSeek(latency=LATENCY) as fake:
+        for output in ("first.jsonl", "again.jsonl"):  # the same batch to a new output: all from the cache
+            done = cli(
+                "run", "in.jsonl", "-o", output, "-q", "--cache", cache,
+                cwd=tmp_path, DEEPSEEK_API_KEY="sk-report", DEEPSEEK_BASE_URL=fake.base_url,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+        assert fake.stats.requests == 10
+    first, again = report_json(tmp_path / "first.jsonl"), report_json(tmp_path / "again.jsonl")
+    assert first["answered_from_cache"] == 0 and first["cost_usd"]["total"] > 0 and first["latency_seconds"]
+    assert again["answered"] == 10 and again["answered_from_cache"] == 10
+    assert again["cost_usd"]["total"] == 0 and again["latency_seconds"] is None
+    assert again["tokens"]["prompt"] == 0
+    text = cli("report", str(tmp_path / "again.jsonl"), cwd=tmp_path).stdout
+    assert "from the response cache: 10 answers" in text

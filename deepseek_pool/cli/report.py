@@ -61,6 +61,8 @@ class BatchReport:
     torn_last_line: bool = False
     #: items whose standing line has a ``call`` field (the rest were written before it existed)
     recorded: int = 0
+    #: answers the response cache served (not sent, $0): outside latency, tokens and cost
+    from_cache: int = 0
     latencies: List[float] = field(default_factory=list)
     slowest: List[Tuple[float, str, str]] = field(default_factory=list)
     attempts: int = 0
@@ -120,6 +122,7 @@ class BatchReport:
             "unreadable_lines": [number for number, _ in self.unreadable],
             "torn_last_line": self.torn_last_line,
             "calls_recorded": self.recorded,
+            "answered_from_cache": self.from_cache,
             "latency_seconds": self.latency(),
             "attempts": {"total": self.attempts, "retried_items": self.retried, "most": self.most_attempts}
             if recorded
@@ -235,6 +238,9 @@ def _count(
     call = line.get("call")
     started: Optional[float] = None
     ended: Optional[float] = None
+    if outcome == "answered" and isinstance(call, dict) and call.get("cached") is True:
+        report.from_cache += 1  # nothing was sent or billed for it this time
+        return
     if isinstance(call, dict):
         report.recorded += 1
         attempts = int(_number(call.get("attempts")) or 0)
@@ -323,6 +329,8 @@ def format_report(report: BatchReport, top: int = 5) -> str:
     if report.failed_by:
         items += " (" + ", ".join(f"{name}: {count}" for name, count in report.failed_by.most_common()) + ")"
     out.append(items)
+    if report.from_cache:
+        out.append(f"from the response cache: {report.from_cache} answers (not sent, $0; outside the figures below)")
     if report.superseded:
         out.append(f"superseded lines: {report.superseded} (earlier tries of items that ran again)")
     missing = report.items - report.recorded
