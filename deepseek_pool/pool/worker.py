@@ -100,7 +100,8 @@ def run_call(
         raise APITimeoutError(f"not sent: the call's deadline (call_timeout={call_timeout} s) passed in the queue")
     wake = cancelled if drain is None else drain.wake
     try:
-        permit = limiter.acquire(tokens, cancelled=wake, timeout=None if deadline is None else deadline - start)
+        remaining = None if deadline is None else deadline - start
+        permit = limiter.acquire(tokens, cancelled=wake, timeout=remaining, ends_within=remaining)
     except TimeoutError:
         raise APITimeoutError(
             f"the call's deadline (call_timeout={call_timeout} s) passed while waiting for the limiter"
