@@ -485,6 +485,7 @@ class Limiter(RetryGates, ProcessBound):
                 retry_budget=None if self._config.retry_budget is None else shared.budget_left,
                 tokens_used=shared.tokens_used,
                 cap=None if shared.cap == math.inf else shared.cap,
+                storage_errors=self.storage.storage_errors,
             )
 
     def _start_renewer(self) -> None:

@@ -25,6 +25,8 @@ expire after :data:`~deepseek_pool.budget.redis_scripts.KEY_TTL` seconds unused.
 Round-trips (one ``EVALSHA`` each; the first use of a script on a server adds one
 ``SCRIPT LOAD``):
 
+* after an outage, before anything else: 1 per budget name, to put back the leases of
+  this process's running calls (a Redis restarted without persistence has none);
 * acquire: 1 when a slot is free; a waiting limiter's head thread polls with 1 every
   :data:`~deepseek_pool.budget.retries.SHARED_POLL_INTERVAL` (the other waiters of a process wait
   locally, without a round-trip);
@@ -104,6 +106,15 @@ SOCKET_TIMEOUT = 1.0
 #: Times it tries a command again after a connection error or a timeout, at once.
 COMMAND_RETRIES = 1
 
+#: After an outage: put back the leases of this process's running calls (a Redis restarted
+#: without persistence forgot them, and would admit new calls past the cap while they run).
+_RESTORE = """
+local expires = now + tonumber(ARGV[A])
+for i = A + 1, #ARGV do redis.call('ZADD', leases_key, 'NX', expires, ARGV[i]) end
+redis.call('EXPIRE', leases_key, TTL)
+return 'ok'
+"""
+
 
 def _opt(value: Optional[float]) -> str:
     return "" if value is None else repr(value)
@@ -144,6 +155,7 @@ class RedisStorage(Storage):
         self._owns_client = False
         self._where = _describe(client)
         self._scripts = {name: client.register_script(PRELUDE + body) for name, body in SCRIPTS.items()}
+        self._scripts["restore"] = client.register_script(PRELUDE + _RESTORE)
         self._constants = script_constants()
         self._reset_local()
         reset_after_fork(self)
@@ -155,6 +167,8 @@ class RedisStorage(Storage):
         self._timed_out = False  # the outage is a Redis that does not answer (not one that refuses)
         self._local = MemoryStorage()
         self._local_leases: Set[str] = set()
+        #: leases admitted by Redis and not yet finished, by budget name, with their lease_seconds
+        self._running: Dict[str, Tuple[float, Set[str]]] = {}
 
     @classmethod
     def from_uri(cls, uri: str, **options: Any) -> RedisStorage:
@@ -253,6 +267,8 @@ class RedisStorage(Storage):
                     f"in at most {PROBE_INTERVAL} s)"
                 )
         try:
+            if self._down_since is not None:
+                self._restore()
             answer = self._run(op, name, config, args)
         except UNREACHABLE as err:
             self._unreachable(err)  # raises in "fail" mode
@@ -267,6 +283,13 @@ class RedisStorage(Storage):
             return float(self._test_clock())
         seconds, micros = self.client.time()
         return float(seconds) + float(micros) / 1e6
+
+    def _restore(self) -> None:
+        """Back from an outage: the running calls' leases go back into Redis (kept if it still has them)."""
+        with self._lock:
+            running = [(name, seconds, list(ids)) for name, (seconds, ids) in self._running.items() if ids]
+        for name, seconds, ids in running:
+            self._run("restore", name, None, [repr(float(seconds)), *ids])
 
     def _after_send(self, op: str, name: str, config: Optional[BudgetConfig], args: List[Any]) -> Tuple[bool, Any]:
         """:meth:`_shared` for what follows a sent call: an outage in ``"fail"`` mode is counted and
@@ -300,7 +323,11 @@ class RedisStorage(Storage):
                 return CoolingDelay(text.split()[1])
             if text.startswith("ceiling"):
                 raise ceiling_conflict(config.stored_ceiling, int(float(text.split()[1])))
-            return float(text)
+            delay = float(text)
+            if delay == 0.0:
+                with self._lock:
+                    self._running.setdefault(name, (lease_seconds, set()))[1].add(lease)
+            return delay
         delay = self._local.start(name, config, tokens, lease, lease_seconds)
         if delay == 0.0:
             with self._lock:
@@ -321,6 +348,9 @@ class RedisStorage(Storage):
         with self._lock:
             local = lease in self._local_leases
             self._local_leases.discard(lease)
+            running = self._running.get(name)
+            if running is not None:
+                running[1].discard(lease)
         if not local:
             args = [lease, reserved, _opt(tokens_used), earned, "1" if ok else "0"]
             shared, _ = self._after_send("finish", name, config, args)
