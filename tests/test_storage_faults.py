@@ -82,16 +82,17 @@ DYING = textwrap.dedent(
     if sys.argv[2] != "-":
         storage._scope = sys.argv[2]  # as if in another PID namespace
     limiter = dp.Limiter(max_in_flight=2, storage=storage, name="dying", lease_seconds=float(sys.argv[3]))
+    began = time.monotonic()  # CLOCK_MONOTONIC: one clock for the processes of a Linux host
     for ends_within in sys.argv[4:]:
         limiter.acquire(timeout=5, ends_within=None if ends_within == "-" else float(ends_within))
-    print("held", flush=True)
+    print("held", began, flush=True)
     time.sleep(60)
     """
 )
 
 
 def start_holder(children: list, path: str, scope: str, lease_seconds: float, *ends_within: str) -> float:
-    """A process that holds slots and is SIGKILLed at once; returns when it held them (monotonic)."""
+    """A process that holds slots and is SIGKILLed at once; returns when it began to take them (monotonic)."""
     holder = subprocess.Popen(
         [sys.executable, "-c", DYING, path, scope, str(lease_seconds), *ends_within],
         env=child_env(),
@@ -99,11 +100,12 @@ def start_holder(children: list, path: str, scope: str, lease_seconds: float, *e
         text=True,
     )
     children.append(holder)
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    held = time.monotonic()
+    assert holder.stdout is not None
+    word, began = holder.stdout.readline().split()
+    assert word == "held"
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=10)
-    return held
+    return float(began)
 
 
 def in_flight_over_time(limiter: dp.Limiter, since: float, until: float) -> List[tuple]:
@@ -122,19 +124,19 @@ def test_a_killed_process_slots_come_back_at_each_calls_deadline_not_when_it_is_
     # a killed client's request until its deadline, so each slot is held exactly that long.
     held = start_holder(children, db_path, "-", 0.3, "0.8", "1.6")
     observer = dp.Limiter(max_in_flight=2, storage=f"sqlite:///{db_path}", name="dying")
-    seen = in_flight_over_time(observer, held, 2.0)
-    assert all(n == 2 for t, n in seen if t < 0.7), seen  # gone, expired, but its calls may still run
-    assert all(n == 1 for t, n in seen if 0.95 < t < 1.5), seen  # the first call's deadline passed
-    assert all(n == 0 for t, n in seen if t > 1.75), seen
+    seen = in_flight_over_time(observer, held, 2.2)
+    assert all(n == 2 for t, n in seen if t < 0.75), seen  # gone, expired, but its calls may still run
+    assert all(n == 1 for t, n in seen if 1.0 < t < 1.5), seen  # the first call's deadline passed
+    assert all(n == 0 for t, n in seen if t > 1.9), seen
     observer.close()
 
 
 def test_a_killed_process_without_deadlines_gives_its_slots_back_at_its_lease_end(db_path: str, children: list) -> None:
     held = start_holder(children, db_path, "-", 0.6, "-", "-")
     observer = dp.Limiter(max_in_flight=2, storage=f"sqlite:///{db_path}", name="dying")
-    seen = in_flight_over_time(observer, held, 1.2)
-    assert all(n == 2 for t, n in seen if t < 0.45), seen
-    assert all(n == 0 for t, n in seen if t > 0.9), seen
+    seen = in_flight_over_time(observer, held, 1.5)
+    assert all(n == 2 for t, n in seen if t < 0.55), seen  # seen gone, not freed
+    assert all(n == 0 for t, n in seen if t > 1.3), seen  # the lease ran out (after the kill's delay)
     observer.close()
 
 
@@ -156,9 +158,9 @@ def test_a_lease_of_another_pid_namespace_on_this_hostname_waits_for_its_expiry(
     rows = sqlite3.connect(db_path).execute("SELECT host, scope FROM lease").fetchall()
     assert rows and all(host == socket.gethostname() and scope.startswith("0000-other") for host, scope in rows)
     observer = dp.Limiter(max_in_flight=2, storage=f"sqlite:///{db_path}", name="dying")
-    seen = in_flight_over_time(observer, held, 1.2)
-    assert all(n == 2 for t, n in seen if t < 0.45), seen  # not freed at its deadline either: alive, for all we know
-    assert all(n == 0 for t, n in seen if t > 0.9), seen  # its renewals stopped: expired
+    seen = in_flight_over_time(observer, held, 1.5)
+    assert all(n == 2 for t, n in seen if t < 0.55), seen  # not freed at its deadline either: alive, for all we know
+    assert all(n == 0 for t, n in seen if t > 1.3), seen  # its renewals stopped: expired
     observer.close()
 
 
@@ -432,3 +434,30 @@ def test_a_redis_uri_keeps_the_timeouts_it_names(redis_url: str) -> None:
     kwargs = limiter.storage.client.connection_pool.connection_kwargs  # type: ignore[attr-defined]
     assert kwargs["socket_timeout"] == 7.0 and kwargs["socket_connect_timeout"] == 3.0
     limiter.close()
+
+
+def test_a_redis_that_lost_the_budget_counts_the_running_calls_again_before_admitting_more(
+    redis_url: str, redis_client: object
+) -> None:
+    import redis
+
+    from deepseek_pool.budget.redis_storage import RedisStorage
+
+    other_client = redis.Redis.from_url(redis_url)
+    running = dp.Limiter(max_in_flight=2, storage=RedisStorage(redis_client), name="lost", lease_seconds=0.6)
+    waiting = dp.Limiter(max_in_flight=2, storage=RedisStorage(other_client), name="lost", lease_seconds=0.6)
+    waiting.release(waiting.acquire(timeout=1))  # a sharer that knows the budget
+    permits = [running.acquire(timeout=1) for _ in range(2)]
+    other_client.flushall()  # what a restart without persistence does (and its scripts are gone too)
+    other_client.script_flush()
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        waiting.acquire(timeout=1.0)  # the running calls are counted again (their renewal), not forgotten
+    assert time.monotonic() - start >= 0.9
+    assert waiting.stats.in_flight == 2
+    for permit in permits:
+        running.release(permit)
+    waiting.release(waiting.acquire(timeout=1))
+    running.close()
+    waiting.close()
+    other_client.close()

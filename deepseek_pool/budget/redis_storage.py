@@ -25,8 +25,10 @@ expire after :data:`~deepseek_pool.budget.redis_scripts.KEY_TTL` seconds unused.
 Round-trips (one ``EVALSHA`` each; the first use of a script on a server adds one
 ``SCRIPT LOAD``):
 
-* after an outage, before anything else: 1 per budget name, to put back the leases of
-  this process's running calls (a Redis restarted without persistence has none);
+* a Redis that lost a budget (restarted without persistence) has a new epoch for it
+  (:data:`_EPOCH`): the first start or renewal of each sharer learns it (one round-trip
+  each), puts back its running calls' leases (1), and new calls wait a third of
+  ``lease_seconds``, until every sharer's renewal has put its own back;
 * acquire: 1 when a slot is free; a waiting limiter's head thread polls with 1 every
   :data:`~deepseek_pool.budget.retries.SHARED_POLL_INTERVAL` (the other waiters of a process wait
   locally, without a round-trip);
@@ -106,14 +108,50 @@ SOCKET_TIMEOUT = 1.0
 #: Times it tries a command again after a connection error or a timeout, at once.
 COMMAND_RETRIES = 1
 
-#: After an outage: put back the leases of this process's running calls (a Redis restarted
-#: without persistence forgot them, and would admit new calls past the cap while they run).
+#: The budget's epoch, run before start and renew (the caller's known epoch is the first of
+#: the operation's arguments): a token made with the budget's state. A Redis that lost the
+#: budget (restarted without persistence, or its keys expired) makes another, and a caller
+#: that knew the old one is told: its running calls' leases are gone from the count.
+_EPOCH = """
+local known_epoch = ARGV[A]
+A = A + 1
+local epoch = redis.call('HGET', state_key, 'epoch')
+if not epoch then
+  local t = redis.call('TIME')
+  epoch = t[1] .. '.' .. t[2]
+  redis.call('HSET', state_key, 'epoch', epoch)
+  redis.call('EXPIRE', state_key, TTL)
+end
+"""
+#: start: a caller that does not know the epoch learns it, and is not admitted this time.
+_START_EPOCH = (
+    _EPOCH
+    + """
+if known_epoch ~= epoch then return 'epoch ' .. epoch end
+"""
+)
+#: renew: a caller that knew another epoch puts its leases back (they are its running calls).
+_RENEW_EPOCH = (
+    _EPOCH
+    + """
+if known_epoch ~= epoch then
+  local expires = now + tonumber(ARGV[A])
+  for i = A + 1, #ARGV do redis.call('ZADD', leases_key, expires, ARGV[i]) end
+  redis.call('EXPIRE', leases_key, TTL)
+  return 'epoch ' .. epoch
+end
+"""
+)
+#: Put back leases that Redis no longer has (a new epoch), keeping any it has.
 _RESTORE = """
 local expires = now + tonumber(ARGV[A])
 for i = A + 1, #ARGV do redis.call('ZADD', leases_key, 'NX', expires, ARGV[i]) end
 redis.call('EXPIRE', leases_key, TTL)
 return 'ok'
 """
+#: Seconds added to the hold after a lost budget (a third of ``lease_seconds``), for the
+#: sharers' renewals to arrive.
+RESTART_HOLD_MARGIN = 0.05
 
 
 def _opt(value: Optional[float]) -> str:
@@ -155,6 +193,8 @@ class RedisStorage(Storage):
         self._owns_client = False
         self._where = _describe(client)
         self._scripts = {name: client.register_script(PRELUDE + body) for name, body in SCRIPTS.items()}
+        self._scripts["start"] = client.register_script(PRELUDE + _START_EPOCH + SCRIPTS["start"])
+        self._scripts["renew"] = client.register_script(PRELUDE + _RENEW_EPOCH + SCRIPTS["renew"])
         self._scripts["restore"] = client.register_script(PRELUDE + _RESTORE)
         self._constants = script_constants()
         self._reset_local()
@@ -169,6 +209,10 @@ class RedisStorage(Storage):
         self._local_leases: Set[str] = set()
         #: leases admitted by Redis and not yet finished, by budget name, with their lease_seconds
         self._running: Dict[str, Tuple[float, Set[str]]] = {}
+        #: budget name -> monotonic time before which it admits nothing (Redis lost it: see _lost)
+        self._hold_until: Dict[str, float] = {}
+        #: budget name -> its epoch, as this process last saw it (see _EPOCH)
+        self._epochs: Dict[str, str] = {}
 
     @classmethod
     def from_uri(cls, uri: str, **options: Any) -> RedisStorage:
@@ -214,7 +258,11 @@ class RedisStorage(Storage):
         else:
             limits = [_opt(config.max_in_flight), _opt(config.rpm), _opt(config.tpm), _opt(config.retry_budget)]
         keys = [f"{{deepseek:{name}}}:state", f"{{deepseek:{name}}}:leases"]
-        return self._scripts[op](keys=keys, args=[now, *limits, *self._constants, *args])
+        script = self._scripts[op]
+        try:
+            return script(keys=keys, args=[now, *limits, *self._constants, *args])
+        except redis.exceptions.NoScriptError:  # the server restarted between the script's load and its run
+            return script(keys=keys, args=[now, *limits, *self._constants, *args])
 
     def _redis_is_down(self) -> bool:
         """True while Redis is known to be unreachable and not yet due for another try."""
@@ -267,8 +315,6 @@ class RedisStorage(Storage):
                     f"in at most {PROBE_INTERVAL} s)"
                 )
         try:
-            if self._down_since is not None:
-                self._restore()
             answer = self._run(op, name, config, args)
         except UNREACHABLE as err:
             self._unreachable(err)  # raises in "fail" mode
@@ -284,12 +330,32 @@ class RedisStorage(Storage):
         seconds, micros = self.client.time()
         return float(seconds) + float(micros) / 1e6
 
-    def _restore(self) -> None:
-        """Back from an outage: the running calls' leases go back into Redis (kept if it still has them)."""
+    def _new_epoch(self, name: str, answer: str, lease_seconds: float) -> bool:
+        """A script said the budget's epoch is another: learn it; True when Redis lost the budget.
+
+        Lost, it lost the other sharers' leases too; each puts its own back at its next renewal
+        (every third of ``lease_seconds``), so this process puts its own back now and admits
+        nothing of the budget until then.
+        """
+        epoch = answer.split()[1]
         with self._lock:
-            running = [(name, seconds, list(ids)) for name, (seconds, ids) in self._running.items() if ids]
-        for name, seconds, ids in running:
-            self._run("restore", name, None, [repr(float(seconds)), *ids])
+            known = self._epochs.get(name)
+            self._epochs[name] = epoch
+            running = list(self._running.get(name, (0.0, set()))[1])
+        if known is None or known == epoch:
+            return False  # first contact (of this thread, or of another just now)
+        if running:
+            self._run("restore", name, None, [repr(float(lease_seconds)), *running])
+        with self._lock:
+            self._hold_until[name] = time.monotonic() + lease_seconds / 3 + RESTART_HOLD_MARGIN
+        log.warning(
+            "the limiter's Redis at %s lost the budget %r (restarted without persistence?): new calls wait "
+            "%.1f s for every sharer's running calls to be counted again",
+            self._where,
+            name,
+            lease_seconds / 3,
+        )
+        return True
 
     def _after_send(self, op: str, name: str, config: Optional[BudgetConfig], args: List[Any]) -> Tuple[bool, Any]:
         """:meth:`_shared` for what follows a sent call: an outage in ``"fail"`` mode is counted and
@@ -316,17 +382,27 @@ class RedisStorage(Storage):
     ) -> float:
         # ends_within is not used: a lease ends lease_seconds after its last renewal (see above).
         self._check_process()  # before the lock: a fork from C may have copied it held
-        shared, answer = self._shared("start", name, config, [tokens, lease, repr(float(lease_seconds))])
+        if self._hold_until:
+            hold = self._hold_until.get(name, 0.0) - time.monotonic()
+            if hold > 0.0:
+                return hold
+        args = [self._epochs.get(name, ""), tokens, lease, repr(float(lease_seconds))]
+        shared, answer = self._shared("start", name, config, args)
         if shared:
             text = answer.decode() if isinstance(answer, bytes) else str(answer)
+            if text.startswith("epoch"):
+                if self._new_epoch(name, text, lease_seconds):
+                    return lease_seconds / 3 + RESTART_HOLD_MARGIN
+                return self.start(name, config, tokens, lease, lease_seconds, ends_within)
             if text.startswith("cooling"):
                 return CoolingDelay(text.split()[1])
             if text.startswith("ceiling"):
                 raise ceiling_conflict(config.stored_ceiling, int(float(text.split()[1])))
             delay = float(text)
-            if delay == 0.0:
-                with self._lock:
-                    self._running.setdefault(name, (lease_seconds, set()))[1].add(lease)
+            with self._lock:
+                running = self._running.setdefault(name, (lease_seconds, set()))[1]
+                if delay == 0.0:
+                    running.add(lease)
             return delay
         delay = self._local.start(name, config, tokens, lease, lease_seconds)
         if delay == 0.0:
@@ -397,7 +473,12 @@ class RedisStorage(Storage):
         if not ids:
             return
         # An outage is logged once; a lease lasts three renewal rounds.
-        self._after_send("renew", name, None, [repr(float(lease_seconds)), *ids])
+        shared, answer = self._after_send(
+            "renew", name, None, [self._epochs.get(name, ""), repr(float(lease_seconds)), *ids]
+        )
+        text = answer.decode() if isinstance(answer, bytes) else str(answer)
+        if shared and text.startswith("epoch"):
+            self._new_epoch(name, text, lease_seconds)
 
     def snapshot(self, name: str, config: BudgetConfig) -> BudgetSnapshot:
         shared, answer = self._shared("snapshot", name, config, [])
