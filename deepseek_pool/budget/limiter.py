@@ -33,7 +33,7 @@ The budget lives in a storage chosen by URI (:mod:`deepseek_pool.budget.storage`
 ``memory://`` (this limiter alone, the default), ``sqlite:////path.db`` (every process
 of the machine that names the same file and ``name``). There an in-flight slot is a
 lease that the limiter renews while its call runs; a process that dies gives its slots
-back within ``lease_seconds`` (at once, for sqlite, when the process is seen gone).
+back within ``lease_seconds`` (for sqlite, at each call's deadline, ``acquire(ends_within=)``).
 
 Waiting threads of one limiter form a FIFO queue: only the head one watches the clock
 (and, for a shared storage, polls it), so a start wakes one thread rather than all.
