@@ -73,9 +73,12 @@ T = TypeVar("T")
 
 def host_clock() -> Tuple[str, Callable[[], float]]:
     """The clock every process of this host reads alike, and a name that changes with each boot."""
-    scope = pid_scope()
-    if scope is not None and hasattr(time, "CLOCK_BOOTTIME"):
-        boot_id = scope.split("/", 1)[0]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            boot_id = boot.read().strip()
+    except OSError:
+        boot_id = ""
+    if boot_id and hasattr(time, "CLOCK_BOOTTIME"):
         return f"boottime:{boot_id}", lambda: time.clock_gettime(time.CLOCK_BOOTTIME)
     return "wall", time.time
 
@@ -319,7 +322,7 @@ class SQLiteStorage(TransactionalStorage):
     def _after_send(self, what: str, operation: Callable[[], T], fallback: T) -> T:
         try:
             return self._retrying(operation)
-        except sqlite3.Error as err:
+        except (sqlite3.Error, ConfigurationError) as err:  # ConfigurationError: the file cannot be opened again
             self._absorbed(what, err)
             return fallback
 
