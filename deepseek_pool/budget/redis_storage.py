@@ -25,10 +25,11 @@ expire after :data:`~deepseek_pool.budget.redis_scripts.KEY_TTL` seconds unused.
 Round-trips (one ``EVALSHA`` each; the first use of a script on a server adds one
 ``SCRIPT LOAD``):
 
-* a Redis that lost a budget (restarted without persistence) has a new epoch for it
-  (:data:`_EPOCH`): the first start or renewal of each sharer learns it (one round-trip
-  each), puts back its running calls' leases (1), and new calls wait a third of
-  ``lease_seconds``, until every sharer's renewal has put its own back;
+* the budget's epoch (:data:`_EPOCH`), a token kept with its state: a process's first
+  start learns it (1, once per budget name). A Redis that lost the budget (restarted
+  without persistence) has a new one: each sharer's next start or renewal learns it, puts
+  back its running calls' leases (1), and its new calls wait a third of ``lease_seconds``,
+  until every sharer's renewal has put its own back;
 * acquire: 1 when a slot is free; a waiting limiter's head thread polls with 1 every
   :data:`~deepseek_pool.budget.retries.SHARED_POLL_INTERVAL` (the other waiters of a process wait
   locally, without a round-trip);
@@ -55,8 +56,8 @@ storage does what ``on_storage_error`` says, and logs it at WARNING once per out
 
 * ``"fail"`` (the default): raise :class:`~deepseek_pool.errors.StorageUnavailable`.
   A call that cannot be admitted fails with it, unsent (at once, without a round-trip,
-  for :data:`PROBE_INTERVAL` after a Redis that timed out). A call already sent keeps its own outcome:
-  its release, renewal, 429 and the wait before a retry fall back to this process's
+  for :data:`PROBE_INTERVAL` after a Redis that timed out). A call already sent keeps its
+  own outcome: its release, renewal, 429 and the wait before a retry fall back to this process's
   memory, and a retry is refused (:class:`~deepseek_pool.errors.RetryBudgetExceeded`, so
   the call ends with the error it got); each is counted in ``storage_errors``;
 * ``"local"``: carry on with a budget in this process's memory with the same limits
