@@ -6,7 +6,7 @@
      ├── ConfigurationError              bad settings (no API key, bad base URL, bad option)
      ├── RetryBudgetExceeded             the pool's retry budget is spent: fail fast
      ├── SpendCapReached                 the pool's spend cap (max_cost) would pass: not sent
-     ├── StorageUnavailable              the limiter's shared storage (Redis) cannot be reached
+     ├── StorageUnavailable              the limiter's shared storage cannot be used (not sent)
      ├── APIConnectionError              no usable HTTP response (refused, reset, cut stream)
      │    ├── APITimeoutError            connect/read timeout or the total deadline passed
      │    ├── TLSError                   certificate not trusted, or the server refused the
@@ -76,8 +76,9 @@ class SpendCapReached(DeepSeekError):
 
 
 class StorageUnavailable(DeepSeekError):
-    """The limiter's shared storage (a Redis server) cannot be reached, and the limiter was told
-    to fail rather than fall back to a budget of its own (``on_storage_error="fail"``)."""
+    """The limiter's shared storage cannot be used, so the call was not sent: a Redis server
+    that cannot be reached (with ``on_storage_error="fail"``), or an sqlite database locked
+    past its ``busy_timeout``."""
 
 
 class APIConnectionError(DeepSeekError):

@@ -10,6 +10,11 @@ process it belongs to (:func:`reset_after_fork`) and each of its entry points ca
 :meth:`~ProcessBound._check_process` first, which runs its ``_after_fork()`` once in any
 process that is not the one recorded. The fork hook still runs the same check in a child
 forked by Python, so nothing waits for first use there.
+
+A process id names a process only inside its PID namespace, on one boot of one machine:
+containers that share a hostname (a pod's sidecars, ``docker --network host``) each count
+their pids from 1. :func:`pid_scope` names the space a pid belongs to, so that shared
+state on a host (the sqlite budget's leases) checks only pids it can see.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import threading
 import weakref
 from typing import Any, Dict, Optional
 
-__all__ = ["ProcessBound", "current", "reset_after_fork"]
+__all__ = ["ProcessBound", "current", "pid_scope", "reset_after_fork"]
 
 _OBJECTS: weakref.WeakSet[Any] = weakref.WeakSet()
 #: One lock per process id, made in the process that uses it: a lock copied by a fork may
@@ -30,6 +35,26 @@ _RESET_LOCKS: Dict[int, threading.RLock] = {}
 #: about 0.25 us: a few per call, against calls of milliseconds. A value kept by the fork
 #: hook would be cheaper, but a fork from C would never update it.
 current = os.getpid
+
+
+def pid_scope() -> Optional[str]:
+    """Where this process's pid means what ``kill(pid, 0)`` here says: ``boot id/pid namespace``.
+
+    Two processes with the same scope see the same pids, so one can tell whether the
+    other is alive. None where that cannot be known (no ``/proc``: not Linux, or a
+    ``/proc`` of another namespace): the caller then treats every other process as one
+    it cannot check. Read each time (two small files); callers keep it per process.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            boot_id = boot.read().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+        # /proc/self of a /proc mounted for another namespace is not this process.
+        if not boot_id or int(os.readlink("/proc/self")) != os.getpid():
+            return None
+    except (OSError, ValueError):
+        return None
+    return f"{boot_id}/pid:{namespace}"
 
 
 class ProcessBound:

@@ -104,21 +104,23 @@ HOLDER = textwrap.dedent(
 )
 
 
-def test_a_killed_process_gives_its_slots_back_at_once(budget_uri: str, children: list) -> None:
+def test_a_killed_process_gives_its_slots_back_at_its_lease_end_not_at_once(budget_uri: str, children: list) -> None:
+    # DeepSeek may still be working on (and counting) a killed process's requests: its
+    # slots come back when its leases end (tests/test_storage_faults.py: at its deadline).
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, budget_uri, "30"], env=child_env(), stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLDER, budget_uri, "1.0"], env=child_env(), stdout=subprocess.PIPE, text=True
     )
     children.append(holder)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     limiter = dp.Limiter(max_in_flight=3, storage=budget_uri, name="held")
     assert limiter.stats.in_flight == 3
-    with pytest.raises(TimeoutError):
-        limiter.acquire(timeout=0.2)
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=10)
     start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        limiter.acquire(timeout=0.2)  # seen gone, but its leases still run
     permits = [limiter.acquire(timeout=5) for _ in range(3)]
-    assert time.monotonic() - start < 1.0  # the dead process was seen gone, not waited out
+    assert 0.2 < time.monotonic() - start < 1.5  # at most one lease_seconds after its last renewal
     for permit in permits:
         limiter.release(permit)
     limiter.close()
@@ -126,7 +128,7 @@ def test_a_killed_process_gives_its_slots_back_at_once(budget_uri: str, children
 
 def test_the_slots_of_a_process_on_another_host_return_when_its_leases_expire(budget_uri: str) -> None:
     elsewhere = SQLiteStorage.from_uri(budget_uri)
-    elsewhere._host = "another-machine"  # its pid means nothing here: only the expiry can free it
+    elsewhere._scope = "another-machine"  # its pid means nothing here: only the expiry can free it
     gone = dp.Limiter(max_in_flight=1, storage=elsewhere, name="hosts", lease_seconds=0.5)
     gone.acquire()
     gone.close()  # stops renewing, as a dead process would
@@ -145,7 +147,7 @@ def test_a_call_that_outlives_its_lease_keeps_its_slot(budget_uri: str) -> None:
     permit = long_call.acquire()
     time.sleep(1.0)  # three lease lifetimes: only renewal keeps it
     other = SQLiteStorage.from_uri(budget_uri)
-    other._host = "another-machine"
+    other._scope = "another-machine"
     observer = dp.Limiter(max_in_flight=1, storage=other, name="long", lease_seconds=0.3)
     assert observer.stats.in_flight == 1
     with pytest.raises(TimeoutError):

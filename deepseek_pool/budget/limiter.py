@@ -33,7 +33,7 @@ The budget lives in a storage chosen by URI (:mod:`deepseek_pool.budget.storage`
 ``memory://`` (this limiter alone, the default), ``sqlite:////path.db`` (every process
 of the machine that names the same file and ``name``). There an in-flight slot is a
 lease that the limiter renews while its call runs; a process that dies gives its slots
-back within ``lease_seconds`` (at once, for sqlite, when the process is seen gone).
+back within ``lease_seconds`` (for sqlite, at each call's deadline, ``acquire(ends_within=)``).
 
 Waiting threads of one limiter form a FIFO queue: only the head one watches the clock
 (and, for a shared storage, polls it), so a start wakes one thread rather than all.
@@ -231,7 +231,7 @@ class Limiter(RetryGates, ProcessBound):
 
     # -- acquire / release -----------------------------------------------------------
 
-    def _try_start(self, tokens: int) -> Union[Permit, float]:
+    def _try_start(self, tokens: int, ends_by: Optional[float] = None) -> Union[Permit, float]:
         """One attempt at a start: a Permit, or seconds to wait.
 
         It takes no lock of the limiter's: the storage's own lock makes the decision
@@ -241,7 +241,8 @@ class Limiter(RetryGates, ProcessBound):
         :meth:`_hold`.
         """
         lease_id = f"{self._lease_prefix}:{next(self._lease_ids)}"
-        delay = self.storage.start(self.name, self._config, tokens, lease_id, self.lease_seconds)
+        ends_within = None if ends_by is None else max(0.0, ends_by - self._clock())
+        delay = self.storage.start(self.name, self._config, tokens, lease_id, self.lease_seconds, ends_within)
         if delay > 0.0:
             return delay
         return Permit(self, tokens, self._clock(), 0.0, lease_id)
@@ -258,6 +259,7 @@ class Limiter(RetryGates, ProcessBound):
         *,
         timeout: Optional[float] = None,
         cancelled: Optional[threading.Event] = None,
+        ends_within: Optional[float] = None,
     ) -> Permit:
         """Block until every gate allows a call to start; return its :class:`Permit`.
 
@@ -267,6 +269,9 @@ class Limiter(RetryGates, ProcessBound):
         :param cancelled: an event that, once set, makes the wait give up (it is
             checked at least every :data:`CANCEL_POLL_INTERVAL` seconds, and at once
             after :meth:`wake_waiters`).
+        :param ends_within: seconds from now by which the call will have ended (its
+            deadline), if known: a process that dies holding the slot gives it back then,
+            as DeepSeek may work on its request until then (sqlite; else at the lease's end).
         :raises TimeoutError: the timeout passed first.
         :raises concurrent.futures.CancelledError: ``cancelled`` was set first (or on entry).
         """
@@ -279,16 +284,19 @@ class Limiter(RetryGates, ProcessBound):
             with self._lock:
                 self._cancellations += 1
             raise CancelledError("limiter wait cancelled before it started")
+        ends_by = None if ends_within is None else self._clock() + ends_within
         if not self._waiters:  # nobody queued before us: try at once
-            granted = self._try_start(tokens)
+            granted = self._try_start(tokens, ends_by)
             if isinstance(granted, Permit):
                 if self.storage.leases_expire:
                     with self._lock:
                         self._hold(granted)
                 return granted
-        return self._acquire_slow(tokens, timeout, cancelled)
+        return self._acquire_slow(tokens, timeout, cancelled, ends_by)
 
-    def _acquire_slow(self, tokens: int, timeout: Optional[float], cancelled: Optional[threading.Event]) -> Permit:
+    def _acquire_slow(
+        self, tokens: int, timeout: Optional[float], cancelled: Optional[threading.Event], ends_by: Optional[float]
+    ) -> Permit:
         clock = self._clock
         lock = self._lock
         waiters = self._waiters
@@ -318,7 +326,7 @@ class Limiter(RetryGates, ProcessBound):
                         delay = early
                     elif head or out_of_turn:
                         out_of_turn = False
-                        granted = self._try_start(tokens)
+                        granted = self._try_start(tokens, ends_by)
                         if isinstance(granted, Permit):
                             if self.storage.leases_expire:
                                 self._hold(granted)
@@ -477,6 +485,7 @@ class Limiter(RetryGates, ProcessBound):
                 retry_budget=None if self._config.retry_budget is None else shared.budget_left,
                 tokens_used=shared.tokens_used,
                 cap=None if shared.cap == math.inf else shared.cap,
+                storage_errors=self.storage.storage_errors,
             )
 
     def _start_renewer(self) -> None:

@@ -32,6 +32,9 @@ class LimiterStats:
     :ivar retry_budget: what is left in the retry budget (None when it is off).
     :ivar tokens_used: real tokens reported to :meth:`Limiter.release`.
     :ivar cap: the adaptive in-flight cap now (None: no cap).
+    :ivar storage_errors: failures of the storage after a call was sent (a release, a
+        cool-down, a renewal that a locked database or an unreachable Redis missed),
+        logged and absorbed: each call kept its own outcome.
     :ivar waiting: threads queued in this limiter's :meth:`Limiter.acquire` now.
     :ivar throttled: acquires that had to wait (whatever their outcome).
     :ivar wait_seconds: total seconds those acquires waited.
@@ -54,6 +57,7 @@ class LimiterStats:
     retry_budget: Optional[int]
     tokens_used: int
     cap: Optional[float] = None
+    storage_errors: int = 0
 
 
 class Permit:

@@ -25,6 +25,11 @@ expire after :data:`~deepseek_pool.budget.redis_scripts.KEY_TTL` seconds unused.
 Round-trips (one ``EVALSHA`` each; the first use of a script on a server adds one
 ``SCRIPT LOAD``):
 
+* the budget's epoch (:data:`_EPOCH`), a token kept with its state: a process's first
+  start learns it (1, once per budget name). A Redis that lost the budget (restarted
+  without persistence) has a new one: each sharer's next start or renewal learns it, puts
+  back its running calls' leases (1), and its new calls wait a third of ``lease_seconds``,
+  until every sharer's renewal has put its own back;
 * acquire: 1 when a slot is free; a waiting limiter's head thread polls with 1 every
   :data:`~deepseek_pool.budget.retries.SHARED_POLL_INTERVAL` (the other waiters of a process wait
   locally, without a round-trip);
@@ -34,14 +39,27 @@ Round-trips (one ``EVALSHA`` each; the first use of a script on a server adds on
   spacing (only with ``rpm``), ``stats``: 1 each.
 
 A process that dies holding slots gives them back when their leases expire, within
-``lease_seconds`` (Redis cannot see a process on another machine die).
+``lease_seconds`` of its last renewal (Redis cannot see a process on another machine die):
+choose ``lease_seconds`` at least as long as a call may run (``call_timeout``) for DeepSeek
+to have stopped counting a killed process's requests by then.
+
+**Redis's clock** is the server's wall clock (``TIME``). NTP slews it, which changes
+nothing here; a step of S seconds does, until the budget's times catch up: a step back
+holds ``rpm`` spacing and cool-downs up to S seconds longer, and keeps a dead process's
+leases S seconds longer; a step forward ends them early, and one of more than two thirds
+of ``lease_seconds`` expires the leases of running calls before their renewal, so new
+calls may start past the cap until those end. (tests/test_storage_faults.py shows both,
+with the script's time source injected.)
 
 When Redis cannot be reached (connection refused, timed out, the server loading), the
 storage does what ``on_storage_error`` says, and logs it at WARNING once per outage:
 
 * ``"fail"`` (the default): raise :class:`~deepseek_pool.errors.StorageUnavailable`.
-  A call that cannot be admitted fails with it, unsent; a release or renewal that
-  cannot reach Redis is logged and dropped (its lease expires by itself);
+  A call that cannot be admitted fails with it, unsent (at once, without a round-trip,
+  for :data:`PROBE_INTERVAL` after a Redis that timed out). A call already sent keeps its
+  own outcome: its release, renewal, 429 and the wait before a retry fall back to this process's
+  memory, and a retry is refused (:class:`~deepseek_pool.errors.RetryBudgetExceeded`, so
+  the call ends with the error it got); each is counted in ``storage_errors``;
 * ``"local"``: carry on with a budget in this process's memory with the same limits
   (so N processes may together run N times the cap until Redis is back), and go back
   to Redis, probing it at most every :data:`PROBE_INTERVAL` seconds, as soon as it
@@ -50,12 +68,15 @@ storage does what ``on_storage_error`` says, and logs it at WARNING once per out
 Choose it as a URI query parameter (``redis://host/0?on_storage_error=local``, so that a
 storage URI alone configures it, as ``deepseek-pool run --limiter-storage`` takes it) or
 as ``RedisStorage(client, on_storage_error=...)``. Other query parameters are redis-py's
-(``socket_timeout``, ``socket_connect_timeout``, ``health_check_interval`` ...).
+(``socket_timeout``, ``socket_connect_timeout``, ``health_check_interval`` ...). A client
+made from a URI waits at most :data:`SOCKET_CONNECT_TIMEOUT` to connect and
+:data:`SOCKET_TIMEOUT` for an answer, and tries a failed command once more (a pooled
+connection that a restart closed), so a Redis that drops packets costs an admission
+about 2 s, not redis-py's default of minutes (5 s timeouts, 10 retries with backoff).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -65,7 +86,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis
 import redis.exceptions
 
-from ..errors import ConfigurationError, StorageUnavailable
+from ..errors import ConfigurationError, RetryBudgetExceeded, StorageUnavailable
 from ..forks import reset_after_fork
 from .redis_scripts import PRELUDE, SCRIPTS, script_constants
 from .rules import BudgetConfig, CoolingDelay, RateLimitSignal, ceiling_conflict
@@ -81,6 +102,57 @@ ON_STORAGE_ERROR = ("fail", "local")
 PROBE_INTERVAL = 1.0
 #: What counts as Redis being unreachable (anything else, a script error say, is raised).
 UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+#: Seconds a client made from a URI waits to connect, unless the URI says otherwise.
+SOCKET_CONNECT_TIMEOUT = 1.0
+#: Seconds it waits for an answer (a script here runs in microseconds), unless the URI says otherwise.
+SOCKET_TIMEOUT = 1.0
+#: Times it tries a command again after a connection error or a timeout, at once.
+COMMAND_RETRIES = 1
+
+#: The budget's epoch, run before start and renew (the caller's known epoch is the first of
+#: the operation's arguments): a token made with the budget's state. A Redis that lost the
+#: budget (restarted without persistence, or its keys expired) makes another, and a caller
+#: that knew the old one is told: its running calls' leases are gone from the count.
+_EPOCH = """
+local known_epoch = ARGV[A]
+A = A + 1
+local epoch = redis.call('HGET', state_key, 'epoch')
+if not epoch then
+  local t = redis.call('TIME')
+  epoch = t[1] .. '.' .. t[2]
+  redis.call('HSET', state_key, 'epoch', epoch)
+  redis.call('EXPIRE', state_key, TTL)
+end
+"""
+#: start: a caller that does not know the epoch learns it, and is not admitted this time.
+_START_EPOCH = (
+    _EPOCH
+    + """
+if known_epoch ~= epoch then return 'epoch ' .. epoch end
+"""
+)
+#: renew: a caller that knew another epoch puts its leases back (they are its running calls).
+_RENEW_EPOCH = (
+    _EPOCH
+    + """
+if known_epoch ~= epoch then
+  local expires = now + tonumber(ARGV[A])
+  for i = A + 1, #ARGV do redis.call('ZADD', leases_key, expires, ARGV[i]) end
+  redis.call('EXPIRE', leases_key, TTL)
+  return 'epoch ' .. epoch
+end
+"""
+)
+#: Put back leases that Redis no longer has (a new epoch), keeping any it has.
+_RESTORE = """
+local expires = now + tonumber(ARGV[A])
+for i = A + 1, #ARGV do redis.call('ZADD', leases_key, 'NX', expires, ARGV[i]) end
+redis.call('EXPIRE', leases_key, TTL)
+return 'ok'
+"""
+#: Seconds added to the hold after a lost budget (a third of ``lease_seconds``), for the
+#: sharers' renewals to arrive.
+RESTART_HOLD_MARGIN = 0.05
 
 
 def _opt(value: Optional[float]) -> str:
@@ -122,6 +194,9 @@ class RedisStorage(Storage):
         self._owns_client = False
         self._where = _describe(client)
         self._scripts = {name: client.register_script(PRELUDE + body) for name, body in SCRIPTS.items()}
+        self._scripts["start"] = client.register_script(PRELUDE + _START_EPOCH + SCRIPTS["start"])
+        self._scripts["renew"] = client.register_script(PRELUDE + _RENEW_EPOCH + SCRIPTS["renew"])
+        self._scripts["restore"] = client.register_script(PRELUDE + _RESTORE)
         self._constants = script_constants()
         self._reset_local()
         reset_after_fork(self)
@@ -130,8 +205,15 @@ class RedisStorage(Storage):
         self._lock = threading.Lock()
         self._down_since: Optional[float] = None  # monotonic, while Redis is unreachable
         self._next_probe = 0.0
+        self._timed_out = False  # the outage is a Redis that does not answer (not one that refuses)
         self._local = MemoryStorage()
         self._local_leases: Set[str] = set()
+        #: leases admitted by Redis and not yet finished, by budget name, with their lease_seconds
+        self._running: Dict[str, Tuple[float, Set[str]]] = {}
+        #: budget name -> monotonic time before which it admits nothing (Redis lost it: see _lost)
+        self._hold_until: Dict[str, float] = {}
+        #: budget name -> its epoch, as this process last saw it (see _EPOCH)
+        self._epochs: Dict[str, str] = {}
 
     @classmethod
     def from_uri(cls, uri: str, **options: Any) -> RedisStorage:
@@ -150,8 +232,17 @@ class RedisStorage(Storage):
             else:
                 rest.append((key, value))
         url = urlunsplit(parts._replace(query=urlencode(rest)))
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         try:
-            client = redis.Redis.from_url(url)
+            # Keyword defaults: the URI's own socket_timeout/socket_connect_timeout win.
+            client = redis.Redis.from_url(
+                url,
+                socket_connect_timeout=SOCKET_CONNECT_TIMEOUT,
+                socket_timeout=SOCKET_TIMEOUT,
+                retry=Retry(NoBackoff(), COMMAND_RETRIES),
+            )
         except (ValueError, TypeError) as err:
             raise ConfigurationError(f"cannot use {_redact(uri)!r} as a limiter storage: {err}") from None
         storage = cls(client, on_storage_error=on_storage_error)
@@ -168,7 +259,11 @@ class RedisStorage(Storage):
         else:
             limits = [_opt(config.max_in_flight), _opt(config.rpm), _opt(config.tpm), _opt(config.retry_budget)]
         keys = [f"{{deepseek:{name}}}:state", f"{{deepseek:{name}}}:leases"]
-        return self._scripts[op](keys=keys, args=[now, *limits, *self._constants, *args])
+        script = self._scripts[op]
+        try:
+            return script(keys=keys, args=[now, *limits, *self._constants, *args])
+        except redis.exceptions.NoScriptError:  # the server restarted between the script's load and its run
+            return script(keys=keys, args=[now, *limits, *self._constants, *args])
 
     def _redis_is_down(self) -> bool:
         """True while Redis is known to be unreachable and not yet due for another try."""
@@ -181,6 +276,7 @@ class RedisStorage(Storage):
             if first:
                 self._down_since = time.monotonic()
             self._next_probe = time.monotonic() + PROBE_INTERVAL
+            self._timed_out = isinstance(err, redis.exceptions.TimeoutError)
         if self.on_storage_error == "fail":
             if first:
                 log.warning(
@@ -211,8 +307,14 @@ class RedisStorage(Storage):
 
     def _shared(self, op: str, name: str, config: Optional[BudgetConfig], args: List[Any]) -> Tuple[bool, Any]:
         """(True, the script's answer), or (False, None) when Redis is down and the budget is local."""
-        if self._redis_is_down() and self.on_storage_error == "local":
-            return False, None
+        if self._redis_is_down():
+            if self.on_storage_error == "local":
+                return False, None
+            if self._timed_out:  # a refused connection costs nothing to try again; a silent Redis does
+                raise StorageUnavailable(
+                    f"the limiter's Redis at {self._where} is unreachable (on_storage_error='fail'; tried again "
+                    f"in at most {PROBE_INTERVAL} s)"
+                )
         try:
             answer = self._run(op, name, config, args)
         except UNREACHABLE as err:
@@ -229,16 +331,80 @@ class RedisStorage(Storage):
         seconds, micros = self.client.time()
         return float(seconds) + float(micros) / 1e6
 
-    def start(self, name: str, config: BudgetConfig, tokens: int, lease: str, lease_seconds: float) -> float:
+    def _new_epoch(self, name: str, answer: str, lease_seconds: float) -> bool:
+        """A script said the budget's epoch is another: learn it; True when Redis lost the budget.
+
+        Lost, it lost the other sharers' leases too; each puts its own back at its next renewal
+        (every third of ``lease_seconds``), so this process puts its own back now and admits
+        nothing of the budget until then.
+        """
+        epoch = answer.split()[1]
+        with self._lock:
+            known = self._epochs.get(name)
+            self._epochs[name] = epoch
+            running = list(self._running.get(name, (0.0, set()))[1])
+        if known is None or known == epoch:
+            return False  # first contact (of this thread, or of another just now)
+        if running:
+            self._run("restore", name, None, [repr(float(lease_seconds)), *running])
+        with self._lock:
+            self._hold_until[name] = time.monotonic() + lease_seconds / 3 + RESTART_HOLD_MARGIN
+        log.warning(
+            "the limiter's Redis at %s lost the budget %r (restarted without persistence?): new calls wait "
+            "%.1f s for every sharer's running calls to be counted again",
+            self._where,
+            name,
+            lease_seconds / 3,
+        )
+        return True
+
+    def _after_send(self, op: str, name: str, config: Optional[BudgetConfig], args: List[Any]) -> Tuple[bool, Any]:
+        """:meth:`_shared` for what follows a sent call: an outage in ``"fail"`` mode is counted and
+        answered from the local budget, never raised in place of the call's outcome."""
+        try:
+            return self._shared(op, name, config, args)
+        except StorageUnavailable as err:
+            self._count_absorbed(op, err)
+            return False, None
+
+    def _count_absorbed(self, op: str, err: BaseException) -> None:
+        with self._lock:
+            self.storage_errors += 1
+        log.debug("the limiter's Redis at %s missed a %s (%s): the call keeps its outcome", self._where, op, err)
+
+    def start(
+        self,
+        name: str,
+        config: BudgetConfig,
+        tokens: int,
+        lease: str,
+        lease_seconds: float,
+        ends_within: Optional[float] = None,
+    ) -> float:
+        # ends_within is not used: a lease ends lease_seconds after its last renewal (see above).
         self._check_process()  # before the lock: a fork from C may have copied it held
-        shared, answer = self._shared("start", name, config, [tokens, lease, repr(float(lease_seconds))])
+        if self._hold_until:
+            hold = self._hold_until.get(name, 0.0) - time.monotonic()
+            if hold > 0.0:
+                return hold
+        args = [self._epochs.get(name, ""), tokens, lease, repr(float(lease_seconds))]
+        shared, answer = self._shared("start", name, config, args)
         if shared:
             text = answer.decode() if isinstance(answer, bytes) else str(answer)
+            if text.startswith("epoch"):
+                if self._new_epoch(name, text, lease_seconds):
+                    return lease_seconds / 3 + RESTART_HOLD_MARGIN
+                return self.start(name, config, tokens, lease, lease_seconds, ends_within)
             if text.startswith("cooling"):
                 return CoolingDelay(text.split()[1])
             if text.startswith("ceiling"):
                 raise ceiling_conflict(config.stored_ceiling, int(float(text.split()[1])))
-            return float(text)
+            delay = float(text)
+            with self._lock:
+                running = self._running.setdefault(name, (lease_seconds, set()))[1]
+                if delay == 0.0:
+                    running.add(lease)
+            return delay
         delay = self._local.start(name, config, tokens, lease, lease_seconds)
         if delay == 0.0:
             with self._lock:
@@ -259,12 +425,12 @@ class RedisStorage(Storage):
         with self._lock:
             local = lease in self._local_leases
             self._local_leases.discard(lease)
+            running = self._running.get(name)
+            if running is not None:
+                running[1].discard(lease)
         if not local:
             args = [lease, reserved, _opt(tokens_used), earned, "1" if ok else "0"]
-            try:
-                shared, _ = self._shared("finish", name, config, args)
-            except StorageUnavailable:
-                shared = False
+            shared, _ = self._after_send("finish", name, config, args)
             if shared:
                 return
             log.debug("lease %s not released in Redis (unreachable): it expires by itself", lease)
@@ -278,23 +444,28 @@ class RedisStorage(Storage):
             "1" if signal.sporadic else "0",
             "1" if signal.retry_after else "0",
         ]
-        shared, answer = self._shared("rate_limited", name, config, args)
+        shared, answer = self._after_send("rate_limited", name, config, args)
         local = self._local.rate_limited(name, config, seconds, signal)  # the fallback learns it too
         return float(answer) if shared else local
 
     def spend_retry(self, name: str, config: BudgetConfig, cost: int) -> Tuple[Optional[int], int]:
-        shared, answer = self._shared("spend_retry", name, config, [cost])
+        try:
+            shared, answer = self._shared("spend_retry", name, config, [cost])
+        except StorageUnavailable as err:
+            # "fail": nothing is sent without Redis, a retry neither; the call ends with its own error.
+            self._count_absorbed("spend_retry", err)
+            raise RetryBudgetExceeded(f"not retried: {err}") from err
         if not shared:
             return self._local.spend_retry(name, config, cost)
         paid, left = answer
         return (int(float(paid)) if paid else None), int(float(left))
 
     def retry_hold(self, name: str) -> float:
-        shared, answer = self._shared("retry_hold", name, None, [])
+        shared, answer = self._after_send("retry_hold", name, None, [])
         return float(answer) if shared else self._local.retry_hold(name)
 
     def pace(self, name: str, config: BudgetConfig) -> float:
-        shared, answer = self._shared("pace", name, config, [])
+        shared, answer = self._after_send("pace", name, config, [])
         return float(answer) if shared else self._local.pace(name, config)
 
     def renew(self, name: str, leases: Iterable[str], lease_seconds: float) -> None:
@@ -303,8 +474,12 @@ class RedisStorage(Storage):
         if not ids:
             return
         # An outage is logged once; a lease lasts three renewal rounds.
-        with contextlib.suppress(StorageUnavailable):
-            self._shared("renew", name, None, [repr(float(lease_seconds)), *ids])
+        shared, answer = self._after_send(
+            "renew", name, None, [self._epochs.get(name, ""), repr(float(lease_seconds)), *ids]
+        )
+        text = answer.decode() if isinstance(answer, bytes) else str(answer)
+        if shared and text.startswith("epoch"):
+            self._new_epoch(name, text, lease_seconds)
 
     def snapshot(self, name: str, config: BudgetConfig) -> BudgetSnapshot:
         shared, answer = self._shared("snapshot", name, config, [])

@@ -11,6 +11,11 @@ of one budget, held against every other sharer, saved when the block ends) and
 release of theirs can wake it) and :attr:`~Storage.leases_expire` (leases must be
 renewed; a storage that dies with its process needs no expiry).
 
+What follows a sent call (its release, a 429's cool-down, the wait before a retry, a
+renewal) must never fail that call: a storage that cannot do it (a locked database, an
+unreachable Redis) logs it, counts it in :attr:`~Storage.storage_errors` and carries on,
+and the call keeps its own outcome. Only admission may fail a call, which then was not sent.
+
 Storages are chosen by URI (:mod:`deepseek_pool.budget.storage_uri`); this module knows
 none but its own :class:`MemoryStorage`, so every storage imports it and it imports none.
 """
@@ -18,6 +23,7 @@ none but its own :class:`MemoryStorage`, so every storage imports it and it impo
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import threading
@@ -34,13 +40,29 @@ __all__ = [
     "BudgetSnapshot",
     "MemoryStorage",
     "Storage",
+    "TimedLease",
     "TransactionalStorage",
 ]
+
+log = logging.getLogger(__name__)
+_ERRORS_LOCK = threading.Lock()
 
 
 #: Unsettled counts (see MemoryStorage) after which a call settles them, if the lock is free.
 SETTLE_EVERY = 256
 _ONE_START = (1, 0, 0, 0, None)
+
+
+@dataclass
+class TimedLease(Lease):
+    """A lease that also knows when its call will have ended (None: unknown).
+
+    A call cannot outlive its deadline, so neither can DeepSeek's work on it: a process
+    that dies holding the lease gives the slot back then (see
+    :class:`~deepseek_pool.budget.sqlite_storage.SQLiteStorage`), not before.
+    """
+
+    deadline: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -72,13 +94,33 @@ class Storage(ProcessBound):
     shared = False
     #: leases expire unless renewed (a process that dies gives its slots back)
     leases_expire = False
+    #: storage errors absorbed after a call was sent (logged; the call kept its outcome)
+    storage_errors = 0
+
+    def _absorbed(self, operation: str, err: BaseException) -> None:
+        """Log and count a failure of ``operation`` that must not replace a call's outcome."""
+        with _ERRORS_LOCK:
+            self.storage_errors += 1
+        log.warning("%r could not %s (%s): the call keeps its outcome; its lease expires", self, operation, err)
 
     def clock(self) -> float:
         """Seconds on the clock every sharer of this storage agrees on."""
         raise NotImplementedError
 
-    def start(self, name: str, config: BudgetConfig, tokens: int, lease: str, lease_seconds: float) -> float:
-        """Admit a start under lease id ``lease`` (0.0) or say how long to wait (inf: for a release)."""
+    def start(
+        self,
+        name: str,
+        config: BudgetConfig,
+        tokens: int,
+        lease: str,
+        lease_seconds: float,
+        ends_within: Optional[float] = None,
+    ) -> float:
+        """Admit a start under lease id ``lease`` (0.0) or say how long to wait (inf: for a release).
+
+        ``ends_within``: seconds from now by which the call will have ended (its deadline),
+        when known; a storage whose leases outlive their process keeps the slot until then.
+        """
         raise NotImplementedError
 
     def finish(
@@ -138,11 +180,20 @@ class TransactionalStorage(Storage):
     def transaction(self, name: str) -> contextlib.AbstractContextManager[BudgetState]:
         raise NotImplementedError
 
-    def start(self, name: str, config: BudgetConfig, tokens: int, lease: str, lease_seconds: float) -> float:
+    def start(
+        self,
+        name: str,
+        config: BudgetConfig,
+        tokens: int,
+        lease: str,
+        lease_seconds: float,
+        ends_within: Optional[float] = None,
+    ) -> float:
         with self.transaction(name) as state:
             now = self.clock()
             expires = now + lease_seconds if self.leases_expire else math.inf
-            return budget.try_start(state, config, now, tokens, Lease(lease, expires, os.getpid()))
+            deadline = None if ends_within is None else now + ends_within
+            return budget.try_start(state, config, now, tokens, TimedLease(lease, expires, os.getpid(), deadline))
 
     def finish(
         self,
@@ -292,7 +343,15 @@ class MemoryStorage(TransactionalStorage):
     # start and finish run once per call: the same rules as TransactionalStorage's, with
     # the lock-free path above and without the context manager.
 
-    def start(self, name: str, config: BudgetConfig, tokens: int, lease: str, lease_seconds: float) -> float:
+    def start(
+        self,
+        name: str,
+        config: BudgetConfig,
+        tokens: int,
+        lease: str,
+        lease_seconds: float,
+        ends_within: Optional[float] = None,
+    ) -> float:
         self._check_process()  # the parent's leases are not this process's
         held = Lease(lease, math.inf, self._pid)
         state = self._known_state(name)

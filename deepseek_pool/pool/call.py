@@ -203,7 +203,7 @@ class PoolCall(CallControl):
         timeout = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
         wake = self.drain.wake if self.drain is not None else self.cancelled
         try:
-            self.permit = limiter.acquire(self.tokens, cancelled=wake, timeout=timeout)
+            self.permit = limiter.acquire(self.tokens, cancelled=wake, timeout=timeout, ends_within=timeout)
             self.permit.retry_cost = old.retry_cost  # refunded if the call succeeds
         except cf.CancelledError:
             self.permit = None

@@ -114,7 +114,8 @@ def run_call(
             start = time.monotonic()  # waiting for off-peak was asked for: call_timeout starts again
             deadline = None if call_timeout is None else start + call_timeout
         try:
-            permit = limiter.acquire(tokens, cancelled=wake, timeout=None if deadline is None else deadline - start)
+            remaining = None if deadline is None else deadline - start
+            permit = limiter.acquire(tokens, cancelled=wake, timeout=remaining, ends_within=remaining)
         except TimeoutError:
             raise APITimeoutError(
                 f"the call's deadline (call_timeout={call_timeout} s) passed while waiting for the limiter"

@@ -31,7 +31,12 @@ class SharedBudget(Protocol):
     """What a slot needs of a budget: :class:`~deepseek_pool.budget.limiter.Limiter`'s methods."""
 
     def acquire(
-        self, tokens: int = 0, *, timeout: Optional[float] = None, cancelled: Optional[threading.Event] = None
+        self,
+        tokens: int = 0,
+        *,
+        timeout: Optional[float] = None,
+        cancelled: Optional[threading.Event] = None,
+        ends_within: Optional[float] = None,
     ) -> Any: ...
 
     def release(self, permit: Any, *, tokens_used: Optional[int] = None, retries: int = 0, ok: bool = True) -> None: ...
@@ -85,7 +90,7 @@ class SlotCall(CallControl):
         self.started = time.monotonic()  # the call's telemetry span covers the wait for the slot
         timeout = None if self.deadline is None else max(0.0, self.deadline - self.started)
         try:
-            self.permit = self.budget.acquire(cancelled=self.cancelled, timeout=timeout)
+            self.permit = self.budget.acquire(cancelled=self.cancelled, timeout=timeout, ends_within=timeout)
         except TimeoutError:
             raise APITimeoutError("not sent: no slot of the limiter's budget within the call's deadline") from None
         except CancelledError:
