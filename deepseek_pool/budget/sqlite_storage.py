@@ -83,25 +83,21 @@ def host_clock() -> Tuple[str, Callable[[], float]]:
     return "wall", time.time
 
 
-#: Connections a forked child inherited in the middle of a transaction: kept, never closed.
-_INHERITED_BUSY: List[sqlite3.Connection] = []
+#: Connections a forked child inherited: kept, never used or closed (see _let_go_of_inherited).
+_INHERITED: List[sqlite3.Connection] = []
 
 
-def _let_go_of_inherited(db: sqlite3.Connection, *, busy: bool) -> None:
+def _let_go_of_inherited(db: sqlite3.Connection) -> None:
     """In a forked child, put down the parent's connection before opening the child's own.
 
-    Idle at the fork (the storage's lock was free: no thread of the parent was inside a
-    transaction), it is closed. That frees only the child's copies of its file descriptors:
-    POSIX locks belong to the process that took them, and the parent still holds its
-    shared lock, so the close neither checkpoints nor removes the WAL. Dropping it unclosed
-    did the same close in its finalizer, with a ResourceWarning since Python 3.13.
-    Busy at the fork, closing would roll back, in the WAL index the processes share, the
-    transaction that the parent is still writing: it is kept open and referenced instead.
+    It is kept referenced, never used nor closed: a close runs SQLite code that may wait
+    for a mutex a thread of the parent held at the fork (a fork from C, as uWSGI's, gives no
+    moment when none is held), and hangs; busy at the fork, it would also roll back, in the
+    WAL index the processes share, the transaction the parent is still writing. Dropping it
+    unclosed would close it in its finalizer (and warn, since Python 3.13). One idle
+    connection per fork is the price, as for the response cache's store.
     """
-    if busy:
-        _INHERITED_BUSY.append(db)
-    else:
-        db.close()
+    _INHERITED.append(db)
 
 
 def _process_gone(pid: int) -> bool:
@@ -395,18 +391,18 @@ class SQLiteStorage(TransactionalStorage):
             self._disconnect()
 
     def _disconnect(self) -> None:
-        # In a forked child that never called after_fork(), the parent's connection: that this
-        # lock was free to take means no transaction was open on it, so it is closed too.
         if self._db is not None:
-            self._db.close()
+            if self._pid != os.getpid():  # a forked child that never called after_fork()
+                _let_go_of_inherited(self._db)
+            else:
+                self._db.close()
         self._db = None
 
     def after_fork(self) -> None:
         # A connection must not cross a fork: the child opens its own.
-        busy = self._lock.locked()  # a thread of the parent was inside a transaction
         self._lock = threading.Lock()
         if self._db is not None and self._pid != os.getpid():
-            _let_go_of_inherited(self._db, busy=busy)
+            _let_go_of_inherited(self._db)
         self._db = None
 
     def __repr__(self) -> str:
