@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import os
 import shutil
@@ -167,6 +168,14 @@ def test_async_relay_cancelled_aborts_and_keeps_alive_meanwhile() -> None:
         assert fake.stats.requests == 1
 
 
+def test_an_async_relay_dropped_unread_closes_its_stream() -> None:
+    with thinking_fake() as fake, dp.DeepSeekClient(KEY, base_url=fake.base_url) as client:
+        relay = arelay_sse(client.chat_stream("Why?"), keepalive=KEEPALIVE)
+        del relay  # a response cancelled before its body began
+        gc.collect()
+        wait_until(lambda: fake.stats.in_flight == 0, CLOSED_WITHIN, "the fake still serves the stream")
+
+
 def test_pool_abort_breaks_a_running_call_and_drops_a_queued_one() -> None:
     with (
         thinking_fake() as fake,
@@ -266,6 +275,21 @@ def test_fastapi_under_uvicorn_40_clients_that_hang_up_stop_their_40_calls(
             assert fake.stats.requests == 40  # none sent again
             assert module.app.state.deepseek.pool.stats.in_flight == 0
             assert took < SILENCE - HANG_UP_AFTER - 1  # long before the answers were due
+
+
+def test_fastapi_under_uvicorn_a_fan_out_whose_client_hangs_up_stops_every_call(
+    examples: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("fastapi")
+    module = examples("fastapi_bridge")
+    with thinking_fake() as fake:
+        fake_env(monkeypatch, fake)
+        with uvicorn_serving(module.app) as port:
+            hang_up_clients(port, "/ideas?topic=tea&n=10", 2)
+            assert fake.stats.requests == 20
+            wait_until(lambda: fake.stats.in_flight == 0, CLOSED_WITHIN, "calls still at DeepSeek")
+            time.sleep(0.5)
+            assert fake.stats.requests == 20
 
 
 def test_fastapi_under_uvicorn_stream_keeps_alive_and_a_hang_up_aborts_it(

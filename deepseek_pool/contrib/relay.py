@@ -37,7 +37,7 @@ import json
 import queue
 import threading
 from functools import partial
-from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Iterator, Optional, Tuple, TypeVar
+from typing import Any, AsyncGenerator, Awaitable, Callable, Generator, Iterator, Optional, Tuple, TypeVar
 
 from ..errors import DeepSeekError
 from ..messages import Messages
@@ -49,6 +49,7 @@ from ..wire.stream import ChatStream
 __all__ = [
     "KEEPALIVE_COMMENT",
     "KEEPALIVE_INTERVAL",
+    "AsyncSSERelay",
     "ClientDisconnected",
     "SSERelay",
     "abort_stream",
@@ -207,51 +208,94 @@ def relay_sse(
     return SSERelay(stream, keepalive, render, done)
 
 
-async def arelay_sse(
+class AsyncSSERelay:
+    """The SSE text of one stream, as an ASGI response body: ``async for`` it. Made by :func:`arelay_sse`.
+
+    Cancelling the task that iterates it (Starlette does when the client disconnects) or
+    closing it (``aclose``) aborts the upstream call unless it had ended; so does dropping
+    it unread (a response cancelled before its body began).
+    """
+
+    def __init__(self, stream: ChatStream, keepalive: float, render: Render, done: Optional[str]) -> None:
+        _check_interval(keepalive)
+        self.stream = stream
+        self.keepalive = keepalive
+        self.render = render
+        self.done = done
+        self.ended = False
+        self._events: Optional[AsyncGenerator[str, None]] = None
+
+    def __aiter__(self) -> AsyncSSERelay:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._events is None:
+            self._events = self._generate()
+        return await self._events.__anext__()
+
+    async def _generate(self) -> AsyncGenerator[str, None]:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[Tuple[int, Any]] = asyncio.Queue()
+
+        def put(item: Tuple[int, Any]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
+                loop.call_soon_threadsafe(items.put_nowait, item)
+
+        _start_reader(self.stream, put)
+        try:
+            while True:
+                try:
+                    kind, value = await asyncio.wait_for(items.get(), self.keepalive)
+                except TimeoutError:
+                    yield KEEPALIVE_COMMENT
+                    continue
+                if kind == _CHUNK:
+                    for text in self.render(value):
+                        yield text
+                    continue
+                self.ended = True
+                if kind == _ERROR:
+                    if not isinstance(value, DeepSeekError):
+                        raise value
+                    yield _error_event(value)
+                elif self.done is not None:
+                    yield self.done
+                return
+        finally:
+            if not self.ended:
+                abort_stream(self.stream)  # the reader thread wakes, closes the stream and ends
+
+    async def aclose(self) -> None:
+        """Abort the upstream call unless it ended."""
+        if self._events is not None:
+            await self._events.aclose()
+        else:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        if self._events is None and not self.ended:
+            self.ended = True
+            abort_stream(self.stream)
+            self.stream.close()  # never iterated: nobody else holds the stream
+
+    def __del__(self) -> None:
+        self._abandon()
+
+
+def arelay_sse(
     stream: ChatStream,
     *,
     keepalive: float = KEEPALIVE_INTERVAL,
     render: Render = chunk_events,
     done: Optional[str] = sse_event("done", ""),
-) -> AsyncIterator[str]:
-    """:func:`relay_sse` as an async generator, for an ASGI streaming response.
+) -> AsyncSSERelay:
+    """:func:`relay_sse` for an ASGI streaming response (``async for``), read on a thread of its own.
 
-    The stream is read on a thread of its own, never on the event loop. Cancelling the
-    generator's task (Starlette does when the client disconnects) or closing it aborts
-    the upstream call at once, without waiting on the loop.
+    The stream is never read on the event loop. Cancelling the task that iterates the
+    relay (Starlette does when the client disconnects) or closing it aborts the upstream
+    call at once, without waiting on the loop.
     """
-    _check_interval(keepalive)
-    loop = asyncio.get_running_loop()
-    items: asyncio.Queue[Tuple[int, Any]] = asyncio.Queue()
-
-    def put(item: Tuple[int, Any]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
-            loop.call_soon_threadsafe(items.put_nowait, item)
-
-    _start_reader(stream, put)
-    ended = False
-    try:
-        while True:
-            try:
-                kind, value = await asyncio.wait_for(items.get(), keepalive)
-            except TimeoutError:
-                yield KEEPALIVE_COMMENT
-                continue
-            if kind == _CHUNK:
-                for text in render(value):
-                    yield text
-                continue
-            ended = True
-            if kind == _ERROR:
-                if not isinstance(value, DeepSeekError):
-                    raise value
-                yield _error_event(value)
-            elif done is not None:
-                yield done
-            return
-    finally:
-        if not ended:
-            abort_stream(stream)  # the reader thread wakes, closes the stream and ends
+    return AsyncSSERelay(stream, keepalive, render, done)
 
 
 async def until_disconnected(receive: Receive) -> None:
