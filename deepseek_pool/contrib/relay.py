@@ -39,6 +39,7 @@ import threading
 from functools import partial
 from typing import Any, AsyncGenerator, Awaitable, Callable, Generator, Iterator, Optional, Tuple, TypeVar
 
+from ..client import DeepSeekClient
 from ..errors import DeepSeekError
 from ..messages import Messages
 from ..pool.pool import DeepSeekPool
@@ -348,7 +349,7 @@ async def await_call(pool: DeepSeekPool, future: cf.Future[T], receive: Optional
 
 
 async def open_stream(
-    client: Any, messages: Messages, *, receive: Optional[Receive] = None, **params: Any
+    client: DeepSeekClient, messages: Messages, *, receive: Optional[Receive] = None, **params: Any
 ) -> ChatStream:
     """``client.chat_stream(messages, **params)`` opened on a thread; aborted if the client leaves first.
 
