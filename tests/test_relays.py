@@ -301,7 +301,7 @@ def test_fastapi_under_uvicorn_stream_keeps_alive_and_a_hang_up_aborts_it(
     with thinking_fake() as fake:
         fake_env(monkeypatch, fake)
         with uvicorn_serving(module.app) as port:
-            received = hang_up_clients(port, "/stream?prompt=think", 5, read_for=1.0)
+            received = hang_up_clients(port, "/stream?prompt=think", 5, read_for=1.5)
             for body in received:
                 assert body.startswith(b"HTTP/1.1 200") and b"text/event-stream" in body
                 assert body.count(KEEPALIVE_COMMENT.encode()) >= 2  # the silence was kept alive
@@ -343,7 +343,7 @@ def test_flask_under_werkzeug_stream_keeps_alive_and_a_hang_up_aborts_it(
         app = module.create_app()
         try:
             with werkzeug_serving(app) as port:
-                received = hang_up_clients(port, "/stream?prompt=think", 5)
+                received = hang_up_clients(port, "/stream?prompt=think", 5, read_for=1.0)
                 for body in received:
                     assert b" 200 " in body.split(b"\r\n", 1)[0]
                     assert body.count(KEEPALIVE_COMMENT.encode()) >= 1
@@ -384,7 +384,7 @@ def gunicorn_django(fake: FakeDeepSeek, tmp_path: Path, *extra: str) -> Iterator
     command += ["--threads", "8", *extra, "django.core.wsgi:get_wsgi_application()"]
     server = subprocess.Popen(command, cwd=EXAMPLES, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: answers(port) or server.poll() is not None, 20, "gunicorn did not start")
+        wait_until(lambda: server.poll() is not None or answers(port), 30, "gunicorn did not start")
         assert server.poll() is None, (tmp_path / "gunicorn.log").read_text(errors="replace")
         yield port, server
     finally:
@@ -404,14 +404,17 @@ def free_port() -> int:
 
 
 def answers(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
+    """The worker serves (the arbiter's socket accepts before its worker has loaded the app):
+    ``/ideas?n=0`` is refused with a 400 without any call to DeepSeek."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /ideas?n=0 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        return sock.recv(64).startswith(b"HTTP/1.0 400")
     return False
 
 
 def test_django_under_gunicorn_stream_keeps_alive_and_a_hang_up_aborts_it(tmp_path: Path) -> None:
     with thinking_fake() as fake, gunicorn_django(fake, tmp_path) as (port, _):
-        received = hang_up_clients(port, "/stream?prompt=think", 3, read_for=1.0)
+        received = hang_up_clients(port, "/stream?prompt=think", 3, read_for=1.5)
         for body in received:
             assert body.startswith(b"HTTP/1.1 200") and body.count(KEEPALIVE_COMMENT.encode()) >= 1
         wait_until(lambda: fake.stats.in_flight == 0, CLOSED_WITHIN + 1, "streams still at DeepSeek")
