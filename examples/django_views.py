@@ -35,7 +35,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.urls import path
 
 import deepseek_pool as dp
-from deepseek_pool.contrib.relay import relay_sse
+from deepseek_pool.contrib.relay import client_socket, relay_sse
 from deepseek_pool.testing import FakeDeepSeek
 
 #: Most calls one request may fan out to.
@@ -128,7 +128,10 @@ def stream(request: HttpRequest) -> HttpResponse:
         chunks = pool().client.chat_stream(prompt)
     except dp.DeepSeekError as err:  # 401, 402, 429 after retries... before any byte is sent
         return JsonResponse({"error": f"{type(err).__name__}: {err}"}, status=502)
-    response = StreamingHttpResponse(relay_sse(chunks, keepalive=KEEPALIVE), content_type="text/event-stream")
+    # With the client's socket (gunicorn and Werkzeug show it) the relay also notices a
+    # browser that left during a silence, without waiting for a write to fail.
+    events = relay_sse(chunks, keepalive=KEEPALIVE, peer=client_socket(request.META))
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     return response
 

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 from flask import Flask, Response, current_app, jsonify, request
 
 import deepseek_pool as dp
-from deepseek_pool.contrib.relay import relay_sse
+from deepseek_pool.contrib.relay import client_socket, relay_sse
 from deepseek_pool.testing import FakeDeepSeek
 
 #: Threads making DeepSeek calls for the whole process; calls beyond this wait their turn.
@@ -118,8 +118,10 @@ def create_app() -> Flask:
         except dp.DeepSeekError as err:  # 401, 402, 429 after retries... before any byte is sent
             return jsonify(error=f"{type(err).__name__}: {err}"), 502
         # Flask's Response closes the relay when the response ends or the browser leaves,
-        # even before the first token: that aborts the call unless it had ended.
-        events = relay_sse(chunks, keepalive=KEEPALIVE)
+        # even before the first token: that aborts the call unless it had ended. Given the
+        # client's socket (gunicorn and Werkzeug show it), the relay also notices a browser
+        # that left during a silence, without waiting for a write to fail.
+        events = relay_sse(chunks, keepalive=KEEPALIVE, peer=client_socket(request.environ))
         return Response(events, mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.get("/")

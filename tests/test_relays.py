@@ -31,10 +31,13 @@ import pytest
 import deepseek_pool as dp
 from deepseek_pool.contrib.relay import (
     KEEPALIVE_COMMENT,
+    PEER_POLL,
     ClientDisconnected,
     arelay_sse,
     await_call,
+    client_socket,
     open_stream,
+    peer_gone,
     relay_sse,
 )
 from deepseek_pool.testing import FakeDeepSeek
@@ -353,6 +356,45 @@ def test_flask_under_werkzeug_stream_keeps_alive_and_a_hang_up_aborts_it(
                 assert fake.stats.requests == 5
         finally:
             app.extensions["deepseek"].close()
+
+
+def test_flask_under_werkzeug_notices_a_hang_up_in_a_silence_through_the_client_socket(
+    examples: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keep-alive comments too rare to find it (30 s): the relay sees the closed socket itself."""
+    pytest.importorskip("flask")
+    module = examples("flask_app")
+    monkeypatch.setattr(module, "KEEPALIVE", 30.0)
+    import atexit
+
+    monkeypatch.setattr(atexit, "register", lambda *_: None)
+    with thinking_fake() as fake:
+        fake_env(monkeypatch, fake)
+        app = module.create_app()
+        try:
+            with werkzeug_serving(app) as port:
+                received = hang_up_clients(port, "/stream?prompt=think", 3)
+                assert all(KEEPALIVE_COMMENT.encode() not in body for body in received)  # nothing written yet
+                wait_until(lambda: fake.stats.in_flight == 0, PEER_POLL + CLOSED_WITHIN, "streams still at DeepSeek")
+                assert fake.stats.requests == 3
+        finally:
+            app.extensions["deepseek"].close()
+
+
+def test_peer_gone_tells_a_closed_client_from_a_waiting_one() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        served, _ = listener.accept()
+        with served:
+            assert not peer_gone(served)  # connected, silent
+            client.sendall(b"GET /next HTTP/1.1\r\n")  # a pipelined request is not a hang-up
+            time.sleep(0.05)
+            assert not peer_gone(served)
+            assert served.recv(100).startswith(b"GET")  # and its bytes were left for the server
+            client.close()
+            wait_until(lambda: peer_gone(served), 2, "the closed client was not noticed")
+    assert client_socket({"werkzeug.socket": served}) is served
+    assert client_socket({"wsgi.input": None}) is None
 
 
 # -- Django under gunicorn --------------------------------------------------------------------------

@@ -35,9 +35,13 @@ import concurrent.futures as cf
 import contextlib
 import json
 import queue
+import select
+import socket
+import ssl
 import threading
+import time
 from functools import partial
-from typing import Any, AsyncGenerator, Awaitable, Callable, Generator, Iterator, Optional, Tuple, TypeVar
+from typing import Any, AsyncGenerator, Awaitable, Callable, Generator, Iterator, Mapping, Optional, Tuple, TypeVar
 
 from ..client import DeepSeekClient
 from ..errors import DeepSeekError
@@ -50,6 +54,7 @@ from ..wire.stream import ChatStream
 __all__ = [
     "KEEPALIVE_COMMENT",
     "KEEPALIVE_INTERVAL",
+    "PEER_POLL",
     "AsyncSSERelay",
     "ClientDisconnected",
     "SSERelay",
@@ -57,7 +62,9 @@ __all__ = [
     "arelay_sse",
     "await_call",
     "chunk_events",
+    "client_socket",
     "open_stream",
+    "peer_gone",
     "relay_sse",
     "sse_event",
     "until_disconnected",
@@ -69,6 +76,8 @@ KEEPALIVE_INTERVAL = 15.0
 KEEPALIVE_COMMENT = ": keep-alive\n\n"
 #: Most seconds closing a relay waits for its reader thread to let go of the aborted stream.
 ABORT_JOIN = 2.0
+#: Seconds between a WSGI relay's looks at its client's socket (``peer=``) while DeepSeek is silent.
+PEER_POLL = 1.0
 
 T = TypeVar("T")
 Receive = Callable[[], Awaitable[Any]]
@@ -130,19 +139,60 @@ def _check_interval(keepalive: float) -> None:
         raise ValueError(f"keepalive must be a number of seconds > 0, got {keepalive!r}")
 
 
+def client_socket(environ: Mapping[str, Any]) -> Optional[socket.socket]:
+    """The client's socket, where the WSGI server shows it (gunicorn, Werkzeug), else None.
+
+    Pass it to :func:`relay_sse` (``peer=``), which then notices a client that left
+    without waiting for a write to fail. In Django, ``environ`` is ``request.META``; in
+    Flask, ``request.environ``.
+    """
+    for key in ("gunicorn.socket", "werkzeug.socket"):
+        sock = environ.get(key)
+        if isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket):  # TLS cannot peek
+            return sock
+    return None
+
+
+def peer_gone(sock: socket.socket) -> bool:
+    """True once the client has closed (or reset) its side of ``sock``; never blocks or reads data.
+
+    A client that only half-closes (shuts down its sending side and still reads) counts as
+    gone too: browsers and HTTP clients do not do that while they wait for a response.
+    """
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except (OSError, ValueError):  # reset, or already closed here
+        return True
+
+
 class SSERelay:
     """The SSE text of one stream, as a WSGI response body: iterate it, and close it (servers do).
 
     Made by :func:`relay_sse`. Closing it aborts the upstream call unless it had ended,
     even when the body was never iterated (a client that left before the first byte).
+    With a ``peer`` socket it also looks every :data:`PEER_POLL` seconds, while DeepSeek is
+    silent, whether the client closed it, and then aborts the call and ends.
     """
 
-    def __init__(self, stream: ChatStream, keepalive: float, render: Render, done: Optional[str]) -> None:
+    def __init__(
+        self,
+        stream: ChatStream,
+        keepalive: float,
+        render: Render,
+        done: Optional[str],
+        peer: Optional[socket.socket] = None,
+    ) -> None:
         _check_interval(keepalive)
         self.stream = stream
         self.keepalive = keepalive
         self.render = render
         self.done = done
+        self.peer = peer
         self.ended = False
         self._reader: Optional[threading.Thread] = None
         self._events = self._generate()
@@ -156,14 +206,23 @@ class SSERelay:
     def _generate(self) -> Generator[str, None, None]:
         items: queue.SimpleQueue[Tuple[int, Any]] = queue.SimpleQueue()
         self._reader = _start_reader(self.stream, items.put)
+        peer = self.peer
+        wait = self.keepalive if peer is None else min(self.keepalive, PEER_POLL)
+        last = time.monotonic()  # the last text handed to the server
         while True:
             try:
-                kind, value = items.get(timeout=self.keepalive)
+                kind, value = items.get(timeout=wait)
             except queue.Empty:
-                yield KEEPALIVE_COMMENT
+                if peer is not None and peer_gone(peer):
+                    self._abort()
+                    return
+                if time.monotonic() - last >= self.keepalive:
+                    yield KEEPALIVE_COMMENT
+                    last = time.monotonic()
                 continue
             if kind == _CHUNK:
                 yield from self.render(value)
+                last = time.monotonic()
                 continue
             self.ended = True
             if kind == _ERROR:
@@ -177,8 +236,12 @@ class SSERelay:
     def close(self) -> None:
         """Abort the upstream call unless it ended, and wait (briefly) until it has let go."""
         self._events.close()
+        self._abort()
+
+    def _abort(self) -> None:
         if self.ended:
             return
+        self.ended = True
         abort_stream(self.stream)
         reader = self._reader
         if reader is None:
@@ -193,6 +256,7 @@ def relay_sse(
     keepalive: float = KEEPALIVE_INTERVAL,
     render: Render = chunk_events,
     done: Optional[str] = sse_event("done", ""),
+    peer: Optional[socket.socket] = None,
 ) -> SSERelay:
     """SSE text for ``stream``, for a WSGI response body; closing it aborts the call.
 
@@ -205,8 +269,10 @@ def relay_sse(
     its connection broken, unless it had ended.
 
     :param render: the SSE text of one chunk (default :func:`chunk_events`).
+    :param peer: the client's socket (:func:`client_socket`): a client that closed it is
+        noticed within :data:`PEER_POLL` seconds during a silence, without a failed write.
     """
-    return SSERelay(stream, keepalive, render, done)
+    return SSERelay(stream, keepalive, render, done, peer)
 
 
 class AsyncSSERelay:
