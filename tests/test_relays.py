@@ -385,7 +385,11 @@ def test_peer_gone_tells_a_closed_client_from_a_waiting_one() -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname())
         served, _ = listener.accept()
+        served.settimeout(30)  # as some servers set: a look must still not wait
         with served:
+            started = time.monotonic()
+            assert not peer_gone(served)
+            assert time.monotonic() - started < 0.5
             assert not peer_gone(served)  # connected, silent
             client.sendall(b"GET /next HTTP/1.1\r\n")  # a pipelined request is not a hang-up
             time.sleep(0.05)
