@@ -2,8 +2,9 @@
 
 Starts the load server, runs every cell for every contender whose packages are
 installed (``pip install -e '.[bench]'``), then the cap cell (:mod:`benchmarks.cap`:
-processes sharing one account cap) and the storage cost (:mod:`benchmarks.storage_cost`),
-prints progress, and writes
+processes sharing one account cap), the storage cost (:mod:`benchmarks.storage_cost`) and
+the cost cell (:mod:`benchmarks.cost`: warming, off-peak hours and the response cache
+against FakeDeepSeek's cache model), prints progress, and writes
 ``results.md``, ``chart.png`` and ``raw.json`` to ``benchmarks/results/`` (or
 ``benchmarks/results/quick/`` in quick mode, or ``--out``). Only 127.0.0.1 is used.
 """
@@ -19,7 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from benchmarks import cap, harness, report, scale
+from benchmarks import cap, cost, harness, report, scale
 from benchmarks.contenders import CONTENDERS
 from benchmarks.harness import Cell, Figures, Run
 
@@ -29,7 +30,9 @@ QUICK_SCALE = (10_000, 100_000)
 #: acquire/release pairs per storage cost measurement in quick mode (full: storage_cost's defaults)
 QUICK_STORAGE_OPS = 10_000
 #: the cells that are not (cell, contender) runs: ``--cells`` names them too
-EXTRA_CELLS = ("cap", "storage")
+EXTRA_CELLS = ("cap", "storage", "cost")
+#: The cost cell's arguments in quick mode (full: its defaults, 2,000 items at once, 1 s per answer).
+QUICK_COST = ("--items", "200", "--latency", "0.2", "--build-delay", "0.3", "--warm-wait", "0.5")
 
 
 def run_storage_cost(
@@ -54,6 +57,28 @@ def run_storage_cost(
     return rows
 
 
+def run_cost(
+    arguments: Sequence[str], *, timeout: float, cwd: Path, log: Optional[Callable[[str], None]] = None
+) -> Dict[str, Any]:
+    """The cost cell's rows and setup, measured in a fresh process (its threads are many)."""
+    if log:
+        log("cost: a batch sharing a long prefix, cold, warmed, off-peak only, rerun with the response cache")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cost", "--json", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=harness.child_env(),
+        cwd=str(cwd),
+        check=True,
+    )
+    result: Dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    if log:
+        for line in cost.table(result["rows"]):
+            log(line)
+    return result
+
+
 def run_benchmark(
     cells: Sequence[Cell],
     contenders: Sequence[str],
@@ -70,11 +95,13 @@ def run_benchmark(
     cap_arms: Sequence[str] = cap.ARMS,
     storage: bool = False,
     storage_ops: Optional[int] = None,
+    cost_cell: Optional[Sequence[str]] = None,
 ) -> Dict[str, Any]:
     """Run, summarize and write the results; return them (the smoke test calls this).
 
     ``cap_cell`` adds the cap cell (its arms ``reps`` times each); ``storage`` the storage
-    cost (``storage_ops`` pairs per measurement; None: its defaults).
+    cost (``storage_ops`` pairs per measurement; None: its defaults); ``cost_cell`` the
+    cost cell, with these arguments of :mod:`benchmarks.cost` (``()``: its defaults).
     """
     started = time.monotonic()
     runs: List[Run] = []
@@ -107,6 +134,10 @@ def run_benchmark(
     if storage:
         with harness.import_root(package_dir) as cwd:
             storage_rows = run_storage_cost(storage_ops, timeout=max(timeout, 600.0), cwd=cwd, log=log)
+    cost_result: Dict[str, Any] = {}
+    if cost_cell is not None:
+        with harness.import_root(package_dir) as cwd:
+            cost_result = run_cost(cost_cell, timeout=max(timeout, 600.0), cwd=cwd, log=log)
     meta = {
         "mode": mode,
         "reps": reps,
@@ -119,13 +150,14 @@ def run_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     cap_summary = cap.summarize(cap_rows)
     text = report.markdown(cells, figures, scale_rows, meta, cap=cap_summary, storage=storage_rows)
+    text += _cost_section(cost_result)
     (out / "results.md").write_text(text + "\n")
     harness.save_json(
         out / "raw.json",
         cells,
         runs,
         figures,
-        {**meta, "scale": scale_rows, "cap": cap_rows, "storage": storage_rows},
+        {**meta, "scale": scale_rows, "cap": cap_rows, "storage": storage_rows, "cost": cost_result},
     )
     standard = [c for c in cells if not c.deepseek_scale]
     drew = chart and bool(figures) and bool(standard) and report.chart(out / "chart.png", figures, cells, meta)
@@ -138,10 +170,18 @@ def run_benchmark(
         "cap": cap_rows,
         "cap_summary": cap_summary,
         "storage": storage_rows,
+        "cost": cost_result,
         "markdown": text,
         "meta": meta,
         "chart": drew,
     }
+
+
+def _cost_section(result: Dict[str, Any]) -> str:
+    if not result:
+        return ""
+    lines = ["", "", "Cost: what warming, off-peak hours and the response cache take off a batch's bill.", ""]
+    return "\n".join(lines + cost.table(result["rows"], {"setup": result.get("setup", "")}))
 
 
 def rerender(raw: Path, out: Optional[Path] = None) -> str:
@@ -150,7 +190,7 @@ def rerender(raw: Path, out: Optional[Path] = None) -> str:
     cells = [Cell(**{**c, "faults": c.get("faults")}) for c in data["cells"]]
     runs = [Run(**r) for r in data["runs"]]
     figures = harness.summarize(cells, runs)
-    meta = {k: v for k, v in data["meta"].items() if k not in ("scale", "cap", "storage")}
+    meta = {k: v for k, v in data["meta"].items() if k not in ("scale", "cap", "storage", "cost")}
     out = out or raw.parent
     text = report.markdown(
         cells,
@@ -160,6 +200,7 @@ def rerender(raw: Path, out: Optional[Path] = None) -> str:
         cap=cap.summarize(data["meta"].get("cap", [])),
         storage=data["meta"].get("storage", []),
     )
+    text += _cost_section(data["meta"].get("cost") or {})
     (out / "results.md").write_text(text + "\n")
     if any(not c.deepseek_scale for c in cells):
         report.chart(out / "chart.png", figures, cells, meta)
@@ -174,7 +215,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--contenders", help=f"comma-separated subset of: {', '.join(CONTENDERS)}")
     parser.add_argument(
         "--cells",
-        help="comma-separated subset of: C=16, C=64, C=256, stream, faults, cap, storage, "
+        help="comma-separated subset of: C=16, C=64, C=256, stream, faults, cap, storage, cost, "
         + ", ".join(c.name for c in harness.DEEPSEEK_SCALE_CELLS),
     )
     parser.add_argument("--n", type=int, help="override N of the non-streaming and faults cells")
@@ -239,6 +280,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         cap_cell=(cap.QUICK_CAP if args.quick else cap.FULL_CAP) if "cap" in wanted else None,
         storage="storage" in wanted,
         storage_ops=QUICK_STORAGE_OPS if args.quick else None,
+        cost_cell=(QUICK_COST if args.quick else ()) if "cost" in wanted else None,
     )
     print()
     print(result["markdown"])

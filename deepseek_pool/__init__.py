@@ -59,6 +59,7 @@ from .params import (
 )
 from .pool.pool import DeepSeekPool, DrainStopped, PoolStats, Result
 from .process import ProcessTuning, tune_process
+from .telemetry import Telemetry
 from .types import Balance, ChatChunk, ChatCompletion, ChatCompletionBuilder, FIMCompletion, Usage
 from .wire.adapter import DeepSeekAdapter
 from .wire.calls import CallControl, CallHandle, RetryEvent
@@ -118,6 +119,7 @@ __all__ = [
     "SubmitParams",
     "SystemMessageParam",
     "TLSError",
+    "Telemetry",
     "ThinkingParam",
     "Timeout",
     "ToolCallFunctionParam",

@@ -30,7 +30,6 @@ import threading
 import time
 from functools import partial
 from typing import Any, Dict, List, Mapping, Optional, Union, Unpack
-from urllib.parse import urlsplit
 
 import requests
 
@@ -42,6 +41,7 @@ from .forks import ProcessBound, reset_after_fork
 from .messages import Messages, build_chat_body, header_problem, normalize_messages
 from .models import DEFAULT_MODEL
 from .params import ChatParams, FIMParams, merge_extra_body
+from .telemetry import TelemetryLike, resolve_telemetry
 from .types import (
     Balance,
     ChatCompletion,
@@ -59,6 +59,7 @@ from .wire.retry import DeepSeekRetry
 from .wire.route import SessionRoute
 from .wire.slot import SlotCall, SlotStream
 from .wire.stream import ChatStream
+from .wire.urls import default_beta_url, normalize_base_url
 
 __all__ = [
     "CallControl",
@@ -115,6 +116,9 @@ class DeepSeekClient(ProcessBound):
         ``on_chunk``) on the process's one stream reader thread, which serves every
         readable socket per wake-up, while the calling thread sleeps until the answer
         is whole (see :mod:`deepseek_pool.wire.reader`). False reads each in its calling thread.
+    :param telemetry: OpenTelemetry spans and metrics (see :doc:`observability`). None (the
+        default): recorded once the application configures OpenTelemetry's global providers;
+        False: never; a :class:`~deepseek_pool.Telemetry`: to its providers.
     """
 
     def __init__(
@@ -134,6 +138,7 @@ class DeepSeekClient(ProcessBound):
         beta_url: Optional[str] = None,
         shared_stream_reader: bool = True,
         limiter: Optional[Limiter] = None,
+        telemetry: TelemetryLike = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(config.ENV_API_KEY)
         if not key:
@@ -146,9 +151,7 @@ class DeepSeekClient(ProcessBound):
         if problem is not None:
             raise ConfigurationError(f"the API key cannot be sent in an HTTP header: it {problem}")
         self._api_key = key.strip()
-        self.base_url = self._normalize_base_url(
-            base_url or os.environ.get(config.ENV_BASE_URL) or config.DEFAULT_BASE_URL
-        )
+        self.base_url = normalize_base_url(base_url or os.environ.get(config.ENV_BASE_URL) or config.DEFAULT_BASE_URL)
         self.model = model or os.environ.get(config.ENV_MODEL) or DEFAULT_MODEL
         self.timeout = Timeout.coerce(timeout)
         if max_retries is None:
@@ -199,30 +202,16 @@ class DeepSeekClient(ProcessBound):
                 raise ConfigurationError(f"header {name!r} cannot be sent: its value {problem}")
         self._route = SessionRoute(self.session, own_headers, authorization)
         self._chat_url = self.base_url + "/chat/completions"
+        self.telemetry = resolve_telemetry(telemetry)
         self._call = AttemptLoop(self).run  # every call's attempts, retries and waits
         reset_after_fork(self)
-        self.beta_url = self._normalize_base_url(beta_url) if beta_url else self._default_beta_url(self.base_url)
+        self.beta_url = normalize_base_url(beta_url) if beta_url else default_beta_url(self.base_url)
         self._fim_url = self.beta_url + "/completions"
         self._beta_chat_url = self.beta_url + "/chat/completions"
         self.shared_stream_reader = bool(shared_stream_reader) and READER.available
         if limiter is not None and not isinstance(limiter, Limiter):
             raise ConfigurationError(f"limiter must be a deepseek_pool.Limiter, got {limiter!r}")
         self.limiter = limiter
-
-    @staticmethod
-    def _normalize_base_url(url: str) -> str:
-        url = url.strip().rstrip("/")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigurationError(f"base_url must be an http(s) URL like https://api.deepseek.com, got {url!r}")
-        return url
-
-    @staticmethod
-    def _default_beta_url(base_url: str) -> str:
-        """DeepSeek's beta endpoints live beside ``/v1``, not under it."""
-        if base_url.endswith("/v1"):
-            return base_url[:-3] + "/beta"
-        return base_url + "/beta"
 
     def _mount(self, pool_maxsize: int) -> None:
         """Size the connection pool to ``pool_maxsize`` (see :func:`~deepseek_pool.wire.mount.mount_adapter`)."""

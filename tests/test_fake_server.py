@@ -971,3 +971,40 @@ def test_streamed_logprobs_follow_the_content_pieces(fake: FakeDeepSeek, http: r
 def test_logprobs_validation(fake: FakeDeepSeek, http: requests.Session, params: Dict[str, Any], status: int) -> None:
     r = post(http, fake, **params)
     assert r.status_code == status and "logprobs" in r.json()["error"]["message"]
+
+
+class _RecordingSocket:
+    """Stands in for a connection: notes each write in the shared event list."""
+
+    def __init__(self, events: List[str]) -> None:
+        self.events = events
+
+    def sendall(self, data: bytes) -> None:
+        self.events.append("sent")
+
+
+@pytest.mark.parametrize("answer", ["plain", "stream", "stream_paced", "error"])
+def test_an_answer_frees_its_concurrency_slot_before_its_last_bytes_go_out(answer: str) -> None:
+    # A client that has read a whole answer may send its next request at once: the fake must
+    # not still count the first against max_concurrency then, or it answers 429 to a client
+    # that never passed the cap (seen as rare RateLimitErrors under load).
+    from deepseek_pool.testing._exchange import Exchange, Wire
+
+    events: List[str] = []
+
+    def record(status: Optional[int], leaving: bool, generating: bool) -> None:
+        if generating:
+            events.append("slot freed")
+
+    wire = Wire(threading.Event(), record, trickle_interval=0.0, chunk_delay=0.01 if answer == "stream_paced" else 0.0)
+    ex = Exchange(wire, _RecordingSocket(events), "rid", keep_alive=True, delay=0.0)  # type: ignore[arg-type]
+    ex.generating = True
+    if answer == "plain":
+        ex.plain(b"{}", None)
+    elif answer == "error":
+        ex.error(400, "bad")
+    else:
+        ex.stream([b"data: {}\n\n", b"data: [DONE]\n\n"], None)
+    ex.end(None)  # what the server's finally does: never a second count
+    assert events.count("slot freed") == 1, events
+    assert events[-1] == "sent", events

@@ -26,21 +26,36 @@ FOUNDATION = ("errors", "config", "types", "messages", "params", "models", "fork
 #: ``api`` is the flat public namespace (``deepseek_pool/__init__.py`` and the compatibility
 #: module ``deepseek_pool.redis_storage``); a layer's own modules may always import each other.
 MAY_IMPORT: Dict[str, Set[str]] = {
-    "cli": {"api", "batch", "pool", "money", "budget", "client", "wire", "foundation", "testing"},
-    "contrib": {"batch", "pool", "money", "budget", "client", "wire", "foundation"},
-    "batch": {"pool", "money", "budget", "client", "wire", "foundation"},
-    "pool": {"money", "budget", "client", "wire", "foundation"},
-    "api": {"pool", "money", "budget", "client", "wire", "foundation"},
-    "client": {"money", "budget", "wire", "foundation"},  # design.md: a client may take a limiter and a cache
+    "cli": {"api", "batch", "pool", "money", "budget", "client", "wire", "telemetry", "foundation", "testing"},
+    "contrib": {"batch", "pool", "money", "budget", "client", "wire", "telemetry", "foundation"},
+    "batch": {"pool", "money", "budget", "client", "wire", "telemetry", "foundation"},
+    "pool": {"money", "budget", "client", "wire", "telemetry", "foundation"},
+    "api": {"pool", "money", "budget", "client", "wire", "telemetry", "foundation"},
+    # design.md: a client may take a limiter and a cache
+    "client": {"money", "budget", "wire", "telemetry", "foundation"},
     "money": {"foundation"},
     "budget": {"foundation"},
-    "wire": {"foundation"},
+    "wire": {"telemetry", "foundation"},  # the attempt loop and the stream call telemetry's no-op-by-default interface
+    "telemetry": {"foundation"},
     "testing": {"foundation"},
     "foundation": set(),
 }
 
 #: Layers from the top down, for the printed graph.
-ORDER = ("cli", "contrib", "batch", "api", "pool", "client", "money", "budget", "wire", "testing", "foundation")
+ORDER = (
+    "cli",
+    "contrib",
+    "batch",
+    "api",
+    "pool",
+    "client",
+    "money",
+    "budget",
+    "wire",
+    "telemetry",
+    "testing",
+    "foundation",
+)
 
 #: A module may be a little over 500 lines; none over this.
 MAX_LINES = 550

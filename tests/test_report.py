@@ -17,7 +17,8 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 
 from deepseek_pool.cli.commands import main
-from deepseek_pool.models import PRICES, is_peak
+from deepseek_pool.models import PRICES
+from deepseek_pool.money.offpeak import PeakCalendar
 from deepseek_pool.testing import FakeDeepSeek
 
 REPO = Path(__file__).resolve().parent.parent
@@ -132,7 +133,8 @@ def test_the_report_of_a_real_run_matches_its_output_lines(batch: Tuple[Path, Di
             + usage["prompt_cache_miss_tokens"] * price.input_cache_miss
             + usage["completion_tokens"] * price.output
         ) / 1e6
-        if is_peak(dt.datetime.fromtimestamp(line["call"]["ended_at"], dt.UTC)):
+        started, ended = (dt.datetime.fromtimestamp(line["call"][key], dt.UTC) for key in ("started_at", "ended_at"))
+        if PeakCalendar().peak_between(started, ended):  # off-peak only when no peak instant lay between
             peak += cost
         else:
             off_peak += cost * price.off_peak_factor

@@ -1,8 +1,10 @@
 """What a batch run tells its user: running totals, a progress bar, the final summary.
 
-:class:`Tally` counts outcomes, tokens and the estimated cost (peak/off-peak aware, from
-:mod:`deepseek_pool.models`); :class:`BatchProgress` shows it on stderr with tqdm (and
-does nothing when disabled); :class:`BatchSummary` is what a run did, and
+:class:`Tally` counts outcomes, tokens, the share of prompt tokens DeepSeek's cache
+served, and the estimated cost (at the peak or off-peak rate the calendar of
+:mod:`deepseek_pool.money.offpeak` gives each call); :class:`BatchProgress` shows it on
+stderr with tqdm, and when an off-peak-only run holds its calls through a peak window
+(and does nothing when disabled); :class:`BatchSummary` is what a run did, and
 :func:`format_summary` / :func:`summary_dict` render it for people and for scripts.
 The batch runner imports this module, never the other way round.
 """
@@ -14,7 +16,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, TextIO
 
-from ..models import ModelPrice, estimate_cost
+from ..models import ModelPrice, estimate_cost, price_of
+from ..money.spend import cost_at
 
 __all__ = ["BatchProgress", "BatchSummary", "Tally", "format_cost", "format_summary", "format_tokens", "summary_dict"]
 
@@ -58,8 +61,15 @@ class Tally:
         self.cost = 0.0
         self.unpriced = 0
 
-    def add_ok(self, completion: Any, model: str, when: Optional[_dt.datetime] = None) -> None:
-        """Count one answer (a chat or FIM completion); ``model`` prices it when the answer names none."""
+    def add_ok(
+        self, completion: Any, model: str, when: Optional[_dt.datetime] = None, *, peak: Optional[bool] = None
+    ) -> None:
+        """Count one answer (a chat or FIM completion); ``model`` prices it when the answer names none.
+
+        ``peak``: the rate the calendar gave the call
+        (:meth:`~deepseek_pool.money.offpeak.PeakCalendar.peak_between` its start and end);
+        None prices it at the hour ``when`` (default: now).
+        """
         self.ok += 1
         usage = completion.usage
         if usage is None:
@@ -67,14 +77,17 @@ class Tally:
         self.prompt_tokens += usage.prompt_tokens
         self.completion_tokens += usage.completion_tokens
         self.cache_hit_tokens += usage.prompt_cache_hit_tokens
-        cost = estimate_cost(
-            completion.model or model,
-            prompt_cache_hit_tokens=usage.prompt_cache_hit_tokens,
-            prompt_cache_miss_tokens=usage.prompt_cache_miss_tokens,
-            completion_tokens=usage.completion_tokens,
-            when=when,
-            prices=self.prices,
-        )
+        counts = {
+            "prompt_cache_hit_tokens": usage.prompt_cache_hit_tokens,
+            "prompt_cache_miss_tokens": usage.prompt_cache_miss_tokens,
+            "completion_tokens": usage.completion_tokens,
+        }
+        cost: Optional[float]
+        if peak is None:
+            cost = estimate_cost(completion.model or model, when=when, prices=self.prices, **counts)
+        else:
+            price = price_of(completion.model or model, self.prices)
+            cost = None if price is None else cost_at(price, peak=peak, **counts)
         if cost is None:
             self.unpriced += 1
         else:
@@ -140,6 +153,7 @@ class BatchSummary:
     :ivar compacted: superseded lines removed from the output at the end.
     :ivar compaction_error: why the compaction failed (the output is still complete), else None.
     :ivar unreadable: lines of the output that could not be read and were skipped.
+    :ivar off_peak_holds: peak windows an off-peak-only run held its calls through (None: not off-peak-only).
     """
 
     items: int
@@ -158,6 +172,7 @@ class BatchSummary:
     compacted: int = 0
     compaction_error: Optional[str] = None
     unreadable: int = 0
+    off_peak_holds: Optional[int] = None
 
     @property
     def complete(self) -> bool:
@@ -206,11 +221,26 @@ class BatchProgress:
         if bar is None:
             return
         # refresh=False: tqdm redraws at most every mininterval, so this stays cheap per item.
-        bar.set_postfix_str(
-            f"ok={tally.ok} failed={tally.failed} tokens={format_tokens(tally.total_tokens)} cost={_short_cost(tally)}",
-            refresh=False,
-        )
+        bar.set_postfix_str(_postfix(tally), refresh=False)
         bar.update(1)
+
+    def hold(self, resume_at: Optional[_dt.datetime], tally: Tally) -> None:
+        """An off-peak-only run holds its calls until ``resume_at`` (UTC), or starts them again (None).
+
+        Called from a worker thread (the call that met the peak window): a notice, and
+        the bar's line says until when.
+        """
+        if resume_at is None:
+            self.info("off-peak: calls start again")
+            text = _postfix(tally)
+        else:
+            wait = max(0.0, (resume_at - _dt.datetime.now(_dt.UTC)).total_seconds())
+            when = f"{resume_at:%Y-%m-%d %H:%M} UTC"
+            self.info(f"peak hours: no new call starts until {when} (in {_duration(wait)}); the calls running finish")
+            text = f"{_postfix(tally)} waiting for off-peak until {when}"
+        bar = self._bar
+        if bar is not None:
+            bar.set_postfix_str(text, refresh=True)
 
     def info(self, text: str) -> None:
         """A notice the user may skip (dropped with ``quiet``)."""
@@ -234,6 +264,15 @@ class BatchProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _postfix(tally: Tally) -> str:
+    share = tally.cache_hit_share
+    hits = "-" if share is None else f"{share:.0%}"
+    return (
+        f"ok={tally.ok} failed={tally.failed} tokens={format_tokens(tally.total_tokens)} cache-hits={hits} "
+        f"cost={_short_cost(tally)}"
+    )
 
 
 def _short_cost(tally: Tally) -> str:
@@ -280,6 +319,9 @@ def format_summary(summary: BatchSummary) -> str:
         lines.append(
             f"stopped by the spend cap: {summary.not_run} items not started (a rerun with a higher cap runs them)"
         )
+    if summary.off_peak_holds:
+        windows = "a peak window" if summary.off_peak_holds == 1 else f"{summary.off_peak_holds} peak windows"
+        lines.append(f"off-peak only: calls held through {windows}")
     if summary.compacted:
         lines.append(f"output compacted: {summary.compacted} superseded lines removed")
     return "\n".join(lines)
@@ -313,5 +355,6 @@ def summary_dict(summary: BatchSummary) -> Dict[str, Any]:
         "compacted": summary.compacted,
         "compaction_error": summary.compaction_error,
         "unreadable_output_lines": summary.unreadable,
+        "off_peak_holds": summary.off_peak_holds,
         "complete": summary.complete,
     }

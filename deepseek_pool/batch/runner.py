@@ -52,6 +52,11 @@ every run) and a call billed without a result leaves a spend record
 (:mod:`~deepseek_pool.batch.results_file`), so a rerun counts what the earlier runs
 spent, and one whose cap is already spent stops before sending, naming both amounts.
 
+Off-peak: with an off-peak-only pool (``DeepSeekPool(off_peak_only=...)``) the progress
+says when a peak window holds the calls and until when, and the summary counts the
+windows (``off_peak_holds``); the running cost prices each answer at the rate the peak
+calendar gives its start and end (:mod:`deepseek_pool.money.offpeak`).
+
 Example::
 
     with DeepSeekPool(max_workers=16) as pool:
@@ -63,13 +68,16 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import datetime as _dt
 import errno
 import os
 import threading
 import time
+from functools import partial
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from ..errors import AuthenticationError, ConfigurationError, InsufficientBalanceError, SpendCapReached
+from ..money.offpeak import PeakCalendar, SystemClock
 from ..money.spend import SpendCap
 from ..pool.pool import DeepSeekPool, Result
 from ..types import Usage
@@ -258,7 +266,18 @@ def run_batch(
             progress.info(text + f"; {to_run} to run")
         progress.start(to_run)
         feed = Feed(input_path, should_run, model)
-        interrupted = _run(pool, out, feed, found.malformed, should_run, model, interrupter, progress, summary)
+        gate = pool.off_peak
+        listener = None
+        if gate is not None:  # an off-peak-only pool: its holds through peak windows show in the progress
+            holds = gate.holds
+            listener = partial(progress.hold, tally=tally)
+            gate.add_listener(listener)
+        try:
+            interrupted = _run(pool, out, feed, found.malformed, should_run, model, interrupter, progress, summary)
+        finally:
+            if gate is not None and listener is not None:
+                gate.remove_listener(listener)
+                summary.off_peak_holds = gate.holds - holds
         summary.not_run = to_run - tally.ok - tally.failed
         if spend is not None:
             summary.spent = spend.spent
@@ -299,6 +318,9 @@ def _run(
     lines = LineMaker()
     begin, end = interrupter._begin_write, interrupter._end_write
     default_model = model or pool.client.model
+    gate = pool.off_peak
+    calendar = gate.calendar if gate is not None else pool.spend.calendar if pool.spend is not None else PeakCalendar()
+    now = gate.clock.now if gate is not None else SystemClock().now
     requests = iter(feed)
     results = pool.as_completed(requests, stop=interrupter.stop)
     try:
@@ -348,7 +370,9 @@ def _run(
             finally:
                 end()
             if ok:
-                tally.add_ok(completion, _requested_model(result, default_model))
+                ended = now()  # priced off-peak only if no peak instant lay between its start and end
+                peak = calendar.peak_between(ended - _dt.timedelta(seconds=result.elapsed), ended)
+                tally.add_ok(completion, _requested_model(result, default_model), peak=peak)
             else:
                 tally.add_failed()
             progress.update(tally)

@@ -11,6 +11,7 @@ and :func:`main`; each command's work is in its own module (:mod:`~deepseek_pool
 
 May import: everything else in the package (today :mod:`deepseek_pool` for its version,
 :mod:`deepseek_pool.batch`, :mod:`deepseek_pool.pool`, :mod:`deepseek_pool.budget`,
+:mod:`deepseek_pool.money` (the peak calendar and the off-peak gate),
 :mod:`deepseek_pool.client` and the foundation modules :mod:`deepseek_pool.config`,
 :mod:`~deepseek_pool.errors`, :mod:`~deepseek_pool.models`, :mod:`~deepseek_pool.process` for
 the application's call), and the simulator

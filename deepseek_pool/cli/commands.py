@@ -183,6 +183,13 @@ def _build_parser(prog: str) -> _Parser:
         "(not done, and logged, for a shared prefix under 1,024 tokens)",
     )
     run.add_argument(
+        "--off-peak-only",
+        action="store_true",
+        help="start no call in DeepSeek's peak hours (01:00-04:00 and 06:00-10:00 UTC on Chinese working "
+        "days), which cost twice the off-peak price: at a peak's start the calls running finish, the run "
+        "says when the next off-peak window opens, waits, and goes on there",
+    )
+    run.add_argument(
         "--limiter-storage",
         metavar="URI",
         help="share the rate limits and the concurrency budget with every limiter on this storage and name: "

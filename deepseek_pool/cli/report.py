@@ -9,8 +9,10 @@ line); the lines it superseded are counted.
 What a line records (see :mod:`deepseek_pool.batch.result_lines`): its outcome, the
 answer's usage and model, and since 0.2.0 a ``call`` field with the call's start and
 end, attempts and 429s. Lines written before that lack ``call``; the parts of the report
-that need it say "not recorded". Costs are estimated from usage at the price of the hour
-each call ended (peak or off-peak, :mod:`deepseek_pool.models`); a call whose time is not
+that need it say "not recorded". Costs are estimated from usage, split by rate: a call
+is off-peak when no peak instant lies between its start and its end (DeepSeek does not
+say which of the two decides; :class:`~deepseek_pool.money.offpeak.PeakCalendar`, Chinese
+holidays and make-up working days included), else peak; a call whose time is not
 recorded is priced at the peak rate, an upper bound, and shown apart.
 """
 
@@ -26,8 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..batch.jsonl import LineError, loads, read_lines
-from ..models import ModelPrice, is_peak, price_of
-from ..models import cost_of as _cost_of
+from ..models import ModelPrice, price_of
+from ..money.offpeak import PeakCalendar
+from ..money.spend import cost_at
 from .console import EXIT_OK, CommandFailed
 
 __all__ = ["BatchReport", "format_report", "percentile", "read_report", "report_command"]
@@ -249,13 +252,17 @@ def _count(
                 report.latencies.append(seconds)
             report.first_start = started if report.first_start is None else min(report.first_start, started)
             report.last_end = ended if report.last_end is None else max(report.last_end, ended)
-    cost = _count_usage(report, line, ended, prices) if outcome == "answered" else 0.0
+    timed = (started, ended) if started is not None and ended is not None else None
+    cost = _count_usage(report, line, timed, prices) if outcome == "answered" else 0.0
     if started is not None and ended is not None:
         report.calls.append((started, ended, outcome == "answered", cost))
 
 
 def _count_usage(
-    report: BatchReport, line: Mapping[str, Any], ended: Optional[float], prices: Optional[Mapping[str, ModelPrice]]
+    report: BatchReport,
+    line: Mapping[str, Any],
+    timed: Optional[Tuple[float, float]],
+    prices: Optional[Mapping[str, ModelPrice]],
 ) -> float:
     """Count an answer's tokens and estimated cost; return the cost (0 when unknown)."""
     body = line["response"].get("body")
@@ -275,25 +282,27 @@ def _count_usage(
     if price is None:
         report.unpriced += 1
         return 0.0
-    when = _dt.datetime.fromtimestamp(ended, _dt.UTC) if ended is not None else None
-    cost = _cost_of(
+    peak = True  # a call whose time is not recorded: at its dearest
+    if timed is not None:
+        start, end = (_dt.datetime.fromtimestamp(moment, _dt.UTC) for moment in timed)
+        peak = _CALENDAR.peak_between(start, end)
+    cost = cost_at(
         price,
         prompt_cache_hit_tokens=hit,
         prompt_cache_miss_tokens=int(miss) if miss is not None else max(0, prompt - hit),
         completion_tokens=completion,
-        when=when or _A_PEAK_HOUR,
+        peak=peak,
     )
-    if when is None:
+    if timed is None:
         report.cost_untimed += cost
-    elif is_peak(when):
+    elif peak:
         report.cost_peak += cost
     else:
         report.cost_off_peak += cost
     return cost
 
 
-#: A weekday hour in DeepSeek's peak window: prices a call whose time is not recorded at its dearest.
-_A_PEAK_HOUR = _dt.datetime(2026, 1, 5, 2, tzinfo=_dt.UTC)
+_CALENDAR = PeakCalendar()
 
 
 # -- for people ---------------------------------------------------------------------------------

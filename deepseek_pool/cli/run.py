@@ -26,6 +26,7 @@ from ..batch.progress import BatchProgress, format_summary, summary_dict
 from ..batch.runner import BatchFileError, BatchSummary, Interrupter, run_batch
 from ..budget.limiter import Limiter
 from ..errors import ConfigurationError
+from ..money.offpeak import OffPeakOnly
 from ..pool.pool import DeepSeekPool
 from ..process import tune_process
 from .console import (
@@ -204,6 +205,7 @@ def run_command(args: argparse.Namespace, command_line: str) -> int:
             max_cost=args.max_cost,
             prices=prices or None,
             warm_prefix=args.warm_prefix,
+            off_peak_only=OffPeakOnly() if args.off_peak_only else False,
         )
     except ValueError as err:
         client.close()

@@ -2,8 +2,9 @@
 
 Before a call starts, :meth:`SpendCap.reserve` prices the worst case of one attempt --
 the prompt estimate as cache misses plus ``max_tokens`` of output
-(:data:`UNSET_MAX_TOKENS_RESERVE` when the request sets none), at the peak or off-peak
-rate of that moment -- and refuses the call with
+(:data:`UNSET_MAX_TOKENS_RESERVE` when the request sets none), at the off-peak rate only
+when no peak window can begin before the call ends (its deadline, else
+:data:`RESERVE_HORIZON`), else at the peak rate -- and refuses the call with
 :class:`~deepseek_pool.errors.SpendCapReached` when the money already spent plus every
 running call's reservation plus this one would pass the cap.
 
@@ -17,6 +18,12 @@ and :meth:`SpendCap.settle` lets the reservation go. So the sum of what the serv
 stays under the cap, as long as each attempt costs at most its reservation: the prompt
 estimate is never below the real count, and only a request without ``max_tokens`` can
 generate more than it reserved.
+
+The hour: DeepSeek does not say whether a call is billed at the hour it starts or the
+hour it ends, so an attempt is priced at the off-peak rate only when no peak instant lies
+between the call's start and the attempt's end
+(:meth:`~deepseek_pool.money.offpeak.PeakCalendar.peak_between`, which also counts
+make-up working days and days the holiday data does not cover as peak days).
 
 Prices come from :mod:`deepseek_pool.models`, or from ``prices`` given by the user; a
 model without a price cannot be capped and is refused up front
@@ -44,17 +51,42 @@ from typing import Callable, Iterable, Mapping, Optional
 from ..errors import ConfigurationError, SpendCapReached
 from ..models import ModelPrice, cost_of, price_of
 from ..types import Usage
+from .offpeak import PeakCalendar
 
-__all__ = ["UNSET_MAX_TOKENS_RESERVE", "Reservation", "SpendCap"]
+__all__ = ["RESERVE_HORIZON", "UNSET_MAX_TOKENS_RESERVE", "Reservation", "SpendCap", "cost_at"]
 
 #: Output tokens reserved for a request that sets no ``max_tokens`` (set it for a hard bound).
 UNSET_MAX_TOKENS_RESERVE = 8192
 
+#: Seconds a call without a deadline is assumed to run at most when its reservation is
+#: priced: a peak window starting sooner makes it reserve at the peak rate.
+RESERVE_HORIZON = 3600.0
+#: Added to a call's deadline for that check (the end of a call is seen a little after it).
+_DEADLINE_SLACK = 60.0
+
 Clock = Callable[[], _dt.datetime]
 
-#: A Monday 02:00 and a Sunday noon, UTC: one hour of each rate.
+#: A Monday 02:00 and a Sunday noon, UTC: one hour of each rate for ``models.cost_of``.
 _A_PEAK_HOUR = _dt.datetime(2026, 11, 2, 2, tzinfo=_dt.UTC)
 _AN_OFF_PEAK_HOUR = _dt.datetime(2026, 11, 1, 12, tzinfo=_dt.UTC)
+
+
+def cost_at(
+    price: ModelPrice,
+    *,
+    prompt_cache_hit_tokens: int,
+    prompt_cache_miss_tokens: int,
+    completion_tokens: int,
+    peak: bool,
+) -> float:
+    """USD for these tokens at ``price``'s peak or off-peak rate (the calendar decided which)."""
+    return cost_of(
+        price,
+        prompt_cache_hit_tokens=prompt_cache_hit_tokens,
+        prompt_cache_miss_tokens=prompt_cache_miss_tokens,
+        completion_tokens=completion_tokens,
+        when=_A_PEAK_HOUR if peak else _AN_OFF_PEAK_HOUR,
+    )
 
 
 def _utc_now() -> _dt.datetime:
@@ -89,10 +121,16 @@ class SpendCap:
     :param prices: model id -> :class:`~deepseek_pool.models.ModelPrice`, used before the
         built-in table (for models or servers it does not know).
     :param clock: returns the current aware datetime; tells peak from off-peak hours.
+    :param calendar: the :class:`~deepseek_pool.money.offpeak.PeakCalendar` (default: DeepSeek's).
     """
 
     def __init__(
-        self, max_cost: float, *, prices: Optional[Mapping[str, ModelPrice]] = None, clock: Clock = _utc_now
+        self,
+        max_cost: float,
+        *,
+        prices: Optional[Mapping[str, ModelPrice]] = None,
+        clock: Clock = _utc_now,
+        calendar: Optional[PeakCalendar] = None,
     ) -> None:
         if isinstance(max_cost, bool) or not isinstance(max_cost, (int, float)) or not math.isfinite(max_cost):
             raise ValueError(f"max_cost must be a number of USD > 0, got {max_cost!r}")
@@ -104,6 +142,7 @@ class SpendCap:
         self.max_cost = float(max_cost)
         self.prices = dict(prices or {})
         self._clock = clock
+        self.calendar = calendar if calendar is not None else PeakCalendar()
         self._lock = threading.Lock()
         self._spent = 0.0
         self._reserved = 0.0
@@ -127,16 +166,23 @@ class SpendCap:
         for model in models:
             self.price(model)
 
-    def reserve(self, model: str, *, prompt_tokens: int, completion_tokens: int) -> Reservation:
-        """Hold the worst case of one call, or raise :class:`SpendCapReached` if it does not fit."""
+    def reserve(
+        self, model: str, *, prompt_tokens: int, completion_tokens: int, within: Optional[float] = None
+    ) -> Reservation:
+        """Hold the worst case of one call, or raise :class:`SpendCapReached` if it does not fit.
+
+        ``within``: the most seconds the call can run (its deadline), else
+        :data:`RESERVE_HORIZON`; a peak window that can begin before then makes it the peak rate.
+        """
         price = self.price(model)
         when = self._clock()
-        amount = cost_of(
+        reach = RESERVE_HORIZON if within is None else max(0.0, within) + _DEADLINE_SLACK
+        amount = cost_at(
             price,
             prompt_cache_hit_tokens=0,
             prompt_cache_miss_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            when=when,
+            peak=self.calendar.peak_between(when, when + _dt.timedelta(seconds=reach)),
         )
         with self._lock:
             committed = self._spent + self._reserved
@@ -151,15 +197,16 @@ class SpendCap:
         return Reservation(model, price, amount, when)
 
     def cost(self, reservation: Reservation, usage: Usage) -> float:
-        """USD that ``usage`` costs at the reservation's price and hour."""
+        """USD that ``usage`` costs at the reservation's price, off-peak only if no peak
+        instant lies between the call's start and now (the attempt's end)."""
         hit = usage.prompt_cache_hit_tokens
         miss = usage.prompt_cache_miss_tokens
-        return cost_of(
+        return cost_at(
             reservation.price,
             prompt_cache_hit_tokens=hit,
             prompt_cache_miss_tokens=miss if hit + miss else usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
-            when=reservation.when,
+            peak=self.calendar.peak_between(reservation.when, self._clock()),
         )
 
     def bill(self, reservation: Reservation, usage: Usage) -> float:

@@ -33,6 +33,7 @@ from ..client import DeepSeekClient
 from ..forks import ProcessBound, reset_after_fork
 from ..messages import Messages
 from ..models import ModelPrice
+from ..money.offpeak import OffPeakOnly
 from ..money.spend import SpendCap
 from ..params import ChatRequest, SubmitParams
 from ..process import check_open_files, hint_large_pool
@@ -110,6 +111,11 @@ class DeepSeekPool(ProcessBound):
         ``True`` or a :class:`~deepseek_pool.pool.warming.WarmPrefix` (its ``wait`` and
         ``min_tokens``). A prefix too short to be cached is not warmed (logged). See
         :mod:`deepseek_pool.pool.warming`; ``stats.cache_hit_share`` shows whether it worked.
+    :param off_peak_only: start no call in DeepSeek's peak hours (which cost twice as
+        much): a call about to start in a peak window waits until it ends, calls already
+        running finish, and the log says when the pool goes on. ``True`` or an
+        :class:`~deepseek_pool.money.offpeak.OffPeakOnly` (its clock, calendar and
+        listeners); the spend cap then reads the same clock. See :mod:`deepseek_pool.money.offpeak`.
     :param switch_interval: deprecated, ignored: the pool no longer changes process-wide
         settings; an application calls :func:`deepseek_pool.tune_process` instead.
     :param gc_threshold: deprecated, ignored, as ``switch_interval``.
@@ -143,6 +149,7 @@ class DeepSeekPool(ProcessBound):
         collect_interval: float = COLLECT_INTERVAL,
         gc_threshold: Union[str, int, None] = _NOT_GIVEN,
         warm_prefix: Union[bool, WarmPrefix] = False,
+        off_peak_only: Union[bool, OffPeakOnly] = False,
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
@@ -150,6 +157,8 @@ class DeepSeekPool(ProcessBound):
             raise ValueError(f"window must be an int >= 1, got {window!r}")
         if not isinstance(warm_prefix, (bool, WarmPrefix)):
             raise TypeError(f"warm_prefix must be True, False or a WarmPrefix, got {warm_prefix!r}")
+        if not isinstance(off_peak_only, (bool, OffPeakOnly)):
+            raise TypeError(f"off_peak_only must be True, False or an OffPeakOnly, got {off_peak_only!r}")
         if limiter is not None and (max_in_flight is not None or rpm is not None or tpm is not None):
             raise ValueError("give either limiter= or max_in_flight/rpm/tpm, not both")
         if (
@@ -171,8 +180,17 @@ class DeepSeekPool(ProcessBound):
         check_open_files(connections, f"DeepSeekPool(max_workers={max_workers})")  # before anything is made
         #: the spend cap (None without ``max_cost``): ``spend.spent``, ``spend.reserved`` ...
         self.spend: Optional[SpendCap] = None
+        #: the off-peak gate (None: calls start at any hour)
+        self.off_peak: Optional[OffPeakOnly] = (
+            off_peak_only if isinstance(off_peak_only, OffPeakOnly) else OffPeakOnly() if off_peak_only else None
+        )
         if max_cost is not None:
-            self.spend = SpendCap(max_cost, prices=prices)
+            gate = self.off_peak
+            self.spend = (
+                SpendCap(max_cost, prices=prices)
+                if gate is None
+                else SpendCap(max_cost, prices=prices, clock=gate.clock.now, calendar=gate.calendar)
+            )
         elif prices:
             raise ValueError("prices= is only used with max_cost=")
         self.limiter = limiter or Limiter(max_in_flight=max_in_flight, rpm=rpm, tpm=tpm, retry_budget=retry_budget)

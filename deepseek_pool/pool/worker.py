@@ -14,10 +14,11 @@ import sys
 import threading
 import time
 from functools import partial
-from typing import Any, Callable, Dict, Optional, Protocol
+from typing import Any, Callable, Dict, NoReturn, Optional, Protocol
 
 from ..errors import APIStatusError, APITimeoutError, status_error
 from ..messages import Messages, normalize_messages
+from ..money.offpeak import OffPeakOnly
 from ..money.spend import UNSET_MAX_TOKENS_RESERVE, Reservation, SpendCap
 from ..types import ChatChunk, ChatCompletion
 from ..wire.calls import CallControl, CallHandle, RetryCancelled
@@ -36,6 +37,7 @@ class PoolWorker(CallOwner, Protocol):
     """What a worker needs of its pool (a :class:`~deepseek_pool.pool.pool.DeepSeekPool`)."""
 
     spend: Optional[SpendCap]
+    off_peak: Optional[OffPeakOnly]
     on_chunk: Optional[PoolChunkCallback]
     _stopped_by: Optional[int]
     _closing: threading.Event
@@ -103,16 +105,24 @@ def run_call(
     if handle is not None and handle.aborted:
         raise RetryCancelled("not sent: the call was aborted")
     wake = cancelled if drain is None else drain.wake
-    try:
-        permit = limiter.acquire(tokens, cancelled=wake, timeout=None if deadline is None else deadline - start)
-    except TimeoutError:
-        raise APITimeoutError(
-            f"the call's deadline (call_timeout={call_timeout} s) passed while waiting for the limiter"
-        ) from None
-    except cf.CancelledError:
-        if drain is not None and drain.stop.is_set() and not cancelled.is_set():
-            raise DrainStopped("not sent: the pool is draining (stop was set); run this call again later") from None
-        raise
+    off_peak = pool.off_peak
+    while True:
+        if off_peak is not None and off_peak.hold(wake):  # a peak window: no call starts in it
+            if wake.is_set():
+                _stopped(cancelled, drain)
+            start = time.monotonic()  # waiting for off-peak was asked for: call_timeout starts again
+            deadline = None if call_timeout is None else start + call_timeout
+        try:
+            permit = limiter.acquire(tokens, cancelled=wake, timeout=None if deadline is None else deadline - start)
+        except TimeoutError:
+            raise APITimeoutError(
+                f"the call's deadline (call_timeout={call_timeout} s) passed while waiting for the limiter"
+            ) from None
+        except cf.CancelledError:
+            _stopped(cancelled, drain)
+        if off_peak is None or not off_peak.calendar.is_peak(off_peak.clock.now()):
+            break
+        limiter.release(permit, tokens_used=0, ok=False)  # a peak began during the wait: back to the gate
     reservation: Optional[Reservation] = None
     if spend is not None:
         max_tokens = params.get("max_tokens")
@@ -123,6 +133,7 @@ def run_call(
                 completion_tokens=max_tokens
                 if isinstance(max_tokens, int) and max_tokens > 0
                 else UNSET_MAX_TOKENS_RESERVE,
+                within=None if deadline is None else deadline - time.monotonic(),
             )
         except BaseException:
             limiter.release(permit, tokens_used=0, ok=False)
@@ -131,6 +142,10 @@ def run_call(
     result.started_at = begun
     result.queued = begun - start
     control = PoolCall(pool, permit, tokens, deadline, cancelled, drain, result, spend, reservation, handle)
+    control.started = start  # its telemetry span covers the wait at the limiter too
+    telemetry = getattr(pool.client, "telemetry", None)  # a stand-in client may have none
+    if telemetry is not None:
+        telemetry.watch_limiter(limiter)
     handle = control.handle
     completion: Any = None
     pool._handles[handle] = cancelled  # a dict store: atomic, no lock (see DeepSeekPool._untrack)
@@ -164,6 +179,13 @@ def run_call(
         control.settle_spend()  # each attempt was counted as it ended; the last one if unseen
         if reservation is not None:
             result.cost = reservation.spent
+
+
+def _stopped(cancelled: threading.Event, drain: Optional[Drain]) -> NoReturn:
+    """A wait before the call's start was ended: by the drain, or by a cancel."""
+    if drain is not None and drain.stop.is_set() and not cancelled.is_set():
+        raise DrainStopped("not sent: the pool is draining (stop was set); run this call again later") from None
+    raise cf.CancelledError
 
 
 def _stream(

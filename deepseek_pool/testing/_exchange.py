@@ -29,11 +29,12 @@ class Wire:
     """Server-wide settings every exchange needs, built once per server.
 
     :ivar stopping: set by ``stop()``; every wait below returns early on it.
-    :ivar record: ``record(status, leaving)`` counts a status and/or leaves in-flight.
+    :ivar record: ``record(status, leaving, generating)`` counts a status and/or leaves in-flight
+        (and the account's concurrency count, for an exchange counted there).
     """
 
     stopping: threading.Event
-    record: Callable[[Optional[int], bool], None]
+    record: Callable[[Optional[int], bool, bool], None]
     trickle_interval: float
     chunk_delay: float
 
@@ -45,7 +46,7 @@ class Exchange:
     ``Content-Length`` kept, its body and body faults left out.
     """
 
-    __slots__ = ("delay", "ended", "head_only", "keep_alive", "rid", "sock", "wire")
+    __slots__ = ("delay", "ended", "generating", "head_only", "keep_alive", "rid", "sock", "wire")
 
     def __init__(
         self, wire: Wire, sock: socket.socket, rid: str, keep_alive: bool, delay: float, head_only: bool = False
@@ -57,6 +58,8 @@ class Exchange:
         self.delay = delay
         self.head_only = head_only
         self.ended = False
+        #: counted against the account's concurrency cap until it ends
+        self.generating = False
 
     def head(self, status: int, content_type: str, length: Optional[int], extra: str = "") -> bytes:
         """Status line and headers; ``length`` None means chunked transfer encoding."""
@@ -80,11 +83,12 @@ class Exchange:
     def end(self, status: Optional[int]) -> None:
         """Count the answer and leave in-flight, once, before its last bytes go out.
 
-        Done before the send so that a client that has read the answer always sees it counted.
+        Done before the send so that a client that has read the answer always sees it counted,
+        and sees its slot of the concurrency cap free again (DeepSeek is done generating).
         """
         if not self.ended:
             self.ended = True
-            self.wire.record(status, True)
+            self.wire.record(status, True, self.generating)
 
     def _after(self) -> int:
         return KEEP if self.keep_alive else CLOSE
@@ -126,7 +130,7 @@ class Exchange:
         if kind not in ("trickle", "trickle_forever"):
             return self.send(200, body)
         # Blank lines before the JSON: the length is unknown once headers are out, so chunked.
-        self.wire.record(200, False)
+        self.wire.record(200, False, False)
         self.sock.sendall(self.head(200, "application/json", None))
         if kind == "trickle_forever":
             return self._trickle_forever(BLANK_CHUNK)
@@ -163,10 +167,10 @@ class Exchange:
             if finishing:
                 self.end(200)
             else:
-                self.wire.record(200, False)
+                self.wire.record(200, False, False)
             sock.sendall(head + b"".join(framed) + ending)  # nothing to wait between: one write
         else:
-            self.wire.record(200, False)
+            self.wire.record(200, False, False)
             sock.sendall(head)
             if kind == "trickle_forever":
                 return self._trickle_forever(KEEPALIVE_CHUNK)
@@ -195,7 +199,7 @@ class Exchange:
         neither length nor chunks, as RFC 9112 section 6.3 allows), then the connection held open."""
         if not self.wait_latency():
             return CLOSE
-        self.wire.record(200, False)  # never finished: in flight until the connection goes
+        self.wire.record(200, False, False)  # never finished: in flight until the connection goes
         head = (
             f"{STATUS_LINES[200]}Date: {http_date()}\r\nContent-Type: {_SSE}\r\nCache-Control: no-cache\r\n"
             f"x-ds-trace-id: {self.rid}\r\nx-request-id: {self.rid}\r\nConnection: close\r\n\r\n"

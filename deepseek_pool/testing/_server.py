@@ -386,6 +386,7 @@ class FakeDeepSeek(ConnectionServer):
                     delay = self._draw_latency()
         rid = f"{rid[:8]}-{rid[8:12]}-{rid[12:16]}-{rid[16:20]}-{rid[20:]}"
         ex = Exchange(self._wire, sock, rid, keep_alive, delay, head_only)
+        ex.generating = counted
         try:
             if route is None:
                 return ex.error(404, f"Not Found: no endpoint at {path}", param=None)
@@ -413,9 +414,6 @@ class FakeDeepSeek(ConnectionServer):
             return self._generate(ex, kind, route[2], body, bad_json, fault)
         finally:
             ex.end(None)
-            if counted:
-                with self._lock:
-                    self._generating -= 1
 
     def _cap_reached(self, ex: Exchange) -> int:
         """DeepSeek's answer above the account's cap (the wording of a 429 users reported)."""
@@ -488,10 +486,12 @@ class FakeDeepSeek(ConnectionServer):
 
     # -- counters ---------------------------------------------------------------------------
 
-    def _record(self, status: Optional[int], leaving: bool) -> None:
-        """Count an answer's status and/or its leaving in-flight, under the lock."""
+    def _record(self, status: Optional[int], leaving: bool, generating: bool) -> None:
+        """Count an answer's status and/or its leaving in-flight (and the cap), under the lock."""
         with self._lock:
             if leaving:
                 self._in_flight -= 1
+            if generating:
+                self._generating -= 1
             if status is not None:
                 self._by_status[status] = self._by_status.get(status, 0) + 1

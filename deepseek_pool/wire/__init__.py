@@ -12,11 +12,12 @@ retry policy of :mod:`~deepseek_pool.wire.retry` asked at each), the streamed an
 :mod:`~deepseek_pool.wire.resolve`, and is mounted sized to the threads by
 :mod:`~deepseek_pool.wire.mount`), a call's control, handle, deadlines and watchdog
 (:mod:`~deepseek_pool.wire.calls`), a direct call's slot of a shared budget, named by a
-Protocol (:mod:`~deepseek_pool.wire.slot`), and the translation of foreign exceptions
-(:mod:`~deepseek_pool.wire.failures`).
+Protocol (:mod:`~deepseek_pool.wire.slot`), a client's URLs (:mod:`~deepseek_pool.wire.urls`),
+and the translation of foreign exceptions (:mod:`~deepseek_pool.wire.failures`).
 
 May import: the standard library, requests, urllib3, and the foundation modules
 (:mod:`deepseek_pool.errors`, :mod:`~deepseek_pool.config`, :mod:`~deepseek_pool.types`,
-:mod:`~deepseek_pool.messages`, :mod:`~deepseek_pool.params`, :mod:`~deepseek_pool.forks`).
+:mod:`~deepseek_pool.messages`, :mod:`~deepseek_pool.params`, :mod:`~deepseek_pool.forks`), and
+:mod:`deepseek_pool.telemetry`'s no-op-by-default interface (a call's trace, or None).
 Nothing above it: the wire knows no client, pool, budget or batch.
 """

@@ -41,6 +41,7 @@ from ..errors import (
     without_secret,
 )
 from ..messages import encode_body
+from ..telemetry import CallTrace, Telemetry
 from ..types import Usage
 from .adapter import request_id_of
 from .body import raw_pieces
@@ -65,6 +66,7 @@ class _Settings(Protocol):
     retry: DeepSeekRetry
     timeout: Timeout
     call_timeout: Optional[float]
+    telemetry: Optional[Telemetry]
     _api_key: str
 
     def _send(
@@ -164,13 +166,27 @@ class AttemptLoop:
         No exception that could carry the API key leaves it.
         """
         call_id = f"{next(_CALL_IDS):x}"
+        telemetry = self._owner.telemetry
+        trace = None
+        if telemetry is not None and payload is not None:  # a generation: models() and balance() are not
+            trace = telemetry.start(url, payload, stream, None if control is None else control.started)
         try:
-            return self._attempts(call_id, method, url, payload, timeout, control, parse, stream)
+            result = self._attempts(call_id, method, url, payload, timeout, control, parse, stream, trace)
         except DeepSeekError as err:
             clean = without_secret(err, self._owner._api_key)
             log.debug("call %s: failed: %s: %s", call_id, type(clean).__name__, clean)
+            if trace is not None:
+                trace.fail(clean)
             if clean is err:
                 raise
+        except BaseException as err:
+            if trace is not None:
+                trace.fail(err)
+            raise
+        else:
+            if trace is not None:
+                trace.done(result)  # a stream handed to the caller ends its span when it ends
+            return result
         raise clean  # outside the except block, so the original is not its context
 
     def _attempts(
@@ -183,6 +199,7 @@ class AttemptLoop:
         control: Optional[CallControl],
         parse: Parse,
         stream: bool,
+        trace: Optional[CallTrace],
     ) -> Any:
         attempt_timeout = Timeout.coerce(timeout) if timeout is not None else self._owner.timeout
         body = encode_body(payload) if payload is not None else None
@@ -200,7 +217,7 @@ class AttemptLoop:
             if now >= call_deadline:
                 raise APITimeoutError(f"the call's deadline passed before attempt {number} (call_timeout)")
             total = attempt_timeout.total
-            attempt = Attempt(min(call_deadline, now + total) if total else call_deadline, control.handle)
+            attempt = Attempt(min(call_deadline, now + total) if total else call_deadline, control.handle, trace)
             control.attempt_started(number)
             if log.isEnabledFor(logging.DEBUG):  # the path only: a URL may carry credentials
                 log.debug("call %s: attempt %d: %s %s", call_id, number, method, urlsplit(url).path)
@@ -226,6 +243,8 @@ class AttemptLoop:
                 if refusal:
                     _add_note(error, refusal)
                 raise error  # outside any except block: its cause stays the transport's error
+            if trace is not None:
+                trace.retry(number, status, error, delay, _kind_of(cause))
             log.info(
                 "call %s: retry %d after %s in %.2fs (%s more allowed)",
                 call_id,

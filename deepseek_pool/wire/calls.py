@@ -28,6 +28,7 @@ from typing import Any, Callable, List, NamedTuple, Optional, Protocol, Tuple
 
 from ..errors import APIConnectionError, APITimeoutError, DeepSeekError
 from ..forks import ProcessBound, reset_after_fork
+from ..telemetry import CallTrace
 from ..types import Usage
 from .failures import translate_error
 
@@ -303,11 +304,13 @@ class Attempt:
     reports it as the timeout it is.
     """
 
-    __slots__ = ("_watch", "deadline", "handle")
+    __slots__ = ("_watch", "deadline", "handle", "trace")
 
-    def __init__(self, deadline: float, handle: CallHandle) -> None:
+    def __init__(self, deadline: float, handle: CallHandle, trace: Optional[CallTrace] = None) -> None:
         self.deadline = deadline
         self.handle = handle
+        #: the call's telemetry (None when nothing is recorded): a stream notes its first chunk there
+        self.trace = trace
         handle.expired = False
         self._watch = WATCHDOG.watch(deadline, handle) if deadline != math.inf else None
 
@@ -346,6 +349,10 @@ class CallControl:
     :param on_retry: told of each retry before it is made; may raise
         :class:`~deepseek_pool.errors.RetryBudgetExceeded` to refuse it.
     """
+
+    #: ``time.monotonic()`` when the call began, if before its first attempt (a pool's call
+    #: waits at its limiter first): its telemetry span and duration count from then.
+    started: Optional[float] = None
 
     def __init__(
         self,

@@ -82,7 +82,8 @@ class SlotCall(CallControl):
 
     def start(self) -> SlotCall:
         """Wait for the slot within the call's deadline; raise as a call that was not sent does."""
-        timeout = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        self.started = time.monotonic()  # the call's telemetry span covers the wait for the slot
+        timeout = None if self.deadline is None else max(0.0, self.deadline - self.started)
         try:
             self.permit = self.budget.acquire(cancelled=self.cancelled, timeout=timeout)
         except TimeoutError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from inspect import GEN_CREATED, getgeneratorstate
 from typing import Any, Callable, Dict, Generator, Iterator, Optional, Protocol
 
@@ -17,6 +18,7 @@ from ..errors import (
     DeepSeekError,
     status_error,
 )
+from ..telemetry import CallTrace
 from ..types import ChatChunk, ChatCompletion, ChatCompletionBuilder
 from .adapter import request_id_of
 from .body import raw_pieces, set_read_timeout
@@ -80,7 +82,13 @@ class ChatStream:
         self._attempt = attempt
         self._builder = ChatCompletionBuilder()
         self._reader = reader
+        trace = attempt.trace
+        if trace is not None:
+            on_first_token = trace.first_chunk_hook(on_first_token)
         self._on_first_token = on_first_token
+        self._trace: Any = None
+        self._trace_end: Any = None  # a weakref.finalize while a traced stream is open
+        self._failure: Optional[BaseException] = None
         self._iterator = self._chunks()
         self._closed = False
         self._decoder = SSEDecoder()
@@ -153,25 +161,41 @@ class ChatStream:
 
     def _ended(self, done: bool) -> None:
         """The body was read (to ``[DONE]`` when ``done``): the answer must be whole."""
-        self.close()
         if self._builder.finish_reason is None:
             if done:
-                raise APIConnectionError(
+                failure = APIConnectionError(
                     "the stream sent 'data: [DONE]' before any finish_reason (the server cut it short)"
                 )
-            raise APIConnectionError("the stream ended before any finish_reason (connection closed by the server)")
+            else:
+                failure = APIConnectionError(
+                    "the stream ended before any finish_reason (connection closed by the server)"
+                )
+            self._failure = failure
+            self.close()
+            raise failure
+        self.close()
 
     def _broke(self, err: Exception) -> None:
         """Reading failed with ``err``: fine if the answer was already whole, else raise what it means."""
-        self.close()
         if self._builder.finish_reason is not None and not isinstance(err, APIStatusError):
+            self.close()
             return  # the answer was complete; only the end of the body went wrong
         if isinstance(err, DeepSeekError) and not (isinstance(err, APITimeoutError) or self._attempt.expired):
+            self._failure = err
+            self.close()
             raise err
         translated = self._attempt.translate(err)
         if type(translated) is APIConnectionError:
             translated = APIConnectionError(f"the stream broke before any finish_reason: {err}")
+        self._failure = translated
+        self.close()
         raise translated from err
+
+    def traced(self, trace: CallTrace) -> None:
+        """Hand this stream the span of its call (a ``chat_stream`` the caller reads): it ends the
+        span when it ends, is closed, or is garbage collected unclosed -- never leaked."""
+        self._trace = trace
+        self._trace_end = weakref.finalize(self, trace.stream_abandoned)
 
     def _elsewhere(self, reader: BodyReader) -> Generator[ChatChunk, None, None]:
         """Have ``reader`` read the whole body while this thread sleeps; read it here if it cannot."""
@@ -238,6 +262,11 @@ class ChatStream:
             isclosed = getattr(self.response.raw, "isclosed", None)
             if isclosed is None or not isclosed():
                 self.response.close()
+            finalizer = self._trace_end
+            if finalizer is not None:
+                self._trace_end = None
+                finalizer.detach()
+                self._trace.stream_closed(self._failure, self._builder.finish_reason is not None)
 
     def __enter__(self) -> ChatStream:
         return self
