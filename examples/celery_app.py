@@ -20,7 +20,17 @@ Settings, from the environment (the defaults suit one machine with a local Redis
 * ``DEEPSEEK_LIMITER_STORAGE`` (``redis://127.0.0.1:6379/0?on_storage_error=fail``) and
   ``DEEPSEEK_LIMITER_NAME`` (``deepseek-flash``): the shared budget;
 * ``DEEPSEEK_MAX_IN_FLIGHT`` (``400``): the account-wide cap; ``DEEPSEEK_THREADS`` (``32``):
-  threads per worker process.
+  threads per worker process;
+* ``CELERY_VISIBILITY_TIMEOUT`` (``3600``): seconds before the chunks of a worker whose main
+  process died are delivered again.
+
+Stopping a worker: SIGTERM is Celery's warm shutdown: the worker takes no new chunk,
+finishes the chunks it is running (every call of them answered and written), gives back
+the ones it had taken but not started (at once, on Redis), and each process closes its
+pool. A second Ctrl-C, or SIGQUIT, is a cold shutdown that drops the running chunks, and
+a container runtime sends SIGKILL when its grace period ends (Docker: 10 s, Kubernetes:
+``terminationGracePeriodSeconds``, 30 s): give it more than the longest chunk takes, or
+the chunks cut short wait for the visibility timeout like those of a killed worker.
 """
 
 from __future__ import annotations
@@ -39,11 +49,25 @@ app = Celery(
     broker=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1"),
     backend=os.environ.get("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/2"),
 )
+#: Seconds before the chunks of a worker whose main process died are delivered again.
+VISIBILITY_TIMEOUT = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600"))
+
 app.conf.update(
     task_serializer="json",
     result_serializer="json",
     worker_prefetch_multiplier=1,  # a chunk waits in the broker, not behind a busy process
     broker_connection_retry_on_startup=True,
+    broker_transport_options={
+        # The chunks a worker had taken when its main process died (SIGKILL, OOM, a machine
+        # lost) are delivered again only once this many seconds have passed since they were
+        # taken (kombu's default: one hour). Keep it above the longest chunk's run time, or a
+        # chunk still running is delivered to a second worker too (its calls sent twice).
+        "visibility_timeout": VISIBILITY_TIMEOUT,
+        # How often a running worker looks for such chunks (kombu 5.7 on Redis: every 10 s,
+        # but only every 10th look scans, so up to ~100 s late). Older kombus ignore these.
+        "unacked_restore_interval": max(1, min(10, VISIBILITY_TIMEOUT)),
+        "unacked_restore_throttle": 1,
+    },
 )
 
 

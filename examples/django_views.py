@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
-import json
 import os
 import sys
-from typing import Any, Dict, Iterator, List, Optional, cast
+from typing import Any, Dict, List, Optional, cast
 
 from django.apps import AppConfig, apps
 from django.conf import settings
@@ -36,6 +35,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.urls import path
 
 import deepseek_pool as dp
+from deepseek_pool.contrib.relay import client_socket, relay_sse
 from deepseek_pool.testing import FakeDeepSeek
 
 #: Most calls one request may fan out to.
@@ -45,6 +45,8 @@ VIEW_TIMEOUT = 60.0
 #: How the offline FakeDeepSeek paces its answers (the real API: seconds, then many small pieces).
 OFFLINE_LATENCY = 0.3
 OFFLINE_CHUNK_DELAY = 0.01
+#: Seconds without a token after which /stream sends a keep-alive comment (``RELAY_KEEPALIVE``).
+KEEPALIVE = float(os.environ.get("RELAY_KEEPALIVE", "15"))
 
 
 class DeepSeekBackend:
@@ -99,7 +101,7 @@ def ideas(request: HttpRequest) -> HttpResponse:
     answers: List[Dict[str, Any]] = []
     for prompt, future in zip(prompts, futures):
         if future in late:
-            future.cancel()  # drops it if it has not started; a running call finishes unseen
+            pool().abort(future)  # not started: dropped; running: its connection broken, unbilled from here
             answers.append({"prompt": prompt, "error": "timed out"})
             continue
         error = future.exception()
@@ -111,48 +113,25 @@ def ideas(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"topic": topic, "ok": ok, "answers": answers}, status=200 if ok else 502)
 
 
-def sse(event: str, data: Any) -> str:
-    """One server-sent event; JSON keeps newlines inside a token from ending the event."""
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
-
-
-class EventRelay:
-    """A streaming response body: the events of one ``ChatStream``, reasoning first, then content.
-
-    Django calls :meth:`close` when the response ends or the client goes away, which closes
-    the DeepSeek connection too, even if the body was never read.
-    """
-
-    def __init__(self, chunks: dp.ChatStream) -> None:
-        self.chunks = chunks
-
-    def __iter__(self) -> Iterator[str]:
-        with self.chunks:
-            try:
-                for chunk in self.chunks:
-                    if chunk.reasoning_content:
-                        yield sse("reasoning", chunk.reasoning_content)
-                    if chunk.content:
-                        yield sse("content", chunk.content)
-            except dp.DeepSeekError as err:  # the stream broke midway: say so, end cleanly
-                yield sse("error", f"{type(err).__name__}: {err}")
-                return
-        yield sse("done", "")
-
-    def close(self) -> None:
-        self.chunks.close()
-
-
 def stream(request: HttpRequest) -> HttpResponse:
-    """Relay one answer token by token as server-sent events."""
+    """Relay one answer token by token as server-sent events (reasoning first, then content).
+
+    While DeepSeek thinks without sending, a ``: keep-alive`` comment goes out every
+    KEEPALIVE seconds, so proxies and browsers keep the response open. Django closes the
+    relay when the response ends or the server's write to a browser that left fails: the
+    relay then aborts the DeepSeek call (no more tokens generated or billed).
+    """
     prompt = request.GET.get("prompt", "Why is the sky blue?")
-    # The thread serving this request reads the stream itself, so it uses the shared
+    # The thread serving this request relays the stream itself, so it uses the shared
     # (thread-safe) client directly; the pool's threads are for fan-out.
     try:
         chunks = pool().client.chat_stream(prompt)
     except dp.DeepSeekError as err:  # 401, 402, 429 after retries... before any byte is sent
         return JsonResponse({"error": f"{type(err).__name__}: {err}"}, status=502)
-    response = StreamingHttpResponse(EventRelay(chunks), content_type="text/event-stream")
+    # With the client's socket (gunicorn and Werkzeug show it) the relay also notices a
+    # browser that left during a silence, without waiting for a write to fail.
+    events = relay_sse(chunks, keepalive=KEEPALIVE, peer=client_socket(request.META))
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     return response
 

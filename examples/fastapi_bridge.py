@@ -15,8 +15,17 @@ then (``PORT=...`` changes the port)::
 The bridge is one line: ``await asyncio.wrap_future(pool.submit(...))``. ``submit`` returns
 at once (the call runs on one of the pool's threads) and ``wrap_future`` turns its
 ``concurrent.futures.Future`` into an awaitable, so while DeepSeek thinks the loop serves
-other requests. Cancelling the await (a client that hangs up, ``asyncio.wait_for``)
-cancels the call if it has not started yet. The same code works in a Django async view.
+other requests.
+
+A client that hangs up must stop the call, or DeepSeek keeps generating (and billing) for
+nobody. An ASGI server does not cancel an endpoint when its client leaves, and cancelling
+``wrap_future`` drops only a call that has not started. So the endpoints await through
+``deepseek_pool.contrib.relay``: :func:`await_call` watches the request's ``receive`` for
+``http.disconnect`` and aborts the call (``pool.abort``: its connection broken) when the
+client leaves; ``/stream`` opens its stream the same way (:func:`open_stream`) and relays
+it with :func:`arelay_sse`, which Starlette cancels when the client disconnects, and which
+sends ``: keep-alive`` comments while DeepSeek thinks. The same code works in a Django
+async view.
 
 Never call ``client.chat()`` directly inside ``async def``: it blocks the whole loop for
 the seconds DeepSeek takes.
@@ -27,12 +36,13 @@ from __future__ import annotations
 import asyncio
 import os
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Dict, Iterator, List, Optional
+from typing import Any, AsyncIterator, Dict, List, Optional
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 import deepseek_pool as dp
+from deepseek_pool.contrib.relay import ClientDisconnected, arelay_sse, await_call, open_stream
 from deepseek_pool.testing import FakeDeepSeek
 
 #: Threads making DeepSeek calls: the most calls in flight at once, across all requests.
@@ -44,6 +54,8 @@ CALL_TIMEOUT = 120.0
 #: How the offline FakeDeepSeek paces its answers (the real API: seconds, then many small pieces).
 OFFLINE_LATENCY = 0.3
 OFFLINE_CHUNK_DELAY = 0.01
+#: Seconds without a token after which /stream sends a keep-alive comment (``RELAY_KEEPALIVE``).
+KEEPALIVE = float(os.environ.get("RELAY_KEEPALIVE", "15"))
 
 
 class DeepSeekBackend:
@@ -86,15 +98,27 @@ def pool_of(request: Request) -> dp.DeepSeekPool:
     return pool
 
 
-async def ask_deepseek(pool: dp.DeepSeekPool, prompt: str, **params: Any) -> dp.ChatCompletion:
-    """Run one call on the pool's threads and await it without blocking the loop."""
-    return await asyncio.wait_for(asyncio.wrap_future(pool.submit(prompt, **params)), CALL_TIMEOUT)
+async def ask_deepseek(request: Request, prompt: str, **params: Any) -> dp.ChatCompletion:
+    """Run one call on the pool's threads and await it without blocking the loop.
+
+    If the client disconnects first, the call is aborted and ClientDisconnected raised; if
+    CALL_TIMEOUT passes first, it is aborted too (``wait_for`` cancels the await).
+    """
+    pool = pool_of(request)
+    future = pool.submit(prompt, **params)
+    return await asyncio.wait_for(await_call(pool, future, request.receive), CALL_TIMEOUT)
 
 
 @app.exception_handler(dp.DeepSeekError)
 async def deepseek_failed(request: Request, err: dp.DeepSeekError) -> JSONResponse:
     """A DeepSeek failure is a bad gateway for our own clients, whatever its kind."""
     return JSONResponse({"error": f"{type(err).__name__}: {err}"}, status_code=502)
+
+
+@app.exception_handler(ClientDisconnected)
+async def client_left(request: Request, err: ClientDisconnected) -> Response:
+    """Nobody is listening any more: the call was aborted; 499 is what nginx logs for this."""
+    return Response(status_code=499)
 
 
 @app.exception_handler(asyncio.TimeoutError)
@@ -110,18 +134,19 @@ async def health(request: Request) -> Dict[str, Any]:
 
 @app.get("/ask")
 async def ask(request: Request, prompt: str = Query("Hello!", min_length=1)) -> Dict[str, Any]:
-    completion = await ask_deepseek(pool_of(request), prompt)
+    completion = await ask_deepseek(request, prompt)
     return {"prompt": prompt, "answer": completion.content, "model": completion.model}
 
 
 @app.get("/ideas")
 async def ideas(request: Request, topic: str = "tea", n: int = Query(5, ge=1, le=MAX_FAN_OUT)) -> Dict[str, Any]:
     """n concurrent calls; one failure is reported in its slot, not raised for all."""
-    pool = pool_of(request)
     prompts = [f"Give idea {i + 1} of {n} for a blog post about {topic}, in one sentence." for i in range(n)]
     outcomes = await asyncio.gather(
-        *(ask_deepseek(pool, p, thinking=False, max_tokens=200) for p in prompts), return_exceptions=True
+        *(ask_deepseek(request, p, thinking=False, max_tokens=200) for p in prompts), return_exceptions=True
     )
+    if any(isinstance(outcome, ClientDisconnected) for outcome in outcomes):
+        raise ClientDisconnected("the client disconnected; its calls were aborted")
     answers: List[Dict[str, Any]] = []
     for prompt, outcome in zip(prompts, outcomes):
         if isinstance(outcome, BaseException):
@@ -133,20 +158,15 @@ async def ideas(request: Request, topic: str = "tea", n: int = Query(5, ge=1, le
 
 @app.get("/stream")
 async def stream(request: Request, prompt: str = Query("Why is the sky blue?", min_length=1)) -> StreamingResponse:
-    """Relay one answer as plain text, token by token (reasoning is left out)."""
-    client = pool_of(request).client
-    # Opening the stream waits for DeepSeek's first bytes: do it on a thread. Errors it
-    # raises (401, 429 after retries...) still become a proper status through the handler.
-    chunks = await asyncio.to_thread(client.chat_stream, prompt)
-
-    def tokens() -> Iterator[str]:
-        with chunks:
-            for chunk in chunks:
-                if chunk.content:
-                    yield chunk.content
-
-    # Starlette reads a plain iterator on its thread pool, so each blocking read stays off the loop.
-    return StreamingResponse(tokens(), media_type="text/plain; charset=utf-8")
+    """Relay one answer as server-sent events: reasoning first, then content, then done."""
+    # Opening the stream waits for DeepSeek's response head: on a thread, aborted if the
+    # client leaves meanwhile. Errors it raises (401, 429 after retries...) still become a
+    # proper status through the handler.
+    chunks = await open_stream(pool_of(request).client, prompt, receive=request.receive)
+    # Starlette cancels the relay when the client disconnects: the call is aborted then.
+    return StreamingResponse(
+        arelay_sse(chunks, keepalive=KEEPALIVE), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
 
 
 if __name__ == "__main__":

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
-import json
 import os
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 from flask import Flask, Response, current_app, jsonify, request
 
 import deepseek_pool as dp
+from deepseek_pool.contrib.relay import client_socket, relay_sse
 from deepseek_pool.testing import FakeDeepSeek
 
 #: Threads making DeepSeek calls for the whole process; calls beyond this wait their turn.
@@ -39,6 +39,8 @@ VIEW_TIMEOUT = 60.0
 #: How the offline FakeDeepSeek paces its answers (the real API: seconds, then many small pieces).
 OFFLINE_LATENCY = 0.3
 OFFLINE_CHUNK_DELAY = 0.01
+#: Seconds without a token after which /stream sends a keep-alive comment (``RELAY_KEEPALIVE``).
+KEEPALIVE = float(os.environ.get("RELAY_KEEPALIVE", "15"))
 
 
 class DeepSeekBackend:
@@ -66,11 +68,6 @@ def backend() -> DeepSeekBackend:
     return backend
 
 
-def sse(event: str, data: Any) -> str:
-    """One server-sent event; JSON keeps newlines inside a token from ending the event."""
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
-
-
 def create_app() -> Flask:
     """Build the app and, once for the process, its DeepSeek pool (closed at exit)."""
     app = Flask(__name__)
@@ -93,7 +90,7 @@ def create_app() -> Flask:
         answers: List[Dict[str, Any]] = []
         for prompt, future in zip(prompts, futures):
             if future in late:
-                future.cancel()  # drops it if it has not started; a running call finishes unseen
+                pool.abort(future)  # not started: dropped; running: its connection broken, unbilled from here
                 answers.append({"prompt": prompt, "error": "timed out"})
                 continue
             error = future.exception()
@@ -106,32 +103,26 @@ def create_app() -> Flask:
 
     @app.get("/stream")
     def stream() -> Any:
-        """Relay one answer token by token as server-sent events (reasoning first, then content)."""
+        """Relay one answer token by token as server-sent events (reasoning first, then content).
+
+        While DeepSeek thinks without sending, a ``: keep-alive`` comment goes out every
+        KEEPALIVE seconds, so proxies and browsers keep the response open. When the
+        browser leaves, the server's next write fails and it closes the body: the relay
+        then aborts the DeepSeek call (no more tokens generated or billed).
+        """
         prompt = request.args.get("prompt", "Why is the sky blue?")
-        # The web server's thread serving this request reads the stream itself, so it uses
+        # The web server's thread serving this request relays the stream itself, so it uses
         # the shared (thread-safe) client directly; the pool's threads are for fan-out.
         try:
             chunks = backend().pool.client.chat_stream(prompt)
         except dp.DeepSeekError as err:  # 401, 402, 429 after retries... before any byte is sent
             return jsonify(error=f"{type(err).__name__}: {err}"), 502
-
-        def events() -> Iterator[str]:
-            with chunks:
-                try:
-                    for chunk in chunks:
-                        if chunk.reasoning_content:
-                            yield sse("reasoning", chunk.reasoning_content)
-                        if chunk.content:
-                            yield sse("content", chunk.content)
-                except dp.DeepSeekError as err:  # the stream broke midway: say so, end cleanly
-                    yield sse("error", f"{type(err).__name__}: {err}")
-                    return
-            yield sse("done", "")
-
-        response = Response(events(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
-        # Close the DeepSeek connection even if the browser leaves before the first token.
-        response.call_on_close(chunks.close)
-        return response
+        # Flask's Response closes the relay when the response ends or the browser leaves,
+        # even before the first token: that aborts the call unless it had ended. Given the
+        # client's socket (gunicorn and Werkzeug show it), the relay also notices a browser
+        # that left during a silence, without waiting for a write to fail.
+        events = relay_sse(chunks, keepalive=KEEPALIVE, peer=client_socket(request.environ))
+        return Response(events, mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.get("/")
     def index() -> str:

@@ -4,19 +4,27 @@ The worker is ``celery -A celery_app worker --pool prefork --concurrency 2`` run
 examples/celery_app.py itself, with the session's redis-server as broker, result backend
 and limiter storage, against a FakeDeepSeek whose concurrency cap answers 429 above it.
 Every wait has a timeout; the worker is stopped (and killed if need be) at the end.
+
+Stopping a worker mid-batch (issue 25): SIGTERM, Celery's warm shutdown, finishes the
+running chunks and gives the rest back at once, so a second worker completes the batch
+with every call sent once; a worker killed outright (SIGKILL to its session) leaves its
+chunks to kombu's visibility timeout (set short here through the example's
+``CELERY_VISIBILITY_TIMEOUT``), after which they are run again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
@@ -126,6 +134,155 @@ def worker_env(redis_server: Any, redis_url: str) -> Iterator[Dict[str, str]]:
     for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         env.pop(name, None)
     yield env
+
+
+def start_worker(binary: str, env: Dict[str, str], log: Path, concurrency: int = 2) -> subprocess.Popen[bytes]:
+    """``celery -A celery_app worker`` (prefork) in a session of its own, its output in ``log``."""
+    with open(log, "ab") as log_file:
+        return subprocess.Popen(
+            [
+                binary,
+                "-A",
+                "celery_app",
+                "worker",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                str(concurrency),
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                f"test-{uuid.uuid4().hex[:8]}@127.0.0.1",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=EXAMPLES,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(process: subprocess.Popen[Any], *, group: bool = True) -> None:
+    """Whatever happened: SIGTERM, then SIGKILL (to its whole session: prefork children too)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=20)
+    if group:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=10)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.02)
+
+
+def batch_input(tmp_path: Path, items: int) -> Path:
+    source = tmp_path / "prompts.jsonl"
+    source.write_text(
+        "".join(json.dumps({"custom_id": f"item-{i}", "messages": f"q {i}"}) + "\n" for i in range(items))
+    )
+    return source
+
+
+def fan_out(env: Dict[str, str], source: Path, output: Path, chunk_size: int) -> subprocess.Popen[str]:
+    """The example's own client: sends every chunk, waits for all of them, writes the output."""
+    return subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "celery_app.py"), str(source), str(output), str(chunk_size)],
+        cwd=EXAMPLES,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def check_every_item_once(output: Path, items: int) -> None:
+    out = parse(output.read_text(encoding="utf-8").splitlines())
+    assert sorted(line["custom_id"] for line in out) == sorted(f"item-{i}" for i in range(items))
+    assert all(line["error"] is None and line["response"]["status_code"] == 200 for line in out)
+
+
+def test_a_worker_given_sigterm_mid_batch_finishes_its_chunks_and_the_next_worker_does_the_rest(
+    celery_binary: str, worker_env: Dict[str, str], tmp_path: Path
+) -> None:
+    """Celery's warm shutdown: the running chunks finish (every call answered, none cut, none
+    sent twice), the chunks taken but not started go back to the queue at once, and each
+    process closes its pool; a new worker answers the rest. Nothing lost, nothing doubled."""
+    items, chunk_size = 60, 5
+    source, output, log = batch_input(tmp_path, items), tmp_path / "results.jsonl", tmp_path / "worker.log"
+    with FakeDeepSeek(latency=0.3) as fake:
+        env = dict(worker_env, DEEPSEEK_BASE_URL=fake.base_url, DEEPSEEK_THREADS="4")
+        first = start_worker(celery_binary, env, log)
+        client = fan_out(env, source, output, chunk_size)
+        second = None
+        try:
+            wait_for(lambda: fake.stats.requests >= 12 and fake.stats.in_flight > 0, 30, "the batch did not start")
+            first.send_signal(signal.SIGTERM)  # warm shutdown, mid-batch, calls in flight
+            assert first.wait(timeout=20) == 0
+            stopped_at = fake.stats.requests
+            assert fake.stats.in_flight == 0  # every call it had sent was answered before it exited
+            assert stopped_at % chunk_size == 0 and stopped_at < items  # whole chunks only, and not all
+            assert fake.stats.by_status == {200: stopped_at}
+            second = start_worker(celery_binary, env, log)
+            stdout, _ = client.communicate(timeout=40)
+            assert client.returncode == 0, stdout + log.read_text(errors="replace")
+        finally:
+            stop(client, group=False)
+            stop(first)
+            if second is not None:
+                stop(second)
+        check_every_item_once(output, items)
+        assert fake.stats.requests == items  # no chunk was run twice
+    text = log.read_text(errors="replace")
+    assert "Warm shutdown" in text
+    assert text.count("closed the DeepSeek pool of worker process") >= 2  # the first worker's two processes
+
+
+def test_chunks_of_a_killed_worker_come_back_after_the_visibility_timeout(
+    celery_binary: str, worker_env: Dict[str, str], tmp_path: Path
+) -> None:
+    """A worker whose main process dies (SIGKILL to its whole session) never gives its taken
+    chunks back: they wait in Redis for kombu's visibility_timeout, then go to a live
+    worker. Every line still comes back exactly once; the killed chunks' calls are sent again."""
+    items, chunk_size, visibility = 40, 5, 3
+    source, output, log = batch_input(tmp_path, items), tmp_path / "results.jsonl", tmp_path / "worker.log"
+    with FakeDeepSeek(latency=0.3) as fake:
+        env = dict(
+            worker_env,
+            DEEPSEEK_BASE_URL=fake.base_url,
+            DEEPSEEK_THREADS="4",
+            CELERY_VISIBILITY_TIMEOUT=str(visibility),
+        )
+        first = start_worker(celery_binary, env, log)
+        client = fan_out(env, source, output, chunk_size)
+        second = None
+        try:
+            wait_for(lambda: fake.stats.requests >= 7 and fake.stats.in_flight > 0, 30, "the batch did not start")
+            os.killpg(first.pid, signal.SIGKILL)  # the machine is gone: no warm shutdown, no ack
+            first.wait(timeout=10)
+            killed = time.monotonic()
+            second = start_worker(celery_binary, env, log)
+            stdout, _ = client.communicate(timeout=40)
+            took = time.monotonic() - killed
+            assert client.returncode == 0, stdout + log.read_text(errors="replace")
+        finally:
+            stop(client, group=False)
+            stop(first)
+            if second is not None:
+                stop(second)
+        check_every_item_once(output, items)
+        assert fake.stats.requests > items  # the chunks cut short were run again
+        assert took >= visibility  # and waited for the visibility timeout first
 
 
 def test_a_celery_fan_out_answers_every_line_once_under_one_shared_cap(

@@ -24,7 +24,12 @@ _AUTO = re.compile(r"^\.\. auto(?:class|exception|function|data|module):: +(\S+)
 
 #: Layer modules the internals page need not show: the public ones (api.rst), the simulator's
 #: private modules, and the old import path kept for README.rst's readers.
-NOT_INTERNALS = {"deepseek_pool.__main__", "deepseek_pool.redis_storage", "deepseek_pool.contrib.celery"}
+NOT_INTERNALS = {
+    "deepseek_pool.__main__",
+    "deepseek_pool.redis_storage",
+    "deepseek_pool.contrib.celery",
+    "deepseek_pool.contrib.relay",
+}
 
 
 def documented(page: str) -> Set[str]:

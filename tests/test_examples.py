@@ -276,7 +276,8 @@ def test_fastapi_fan_out_stream_and_errors(
         assert response.status_code == 200
         check_fan_out(response.json(), "tea", 4)
         response = client.get("/stream", params={"prompt": "Stream me"})
-        assert response.status_code == 200 and response.text == FakeDeepSeek.answer_for("Stream me")
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        check_relayed_stream(parse_sse(response.text), "Stream me")
         backend.fake.script("402")
         response = client.get("/ask", params={"prompt": "hi"})
         assert response.status_code == 502 and response.json()["error"].startswith("InsufficientBalanceError")

@@ -29,6 +29,15 @@ writes, one per non-blank input line) and never raises for one item: a malformed
 a failed call is an error line. It is ``acks_late`` with ``reject_on_worker_lost``, so a
 chunk whose worker died (SIGKILL, OOM) is delivered again and run whole again: every line
 comes back exactly once, though the calls of a lost chunk may be sent twice.
+
+When is "again"? A pool process that dies under a live worker: at once (the worker
+requeues it). A worker whose *main* process dies (the container or machine killed): its
+unacknowledged chunks wait in the broker for kombu's visibility timeout, **one hour by
+default** on Redis and SQS, before any worker gets them. Shorten it with
+``app.conf.broker_transport_options = {"visibility_timeout": seconds}``, but keep it above
+the longest chunk's run time: a chunk still running past it is delivered to a second
+worker as well. A warm shutdown (SIGTERM) loses nothing: the worker finishes the chunks it
+runs and gives back the others at once (see :doc:`/django-celery`).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from ..cache.response_cache import ResponseCache
 from ..errors import APIStatusError, APITimeoutError, SpendCapReached
 from ..money.spend import Reservation, SpendCap
 from ..types import Usage
-from ..wire.calls import CallControl, RetryCancelled, RetryEvent
+from ..wire.calls import CallControl, CallHandle, RetryCancelled, RetryEvent
 from .items import Result
 
 if TYPE_CHECKING:
@@ -94,8 +94,9 @@ class PoolCall(CallControl):
         result: Optional[Result] = None,
         spend: Optional[SpendCap] = None,
         reservation: Optional[Reservation] = None,
+        handle: Optional[CallHandle] = None,
     ) -> None:
-        super().__init__(deadline=deadline, cancelled=cancelled)
+        super().__init__(deadline=deadline, cancelled=cancelled, handle=handle)
         self.spend = spend
         self.reservation = reservation
         #: the running attempt may have been billed and its usage is not known yet

@@ -240,6 +240,7 @@ class DeepSeekPool(ProcessBound):
         self._handles: Dict[CallHandle, threading.Event] = {}
         self._lock = threading.Lock()
         self._futures: set[cf.Future[Any]] = set()
+        self._submit_handles: Dict[cf.Future[Any], CallHandle] = {}
         self._submitted = 0
         self._done = 0
         self._ok = 0
@@ -261,6 +262,7 @@ class DeepSeekPool(ProcessBound):
         self._iterations = {}
         self._handles = {}
         self._futures = set()
+        self._submit_handles = {}
         if self._owns_executor:
             self._executor = cf.ThreadPoolExecutor(self.max_workers, thread_name_prefix="deepseek-pool")
 
@@ -341,6 +343,7 @@ class DeepSeekPool(ProcessBound):
         # operations, which CPython makes atomic, so they need no lock: taking the pool's
         # lock for them would add two more critical sections per item (see _finish).
         self._futures.discard(future)
+        self._submit_handles.pop(future, None)
         if future.cancelled():
             with self._lock:
                 self._cancelled += 1
@@ -361,6 +364,7 @@ class DeepSeekPool(ProcessBound):
         for key in POOL_KEYS & params.keys():
             raise TypeError(f"{key!r} is a batch key; use as_completed()/map() for it")
         result = Result(-1, None, messages)
+        handle = CallHandle()
         future = self._executor.submit(
             contextvars.copy_context().run,
             run_submitted,
@@ -369,9 +373,30 @@ class DeepSeekPool(ProcessBound):
             messages,
             cast("Dict[str, Any]", params),
             time.monotonic(),
+            handle,
         )
+        self._submit_handles[future] = handle  # before _track: its done-callback drops it
         self._track(future)
         return future
+
+    def abort(self, future: cf.Future[Any]) -> bool:
+        """Stop the call behind a future of :meth:`submit`, whatever its state, from any thread.
+
+        Unlike ``future.cancel()``, which drops only a call that has not started, this also
+        breaks a running call's connection (DeepSeek stops generating, and billing, when
+        the connection goes) and refuses any further attempt: the future then raises an
+        :class:`~deepseek_pool.APIConnectionError` (``RetryCancelled``). A call
+        waiting for the limiter is refused when its turn comes, unsent. This is what a web
+        relay calls when its client hangs up (``asyncio.wrap_future`` cancels only calls
+        that have not started). Returns False when the call had already finished.
+        """
+        if future.cancel():
+            return True
+        handle = self._submit_handles.get(future)
+        if handle is None or future.done():
+            return False
+        handle.abort()
+        return True
 
     def as_completed(
         self, requests: Iterable[Union[ChatRequest, Request]], *, stop: Optional[threading.Event] = None

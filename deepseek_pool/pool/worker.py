@@ -22,7 +22,7 @@ from ..messages import Messages, normalize_messages
 from ..money.offpeak import OffPeakOnly
 from ..money.spend import UNSET_MAX_TOKENS_RESERVE, Reservation, SpendCap
 from ..types import ChatChunk, ChatCompletion
-from ..wire.calls import CallControl, CallHandle
+from ..wire.calls import CallControl, CallHandle, RetryCancelled
 from .call import CallOwner, Drain, DrainStopped, PoolCall
 from .items import Result, estimate_prompt_tokens, estimate_tokens, route_request
 
@@ -76,13 +76,15 @@ def run_call(
     endpoint: str = "chat",
     drain: Optional[Drain] = None,
     accepted: Optional[float] = None,
+    handle: Optional[CallHandle] = None,
 ) -> Any:
     """Validate, wait for the limits, call, account; raise on failure (used by submit too).
 
     ``accepted`` is when the pool took the request (``submit``, or the window taking the
     item): the client's ``call_timeout`` runs from then, so time queued behind busy
-    workers counts too. Returns a :class:`ChatCompletion` (a
-    :class:`~deepseek_pool.FIMCompletion` for ``"fim"``).
+    workers counts too. ``handle``: the call's abort handle, made before the call starts
+    (``submit``: :meth:`~deepseek_pool.DeepSeekPool.abort`); an aborted one is never sent.
+    Returns a :class:`ChatCompletion` (a :class:`~deepseek_pool.FIMCompletion` for ``"fim"``).
     """
     if endpoint != "fim":
         normalize_messages(messages)  # bad input fails here, before any limiter or network
@@ -105,6 +107,8 @@ def run_call(
     deadline = None if call_timeout is None else (start if accepted is None else accepted) + call_timeout
     if deadline is not None and start >= deadline:
         raise APITimeoutError(f"not sent: the call's deadline (call_timeout={call_timeout} s) passed in the queue")
+    if handle is not None and handle.aborted:
+        raise RetryCancelled("not sent: the call was aborted")
     wake = cancelled if drain is None else drain.wake
     off_peak = pool.off_peak
     while True:
@@ -143,7 +147,7 @@ def run_call(
     begun = time.monotonic()
     result.started_at = begun
     result.queued = begun - start
-    control = PoolCall(pool, permit, tokens, deadline, cancelled, drain, result, spend, reservation)
+    control = PoolCall(pool, permit, tokens, deadline, cancelled, drain, result, spend, reservation, handle)
     control.started = start  # its telemetry span covers the wait at the limiter too
     telemetry = getattr(pool.client, "telemetry", None)  # a stand-in client may have none
     if telemetry is not None:
@@ -275,11 +279,16 @@ def _from_cache(pool: PoolWorker, result: Result, lookup: CacheLookup, endpoint:
 
 
 def run_submitted(
-    pool: PoolWorker, result: Result, messages: Messages, params: Dict[str, Any], accepted: float
+    pool: PoolWorker,
+    result: Result,
+    messages: Messages,
+    params: Dict[str, Any],
+    accepted: float,
+    handle: Optional[CallHandle] = None,
 ) -> ChatCompletion:
     """Worker body for ``submit``: its future raises what the call raised."""
     try:
-        result.completion = run_call(pool, result, messages, params, pool._closing, accepted=accepted)
+        result.completion = run_call(pool, result, messages, params, pool._closing, accepted=accepted, handle=handle)
         return result.completion
     except BaseException as err:
         result.error = err
