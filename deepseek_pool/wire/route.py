@@ -17,8 +17,8 @@ replacing the key, as requests would for a key sent as a plain header.
 skipping them changes nothing: :meth:`SessionRoute.direct` checks, on every call, each
 thing those layers would have done with the request, and takes the direct route only when
 all of them would have been a no-op (see its docstring); the route it made is kept while
-what it was made from (headers, adapters, ``verify``, ``cert``, CA bundle) is unchanged. A differential test compares the
-two routes' bytes on the wire (``tests/test_session_route.py``).
+what it was made from (headers, adapters, ``verify``, ``cert``, CA bundle) is unchanged.
+A differential test compares the two routes' bytes on the wire (``tests/test_session_route.py``).
 """
 
 from __future__ import annotations
