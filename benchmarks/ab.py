@@ -38,7 +38,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         cells = [c if c.stream else replace(c, n=args.n) for c in cells]
     ratios: Dict[Tuple[str, str], List[float]] = {}
     cpus: Dict[Tuple[str, str], List[float]] = {}
-    with harness.LoadServer() as server, harness.import_root(args.package_dir) as b_root:
+    with harness.Servers() as servers, harness.import_root(args.package_dir) as b_root:
         for round_ in range(args.rounds):
             for cell in cells:
                 order = [
@@ -50,7 +50,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     order = [order[0], order[2], order[1]]
                 got: Dict[str, float] = {}
                 for label, contender, cwd in order:
-                    run = harness.run_one(server, cell, contender, round_, args.timeout, cwd)
+                    run = harness.run_one(servers.for_cell(cell), cell, contender, round_, args.timeout, cwd)
                     if run.error or run.client["ok"] != cell.n:
                         print(f"{cell.name} {label}: FAILED {run.error or run.client['errors']}")
                         continue

@@ -80,12 +80,14 @@ class _PeakThreads:
 def main(argv: List[str]) -> int:
     raw: Dict[str, Any] = json.loads(argv[0])
     contender = CONTENDERS[raw["contender"]]
-    spec = Spec(raw["base_url"], int(raw["n"]), int(raw["concurrency"]), bool(raw.get("stream", False)))
+    spec = Spec(
+        raw["base_url"], int(raw["n"]), int(raw["concurrency"]), bool(raw.get("stream", False)), raw.get("ca_file")
+    )
     counter = _PoolFullCounter()
     logging.getLogger("urllib3.connectionpool").addHandler(counter)
     run = contender.load()
 
-    warm = run(Spec(spec.base_url, 1, 1, spec.stream))
+    warm = run(Spec(spec.base_url, 1, 1, spec.stream, spec.ca_file))
     if warm.contents[0] != protocol.answer_for(0):
         print(f"warm-up call failed: {warm.errors[0] or warm.contents[0]!r}", file=sys.stderr, flush=True)
     gc.collect()

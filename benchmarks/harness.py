@@ -26,9 +26,21 @@ from pathlib import Path
 from typing import IO, Any, Dict, Iterator, List, Optional, Sequence
 
 from benchmarks.contenders import CONTENDERS, FLOOR
+from benchmarks.tls import make_certificates
 
 REPO = Path(__file__).resolve().parent.parent
-_DROP_ENV = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+#: proxies, and the CA-bundle variables requests reads (with ``trust_env`` they win over a
+#: session's ``verify``, so the HTTPS cells' CA could not be given the way each library takes it)
+_DROP_ENV = (
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,8 @@ class Cell:
     jitter: float = 0.0
     #: one of the cells at DeepSeek's own scale (:data:`DEEPSEEK_SCALE_CELLS`)
     deepseek_scale: bool = False
+    #: the load server speaks HTTPS (a throwaway certificate each contender trusts)
+    tls: bool = False
 
     @property
     def stream(self) -> bool:
@@ -78,6 +92,7 @@ FULL_CELLS = (
     Cell("C=256", "chat", 2000, 256),
     Cell("stream", "stream", 200, 32),
     Cell("faults", "faults", 2000, 64, faults=FAULTS),
+    Cell("C=64 https", "chat", 2000, 64, tls=True),
 )
 #: DeepSeek's operating point (issue 14): answers in seconds, up to ~2,500 requests in flight
 #: per account, streams of many tiny events. Latencies carry jitter (uniform, ±25 % for 2 s,
@@ -93,6 +108,12 @@ DEEPSEEK_SCALE_CELLS = (
     Cell("C=2500@10s", "chat", 5000, 2500, latency=10.0, jitter=0.2, deepseek_scale=True),
     Cell("S=250", "stream", 500, 250, latency=0.5, jitter=0.2, chunks=150, gap=0.02, deepseek_scale=True),
     Cell("S=500", "stream", 1000, 500, latency=0.5, jitter=0.2, chunks=150, gap=0.02, deepseek_scale=True),
+    Cell(
+        "S=250 https", "stream", 500, 250, latency=0.5, jitter=0.2, chunks=150, gap=0.02, deepseek_scale=True, tls=True
+    ),
+    Cell(
+        "S=500 https", "stream", 1000, 500, latency=0.5, jitter=0.2, chunks=150, gap=0.02, deepseek_scale=True, tls=True
+    ),
     Cell("C=2500@2s const", "chat", 5000, 2500, latency=2.0, deepseek_scale=True),
 )
 QUICK_CELLS = (
@@ -105,7 +126,7 @@ QUICK_CELLS = (
 
 
 def child_env() -> Dict[str, str]:
-    """The environment of every child: no proxies, no API settings, the repo importable."""
+    """The environment of every child: no proxies or CA-bundle overrides, no API settings, the repo importable."""
     env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV and not k.startswith(("DEEPSEEK_", "OPENAI_"))}
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
@@ -172,12 +193,24 @@ class _Lines:
 
 
 class LoadServer:
-    """The load server process (:mod:`benchmarks.loadserver`), driven over its stdin/stdout."""
+    """The load server process (:mod:`benchmarks.loadserver`), driven over its stdin/stdout.
 
-    def __init__(self, timeout: float = 30.0) -> None:
+    With ``tls`` it serves HTTPS with a throwaway certificate (:mod:`benchmarks.tls`) made in
+    a temporary directory that lives as long as the server; :attr:`ca` is the CA to trust.
+    """
+
+    def __init__(self, timeout: float = 30.0, *, tls: bool = False) -> None:
         self.timeout = timeout
+        self.ca: Optional[str] = None
+        self._certificates: Optional[tempfile.TemporaryDirectory[str]] = None
+        command = [sys.executable, "-m", "benchmarks.loadserver"]
+        if tls:
+            self._certificates = tempfile.TemporaryDirectory(prefix="bench-tls-")
+            made = make_certificates(Path(self._certificates.name))
+            self.ca = made.ca
+            command += ["--tls-cert", made.cert, "--tls-key", made.key]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.loadserver"],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,
@@ -193,7 +226,7 @@ class LoadServer:
             self.close()
             raise
         self.port = int(ready.split()[1])
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
     def command(self, cmd: str, **fields: Any) -> Dict[str, Any]:
         assert self.process.stdin is not None
@@ -224,8 +257,38 @@ class LoadServer:
         with contextlib.suppress(OSError):  # the server is gone already: nothing to flush to
             process.stdin.close()
         self._lines.close()
+        if self._certificates is not None:
+            self._certificates.cleanup()
 
     def __enter__(self) -> LoadServer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Servers:
+    """The load servers of a run: one for plain HTTP, and one for HTTPS once a cell needs it."""
+
+    def __init__(self) -> None:
+        self._plain: Optional[LoadServer] = None
+        self._tls: Optional[LoadServer] = None
+
+    def for_cell(self, cell: Cell) -> LoadServer:
+        if cell.tls:
+            if self._tls is None:
+                self._tls = LoadServer(tls=True)
+            return self._tls
+        if self._plain is None:
+            self._plain = LoadServer()
+        return self._plain
+
+    def close(self) -> None:
+        for server in (self._plain, self._tls):
+            if server is not None:
+                server.close()
+
+    def __enter__(self) -> Servers:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -252,6 +315,7 @@ def run_one(server: LoadServer, cell: Cell, contender: str, rep: int, timeout: f
         "n": cell.n,
         "concurrency": cell.concurrency,
         "stream": cell.stream,
+        "ca_file": server.ca,
     }
     # Warm-up against a plain, fault-free server; the cell's configuration starts at GO.
     server.reset({"latency": 0.0, "chunks": cell.chunks, "gap": 0.0})
@@ -304,6 +368,8 @@ def contenders_for(cell: Cell, names: Sequence[str]) -> List[str]:
         contender = CONTENDERS[name]
         if cell.stream and not contender.streams:
             continue
+        if contender.stream_only and not cell.stream:
+            continue
         if cell.kind == "faults" and not contender.retries:
             continue
         chosen.append(name)
@@ -325,13 +391,13 @@ def run_cells(
         log(f"skipping (packages missing): {', '.join(missing)}")
     names = [name for name in names if name not in missing]
     runs: List[Run] = []
-    with LoadServer() as server, import_root(package_dir) as cwd:
+    with Servers() as servers, import_root(package_dir) as cwd:
         for rep in range(reps):
             for cell in cells:
                 order = contenders_for(cell, names)
                 shift = rep % len(order) if order else 0
                 for name in order[shift:] + order[:shift]:
-                    run = run_one(server, cell, name, rep, timeout, cwd)
+                    run = run_one(servers.for_cell(cell), cell, name, rep, timeout, cwd)
                     runs.append(run)
                     if log:
                         log(describe(cell, run))

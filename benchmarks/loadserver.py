@@ -21,8 +21,10 @@ Control is a line of JSON per command on stdin, answered by a line of JSON on st
     {"cmd": "stats"}                                                       -> {"requests": ...}
     {"cmd": "stop"}
 
-Run: ``python -m benchmarks.loadserver [--port 0]``; the first line printed is
-``READY <port>``. It listens on 127.0.0.1 only.
+Run: ``python -m benchmarks.loadserver [--port 0] [--tls-cert CHAIN --tls-key KEY]``; the
+first line printed is ``READY <port>``. It listens on 127.0.0.1 only; with ``--tls-cert`` it
+speaks HTTPS (asyncio's TLS transport: every ``write``, so every streamed event, is one TLS
+record, as a server that flushes each event sends it).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import os
 import random
 import resource
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -421,10 +424,12 @@ def _control(server: Server, stop: asyncio.Future[None]) -> None:
     loop.call_soon_threadsafe(finish)
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, tls: Optional[ssl.SSLContext] = None) -> None:
     loop = asyncio.get_running_loop()
     server = Server(loop)
-    listener = await loop.create_server(lambda: Connection(server), HOST, port, backlog=BACKLOG, reuse_address=True)
+    listener = await loop.create_server(
+        lambda: Connection(server), HOST, port, backlog=BACKLOG, reuse_address=True, ssl=tls
+    )
     bound: Tuple[str, int] = listener.sockets[0].getsockname()[:2]
     stop: asyncio.Future[None] = loop.create_future()
     print(f"READY {bound[1]} pid={os.getpid()}", flush=True)
@@ -438,8 +443,14 @@ async def serve(port: int) -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM)")
+    parser.add_argument("--tls-key", help="the private key of --tls-cert")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.port))
+    tls: Optional[ssl.SSLContext] = None
+    if args.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+    asyncio.run(serve(args.port, tls))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ floor (JSON per event), ``DeepSeekClient.chat_stream`` and a ``DeepSeekPool`` st
 ``--chunks`` events per stream sent ``--gap`` seconds apart (0: back to back, so reads
 carry many events; a gap of a few ms makes every read carry one, as at DeepSeek's pace),
 then a cProfile of ``chat_stream``.
+
+``--https`` runs the same against a load server that speaks TLS (a throwaway certificate,
+:mod:`benchmarks.tls`), every path trusting its CA.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
 import resource
 import time
@@ -40,9 +44,9 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def paths(base_url: str) -> Dict[str, Callable[[int], str]]:
-    """One call of each contender's request path, by name."""
-    http = urllib3.PoolManager(maxsize=4, retries=RETRY)
+def paths(base_url: str, ca: Optional[str] = None) -> Dict[str, Callable[[int], str]]:
+    """One call of each contender's request path, by name (``ca``: the CA of an HTTPS server)."""
+    http = urllib3.PoolManager(maxsize=4, retries=RETRY, ca_certs=ca)
     url = base_url + "/chat/completions"
     headers = {"Authorization": f"Bearer {protocol.API_KEY}", "Content-Type": "application/json"}
 
@@ -53,8 +57,12 @@ def paths(base_url: str) -> Dict[str, Callable[[int], str]]:
         return content
 
     session = requests.Session()
-    session.mount("http://", HTTPAdapter(pool_maxsize=4, max_retries=RETRY))
+    adapter = HTTPAdapter(pool_maxsize=4, max_retries=RETRY)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     session.headers["Authorization"] = f"Bearer {protocol.API_KEY}"
+    if ca:
+        session.verify = ca
 
     def with_requests(i: int) -> str:
         content: str = session.post(url, json=protocol.chat_body(i), timeout=60).json()["choices"][0]["message"][
@@ -62,7 +70,7 @@ def paths(base_url: str) -> Dict[str, Callable[[int], str]]:
         ]
         return content
 
-    client = DeepSeekClient(protocol.API_KEY, base_url=base_url, model=protocol.MODEL, timeout=60)
+    client = _client(base_url, ca)
 
     def with_client(i: int) -> str:
         return client.chat(protocol.prompt_for(i)).content
@@ -86,9 +94,16 @@ def paths(base_url: str) -> Dict[str, Callable[[int], str]]:
     }
 
 
-def stream_paths(base_url: str) -> Dict[str, Callable[[int], str]]:
+def _client(base_url: str, ca: Optional[str]) -> DeepSeekClient:
+    client = DeepSeekClient(protocol.API_KEY, base_url=base_url, model=protocol.MODEL, timeout=60)
+    if ca:
+        client.session.verify = ca
+    return client
+
+
+def stream_paths(base_url: str, ca: Optional[str] = None) -> Dict[str, Callable[[int], str]]:
     """One streamed call of each path, by name (the answer joined from its pieces)."""
-    http = urllib3.PoolManager(maxsize=4, retries=RETRY)
+    http = urllib3.PoolManager(maxsize=4, retries=RETRY, ca_certs=ca)
     url = base_url + "/chat/completions"
     headers = {"Authorization": f"Bearer {protocol.API_KEY}", "Content-Type": "application/json"}
 
@@ -101,7 +116,7 @@ def stream_paths(base_url: str) -> Dict[str, Callable[[int], str]]:
         finally:
             response.release_conn()
 
-    client = DeepSeekClient(protocol.API_KEY, base_url=base_url, model=protocol.MODEL, timeout=60)
+    client = _client(base_url, ca)
 
     def with_client(i: int) -> str:
         with client.chat_stream(protocol.prompt_for(i)) as stream:
@@ -139,12 +154,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--stream", action="store_true", help="streams: CPU per event instead of per call")
     parser.add_argument("--chunks", type=int, default=150, help="events per stream (with --stream)")
     parser.add_argument("--gap", type=float, default=0.0, help="seconds between events (with --stream)")
+    parser.add_argument("--https", action="store_true", help="against a TLS load server (a throwaway certificate)")
     args = parser.parse_args(argv)
     if args.stream:
         args.n = min(args.n, 400)
-    with LoadServer() as server:
+    if args.https:  # with trust_env these would win over the paths' own trust of the CA (as in the children)
+        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            os.environ.pop(name, None)
+    with LoadServer(tls=args.https) as server:
         server.reset({"latency": 0.0, "chunks": args.chunks, "gap": args.gap})
-        calls = stream_paths(server.base_url) if args.stream else paths(server.base_url)
+        calls = stream_paths(server.base_url, server.ca) if args.stream else paths(server.base_url, server.ca)
         per = args.chunks if args.stream else 1
         results: Dict[str, List[float]] = {name: [] for name in calls}
         for _ in range(args.rounds):

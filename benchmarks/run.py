@@ -215,7 +215,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--contenders", help=f"comma-separated subset of: {', '.join(CONTENDERS)}")
     parser.add_argument(
         "--cells",
-        help="comma-separated subset of: C=16, C=64, C=256, stream, faults, cap, storage, cost, "
+        help="comma-separated subset of: C=16, C=64, C=256, stream, faults, C=64 https, cap, storage, cost, "
         + ", ".join(c.name for c in harness.DEEPSEEK_SCALE_CELLS),
     )
     parser.add_argument("--n", type=int, help="override N of the non-streaming and faults cells")

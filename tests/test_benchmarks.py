@@ -238,3 +238,23 @@ def test_deepseek_scale_cells_have_a_table_of_their_own() -> None:
     assert cell.deepseek_scale and cell.server_config(1)["jitter"] == 0.0
     assert all(c.name not in {f.name for f in harness.FULL_CELLS} for c in harness.DEEPSEEK_SCALE_CELLS)
     assert report.deepseek_scale_table([], [cell]) == []  # no figures, no table
+
+
+def test_https_cells_run_over_tls_with_each_contender_trusting_a_throwaway_ca() -> None:
+    chat = Cell("C=2 https", "chat", 8, 2, latency=0.0, tls=True)
+    stream = Cell("stream https", "stream", 4, 2, latency=0.005, chunks=5, gap=0.001, tls=True)
+    names = [
+        n for n in ("urllib3", "requests", "aiohttp", "deepseek_pool", "deepseek_pool_relay") if LABELS[n].available()
+    ]
+    with harness.Servers() as servers:
+        server = servers.for_cell(chat)
+        assert server.base_url.startswith("https://") and server.ca is not None
+        assert servers.for_cell(CHAT).base_url.startswith("http://")  # plain cells keep their own server
+        ran = []
+        for cell in (chat, stream):
+            for name in harness.contenders_for(cell, names):
+                run = harness.run_one(servers.for_cell(cell), cell, name, 0, TIMEOUT)
+                assert run.error is None, (cell.name, name, run.error)
+                assert run.client["ok"] == cell.n and not run.client["errors"], (cell.name, name, run.client)
+                ran.append((cell.name, name))
+    assert ("stream https", "deepseek_pool_relay") in ran and ("C=2 https", "deepseek_pool_relay") not in ran

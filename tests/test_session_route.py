@@ -166,3 +166,105 @@ def test_an_adapter_mounted_on_the_base_url_is_used(fake_deepseek: FakeDeepSeek)
     url = client.base_url + "/chat/completions"
     assert mine.sent == [f"POST {url}"] * 2
     session.close()
+
+
+def _mount_counting(session: requests.Session) -> Callable[[], bool]:
+    mine = CountingAdapter()
+    session.mount("http://", mine)  # the same prefix as the adapter the first call used: replaced in place
+    return lambda: len(mine.sent) == 2
+
+
+def _remount_ours(session: requests.Session) -> Callable[[], bool]:
+    old = session.get_adapter("http://")
+    session.mount("http://", dp.DeepSeekAdapter())
+    # the old adapter's pool served the first call only: the call after the mount used the new one
+    return lambda: [pool.num_requests for pool in old.poolmanager.pools._container.values()] == [1]
+
+
+def _patch_adapter_send(session: requests.Session) -> Callable[[], bool]:
+    adapter = session.get_adapter("http://")
+    sent: List[str] = []
+    genuine = adapter.send
+
+    def send(request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        sent.append(str(request.url))
+        return genuine(request, **kwargs)
+
+    adapter.send = send  # type: ignore[method-assign]
+    return lambda: len(sent) == 2
+
+
+def _headers_in_place(session: requests.Session) -> Callable[[], bool]:
+    session.headers["X-Changed-Between-Calls"] = "1"
+    session.headers["User-Agent"] = "changed-agent/2"
+    return lambda: True
+
+
+def _hook_appended(session: requests.Session) -> Callable[[], bool]:
+    seen: List[int] = []
+    session.hooks["response"].append(lambda response, **kwargs: seen.append(response.status_code))
+    return lambda: seen == [200, 200]
+
+
+def _auth_set(session: requests.Session) -> Callable[[], bool]:
+    auth = GatewayAuth()
+    session.auth = auth
+    return lambda: auth.calls == 2
+
+
+def _cookie_set(session: requests.Session) -> Callable[[], bool]:
+    session.cookies.set("late-cookie", "c1")
+    return lambda: True
+
+
+def _cookie_set_and_cleared(session: requests.Session) -> Callable[[], bool]:
+    session.cookies.set("gone", "x", domain="127.0.0.1", path="/")
+    session.cookies.clear("127.0.0.1", "/", "gone")  # leaves the jar's emptied dicts behind
+    return lambda: len(session.cookies) == 0
+
+
+def _params_set(session: requests.Session) -> Callable[[], bool]:
+    session.params["api-version"] = "2025-02"  # the session's own dict, changed in place
+    return lambda: True
+
+
+CHANGES = [
+    pytest.param(_mount_counting, id="adapter-mounted"),
+    pytest.param(_remount_ours, id="deepseek-adapter-remounted"),
+    pytest.param(_patch_adapter_send, id="adapter-send-patched"),
+    pytest.param(_headers_in_place, id="headers-in-place"),
+    pytest.param(_hook_appended, id="hook-appended"),
+    pytest.param(_auth_set, id="auth-set"),
+    pytest.param(_cookie_set, id="cookie-set"),
+    pytest.param(_cookie_set_and_cleared, id="cookie-cleared"),
+    pytest.param(_params_set, id="params-in-place"),
+]
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_change_to_the_session_between_calls_applies_to_the_next(fake_deepseek: FakeDeepSeek, change: Any) -> None:
+    """The direct route is kept between calls; a change made to the session after one call (in place,
+    as users make them) reaches the next call just as it reaches ``Session.send``."""
+    session = requests.Session()
+    session.mount("http://", dp.DeepSeekAdapter())  # what the direct route needs
+    client = dp.DeepSeekClient(KEY, base_url=fake_deepseek.base_url, session=session)
+    assert client.chat(PROMPT).content == FakeDeepSeek.answer_for(PROMPT)
+    assert client._route._direct, "the first call took the direct route and kept it"
+    check = change(session)
+    by_client, by_requests = both_ways(fake_deepseek, session, client)
+    assert comparable(by_client) == comparable(by_requests)
+    assert check()
+    session.close()
+
+
+def test_the_ca_bundle_variable_set_between_calls_applies(fake_deepseek: FakeDeepSeek, monkeypatch: Any) -> None:
+    """With ``trust_env``, ``REQUESTS_CA_BUNDLE`` is part of the route: one set after a call is a new route."""
+    session = requests.Session()
+    session.mount("http://", dp.DeepSeekAdapter())
+    client = dp.DeepSeekClient(KEY, base_url=fake_deepseek.base_url, session=session)
+    client.chat(PROMPT)
+    first = next(iter(client._route._direct.values()))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/nonexistent/ca.pem")
+    client.chat(PROMPT)  # plain HTTP: the bundle is not used, but the route is made again from it
+    assert next(iter(client._route._direct.values())) is not first
+    session.close()

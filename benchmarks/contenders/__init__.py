@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import ssl
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -25,6 +26,12 @@ class Spec:
     n: int
     concurrency: int
     stream: bool = False
+    #: the CA that signed an HTTPS load server's certificate (None: plain HTTP)
+    ca_file: Optional[str] = None
+
+    def ssl_context(self) -> Optional[ssl.SSLContext]:
+        """A client context trusting :attr:`ca_file` (for the libraries that take one), or None."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
 
 
 @dataclass
@@ -57,6 +64,8 @@ class Contender:
     thread_based: bool = True
     #: run only when named (``--contenders``): a variant of another contender, not a peer
     variant: bool = False
+    #: takes part in the streaming cells only
+    stream_only: bool = False
 
     def available(self) -> bool:
         return all(importlib.util.find_spec(package) is not None for package in self.needs)
@@ -80,6 +89,14 @@ CONTENDERS: Dict[str, Contender] = {
             ("deepseek_pool",),
             retries=True,
             variant=True,
+        ),
+        Contender(
+            "deepseek_pool_relay",
+            "deepseek_pool chat_stream + threads (chunk by chunk)",
+            "dspool_relay",
+            ("deepseek_pool",),
+            retries=True,
+            stream_only=True,
         ),
         Contender("urllib3", "urllib3 PoolManager + threads (floor)", "urllib3_threads", ("urllib3",), retries=True),
         Contender("requests", "requests Session + threads", "requests_threads", ("requests",), retries=True),

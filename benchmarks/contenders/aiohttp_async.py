@@ -16,7 +16,8 @@ async def _run(spec: Spec, outcome: Outcome) -> None:
     url = spec.base_url + "/chat/completions"
     headers = {"Authorization": f"Bearer {protocol.API_KEY}"}
     stream = spec.stream
-    connector = aiohttp.TCPConnector(limit=spec.concurrency)
+    context = spec.ssl_context()
+    connector = aiohttp.TCPConnector(limit=spec.concurrency, ssl=context if context is not None else True)
     # The semaphore only makes the time to first chunk start when the request can go
     # out (as for the threads); the connector's limit alone would give the same load.
     semaphore = asyncio.Semaphore(spec.concurrency)

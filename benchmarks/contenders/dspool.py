@@ -12,6 +12,8 @@ from deepseek_pool import DeepSeekClient, DeepSeekPool
 def run(spec: Spec) -> Outcome:
     outcome = Outcome.empty(spec.n)
     client = DeepSeekClient(protocol.API_KEY, base_url=spec.base_url, model=protocol.MODEL, timeout=TIMEOUT)
+    if spec.ca_file:
+        client.session.verify = spec.ca_file  # the HTTPS cells' throwaway CA, as requests is told it
 
     def requests() -> Iterator[Union[str, Dict[str, Any]]]:
         for i in range(spec.n):

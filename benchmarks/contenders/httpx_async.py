@@ -18,7 +18,9 @@ async def _run(spec: Spec, outcome: Outcome) -> None:
     headers = {"Authorization": f"Bearer {protocol.API_KEY}"}
     semaphore = asyncio.Semaphore(spec.concurrency)
     stream = spec.stream
-    async with httpx.AsyncClient(limits=limits, timeout=TIMEOUT, headers=headers) as client:
+    context = spec.ssl_context()
+    verify = context if context is not None else True
+    async with httpx.AsyncClient(limits=limits, timeout=TIMEOUT, headers=headers, verify=verify) as client:
 
         async def call(i: int) -> Tuple[int, Optional[str], Optional[str], float, int]:
             async with semaphore:

@@ -6,7 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Tuple, cast
 
-from openai import OpenAI
+from openai import DefaultHttpxClient, OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
 from benchmarks import protocol
@@ -19,7 +19,9 @@ def _messages(index: int) -> List[ChatCompletionMessageParam]:
 
 def run(spec: Spec) -> Outcome:
     outcome = Outcome.empty(spec.n)
-    client = OpenAI(api_key=protocol.API_KEY, base_url=spec.base_url + "/v1", timeout=TIMEOUT)
+    context = spec.ssl_context()
+    http_client = DefaultHttpxClient(verify=context) if context is not None else None
+    client = OpenAI(api_key=protocol.API_KEY, base_url=spec.base_url + "/v1", timeout=TIMEOUT, http_client=http_client)
     stream = spec.stream
 
     def call(i: int) -> Tuple[int, Optional[str], Optional[str], float, int]:

@@ -15,6 +15,8 @@ def run(spec: Spec) -> Outcome:
     url = spec.base_url + "/chat/completions"
     with FuturesSession(max_workers=spec.concurrency) as session:
         session.headers["Authorization"] = f"Bearer {protocol.API_KEY}"
+        if spec.ca_file:
+            session.verify = spec.ca_file
         futures = [session.post(url, json=protocol.chat_body(i), timeout=TIMEOUT) for i in range(spec.n)]
         for i, future in enumerate(futures):
             try:

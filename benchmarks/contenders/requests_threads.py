@@ -16,8 +16,12 @@ from benchmarks.contenders.urllib3_threads import RETRY
 
 def session_for(spec: Spec) -> requests.Session:
     session = requests.Session()
-    session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=spec.concurrency, max_retries=RETRY))
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=spec.concurrency, max_retries=RETRY)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     session.headers["Authorization"] = f"Bearer {protocol.API_KEY}"
+    if spec.ca_file:
+        session.verify = spec.ca_file
     return session
 
 

@@ -25,7 +25,10 @@ RETRY = Retry(
 def run(spec: Spec) -> Outcome:
     outcome = Outcome.empty(spec.n)
     http = urllib3.PoolManager(
-        maxsize=spec.concurrency, retries=RETRY, timeout=urllib3.Timeout(connect=10, read=TIMEOUT)
+        maxsize=spec.concurrency,
+        retries=RETRY,
+        timeout=urllib3.Timeout(connect=10, read=TIMEOUT),
+        ca_certs=spec.ca_file,  # the HTTPS cells' throwaway CA (None: the default trust)
     )
     url = spec.base_url + "/chat/completions"
     headers = {"Authorization": f"Bearer {protocol.API_KEY}", "Content-Type": "application/json"}

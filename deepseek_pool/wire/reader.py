@@ -63,15 +63,19 @@ except ImportError:  # Python built without ssl: no TLS socket can reach here
 def _read_now(sock: Any) -> bytes:
     """What ``sock`` (non-blocking) holds now; ``b""`` when the connection ended.
 
-    A TLS socket may hold decrypted bytes that epoll cannot see: they are read too.
+    A TLS socket may hold decrypted bytes that epoll cannot see: they are read too. They can
+    only be there when the read filled its buffer: one ``recv`` of a TLS socket returns the
+    rest of one record, or ``READ_SIZE`` bytes of it (so the ``pending()`` call, a third of
+    a microsecond and a trip through ``ssl.py``, is made only then).
 
     :raises BlockingIOError: nothing to read yet (``SSLWantReadError`` is turned into it).
     """
     try:
         data: bytes = sock.recv(READ_SIZE)
-        pending = getattr(sock, "pending", None)
-        while data and pending is not None and pending():
-            data += sock.recv(READ_SIZE)
+        if len(data) == READ_SIZE:  # a TLS record may hold more; a shorter read emptied its record
+            pending = getattr(sock, "pending", None)
+            while pending is not None and pending():
+                data += sock.recv(READ_SIZE)
     except SSLWantReadError:
         raise BlockingIOError("no whole TLS record yet") from None
     return data

@@ -16,8 +16,9 @@ replacing the key, as requests would for a key sent as a plain header.
 :class:`DirectRoute` skips requests' layers (CPU on every call) only where
 skipping them changes nothing: :meth:`SessionRoute.direct` checks, on every call, each
 thing those layers would have done with the request, and takes the direct route only when
-all of them would have been a no-op (see its docstring). A differential test compares the
-two routes' bytes on the wire (``tests/test_session_route.py``).
+all of them would have been a no-op (see its docstring); the route it made is kept while
+what it was made from (headers, adapters, ``verify``, ``cert``, CA bundle) is unchanged.
+A differential test compares the two routes' bytes on the wire (``tests/test_session_route.py``).
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase, HTTPBasicAuth
-from requests.cookies import extract_cookies_to_jar
+from requests.cookies import RequestsCookieJar, extract_cookies_to_jar
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from ..errors import ConfigurationError
@@ -46,9 +47,9 @@ log = logging.getLogger(__name__)
 _SESSION = requests.Session
 #: requests' own methods: a session whose class or instance replaced one (requests-mock
 #: replaces ``send`` and ``get_adapter``) never takes the direct route.
-_GENUINE = {
-    name: getattr(_SESSION, name) for name in ("send", "prepare_request", "get_adapter", "merge_environment_settings")
-}
+_GENUINE_ITEMS = tuple(
+    (name, getattr(_SESSION, name)) for name in ("send", "prepare_request", "get_adapter", "merge_environment_settings")
+)
 #: What ``merge_environment_settings`` reads of the environment when ``trust_env`` is on, as
 #: bytes keys of ``os.environ``'s own dict (looked up in tens of nanoseconds): a proxy
 #: variable sends the call through requests; the CA-bundle ones are part of the route.
@@ -87,6 +88,9 @@ def client_headers(
         if problem is not None:
             raise ConfigurationError(f"header {name!r} cannot be sent: its value {problem}")
     return own, authorization
+#: What a direct route was made from: the session's header store (copied), ``verify``,
+#: ``cert``, the environment's CA bundle, and the adapters mounted (prefix, adapter) in order.
+_Seen = Tuple[Dict[str, Any], Any, Any, Any, List[Tuple[str, Any]]]
 
 
 class KeyAuth(AuthBase):
@@ -119,18 +123,20 @@ class DirectRoute:
 
     :ivar headers: what ``prepare_request`` makes of the client's headers on this session,
         without ``Content-Length`` (added per call).
-    :ivar state: the session's state these were made from (:meth:`SessionRoute._state`).
+    :ivar seen: what of the session these were made from, taken before they were made:
+        its headers (a copy of their store), ``verify``, ``cert``, the environment's CA
+        bundle and the adapters mounted (see :meth:`SessionRoute.direct`).
     """
 
-    __slots__ = ("adapter", "cut", "headers", "pool", "state")
+    __slots__ = ("adapter", "cut", "headers", "pool", "seen")
 
-    def __init__(self, adapter: HTTPAdapter, pool: Any, cut: int, headers: Dict[str, str], state: Any) -> None:
+    def __init__(self, adapter: HTTPAdapter, pool: Any, cut: int, headers: Dict[str, str], seen: _Seen) -> None:
         self.adapter = adapter
         self.pool = pool
         #: characters of the URL's scheme://host[:port] that the pool's path omits
         self.cut = cut
         self.headers = headers
-        self.state = state
+        self.seen = seen
 
 
 class SessionRoute:
@@ -199,24 +205,29 @@ class SessionRoute:
 
     # -- when requests' layers may be skipped ------------------------------------------
 
-    def _state(self) -> Optional[Tuple[Any, ...]]:
-        """What of the session the direct route depends on, or None when the session adds to a request.
+    def direct(self, url: str) -> Optional[DirectRoute]:
+        """The direct route for ``url``, when requests' layers would add nothing to this request.
 
-        requests' layers do nothing to a request, beyond what :class:`DirectRoute` does,
-        when: ``send``, ``prepare_request``, ``get_adapter`` and
+        They add nothing when: ``send``, ``prepare_request``, ``get_adapter`` and
         ``merge_environment_settings`` are requests' own; the session has no ``auth``,
         ``params``, cookies, hooks or ``proxies``; with ``trust_env``, the environment
-        names no proxy. What remains to match is the session's headers, ``verify``,
-        ``cert`` and the environment's CA bundle, which the returned tuple holds.
+        names no proxy; and the adapter for the URL is a :class:`DeepSeekAdapter` whose
+        ``send`` is requests' own. Then the route made for the URL's prefix is used as long
+        as what it was made from is unchanged: the adapters mounted (the same prefixes and
+        the same objects, so ``get_adapter`` would pick the same one), the session's
+        headers, ``verify``, ``cert`` and, with ``trust_env``, the environment's CA bundle.
+        Every one of these is looked at on every call (about 1 µs in all): a session can be
+        changed in place between any two calls, and the call after the change honours it.
         """
         session = self.session
-        for name, genuine in _GENUINE.items():
+        for name, genuine in _GENUINE_ITEMS:
             if getattr(getattr(session, name), "__func__", None) is not genuine:
                 return None
-        if session.auth is not None or session.params or session.proxies or len(session.cookies):
+        if session.auth is not None or session.params or session.proxies or any(session.hooks.values()):
             return None
-        if any(session.hooks.values()):
-            return None
+        jar = session.cookies
+        if type(jar) is not RequestsCookieJar or (jar._cookies and len(jar)):  # type: ignore[attr-defined]
+            return None  # (``_cookies`` holds a domain's emptied dicts after a ``clear``: then count)
         bundle: Any = None
         if session.trust_env:
             environ = getattr(os.environ, "_data", None)
@@ -226,29 +237,38 @@ class SessionRoute:
                 if key in environ:
                     return None
             bundle = (environ.get(_CA_KEYS[0]), environ.get(_CA_KEYS[1]))
-        store = getattr(session.headers, "_store", None)
-        if store is None:
-            return None
-        return (tuple(store.values()), session.verify, session.cert, bundle)
-
-    def direct(self, url: str) -> Optional[DirectRoute]:
-        """The direct route for ``url``, when requests' layers would add nothing to this request."""
-        state = self._state()
-        if state is None:
-            return None
-        adapter = self.session.get_adapter(url)
-        if type(adapter) is not DeepSeekAdapter or GENUINE_SEND is None or type(adapter).send is not GENUINE_SEND:
+        headers = getattr(session.headers, "_store", None)
+        if headers is None:
             return None
         cut = url.find("/", url.find("://") + 3)
         prefix = url if cut < 0 else url[:cut]
         route = self._direct.get(prefix)
-        if route is not None and route.adapter is adapter and route.state == state:
-            return route
-        return self._resolve(adapter, url, prefix, state)
+        if route is not None:
+            seen = route.seen
+            adapter = route.adapter
+            if (
+                seen[0] == headers
+                and seen[1] is session.verify
+                and seen[2] is session.cert
+                and seen[3] == bundle
+                and list(session.adapters.items()) == seen[4]
+                and type(adapter).send is GENUINE_SEND  # a mock patched HTTPAdapter.send meanwhile
+                and "send" not in adapter.__dict__
+            ):
+                return route
+        # taken before the route is made from them: a change meanwhile makes the next call look again
+        seen = (dict(headers), session.verify, session.cert, bundle, list(session.adapters.items()))
+        mounted = session.get_adapter(url)
+        if (
+            type(mounted) is not DeepSeekAdapter
+            or GENUINE_SEND is None
+            or type(mounted).send is not GENUINE_SEND
+            or "send" in mounted.__dict__
+        ):
+            return None
+        return self._resolve(mounted, url, prefix, seen)
 
-    def _resolve(
-        self, adapter: DeepSeekAdapter, url: str, prefix: str, state: Tuple[Any, ...]
-    ) -> Optional[DirectRoute]:
+    def _resolve(self, adapter: DeepSeekAdapter, url: str, prefix: str, seen: _Seen) -> Optional[DirectRoute]:
         """Find the pool ``adapter.send`` would use for ``url``, and the headers ``prepare_request`` makes."""
         session = self.session
         prepared = session.prepare_request(
@@ -264,7 +284,7 @@ class SessionRoute:
         pool = getter(prepared, verify, None, cert) if getter is not None else adapter.get_connection(url, None)
         adapter.cert_verify(pool, url, verify, cert)  # type: ignore[no-untyped-call]
         headers = {name: value for name, value in prepared.headers.items() if name.lower() != "content-length"}
-        route = DirectRoute(adapter, pool, len(prefix), headers, state)
+        route = DirectRoute(adapter, pool, len(prefix), headers, seen)
         with self._lock:
             routes = dict(self._direct)
             routes[prefix] = route
