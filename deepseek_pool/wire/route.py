@@ -88,6 +88,8 @@ def client_headers(
         if problem is not None:
             raise ConfigurationError(f"header {name!r} cannot be sent: its value {problem}")
     return own, authorization
+
+
 #: What a direct route was made from: the session's header store (copied), ``verify``,
 #: ``cert``, the environment's CA bundle, and the adapters mounted (prefix, adapter) in order.
 _Seen = Tuple[Dict[str, Any], Any, Any, Any, List[Tuple[str, Any]]]
