@@ -13,8 +13,7 @@ worker per item), each row under its own ``user_id`` so no row inherits another'
   peak window (the pool holds it until the window ends, at once on that clock) and a spend
   cap on the same clock: the rate is the one the cap settled the calls at;
 - **rerun, response cache on**: the warmed batch run again on a pool with ``cache=``: the
-  requests it sent and what it cost (goal: none, $0). Measured only when
-  ``DeepSeekPool`` takes ``cache=`` (the opt-in response cache); until then the row says so.
+  requests it sent and what it cost (goal: none, $0).
 
 Prompt cost is priced at ``deepseek-flash``'s price from the tokens the fake reported hit
 and missed, at the rate the row ran at.
@@ -24,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import inspect
 import json
 import sys
 import tempfile
@@ -40,13 +38,6 @@ from deepseek_pool.testing import FakeDeepSeek
 
 #: A Monday at the start of the 06:00-10:00 UTC peak window: the off-peak row waits it out.
 PEAK_START = dt.datetime(2026, 12, 7, 6, 0, tzinfo=dt.UTC)
-#: What the rerun row says while the pool has no response cache.
-NO_CACHE = "not measured: DeepSeekPool has no cache= yet (the opt-in response cache)"
-
-
-def has_response_cache() -> bool:
-    """True when the pool takes ``cache=``."""
-    return "cache" in inspect.signature(dp.DeepSeekPool).parameters
 
 
 def _batch(base_url: str, args: argparse.Namespace, user_id: str, **pool_options: Any) -> Dict[str, Any]:
@@ -117,18 +108,16 @@ def run_cell(args: argparse.Namespace, log: Any = None) -> List[Dict[str, Any]]:
             rows.append(_row("warmed, off-peak only", off, rate, requests=sent, held_until=f"{clock.now():%H:%M} UTC"))
             say(f"cost: off-peak done, billed at {rate:.0%} of the peak rate")
 
-            if not has_response_cache():
-                rows.append({"row": "rerun, response cache on", "todo": NO_CACHE})
-            else:  # the opt-in response cache: a finished batch run again sends nothing and costs $0
-                with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
-                    uri = "sqlite:///" + str(Path(tmp).resolve() / "responses.db")
-                    _batch(fake.base_url, args, "cached", warm_prefix=warm, cache=uri)
-                    before = fake.stats.requests
-                    again = _batch(fake.base_url, args, "cached", warm_prefix=warm, cache=uri, max_cost=1000.0)
-                    row = _row("rerun, response cache on", again, 1.0, requests=fake.stats.requests - before)
-                    row.update(spent_usd=again["spent"], cached=again["cached"])
-                    rows.append(row)
-                say(f"cost: rerun sent {rows[-1]['requests']} requests, spent {rows[-1]['spent_usd']} USD")
+            # The opt-in response cache: a finished batch run again sends nothing and costs $0.
+            with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
+                uri = "sqlite:///" + str(Path(tmp).resolve() / "responses.db")
+                _batch(fake.base_url, args, "cached", warm_prefix=warm, cache=uri)
+                before = fake.stats.requests
+                again = _batch(fake.base_url, args, "cached", warm_prefix=warm, cache=uri, max_cost=1000.0)
+                row = _row("rerun, response cache on", again, 1.0, requests=fake.stats.requests - before)
+                row.update(spent_usd=again["spent"], cached=again["cached"])
+                rows.append(row)
+            say(f"cost: rerun sent {rows[-1]['requests']} requests, spent {rows[-1]['spent_usd']} USD")
     finally:
         tuning.restore()
     return rows
@@ -142,9 +131,6 @@ def table(rows: Sequence[Dict[str, Any]], meta: Optional[Dict[str, Any]] = None)
     ]
     cold = next((r for r in rows if r["row"] == "cold"), None)
     for row in rows:
-        if "todo" in row:
-            lines.append(f"| {row['row']} | TODO: {row['todo']} | | | | |")
-            continue
         share = "-" if row["hit_share"] is None else f"{row['hit_share']:.1%}"
         versus = "" if cold is None or not cold["prompt_usd"] else f"{row['prompt_usd'] / cold['prompt_usd'] - 1:+.1%}"
         cost = f"${row['prompt_usd']:.4f}"

@@ -397,10 +397,7 @@ def test_the_cost_cell_measures_warming_off_peak_and_the_rerun() -> None:
     assert warmed["requests"] == 32 and warmed["prompt_usd"] < 0.2 * cold["prompt_usd"]  # two warm-ups, then hits
     assert off["rate"] == pytest.approx(0.5) and off["held_until"] == "10:00 UTC"
     rerun = rows["rerun, response cache on"]
-    if cost.has_response_cache():
-        assert rerun["requests"] == 0 and rerun["spent_usd"] == 0 and rerun["cached"] == 30
-    else:
-        assert rerun["todo"] == cost.NO_CACHE
+    assert rerun["requests"] == 0 and rerun["spent_usd"] == 0 and rerun["cached"] == 30
     text = "\n".join(cost.table(list(rows.values())))
     assert "Warming: prompt cost" in text
-    assert ("TODO" in text) is not cost.has_response_cache()
+    assert "2000 answers from the cache" not in text and "30 answers from the cache" in text
