@@ -36,9 +36,10 @@ lease that the limiter renews while its call runs; a process that dies gives its
 back within ``lease_seconds`` (at once, for sqlite, when the process is seen gone).
 
 Waiting threads of one limiter form a FIFO queue: only the head one watches the clock
-(and, for a shared storage, polls it), so a start wakes one thread rather than all.
+(and, for a shared storage, polls it), so a start wakes one thread rather than all
+(the queue is the base class :class:`~deepseek_pool.budget.waiting.WaitingRoom`).
 
-This module holds admission (acquire, release, the queue) and the lease renewer; what
+This module holds admission (acquire, release) and the lease renewer; what
 follows a failure (cool-down, the wait before a retry, the retry budget) is the base class
 :class:`~deepseek_pool.budget.retries.RetryGates`, and the :class:`Permit` and
 :class:`LimiterStats` it hands out live in :mod:`deepseek_pool.budget.permit`.
@@ -52,7 +53,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
@@ -68,19 +68,18 @@ from ..forks import ProcessBound, reset_after_fork
 from .peers import peers_of
 from .permit import LimiterStats, Permit
 from .retries import (
-    CANCEL_POLL_INTERVAL,
     DEFAULT_RETRY_BUDGET,
     NO_RETRY_INCREMENT,
     RETRY_COST,
-    SHARED_POLL_INTERVAL,
     JitterFunction,
     RetryGates,
     WaitFunction,
     cool_down_jitter,
 )
-from .rules import BudgetConfig, CoolingDelay
+from .rules import BudgetConfig
 from .storage import Storage
 from .storage_uri import storage_from_uri
+from .waiting import WaitingRoom
 
 __all__ = ["Limiter", "LimiterStats", "Permit"]
 
@@ -99,7 +98,7 @@ def _check_count(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-class Limiter(RetryGates, ProcessBound):
+class Limiter(WaitingRoom, RetryGates, ProcessBound):
     """Gates that decide when a call may start; share one across threads, pools, processes.
 
     :param max_in_flight: the ceiling of the adaptive in-flight cap (None: no ceiling).
@@ -288,106 +287,6 @@ class Limiter(RetryGates, ProcessBound):
                 return granted
         return self._acquire_slow(tokens, timeout, cancelled)
 
-    def _acquire_slow(self, tokens: int, timeout: Optional[float], cancelled: Optional[threading.Event]) -> Permit:
-        clock = self._clock
-        lock = self._lock
-        waiters = self._waiters
-        begin = clock()
-        deadline = None if timeout is None else begin + timeout
-        waiter = threading.Event()
-        outcome = "interrupted"
-        # The end of the latest cool-down this waiter met, and its own start after it (jittered).
-        seen_cool_end = not_before = -math.inf
-        out_of_turn = False
-        with lock:
-            waiters.append(waiter)
-        try:
-            while True:
-                with lock:
-                    # Cleared under the lock, so a set() that follows is never missed.
-                    waiter.clear()
-                    head = waiters[0] is waiter
-                    if self._cool_end > seen_cool_end and begin < self._cool_end:
-                        # Held by a cool-down: start at its end plus a jitter of this waiter's
-                        # own, in turn or not, so that the starts it held spread out.
-                        seen_cool_end = self._cool_end
-                        not_before = seen_cool_end + self._jitter(seen_cool_end - begin)
-                        out_of_turn = True
-                    early = not_before - clock()
-                    if early > 0.0:
-                        delay = early
-                    elif head or out_of_turn:
-                        out_of_turn = False
-                        granted = self._try_start(tokens)
-                        if isinstance(granted, Permit):
-                            if self.storage.leases_expire:
-                                self._hold(granted)
-                            if head:
-                                waiters.popleft()
-                                if waiters:
-                                    waiters[0].set()
-                            else:
-                                waiters.remove(waiter)
-                            granted.waited = clock() - begin
-                            self._throttled += 1
-                            self._wait_seconds += granted.waited
-                            outcome = "granted"
-                            return granted
-                        delay = granted
-                        if delay.__class__ is CoolingDelay:
-                            # Every waiter of this limiter draws its own end of this cool-down.
-                            self._cool_end = max(self._cool_end, clock() + delay)
-                            for other in waiters:
-                                other.set()
-                            continue
-                        if not head:
-                            delay = math.inf
-                        elif self.storage.shared and delay > SHARED_POLL_INTERVAL:
-                            delay = SHARED_POLL_INTERVAL  # another process may release first
-                    else:
-                        delay = math.inf
-                if cancelled is not None:
-                    if cancelled.is_set():
-                        outcome = "cancelled"
-                        raise CancelledError("limiter wait cancelled")
-                    if delay > CANCEL_POLL_INTERVAL:
-                        delay = CANCEL_POLL_INTERVAL
-                if deadline is not None:
-                    remaining = deadline - clock()
-                    if remaining <= 0.0:
-                        outcome = "timeout"
-                        raise TimeoutError(f"no start allowed within {timeout} s ({self!r})")
-                    if remaining < delay:
-                        delay = remaining
-                self._wait(waiter, None if delay == math.inf else delay)
-        finally:
-            if outcome != "granted":
-                with lock:
-                    self._leave(waiter)
-                    self._throttled += 1
-                    self._wait_seconds += clock() - begin
-                    if outcome == "timeout":
-                        self._timeouts += 1
-                    elif outcome == "cancelled":
-                        self._cancellations += 1
-
-    def _wake_head(self) -> None:
-        if self._waiters:
-            with self._lock:
-                if self._waiters:
-                    self._waiters[0].set()
-
-    def _leave(self, waiter: threading.Event) -> None:
-        """Take ``waiter`` out of the queue; if it was the head, wake the next one."""
-        waiters = self._waiters
-        if waiters and waiters[0] is waiter:
-            waiters.popleft()
-            if waiters:
-                waiters[0].set()
-        else:
-            with contextlib.suppress(ValueError):
-                waiters.remove(waiter)
-
     def release(
         self,
         permit: Permit,
@@ -446,15 +345,6 @@ class Limiter(RetryGates, ProcessBound):
                 peer._wake_head()
 
     # -- observing, renewing, closing ------------------------------------------------
-
-    def wake_waiters(self) -> None:
-        """Wake every thread waiting in :meth:`acquire` or :meth:`wait_before_retry` to
-        re-check its ``cancelled`` event and timeout now (call it right after setting one)."""
-        with self._lock:
-            for waiter in self._waiters:
-                waiter.set()
-            for waiter in self._retry_waiters:
-                waiter.set()
 
     @property
     def stats(self) -> LimiterStats:
