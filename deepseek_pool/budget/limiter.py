@@ -62,8 +62,9 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import CancelledError
-from typing import Any, Callable, Deque, Optional, Set, Union
+from typing import Any, Callable, Deque, Dict, Mapping, Optional, Set, Union
 
+from ..errors import ConfigurationError
 from ..forks import ProcessBound, reset_after_fork
 from .peers import peers_of
 from .permit import LimiterStats, Permit
@@ -77,6 +78,7 @@ from .retries import (
     cool_down_jitter,
 )
 from .rules import BudgetConfig
+from .shares import SHARE_MARK, parse_shares
 from .storage import Storage
 from .storage_uri import storage_from_uri
 from .waiting import WaitingRoom
@@ -87,6 +89,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds an in-flight lease lasts unless renewed; renewed every third of it.
 DEFAULT_LEASE_SECONDS = 30.0
+#: Held while a limiter makes the limiter of one of its shares.
+_FAMILY_LOCK = threading.Lock()
 
 
 def _check_count(name: str, value: Any, minimum: int) -> int:
@@ -121,11 +125,19 @@ class Limiter(WaitingRoom, RetryGates, ProcessBound):
         ``seconds``-long cool-down or Retry-After wait (default
         :func:`~deepseek_pool.budget.retries.cool_down_jitter`); tests inject ``lambda s: 0.0``.
 
+    :param shares: guaranteed shares of the cap, ``{name: slots}`` (an int) or ``{name:
+        fraction}`` of the cap (a float from 0 to 1), for example ``{"interactive": 4,
+        "batch": 0}``: a share's guaranteed slots are never taken by calls of another,
+        and what no guarantee holds is everyone's (:mod:`~deepseek_pool.budget.shares` has
+        the rule, and how a guarantee follows the adaptive cap). Needs ``max_in_flight``.
+    :param share: the share this limiter's calls take (None: none, so only the slots no
+        share is guaranteed); :meth:`for_share` gives the limiter of another share.
+
     Limiters of one process on one storage object and name wake each other's waiters.
-    They must agree on ``max_in_flight``: the ceiling is stored with the budget, and a
-    limiter that sets another is refused with a
-    :class:`~deepseek_pool.errors.ConfigurationError` naming both while calls run under
-    the first (a new ceiling takes over once none does).
+    They must agree on ``max_in_flight`` and ``shares``: both are stored with the
+    budget, and a limiter that sets others is refused with a
+    :class:`~deepseek_pool.errors.ConfigurationError` while calls run under the first
+    (new ones take over once none does).
     """
 
     def __init__(
@@ -141,6 +153,8 @@ class Limiter(WaitingRoom, RetryGates, ProcessBound):
         clock: Callable[[], float] = time.monotonic,
         wait: WaitFunction = threading.Event.wait,
         jitter: JitterFunction = cool_down_jitter,
+        shares: Optional[Mapping[str, float]] = None,
+        share: Optional[str] = None,
     ) -> None:
         if max_in_flight is not None:
             max_in_flight = _check_count("max_in_flight", max_in_flight, 1)
@@ -163,7 +177,14 @@ class Limiter(WaitingRoom, RetryGates, ProcessBound):
             raise ValueError(f"name must be a non-empty str, got {name!r}")
         if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) or not lease_seconds > 0:
             raise ValueError(f"lease_seconds must be a positive number of seconds, got {lease_seconds!r}")
-        self._config = BudgetConfig(max_in_flight, rpm, tpm, retry_budget)
+        parsed = () if shares is None else parse_shares(shares, max_in_flight)
+        self._config = BudgetConfig(max_in_flight, rpm, tpm, retry_budget, parsed)
+        self._shares = None if shares is None else dict(shares)
+        self._check_share(share)  # before the storage is opened
+        self.share = share
+        self._lease_suffix = "" if share is None else SHARE_MARK + share
+        #: this limiter and those :meth:`for_share` made of it, by share: one budget's members
+        self._family: Dict[Optional[str], Limiter] = {share: self}
         self._owns_storage = not isinstance(storage, Storage)
         self.storage = storage_from_uri(storage, clock=clock)
         self.name = name
@@ -218,12 +239,64 @@ class Limiter(WaitingRoom, RetryGates, ProcessBound):
         """The retry budget's capacity (None: off)."""
         return self._config.retry_budget
 
+    @property
+    def shares(self) -> Optional[Dict[str, float]]:
+        """The guaranteed shares as given, ``{name: slots or fraction}`` (None: none)."""
+        return None if self._shares is None else dict(self._shares)
+
+    def _check_share(self, share: Optional[str]) -> None:
+        if share is None:
+            return
+        names = [known.name for known in self._config.shares]
+        if not names:
+            raise ConfigurationError(f"share={share!r} needs a Limiter with shares=, and this one has none")
+        if share not in names:
+            raise ConfigurationError(f"unknown share {share!r}: this Limiter's shares are {', '.join(names)}")
+
+    def for_share(self, share: Optional[str]) -> Limiter:
+        """The limiter of this budget whose calls take ``share`` (None: no share).
+
+        It is made once per share and kept: the same limits, storage and name (so the same
+        budget), its own queue of waiters, so a share's calls never wait behind another's.
+        Give it to a pool or a client (``DeepSeekPool(share=...)`` and
+        ``DeepSeekClient(share=...)`` do so); it is closed with this limiter.
+
+        :raises ConfigurationError: ``share`` is not one of :attr:`shares`.
+        """
+        family = self._family
+        member = family.get(share)
+        if member is None:
+            self._check_share(share)
+            with _FAMILY_LOCK:
+                member = family.get(share)
+                if member is None:
+                    member = Limiter(
+                        self.max_in_flight,
+                        self.rpm,
+                        self.tpm,
+                        retry_budget=self.retry_budget,
+                        storage=self.storage,
+                        name=self.name,
+                        lease_seconds=self.lease_seconds,
+                        clock=self._clock,
+                        wait=self._wait,
+                        jitter=self._jitter,
+                        shares=self.shares,
+                        share=share,
+                    )
+                    member._owns_storage = self._owns_storage
+                    member._family = family
+                    family[share] = member
+        return member
+
     def __repr__(self) -> str:
         config = self._config
         text = (
             f"Limiter(max_in_flight={config.max_in_flight!r}, rpm={config.rpm!r}, "
             f"tpm={config.tpm!r}, retry_budget={config.retry_budget!r}"
         )
+        if config.shares:
+            text += f", shares={self.shares!r}, share={self.share!r}"
         if not self._owns_storage or self.storage.shared:
             text += f", storage={self.storage!r}, name={self.name!r}"
         return text + ")"
@@ -239,7 +312,7 @@ class Limiter(WaitingRoom, RetryGates, ProcessBound):
         grows with the number of threads). Leases that must be renewed are recorded by
         :meth:`_hold`.
         """
-        lease_id = f"{self._lease_prefix}:{next(self._lease_ids)}"
+        lease_id = f"{self._lease_prefix}:{next(self._lease_ids)}{self._lease_suffix}"
         delay = self.storage.start(self.name, self._config, tokens, lease_id, self.lease_seconds)
         if delay > 0.0:
             return delay
@@ -257,6 +330,7 @@ class Limiter(WaitingRoom, RetryGates, ProcessBound):
         *,
         timeout: Optional[float] = None,
         cancelled: Optional[threading.Event] = None,
+        share: Optional[str] = None,
     ) -> Permit:
         """Block until every gate allows a call to start; return its :class:`Permit`.
 
@@ -266,9 +340,14 @@ class Limiter(WaitingRoom, RetryGates, ProcessBound):
         :param cancelled: an event that, once set, makes the wait give up (it is
             checked at least every :data:`CANCEL_POLL_INTERVAL` seconds, and at once
             after :meth:`wake_waiters`).
+        :param share: the share the call takes (None: this limiter's own); it waits in
+            the queue of :meth:`for_share`'s limiter, whose permit it returns.
         :raises TimeoutError: the timeout passed first.
         :raises concurrent.futures.CancelledError: ``cancelled`` was set first (or on entry).
+        :raises ConfigurationError: ``share`` is not one of :attr:`shares`.
         """
+        if share is not None and share != self.share:
+            return self.for_share(share).acquire(tokens, timeout=timeout, cancelled=cancelled)
         self._check_process()
         if tokens.__class__ is not int or tokens < 0:
             tokens = _check_count("tokens", tokens, 0)
@@ -308,6 +387,10 @@ class Limiter(WaitingRoom, RetryGates, ProcessBound):
         :raises ValueError: the permit came from another limiter.
         """
         if permit._limiter is not self:
+            granter = permit._limiter
+            if isinstance(granter, Limiter) and self._family.get(granter.share) is granter:
+                granter.release(permit, tokens_used=tokens_used, retries=retries, ok=ok)
+                return
             raise ValueError("this permit was granted by another Limiter")
         if tokens_used is not None and (tokens_used.__class__ is not int or tokens_used < 0):
             tokens_used = _check_count("tokens_used", tokens_used, 0)
@@ -348,18 +431,28 @@ class Limiter(WaitingRoom, RetryGates, ProcessBound):
 
     @property
     def stats(self) -> LimiterStats:
-        """A consistent snapshot of the counters (the budget's from one transaction)."""
+        """A consistent snapshot of the counters (the budget's from one transaction; this
+        limiter's own summed with those :meth:`for_share` made of it or its maker)."""
+        waiting = throttled = timeouts = cancellations = 0
+        wait_seconds = 0.0
+        for member in list(self._family.values()):
+            with member._lock:
+                waiting += len(member._waiters)
+                throttled += member._throttled
+                wait_seconds += member._wait_seconds
+                timeouts += member._timeouts
+                cancellations += member._cancellations
         with self._lock:
             shared = self.storage.snapshot(self.name, self._config)
             return LimiterStats(
                 in_flight=shared.in_flight,
                 started=shared.started,
                 finished=shared.finished,
-                waiting=len(self._waiters),
-                throttled=self._throttled,
-                wait_seconds=self._wait_seconds,
-                timeouts=self._timeouts,
-                cancellations=self._cancellations,
+                waiting=waiting,
+                throttled=throttled,
+                wait_seconds=wait_seconds,
+                timeouts=timeouts,
+                cancellations=cancellations,
                 cool_downs=shared.cool_downs,
                 cooling_for=shared.cooling_for,
                 retries=shared.retries,
@@ -382,8 +475,10 @@ class Limiter(WaitingRoom, RetryGates, ProcessBound):
             self.storage.renew(self.name, held, self.lease_seconds)
 
     def close(self) -> None:
-        """Stop renewing leases and close the storage if this limiter opened it."""
-        self._closed.set()
+        """Stop renewing leases (this limiter's and its shares' limiters') and close the
+        storage if this limiter opened it."""
+        for member in list(self._family.values()):
+            member._closed.set()
         if self._owns_storage:
             self.storage.close()
 

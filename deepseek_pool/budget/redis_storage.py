@@ -67,8 +67,8 @@ import redis.exceptions
 
 from ..errors import ConfigurationError, StorageUnavailable
 from ..forks import reset_after_fork
-from .redis_scripts import PRELUDE, SCRIPTS, script_constants
-from .rules import BudgetConfig, CoolingDelay, RateLimitSignal, ceiling_conflict
+from .redis_scripts import PRELUDE, SCRIPTS, config_args, script_constants
+from .rules import BudgetConfig, CoolingDelay, RateLimitSignal, budget_conflict
 from .storage import BudgetSnapshot, MemoryStorage, Storage
 
 __all__ = ["ON_STORAGE_ERROR", "RedisStorage"]
@@ -163,10 +163,7 @@ class RedisStorage(Storage):
     def _run(self, op: str, name: str, config: Optional[BudgetConfig], args: List[Any]) -> Any:
         """Run one script (raises what Redis raised; the caller decides what unreachable means)."""
         now = "" if self._test_clock is None else repr(float(self._test_clock()))
-        if config is None:
-            limits = ["", "", "", ""]
-        else:
-            limits = [_opt(config.max_in_flight), _opt(config.rpm), _opt(config.tpm), _opt(config.retry_budget)]
+        limits = config_args(config)
         keys = [f"{{deepseek:{name}}}:state", f"{{deepseek:{name}}}:leases"]
         return self._scripts[op](keys=keys, args=[now, *limits, *self._constants, *args])
 
@@ -237,7 +234,7 @@ class RedisStorage(Storage):
             if text.startswith("cooling"):
                 return CoolingDelay(text.split()[1])
             if text.startswith("ceiling"):
-                raise ceiling_conflict(config.stored_ceiling, int(float(text.split()[1])))
+                raise budget_conflict(config, int(float(text.split()[1])))
             return float(text)
         delay = self._local.start(name, config, tokens, lease, lease_seconds)
         if delay == 0.0:

@@ -21,7 +21,7 @@ import socket
 import sqlite3
 import threading
 import time
-from typing import Any, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from ..errors import ConfigurationError
 from ..forks import reset_after_fork
@@ -94,6 +94,14 @@ class _SQLiteState(BudgetState):
             )
         (count,) = db.execute("SELECT COUNT(*) FROM lease WHERE name = ?", (name,)).fetchone()
         return int(count)
+
+    def by_share(self, now: float) -> Dict[str, int]:
+        rows = self._db.execute(
+            "SELECT substr(id, instr(id, '/') + 1), COUNT(*) FROM lease"
+            " WHERE name = ? AND expires > ? AND instr(id, '/') > 0 GROUP BY 1",
+            (self._name, now),
+        )
+        return dict(rows)
 
     def add(self, lease: Lease) -> None:
         self._db.execute(

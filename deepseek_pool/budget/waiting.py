@@ -16,7 +16,7 @@ import contextlib
 import math
 import threading
 from concurrent.futures import CancelledError
-from typing import Callable, Deque, Optional, Set, Union
+from typing import Any, Callable, Deque, Dict, Optional, Set, Union
 
 from .permit import Permit
 from .retries import CANCEL_POLL_INTERVAL, SHARED_POLL_INTERVAL, JitterFunction, WaitFunction
@@ -42,6 +42,7 @@ class WaitingRoom:
     _wait_seconds: float
     _timeouts: int
     _cancellations: int
+    _family: Dict[Any, Any]  # the limiters of this budget's shares, this one among them
 
     def _try_start(self, tokens: int) -> Union[Permit, float]:
         raise NotImplementedError
@@ -152,8 +153,9 @@ class WaitingRoom:
     def wake_waiters(self) -> None:
         """Wake every thread waiting in :meth:`acquire` or :meth:`wait_before_retry` to
         re-check its ``cancelled`` event and timeout now (call it right after setting one)."""
-        with self._lock:
-            for waiter in self._waiters:
-                waiter.set()
-            for waiter in self._retry_waiters:
-                waiter.set()
+        for member in list(self._family.values()):
+            with member._lock:
+                for waiter in member._waiters:
+                    waiter.set()
+                for waiter in member._retry_waiters:
+                    waiter.set()

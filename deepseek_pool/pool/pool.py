@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 
 from ..budget.limiter import Limiter
 from ..client import DeepSeekClient
+from ..errors import ConfigurationError
 from ..forks import ProcessBound, reset_after_fork
 from ..messages import Messages
 from ..models import ModelPrice
@@ -78,6 +79,9 @@ class DeepSeekPool(ProcessBound):
     :param retry_budget: capacity of the retry budget (None: never refuse a retry).
     :param limiter: a :class:`~deepseek_pool.budget.limiter.Limiter` to share with other pools
         (then ``max_in_flight``/``rpm``/``tpm``/``retry_budget`` must not be given).
+    :param share: the guaranteed share of ``limiter``'s budget that this pool's calls take
+        (one of its ``shares``, say ``"batch"``); the pool runs on
+        ``limiter.for_share(share)``, which :attr:`limiter` then is.
     :param executor: an executor to run calls on; the pool never shuts it down.
     :param window: most requests of one ``as_completed``/``map`` submitted but unfinished
         (default ``2 * max_workers``).
@@ -143,6 +147,7 @@ class DeepSeekPool(ProcessBound):
         collect_interval: float = COLLECT_INTERVAL,
         gc_threshold: Union[str, int, None] = _NOT_GIVEN,
         warm_prefix: Union[bool, WarmPrefix] = False,
+        share: Optional[str] = None,
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
@@ -152,6 +157,10 @@ class DeepSeekPool(ProcessBound):
             raise TypeError(f"warm_prefix must be True, False or a WarmPrefix, got {warm_prefix!r}")
         if limiter is not None and (max_in_flight is not None or rpm is not None or tpm is not None):
             raise ValueError("give either limiter= or max_in_flight/rpm/tpm, not both")
+        if share is not None:
+            if limiter is None:
+                raise ConfigurationError(f"share={share!r} needs limiter=, a Limiter with shares=")
+            limiter = limiter.for_share(share)  # an unknown share is refused here, before anything is sent
         if (
             isinstance(collect_interval, bool)
             or not isinstance(collect_interval, (int, float))
