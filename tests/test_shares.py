@@ -454,3 +454,39 @@ def test_every_storage_decides_as_the_rule_does(storages: StorageFactory) -> Non
         release_all(limiter, permits)
     assert limiter.stats.in_flight == 0
     limiter.close()
+
+
+# -- the cap cell's shares part (benchmarks/cap_shares.py) at a tiny size ---------------------------
+
+
+def test_the_cap_cells_shares_part_runs_every_arm() -> None:
+    """The benchmark cannot rot: each arm answers every call, under the server's cap, and reports."""
+    from dataclasses import asdict
+
+    from benchmarks import cap, cap_shares, harness, report
+
+    mixed = cap_shares.SharesCell(
+        phase=40,
+        batch_processes=2,
+        batch_workers=4,
+        quiet=0.3,
+        interactive_rate=20.0,
+        interactive_workers=2,
+        interactive_share=0.34,
+        settle=0.2,
+    )
+    cell = cap.CapCell(n=0, cap=6, processes=2, workers=4, latency=0.02, ceiling=12, mixed=mixed)
+    with harness.LoadServer() as server:
+        rows = cap.run_cell(cell, [], 1, server=server, timeout=60.0, env=harness.child_env(), cwd=harness.REPO)
+    assert [row["arm"] for row in rows] == list(cap_shares.ARMS)
+    for row in rows:
+        assert "error" not in row, row
+        assert row["interactive_calls"] > 0 and not row["interactive_errors"], row
+        assert row["max_answering"] <= cell.cap
+        if row["arm"] != "interactive":
+            assert row["ok"] == row["n"] == 2 * mixed.phase and row["wrong"] == 0, row
+            assert row["busy"] > 0 and row["efficiency"] > 0 and len(row["cap_after_quiet"]) == 2
+    summary = cap.summarize(rows)
+    text = "\n".join(cap_shares.table(summary, asdict(cell)))
+    assert "Shares: the same server" in text and all(label in text for label in cap_shares.ARM_LABELS.values())
+    assert report.cap_table(summary, asdict(cell))[-1].startswith("|---")  # the cap table leaves them out
