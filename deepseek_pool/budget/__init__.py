@@ -6,7 +6,8 @@ process that wake each other's waiters, :mod:`~deepseek_pool.budget.peers`) with
 :class:`~deepseek_pool.budget.permit.Permit` and stats (:mod:`~deepseek_pool.budget.permit`)
 and its gates after a failure (:mod:`~deepseek_pool.budget.retries`: cool-down, the wait
 before a retry, the retry budget); the rules of a budget as pure functions over its state
-(:mod:`~deepseek_pool.budget.rules`); and the storages that hold that state for one process
+(:mod:`~deepseek_pool.budget.rules`, and those of its guaranteed shares,
+:mod:`~deepseek_pool.budget.shares`); and the storages that hold that state for one process
 (:mod:`~deepseek_pool.budget.storage`), one machine (:mod:`~deepseek_pool.budget.sqlite_storage`)
 or many (:mod:`~deepseek_pool.budget.redis_storage` and its Lua,
 :mod:`~deepseek_pool.budget.redis_scripts`), chosen by URI
