@@ -60,14 +60,14 @@ INTERACTIVE_OFFSET = 10_000_000
 class SharesCell:
     """The shares part of a cap cell (the server's cap, latency and ceiling are the cell's)."""
 
-    phase: int = 2000  # batch calls in each of the two phases
+    phase: int = 3000  # batch calls in each of the two phases
     batch_processes: int = 3
     batch_workers: int = 64
     weights: Tuple[int, ...] = (1,)
     quiet: float = 3.0  # seconds between the phases, the batch idle
     interactive_rate: float = 10.0  # calls a second, Poisson
     interactive_workers: int = 16
-    interactive_share: float = 0.08  # of the cap, guaranteed (8 of 100)
+    interactive_share: float = 0.06  # of the cap, guaranteed (6 of 100: 3x the 2 calls it runs on average)
     #: seconds from the start in which the budget learns the cap from the first 429s (a cool-down
     #: holds every call then, interactive ones too); the steady-state latency leaves them out
     settle: float = 1.0

@@ -84,9 +84,7 @@ end
 
 -- shares.lease_share: the share of a lease id, nil for none
 local function share_of(id)
-  local mark = string.find(id, '/', 1, true)
-  if mark then return string.sub(id, mark + 1) end
-  return nil
+  return string.match(id, '/([^/]*)$')
 end
 
 -- one more (1) or one fewer (-1) lease of a share in flight

@@ -50,7 +50,7 @@ __all__ = ["Share", "admits", "guaranteed", "lease_share", "parse_shares", "shar
 
 #: What a share's name may hold: it travels in lease ids, SQL and Lua unescaped.
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-#: Between a lease id and the name of its share; lease ids hold none of it otherwise.
+#: Between a lease id and the name of its share (which holds none).
 SHARE_MARK = "/"
 #: A guarantee's slots are rounded down; this much under a whole number is float rounding.
 _ROUNDING = 1e-9
@@ -110,8 +110,8 @@ def shares_key(shares: Tuple[Share, ...]) -> int:
 
 
 def lease_share(lease_id: str) -> str:
-    """The share a lease was taken for ('' for none), from its id."""
-    mark = lease_id.find(SHARE_MARK)
+    """The share a lease was taken for ('' for none): the end of its id, after the last mark."""
+    mark = lease_id.rfind(SHARE_MARK)
     return "" if mark < 0 else lease_id[mark + 1 :]
 
 

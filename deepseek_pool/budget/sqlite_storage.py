@@ -96,8 +96,10 @@ class _SQLiteState(BudgetState):
         return int(count)
 
     def by_share(self, now: float) -> Dict[str, int]:
+        # A lease's share follows the last '/' of its id (shares.lease_share): rtrim strips
+        # every character but '/' from the end, leaving the id up to that slash.
         rows = self._db.execute(
-            "SELECT substr(id, instr(id, '/') + 1), COUNT(*) FROM lease"
+            "SELECT substr(id, length(rtrim(id, replace(id, '/', ''))) + 1), COUNT(*) FROM lease"
             " WHERE name = ? AND expires > ? AND instr(id, '/') > 0 GROUP BY 1",
             (self._name, now),
         )
