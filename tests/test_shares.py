@@ -293,6 +293,23 @@ def test_fractions_of_the_cap(storages: StorageFactory) -> None:
     limiter.close()
 
 
+def test_a_limiter_and_its_share_limiters_are_one_to_close_and_to_count(tmp_path: Path) -> None:
+    shares = {"interactive": 2, "batch": 0}
+    limiter = Limiter(max_in_flight=3, shares=shares, storage=f"sqlite:///{tmp_path}/budget.db", name="x")
+    batch = limiter.for_share("batch")
+    assert limiter.for_share("batch") is batch and batch.for_share("batch") is batch
+    assert batch.for_share(None) is limiter and batch.storage is limiter.storage
+    held = batch.acquire(timeout=5)
+    with pytest.raises(TimeoutError):
+        limiter.acquire(share="batch", timeout=0)  # 3 - 2 guaranteed to interactive: one batch call ...
+    assert limiter.stats.timeouts == 1 and batch.stats.timeouts == 1  # ... counted where it waited, seen by both
+    limiter.release(held)
+    assert batch._renewer is not None and batch._renewer.is_alive()
+    limiter.close()
+    batch._renewer.join(timeout=5)
+    assert not batch._renewer.is_alive()  # the share's lease renewer stops with its maker
+
+
 # -- one truth: conflicting shares, bad input -----------------------------------------------------
 
 

@@ -64,7 +64,6 @@ from collections import deque
 from concurrent.futures import CancelledError
 from typing import Any, Callable, Deque, Dict, Mapping, Optional, Set, Union
 
-from ..errors import ConfigurationError
 from ..forks import ProcessBound, reset_after_fork
 from .peers import peers_of
 from .permit import LimiterStats, Permit
@@ -78,7 +77,7 @@ from .retries import (
     cool_down_jitter,
 )
 from .rules import BudgetConfig
-from .shares import SHARE_MARK, parse_shares
+from .shares import SHARE_MARK, check_share, parse_shares
 from .storage import Storage
 from .storage_uri import storage_from_uri
 from .waiting import WaitingRoom
@@ -180,7 +179,7 @@ class Limiter(WaitingRoom, RetryGates, ProcessBound):
         parsed = () if shares is None else parse_shares(shares, max_in_flight)
         self._config = BudgetConfig(max_in_flight, rpm, tpm, retry_budget, parsed)
         self._shares = None if shares is None else dict(shares)
-        self._check_share(share)  # before the storage is opened
+        check_share(self._config.shares, share)  # before the storage is opened
         self.share = share
         self._lease_suffix = "" if share is None else SHARE_MARK + share
         #: this limiter and those :meth:`for_share` made of it, by share: one budget's members
@@ -244,15 +243,6 @@ class Limiter(WaitingRoom, RetryGates, ProcessBound):
         """The guaranteed shares as given, ``{name: slots or fraction}`` (None: none)."""
         return None if self._shares is None else dict(self._shares)
 
-    def _check_share(self, share: Optional[str]) -> None:
-        if share is None:
-            return
-        names = [known.name for known in self._config.shares]
-        if not names:
-            raise ConfigurationError(f"share={share!r} needs a Limiter with shares=, and this one has none")
-        if share not in names:
-            raise ConfigurationError(f"unknown share {share!r}: this Limiter's shares are {', '.join(names)}")
-
     def for_share(self, share: Optional[str]) -> Limiter:
         """The limiter of this budget whose calls take ``share`` (None: no share).
 
@@ -266,7 +256,7 @@ class Limiter(WaitingRoom, RetryGates, ProcessBound):
         family = self._family
         member = family.get(share)
         if member is None:
-            self._check_share(share)
+            check_share(self._config.shares, share)
             with _FAMILY_LOCK:
                 member = family.get(share)
                 if member is None:

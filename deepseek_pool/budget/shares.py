@@ -46,7 +46,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import ConfigurationError
 
-__all__ = ["Share", "admits", "guaranteed", "lease_share", "parse_shares", "shares_key", "shares_spec"]
+__all__ = ["Share", "admits", "check_share", "guaranteed", "lease_share", "parse_shares", "shares_key", "shares_spec"]
 
 #: What a share's name may hold: it travels in lease ids, SQL and Lua unescaped.
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -97,6 +97,17 @@ def parse_shares(shares: Any, max_in_flight: Optional[int]) -> Tuple[Share, ...]
             f"({slots:g} slots and {fractions:g} of the cap): lower them or raise max_in_flight"
         )
     return tuple(sorted(parsed, key=lambda share: share.name))
+
+
+def check_share(shares: Tuple[Share, ...], share: Optional[str]) -> None:
+    """Refuse a ``share=`` that names none of ``shares`` (None, no share, is always fine)."""
+    if share is None:
+        return
+    names = [known.name for known in shares]
+    if not names:
+        raise ConfigurationError(f"share={share!r} needs a Limiter with shares=, and this one has none")
+    if share not in names:
+        raise ConfigurationError(f"unknown share {share!r}: this Limiter's shares are {', '.join(names)}")
 
 
 def shares_spec(shares: Tuple[Share, ...]) -> str:
