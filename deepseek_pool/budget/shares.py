@@ -28,7 +28,8 @@ the cap, given as one (a float from 0 to 1) or as slots of ``max_in_flight`` (an
 ``C`` rounded down, and at least one slot for a share guaranteed anything. So
 ``interactive: 4`` of 10 is 4 slots while the cap is 10, 2 after a 429 named a cap of 5,
 1 at a cap of 2 -- and the slots that no guarantee holds shrink in the same proportion,
-so a batch is never shut out by a guarantee that the configuration left room beside.
+so a batch that the configuration left room beside a guarantee keeps some while the cap
+has a slot more than the shares guaranteed anything (at a cap of 1, that share has it).
 Shares need ``max_in_flight``, and together may guarantee at most all of it.
 
 Nothing here waits or reads a clock: these are pure functions that
