@@ -19,7 +19,11 @@ the common start, which every process waits for, to the last process's last answ
 against the ideal ``n * latency / cap``. Every wait is bounded; every child is killed
 at the end.
 
-Run alone: ``python -m benchmarks.cap [--n 4000] [--arms shared,split,alone]``.
+A cell with ``mixed`` (a :class:`~benchmarks.cap_shares.SharesCell`) runs the shares part
+too (:mod:`benchmarks.cap_shares`: an interactive pool beside an uneven batch with a quiet
+spell, with and without guaranteed shares).
+
+Run alone: ``python -m benchmarks.cap [--n 4000] [--arms shared,split,alone,interactive,mixed,mixed-unshared]``.
 A child is ``python -m benchmarks.cap --child '<spec json>'`` (the harness starts them).
 """
 
@@ -38,7 +42,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from benchmarks import protocol
+from benchmarks import cap_shares, protocol
+from benchmarks.cap_shares import SharesCell
 
 ARMS = ("shared", "split", "alone")
 ARM_LABELS = {
@@ -63,6 +68,8 @@ class CapCell:
     #: the ``max_in_flight`` of the shared arm: above the real cap (the account's cap fell with its balance)
     ceiling: int = 200
     weights: Tuple[int, ...] = (4, 3, 2, 1)
+    #: the shares part, an interactive pool beside a batch (None: not run)
+    mixed: Optional[SharesCell] = None
 
     @property
     def ideal(self) -> float:
@@ -81,8 +88,8 @@ class CapCell:
         return {"latency": self.latency, "jitter": self.jitter, "max_concurrency": self.cap, "seed": seed}
 
 
-FULL_CAP = CapCell()
-QUICK_CAP = CapCell(n=1600, latency=0.1)
+FULL_CAP = CapCell(mixed=SharesCell())
+QUICK_CAP = CapCell(n=1600, latency=0.1, mixed=SharesCell(phase=800, quiet=2.0))
 
 
 def _limiter(spec: Dict[str, Any]) -> Any:
@@ -256,7 +263,8 @@ def run_arm(
 
 
 def summarize(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Per arm, the run with the median makespan (so that its counts add up), and how many runs failed."""
+    """Per arm, the run with the median makespan (so that its counts add up), and how many runs failed;
+    then the shares part's arms (:func:`benchmarks.cap_shares.summarize`)."""
     out = []
     for arm in ARMS:
         mine = [r for r in rows if r["arm"] == arm]
@@ -269,7 +277,7 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         middle = dict(good[len(good) // 2])
         middle.update(runs=len(mine), failed_runs=len(mine) - len(good))
         out.append(middle)
-    return out
+    return out + cap_shares.summarize(rows)
 
 
 def run_cell(
@@ -283,11 +291,20 @@ def run_cell(
     cwd: Path,
     log: Optional[Callable[[str], None]] = None,
 ) -> List[Dict[str, Any]]:
-    """Every arm ``reps`` times, interleaved; the raw rows."""
+    """Every arm ``reps`` times, interleaved; the raw rows. A cell with ``mixed`` runs the
+    shares part's arms too, unless ``arms`` names some of them."""
+    plan = list(arms)
+    if cell.mixed is not None and not set(plan) & set(cap_shares.ARMS):
+        plan += cap_shares.ARMS
     rows = []
     for rep in range(reps):
-        for arm in arms:
-            row = run_arm(server, cell, arm, rep, timeout=timeout, env=env, cwd=cwd)
+        for arm in plan:
+            if arm in cap_shares.ARMS:
+                if cell.mixed is None:
+                    raise ValueError(f"arm {arm!r} needs a cell with mixed=SharesCell(...)")
+                row = cap_shares.run_arm(server, cell, cell.mixed, arm, rep, timeout=timeout, env=env, cwd=cwd)
+            else:
+                row = run_arm(server, cell, arm, rep, timeout=timeout, env=env, cwd=cwd)
             rows.append(row)
             if log:
                 log(describe(row))
@@ -295,6 +312,8 @@ def run_cell(
 
 
 def describe(row: Dict[str, Any]) -> str:
+    if row["arm"] in cap_shares.ARMS:
+        return cap_shares.describe(row)
     if "error" in row:
         return f"cap     {row['arm']:17} rep {row['rep']}: FAILED {row['error']}"
     return (
@@ -307,22 +326,27 @@ def describe(row: Dict[str, Any]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cap", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--shares-child", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=FULL_CAP.n)
     parser.add_argument("--latency", type=float, default=FULL_CAP.latency)
     parser.add_argument("--even", action="store_true", help="equal shares instead of 4:3:2:1")
-    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--arms", default=",".join(ARMS + cap_shares.ARMS))
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
     if args.child:
         return child(json.loads(args.child))
+    if args.shares_child:
+        return cap_shares.child(json.loads(args.shares_child))
     from benchmarks import harness
 
-    cell = CapCell(n=args.n, latency=args.latency, weights=(1,) if args.even else FULL_CAP.weights)
+    arms = [a.strip() for a in args.arms.split(",")]
+    mixed = FULL_CAP.mixed if set(arms) & set(cap_shares.ARMS) else None
+    cell = CapCell(n=args.n, latency=args.latency, weights=(1,) if args.even else FULL_CAP.weights, mixed=mixed)
     with harness.LoadServer() as server:
         rows = run_cell(
             cell,
-            [a.strip() for a in args.arms.split(",")],
+            arms,
             args.reps,
             server=server,
             timeout=args.timeout,

@@ -11,7 +11,7 @@ import platform
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from benchmarks import storage_cost
+from benchmarks import cap_shares, storage_cost
 from benchmarks.cap import ARM_LABELS
 from benchmarks.contenders import CONTENDERS
 from benchmarks.harness import Cell, Figures
@@ -213,7 +213,9 @@ def cap_table(summary: Sequence[Dict[str, Any]], cell: Optional[Dict[str, Any]])
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in summary:
-        label = ARM_LABELS.get(row["arm"], row["arm"])
+        if row["arm"] not in ARM_LABELS:
+            continue  # the shares part's arms have a table of their own (cap_shares.table)
+        label = ARM_LABELS[row["arm"]]
         if "makespan" not in row:
             lines.append(f"| {label} | {DASH} | all {row['runs']} runs failed: {row['error']} | | | | | |")
             continue
@@ -305,6 +307,7 @@ def markdown(
         ]
         out += [*scale_table(scale), ""]
     out += [*cap_table(cap, meta.get("cap_cell")), ""]
+    out += [*cap_shares.table(cap, meta.get("cap_cell")), ""]
     if storage:
         out += [
             "Storage cost: one Limiter (a ceiling never reached), acquire + release in a loop; at 64 threads the "

@@ -112,6 +112,8 @@ class DeepSeekClient(SizedConnections, ProcessBound):
         deadline), give it back when the call or the stream ends, and feed it their 429s
         and retries as a pool's calls do. A pool's calls through this client take none
         here: their pool's limiter already holds one (give the pool this limiter too).
+    :param share: the guaranteed share of ``limiter``'s budget that direct calls take
+        (``limiter.for_share(share)`` becomes :attr:`limiter`).
     :param shared_stream_reader: read streams that nobody watches chunk by chunk
         (``chat(stream=True)`` without ``on_chunk``, a pool's streams without its
         ``on_chunk``) on the process's one stream reader thread, which serves every
@@ -146,7 +148,12 @@ class DeepSeekClient(SizedConnections, ProcessBound):
         limiter: Optional[Limiter] = None,
         telemetry: TelemetryLike = None,
         cache: CacheLike = None,
+        share: Optional[str] = None,
     ) -> None:
+        if share is not None:  # refused before anything is made
+            if not isinstance(limiter, Limiter):
+                raise ConfigurationError(f"share={share!r} needs limiter=, a Limiter with shares=")
+            limiter = limiter.for_share(share)
         key = api_key if api_key is not None else os.environ.get(config.ENV_API_KEY)
         if not key:
             raise ConfigurationError(

@@ -17,8 +17,7 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
-from deepseek_pool.budget import limiter as limits
-from deepseek_pool.budget import retries
+from deepseek_pool.budget import retries, waiting
 from deepseek_pool.budget import rules as budget
 from deepseek_pool.budget.limiter import Limiter, LimiterStats, Permit
 from deepseek_pool.budget.sqlite_storage import SQLiteStorage
@@ -666,7 +665,7 @@ def test_cancelling_a_waiter_returns_promptly() -> None:
 
 
 def test_wake_waiters_makes_cancellation_immediate_and_keeps_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(limits, "CANCEL_POLL_INTERVAL", 30.0)  # polling alone would be far too slow
+    monkeypatch.setattr(waiting, "CANCEL_POLL_INTERVAL", 30.0)  # polling alone would be far too slow
     limiter = Limiter(max_in_flight=1)
     held = limiter.acquire()
     cancel = threading.Event()

@@ -36,9 +36,10 @@ lease that the limiter renews while its call runs; a process that dies gives its
 back within ``lease_seconds`` (for sqlite, at each call's deadline, ``acquire(ends_within=)``).
 
 Waiting threads of one limiter form a FIFO queue: only the head one watches the clock
-(and, for a shared storage, polls it), so a start wakes one thread rather than all.
+(and, for a shared storage, polls it), so a start wakes one thread rather than all
+(the queue is the base class :class:`~deepseek_pool.budget.waiting.WaitingRoom`).
 
-This module holds admission (acquire, release, the queue) and the lease renewer; what
+This module holds admission (acquire, release) and the lease renewer; what
 follows a failure (cool-down, the wait before a retry, the retry budget) is the base class
 :class:`~deepseek_pool.budget.retries.RetryGates`, and the :class:`Permit` and
 :class:`LimiterStats` it hands out live in :mod:`deepseek_pool.budget.permit`.
@@ -52,7 +53,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
@@ -62,25 +62,25 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import CancelledError
-from typing import Any, Callable, Deque, Optional, Set, Union
+from typing import Any, Callable, Deque, Dict, Mapping, Optional, Set, Union
 
 from ..forks import ProcessBound, reset_after_fork
 from .peers import peers_of
 from .permit import LimiterStats, Permit
 from .retries import (
-    CANCEL_POLL_INTERVAL,
     DEFAULT_RETRY_BUDGET,
     NO_RETRY_INCREMENT,
     RETRY_COST,
-    SHARED_POLL_INTERVAL,
     JitterFunction,
     RetryGates,
     WaitFunction,
     cool_down_jitter,
 )
-from .rules import BudgetConfig, CoolingDelay
+from .rules import BudgetConfig
+from .shares import SHARE_MARK, check_share, parse_shares
 from .storage import Storage
 from .storage_uri import storage_from_uri
+from .waiting import WaitingRoom
 
 __all__ = ["Limiter", "LimiterStats", "Permit"]
 
@@ -88,6 +88,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds an in-flight lease lasts unless renewed; renewed every third of it.
 DEFAULT_LEASE_SECONDS = 30.0
+#: Held while a limiter makes the limiter of one of its shares.
+_FAMILY_LOCK = threading.Lock()
 
 
 def _check_count(name: str, value: Any, minimum: int) -> int:
@@ -99,7 +101,7 @@ def _check_count(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-class Limiter(RetryGates, ProcessBound):
+class Limiter(WaitingRoom, RetryGates, ProcessBound):
     """Gates that decide when a call may start; share one across threads, pools, processes.
 
     :param max_in_flight: the ceiling of the adaptive in-flight cap (None: no ceiling).
@@ -122,11 +124,19 @@ class Limiter(RetryGates, ProcessBound):
         ``seconds``-long cool-down or Retry-After wait (default
         :func:`~deepseek_pool.budget.retries.cool_down_jitter`); tests inject ``lambda s: 0.0``.
 
+    :param shares: guaranteed shares of the cap, ``{name: slots}`` (an int) or ``{name:
+        fraction}`` of the cap (a float from 0 to 1), for example ``{"interactive": 4,
+        "batch": 0}``: a share's guaranteed slots are never taken by calls of another,
+        and what no guarantee holds is everyone's (:mod:`~deepseek_pool.budget.shares` has
+        the rule, and how a guarantee follows the adaptive cap). Needs ``max_in_flight``.
+    :param share: the share this limiter's calls take (None: none, so only the slots no
+        share is guaranteed); :meth:`for_share` gives the limiter of another share.
+
     Limiters of one process on one storage object and name wake each other's waiters.
-    They must agree on ``max_in_flight``: the ceiling is stored with the budget, and a
-    limiter that sets another is refused with a
-    :class:`~deepseek_pool.errors.ConfigurationError` naming both while calls run under
-    the first (a new ceiling takes over once none does).
+    They must agree on ``max_in_flight`` and ``shares``: both are stored with the
+    budget, and a limiter that sets others is refused with a
+    :class:`~deepseek_pool.errors.ConfigurationError` while calls run under the first
+    (new ones take over once none does).
     """
 
     def __init__(
@@ -142,6 +152,8 @@ class Limiter(RetryGates, ProcessBound):
         clock: Callable[[], float] = time.monotonic,
         wait: WaitFunction = threading.Event.wait,
         jitter: JitterFunction = cool_down_jitter,
+        shares: Optional[Mapping[str, float]] = None,
+        share: Optional[str] = None,
     ) -> None:
         if max_in_flight is not None:
             max_in_flight = _check_count("max_in_flight", max_in_flight, 1)
@@ -164,7 +176,14 @@ class Limiter(RetryGates, ProcessBound):
             raise ValueError(f"name must be a non-empty str, got {name!r}")
         if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) or not lease_seconds > 0:
             raise ValueError(f"lease_seconds must be a positive number of seconds, got {lease_seconds!r}")
-        self._config = BudgetConfig(max_in_flight, rpm, tpm, retry_budget)
+        parsed = () if shares is None else parse_shares(shares, max_in_flight)
+        self._config = BudgetConfig(max_in_flight, rpm, tpm, retry_budget, parsed)
+        self._shares = None if shares is None else dict(shares)
+        check_share(self._config.shares, share)  # before the storage is opened
+        self.share = share
+        self._lease_suffix = "" if share is None else SHARE_MARK + share
+        #: this limiter and those :meth:`for_share` made of it, by share: one budget's members
+        self._family: Dict[Optional[str], Limiter] = {share: self}
         self._owns_storage = not isinstance(storage, Storage)
         self.storage = storage_from_uri(storage, clock=clock)
         self.name = name
@@ -219,12 +238,55 @@ class Limiter(RetryGates, ProcessBound):
         """The retry budget's capacity (None: off)."""
         return self._config.retry_budget
 
+    @property
+    def shares(self) -> Optional[Dict[str, float]]:
+        """The guaranteed shares as given, ``{name: slots or fraction}`` (None: none)."""
+        return None if self._shares is None else dict(self._shares)
+
+    def for_share(self, share: Optional[str]) -> Limiter:
+        """The limiter of this budget whose calls take ``share`` (None: no share).
+
+        It is made once per share and kept: the same limits, storage and name (so the same
+        budget), its own queue of waiters, so a share's calls never wait behind another's.
+        Give it to a pool or a client (``DeepSeekPool(share=...)`` and
+        ``DeepSeekClient(share=...)`` do so); it is closed with this limiter.
+
+        :raises ConfigurationError: ``share`` is not one of :attr:`shares`.
+        """
+        family = self._family
+        member = family.get(share)
+        if member is None:
+            check_share(self._config.shares, share)
+            with _FAMILY_LOCK:
+                member = family.get(share)
+                if member is None:
+                    member = Limiter(
+                        self.max_in_flight,
+                        self.rpm,
+                        self.tpm,
+                        retry_budget=self.retry_budget,
+                        storage=self.storage,
+                        name=self.name,
+                        lease_seconds=self.lease_seconds,
+                        clock=self._clock,
+                        wait=self._wait,
+                        jitter=self._jitter,
+                        shares=self.shares,
+                        share=share,
+                    )
+                    member._owns_storage = self._owns_storage
+                    member._family = family
+                    family[share] = member
+        return member
+
     def __repr__(self) -> str:
         config = self._config
         text = (
             f"Limiter(max_in_flight={config.max_in_flight!r}, rpm={config.rpm!r}, "
             f"tpm={config.tpm!r}, retry_budget={config.retry_budget!r}"
         )
+        if config.shares:
+            text += f", shares={self.shares!r}, share={self.share!r}"
         if not self._owns_storage or self.storage.shared:
             text += f", storage={self.storage!r}, name={self.name!r}"
         return text + ")"
@@ -240,7 +302,7 @@ class Limiter(RetryGates, ProcessBound):
         grows with the number of threads). Leases that must be renewed are recorded by
         :meth:`_hold`.
         """
-        lease_id = f"{self._lease_prefix}:{next(self._lease_ids)}"
+        lease_id = f"{self._lease_prefix}:{next(self._lease_ids)}{self._lease_suffix}"
         ends_within = None if ends_by is None else max(0.0, ends_by - self._clock())
         delay = self.storage.start(self.name, self._config, tokens, lease_id, self.lease_seconds, ends_within)
         if delay > 0.0:
@@ -260,6 +322,7 @@ class Limiter(RetryGates, ProcessBound):
         timeout: Optional[float] = None,
         cancelled: Optional[threading.Event] = None,
         ends_within: Optional[float] = None,
+        share: Optional[str] = None,
     ) -> Permit:
         """Block until every gate allows a call to start; return its :class:`Permit`.
 
@@ -272,9 +335,14 @@ class Limiter(RetryGates, ProcessBound):
         :param ends_within: seconds from now by which the call will have ended (its
             deadline), if known: a process that dies holding the slot gives it back then,
             as DeepSeek may work on its request until then (sqlite; else at the lease's end).
+        :param share: the share the call takes (None: this limiter's own); it waits in
+            the queue of :meth:`for_share`'s limiter, whose permit it returns.
         :raises TimeoutError: the timeout passed first.
         :raises concurrent.futures.CancelledError: ``cancelled`` was set first (or on entry).
+        :raises ConfigurationError: ``share`` is not one of :attr:`shares`.
         """
+        if share is not None and share != self.share:
+            return self.for_share(share).acquire(tokens, timeout=timeout, cancelled=cancelled, ends_within=ends_within)
         self._check_process()
         if tokens.__class__ is not int or tokens < 0:
             tokens = _check_count("tokens", tokens, 0)
@@ -293,108 +361,6 @@ class Limiter(RetryGates, ProcessBound):
                         self._hold(granted)
                 return granted
         return self._acquire_slow(tokens, timeout, cancelled, ends_by)
-
-    def _acquire_slow(
-        self, tokens: int, timeout: Optional[float], cancelled: Optional[threading.Event], ends_by: Optional[float]
-    ) -> Permit:
-        clock = self._clock
-        lock = self._lock
-        waiters = self._waiters
-        begin = clock()
-        deadline = None if timeout is None else begin + timeout
-        waiter = threading.Event()
-        outcome = "interrupted"
-        # The end of the latest cool-down this waiter met, and its own start after it (jittered).
-        seen_cool_end = not_before = -math.inf
-        out_of_turn = False
-        with lock:
-            waiters.append(waiter)
-        try:
-            while True:
-                with lock:
-                    # Cleared under the lock, so a set() that follows is never missed.
-                    waiter.clear()
-                    head = waiters[0] is waiter
-                    if self._cool_end > seen_cool_end and begin < self._cool_end:
-                        # Held by a cool-down: start at its end plus a jitter of this waiter's
-                        # own, in turn or not, so that the starts it held spread out.
-                        seen_cool_end = self._cool_end
-                        not_before = seen_cool_end + self._jitter(seen_cool_end - begin)
-                        out_of_turn = True
-                    early = not_before - clock()
-                    if early > 0.0:
-                        delay = early
-                    elif head or out_of_turn:
-                        out_of_turn = False
-                        granted = self._try_start(tokens, ends_by)
-                        if isinstance(granted, Permit):
-                            if self.storage.leases_expire:
-                                self._hold(granted)
-                            if head:
-                                waiters.popleft()
-                                if waiters:
-                                    waiters[0].set()
-                            else:
-                                waiters.remove(waiter)
-                            granted.waited = clock() - begin
-                            self._throttled += 1
-                            self._wait_seconds += granted.waited
-                            outcome = "granted"
-                            return granted
-                        delay = granted
-                        if delay.__class__ is CoolingDelay:
-                            # Every waiter of this limiter draws its own end of this cool-down.
-                            self._cool_end = max(self._cool_end, clock() + delay)
-                            for other in waiters:
-                                other.set()
-                            continue
-                        if not head:
-                            delay = math.inf
-                        elif self.storage.shared and delay > SHARED_POLL_INTERVAL:
-                            delay = SHARED_POLL_INTERVAL  # another process may release first
-                    else:
-                        delay = math.inf
-                if cancelled is not None:
-                    if cancelled.is_set():
-                        outcome = "cancelled"
-                        raise CancelledError("limiter wait cancelled")
-                    if delay > CANCEL_POLL_INTERVAL:
-                        delay = CANCEL_POLL_INTERVAL
-                if deadline is not None:
-                    remaining = deadline - clock()
-                    if remaining <= 0.0:
-                        outcome = "timeout"
-                        raise TimeoutError(f"no start allowed within {timeout} s ({self!r})")
-                    if remaining < delay:
-                        delay = remaining
-                self._wait(waiter, None if delay == math.inf else delay)
-        finally:
-            if outcome != "granted":
-                with lock:
-                    self._leave(waiter)
-                    self._throttled += 1
-                    self._wait_seconds += clock() - begin
-                    if outcome == "timeout":
-                        self._timeouts += 1
-                    elif outcome == "cancelled":
-                        self._cancellations += 1
-
-    def _wake_head(self) -> None:
-        if self._waiters:
-            with self._lock:
-                if self._waiters:
-                    self._waiters[0].set()
-
-    def _leave(self, waiter: threading.Event) -> None:
-        """Take ``waiter`` out of the queue; if it was the head, wake the next one."""
-        waiters = self._waiters
-        if waiters and waiters[0] is waiter:
-            waiters.popleft()
-            if waiters:
-                waiters[0].set()
-        else:
-            with contextlib.suppress(ValueError):
-                waiters.remove(waiter)
 
     def release(
         self,
@@ -417,6 +383,10 @@ class Limiter(RetryGates, ProcessBound):
         :raises ValueError: the permit came from another limiter.
         """
         if permit._limiter is not self:
+            granter = permit._limiter
+            if isinstance(granter, Limiter) and self._family.get(granter.share) is granter:
+                granter.release(permit, tokens_used=tokens_used, retries=retries, ok=ok)
+                return
             raise ValueError("this permit was granted by another Limiter")
         if tokens_used is not None and (tokens_used.__class__ is not int or tokens_used < 0):
             tokens_used = _check_count("tokens_used", tokens_used, 0)
@@ -455,29 +425,30 @@ class Limiter(RetryGates, ProcessBound):
 
     # -- observing, renewing, closing ------------------------------------------------
 
-    def wake_waiters(self) -> None:
-        """Wake every thread waiting in :meth:`acquire` or :meth:`wait_before_retry` to
-        re-check its ``cancelled`` event and timeout now (call it right after setting one)."""
-        with self._lock:
-            for waiter in self._waiters:
-                waiter.set()
-            for waiter in self._retry_waiters:
-                waiter.set()
-
     @property
     def stats(self) -> LimiterStats:
-        """A consistent snapshot of the counters (the budget's from one transaction)."""
+        """A consistent snapshot of the counters (the budget's from one transaction; this
+        limiter's own summed with those :meth:`for_share` made of it or its maker)."""
+        waiting = throttled = timeouts = cancellations = 0
+        wait_seconds = 0.0
+        for member in list(self._family.values()):
+            with member._lock:
+                waiting += len(member._waiters)
+                throttled += member._throttled
+                wait_seconds += member._wait_seconds
+                timeouts += member._timeouts
+                cancellations += member._cancellations
         with self._lock:
             shared = self.storage.snapshot(self.name, self._config)
             return LimiterStats(
                 in_flight=shared.in_flight,
                 started=shared.started,
                 finished=shared.finished,
-                waiting=len(self._waiters),
-                throttled=self._throttled,
-                wait_seconds=self._wait_seconds,
-                timeouts=self._timeouts,
-                cancellations=self._cancellations,
+                waiting=waiting,
+                throttled=throttled,
+                wait_seconds=wait_seconds,
+                timeouts=timeouts,
+                cancellations=cancellations,
                 cool_downs=shared.cool_downs,
                 cooling_for=shared.cooling_for,
                 retries=shared.retries,
@@ -501,8 +472,10 @@ class Limiter(RetryGates, ProcessBound):
             self.storage.renew(self.name, held, self.lease_seconds)
 
     def close(self) -> None:
-        """Stop renewing leases and close the storage if this limiter opened it."""
-        self._closed.set()
+        """Stop renewing leases (this limiter's and its shares' limiters') and close the
+        storage if this limiter opened it."""
+        for member in list(self._family.values()):
+            member._closed.set()
         if self._owns_storage:
             self.storage.close()
 

@@ -7,11 +7,12 @@ truth. Plain text, no redis-py: :mod:`deepseek_pool.budget.redis_storage` regist
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 from . import rules as budget
+from . import shares as share_rules
 
-__all__ = ["KEY_TTL", "PRELUDE", "SCRIPTS", "script_constants"]
+__all__ = ["KEY_TTL", "PRELUDE", "SCRIPTS", "config_args", "script_constants"]
 
 #: Seconds a budget's keys live after their last write (a budget unused that long starts afresh).
 KEY_TTL = 7 * 24 * 3600
@@ -19,9 +20,14 @@ KEY_TTL = 7 * 24 * 3600
 #
 # KEYS[1] state hash, KEYS[2] lease set.
 # ARGV[1] now ('' = Redis's TIME), ARGV[2..5] max_in_flight, rpm, tpm, retry_budget ('' = none),
-# ARGV[6..10] DECREASE_FACTOR, NAMED_CAP_HOLD, INCREASE_PATIENCE, SPORADIC_COOL_DOWN, token epsilon,
-# ARGV[11] KEY_TTL; the operation's own arguments follow from ARGV[12].
+# ARGV[6..7] the shares (shares.shares_spec, '' = none) and their key (shares.shares_key),
+# ARGV[8..12] DECREASE_FACTOR, NAMED_CAP_HOLD, INCREASE_PATIENCE, SPORADIC_COOL_DOWN, token epsilon,
+# ARGV[13] KEY_TTL, ARGV[14] shares._ROUNDING; the operation's own arguments follow from ARGV[15].
 # Numbers leave as strings: Redis would truncate a Lua number to an integer.
+#
+# Calls in flight per share are fields 'in:<share>' of the state hash, kept by every
+# operation that adds or removes a lease (a lease's share is the end of its id, after
+# shares.SHARE_MARK), so that the shares' rule needs no scan of the lease set.
 
 PRELUDE = """
 -- Redis 4: replicate the writes, not the script (it reads TIME); a no-op from Redis 5 on.
@@ -38,17 +44,23 @@ end
 local function opt(v) if v == nil or v == '' then return nil end return tonumber(v) end
 local max_in_flight, rpm, tpm, retry_budget = opt(ARGV[2]), opt(ARGV[3]), opt(ARGV[4]), opt(ARGV[5])
 local ceiling = max_in_flight or inf
-local DECREASE, HOLD, PATIENCE = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local SPORADIC, EPSILON, TTL = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local A = 12
+local SHARES, shares_key = {}, tonumber(ARGV[7]) or 0
+for name, fraction in string.gmatch(ARGV[6], '([^;]+):([^:;]+)') do
+  SHARES[#SHARES + 1] = {name, tonumber(fraction)}
+end
+local DECREASE, HOLD, PATIENCE = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local SPORADIC, EPSILON, TTL = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local ROUNDING = tonumber(ARGV[14])
+local A = 15
 
 -- the state; an infinite value is an absent field, and so is an unfilled tpm bucket
-local s = {max_in_flight = -1, cap = inf, cap_hold_until = -inf, successes = 0, next_start = -inf, tpm_level = nil,
-           tpm_last = -inf, cool_until = -inf, retry_hold_until = -inf, budget_left = -1, started = 0,
-           finished = 0, cool_downs = 0, rate_limited = 0, retries = 0, retries_refused = 0, tokens_used = 0}
-local FIELDS = {'max_in_flight', 'cap', 'cap_hold_until', 'successes', 'next_start', 'tpm_level', 'tpm_last',
-                'cool_until', 'retry_hold_until', 'budget_left', 'started', 'finished', 'cool_downs', 'rate_limited',
-                'retries', 'retries_refused', 'tokens_used'}
+local s = {max_in_flight = -1, shares_key = 0, cap = inf, cap_hold_until = -inf, successes = 0, next_start = -inf,
+           tpm_level = nil, tpm_last = -inf, cool_until = -inf, retry_hold_until = -inf, budget_left = -1,
+           started = 0, finished = 0, cool_downs = 0, rate_limited = 0, retries = 0, retries_refused = 0,
+           tokens_used = 0}
+local FIELDS = {'max_in_flight', 'shares_key', 'cap', 'cap_hold_until', 'successes', 'next_start', 'tpm_level',
+                'tpm_last', 'cool_until', 'retry_hold_until', 'budget_left', 'started', 'finished', 'cool_downs',
+                'rate_limited', 'retries', 'retries_refused', 'tokens_used'}
 local raw = redis.call('HGETALL', state_key)
 for i = 1, #raw, 2 do s[raw[i]] = tonumber(raw[i + 1]) end
 
@@ -70,9 +82,52 @@ local function save()
   redis.call('EXPIRE', state_key, TTL)
 end
 
+-- shares.lease_share: the share of a lease id, nil for none
+local function share_of(id)
+  return string.match(id, '/([^/]*)$')
+end
+
+-- one more (1) or one fewer (-1) lease of a share in flight
+local function tally(share, by)
+  local field = 'in:' .. share
+  s[field] = (s[field] or 0) + by
+  redis.call('HINCRBY', state_key, field, by)
+end
+
 local function alive()
-  redis.call('ZREMRANGEBYSCORE', leases_key, '-inf', now)
-  return redis.call('ZCARD', leases_key)
+  local gone = redis.call('ZRANGEBYSCORE', leases_key, '-inf', now)
+  if #gone > 0 then
+    for _, id in ipairs(gone) do
+      local share = share_of(id)
+      if share then tally(share, -1) end
+    end
+    redis.call('ZREMRANGEBYSCORE', leases_key, '-inf', now)
+  end
+  local count = redis.call('ZCARD', leases_key)
+  if count == 0 then  -- nothing in flight: no share has anything either (whatever a lost key left)
+    for field, value in pairs(s) do
+      if value ~= 0 and string.sub(field, 1, 3) == 'in:' then
+        s[field] = 0
+        redis.call('HDEL', state_key, field)
+      end
+    end
+  end
+  return count
+end
+
+-- shares.admits: whether a call of share (nil: none) may start, in_flight < cap
+local function admits(cap, in_flight, share)
+  local occupied = in_flight
+  for _, known in ipairs(SHARES) do
+    local name, slots = known[1], 0
+    if known[2] > 0 then slots = math.max(1, math.floor(known[2] * cap + ROUNDING)) end  -- shares.guaranteed
+    local used = s['in:' .. name] or 0
+    if used < slots then
+      if name == share then return true end
+      occupied = occupied + slots - used
+    end
+  end
+  return occupied < cap
 end
 
 -- budget.fill
@@ -104,17 +159,21 @@ _START = """
 local tokens, lease, lease_seconds = tonumber(ARGV[A]), ARGV[A + 1], tonumber(ARGV[A + 2])
 fill()
 local mine = max_in_flight or 0
-if s.max_in_flight ~= mine then
+if s.max_in_flight ~= mine or s.shares_key ~= shares_key then
   if s.max_in_flight >= 0 and alive() > 0 then
     save()
     return 'ceiling ' .. num(s.max_in_flight)
   end
   s.max_in_flight = mine
+  s.shares_key = shares_key
 end
 local cap = cap_of()
-if cap ~= inf and alive() >= cap then
-  save()
-  return 'inf'
+if cap ~= inf then
+  local in_flight = alive()
+  if in_flight >= cap or (#SHARES > 0 and not admits(cap, in_flight, share_of(lease))) then
+    save()
+    return 'inf'
+  end
 end
 local delay, cooling = s.cool_until - now, true
 if rpm ~= nil then
@@ -135,6 +194,8 @@ if delay > 0 then
 end
 redis.call('ZADD', leases_key, now + lease_seconds, lease)
 redis.call('EXPIRE', leases_key, TTL)
+local share = share_of(lease)
+if share then tally(share, 1) end
 s.started = s.started + 1
 if rpm ~= nil then s.next_start = now + 60.0 / rpm end
 if tpm ~= nil then s.tpm_level = s.tpm_level - tokens end
@@ -150,7 +211,10 @@ fill()
 local grow = ok and s.cap < ceiling and now >= s.cap_hold_until
 local in_use = 0
 if grow then in_use = alive() end
-redis.call('ZREM', leases_key, lease)
+if redis.call('ZREM', leases_key, lease) == 1 then
+  local share = share_of(lease)
+  if share then tally(share, -1) end
+end
 s.finished = s.finished + 1
 if used ~= nil then
   s.tokens_used = s.tokens_used + used
@@ -262,6 +326,24 @@ SCRIPTS = {
 }
 
 
+def config_args(config: Optional[budget.BudgetConfig]) -> List[str]:
+    """A limiter's configuration as the scripts' ARGV[2..7] (all '' for an operation that needs none)."""
+    if config is None:
+        return ["", "", "", "", "", "0"]
+    return [
+        _opt(config.max_in_flight),
+        _opt(config.rpm),
+        _opt(config.tpm),
+        _opt(config.retry_budget),
+        share_rules.shares_spec(config.shares),
+        str(config.shares_key),
+    ]
+
+
+def _opt(value: Optional[float]) -> str:
+    return "" if value is None else repr(value)
+
+
 def script_constants() -> List[str]:
     return [
         repr(budget.DECREASE_FACTOR),
@@ -270,4 +352,5 @@ def script_constants() -> List[str]:
         repr(budget.SPORADIC_COOL_DOWN),
         repr(budget._TOKEN_EPSILON),
         str(KEY_TTL),
+        repr(share_rules._ROUNDING),
     ]

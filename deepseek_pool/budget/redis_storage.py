@@ -88,8 +88,8 @@ import redis.exceptions
 
 from ..errors import ConfigurationError, RetryBudgetExceeded, StorageUnavailable
 from ..forks import reset_after_fork
-from .redis_scripts import PRELUDE, SCRIPTS, script_constants
-from .rules import BudgetConfig, CoolingDelay, RateLimitSignal, ceiling_conflict
+from .redis_scripts import PRELUDE, SCRIPTS, config_args, script_constants
+from .rules import BudgetConfig, CoolingDelay, RateLimitSignal, budget_conflict
 from .storage import BudgetSnapshot, MemoryStorage, Storage
 
 __all__ = ["ON_STORAGE_ERROR", "RedisStorage"]
@@ -254,10 +254,7 @@ class RedisStorage(Storage):
     def _run(self, op: str, name: str, config: Optional[BudgetConfig], args: List[Any]) -> Any:
         """Run one script (raises what Redis raised; the caller decides what unreachable means)."""
         now = "" if self._test_clock is None else repr(float(self._test_clock()))
-        if config is None:
-            limits = ["", "", "", ""]
-        else:
-            limits = [_opt(config.max_in_flight), _opt(config.rpm), _opt(config.tpm), _opt(config.retry_budget)]
+        limits = config_args(config)
         keys = [f"{{deepseek:{name}}}:state", f"{{deepseek:{name}}}:leases"]
         script = self._scripts[op]
         try:
@@ -398,7 +395,7 @@ class RedisStorage(Storage):
             if text.startswith("cooling"):
                 return CoolingDelay(text.split()[1])
             if text.startswith("ceiling"):
-                raise ceiling_conflict(config.stored_ceiling, int(float(text.split()[1])))
+                raise budget_conflict(config, int(float(text.split()[1])))
             delay = float(text)
             with self._lock:
                 running = self._running.setdefault(name, (lease_seconds, set()))[1]

@@ -18,7 +18,8 @@ What the state holds:
   AIMD limit does: a cap that nobody fills has learnt nothing about the account;
 * the ceiling itself, stored with the budget: every sharer must configure the same
   ``max_in_flight`` (a different one is refused, naming both), and a new one takes
-  over only once no call of the budget is in flight;
+  over only once no call of the budget is in flight; the same holds for its guaranteed
+  shares (:mod:`~deepseek_pool.budget.shares` has their rule, which :func:`try_start` applies);
 * the start spacing (``rpm``), which retries take too (:func:`pace`), and the token
   bucket (``tpm``);
 * the cool-down after a 429: new starts wait; retries too, when the 429 was about
@@ -32,9 +33,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import ConfigurationError
+from . import shares as share_rules
+from .shares import Share
 
 __all__ = [
     "BudgetConfig",
@@ -42,6 +45,7 @@ __all__ = [
     "CoolingDelay",
     "Lease",
     "RateLimitSignal",
+    "budget_conflict",
     "ceiling_conflict",
     "rate_limit_signal",
 ]
@@ -71,15 +75,20 @@ class BudgetConfig:
     rpm: Optional[float] = None
     tpm: Optional[int] = None
     retry_budget: Optional[int] = None
+    #: guaranteed shares of the cap (:mod:`~deepseek_pool.budget.shares`), sorted by name
+    shares: Tuple[Share, ...] = ()
     #: ``max_in_flight`` as the cap's ceiling (inf: none); a field, not a property,
     #: because the rules read it inside the storage's lock on every call.
     ceiling: float = field(init=False, repr=False, compare=False)
     #: ``max_in_flight`` as the budget stores it (0: none); see :func:`try_start`.
     stored_ceiling: int = field(init=False, repr=False, compare=False)
+    #: the shares as the budget stores them (:func:`~deepseek_pool.budget.shares.shares_key`; 0: none)
+    shares_key: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ceiling", math.inf if self.max_in_flight is None else float(self.max_in_flight))
         object.__setattr__(self, "stored_ceiling", self.max_in_flight or 0)
+        object.__setattr__(self, "shares_key", share_rules.shares_key(self.shares))
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,7 @@ class BudgetState:
 
     SCALARS = (
         "max_in_flight",
+        "shares_key",
         "cap",
         "cap_hold_until",
         "successes",
@@ -157,6 +167,7 @@ class BudgetState:
 
     def __init__(self) -> None:
         self.max_in_flight = -1  # the ceiling its sharers agreed on (0: none; -1: not yet set)
+        self.shares_key = 0  # the shares they agreed on (0: none)
         self.cap = math.inf
         self.cap_hold_until = -math.inf
         self.successes = 0.0
@@ -174,10 +185,15 @@ class BudgetState:
         self.retries_refused = 0
         self.tokens_used = 0
 
-    # -- leases (storages override these four) --------------------------------------
+    # -- leases (storages override these five) --------------------------------------
 
     def alive(self, now: float) -> int:
         """How many leases have not expired at ``now`` (expired ones may be dropped)."""
+        raise NotImplementedError
+
+    def by_share(self, now: float) -> Mapping[str, int]:
+        """Leases not expired at ``now`` per share name (:func:`~deepseek_pool.budget.shares.lease_share`
+        of their ids; those of no share may be left out). Asked only after :meth:`alive`."""
         raise NotImplementedError
 
     def add(self, lease: Lease) -> None:
@@ -271,15 +287,23 @@ def try_start(state: BudgetState, config: BudgetConfig, now: float, tokens: int,
     """
     if state.budget_left < 0 or config.tpm is not None or state.cap > config.ceiling:  # else fill has nothing to do
         fill(state, config, now)
-    if state.max_in_flight != config.stored_ceiling:
-        # One ceiling per budget: a sharer configured otherwise is refused, not obeyed in
-        # silence; a new ceiling takes over once nothing runs under the old one.
+    if state.max_in_flight != config.stored_ceiling or state.shares_key != config.shares_key:
+        # One ceiling and one set of shares per budget: a sharer configured otherwise is
+        # refused, not obeyed in silence; new ones take over once nothing runs under the old.
         if state.max_in_flight >= 0 and state.alive(now) > 0:
-            raise ceiling_conflict(config.stored_ceiling, state.max_in_flight)
+            raise budget_conflict(config, state.max_in_flight)
         state.max_in_flight = config.stored_ceiling
+        state.shares_key = config.shares_key
     cap = state.cap
-    if cap != math.inf and state.alive(now) >= cap_of(state):
-        return math.inf
+    if cap != math.inf:
+        in_flight = state.alive(now)
+        limit = cap_of(state)
+        if in_flight >= limit:
+            return math.inf
+        if config.shares and not share_rules.admits(
+            config.shares, limit, in_flight, state.by_share(now), share_rules.lease_share(lease.id)
+        ):
+            return math.inf
     delay = state.cool_until - now
     cooling = True
     if config.rpm is not None:
@@ -402,6 +426,18 @@ def pace(state: BudgetState, config: BudgetConfig, now: float) -> float:
         return gap
     state.next_start = now + 60.0 / config.rpm
     return 0.0
+
+
+def budget_conflict(config: BudgetConfig, stored_ceiling: int) -> ConfigurationError:
+    """The error for a limiter whose ceiling or shares differ from its budget's."""
+    if stored_ceiling != config.stored_ceiling:
+        return ceiling_conflict(config.stored_ceiling, stored_ceiling)
+    mine = {share.name: share.fraction for share in config.shares}
+    return ConfigurationError(
+        f"this Limiter has shares={mine or None!r}, but its budget (same storage and name) runs with other "
+        "shares, set by another Limiter whose calls are in flight: give every sharer the same shares, or a "
+        "different name (new shares take over once no call of the budget runs)"
+    )
 
 
 def ceiling_conflict(mine: int, stored: int) -> ConfigurationError:

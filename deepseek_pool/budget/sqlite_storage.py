@@ -42,7 +42,7 @@ import socket
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar
 from urllib.parse import parse_qsl
 
 from ..errors import ConfigurationError, StorageUnavailable
@@ -142,6 +142,17 @@ class _SQLiteState(BudgetState):
                 return expires <= now  # alive: its renewals say
             return (expires if deadline is None else deadline) <= now  # dead: DeepSeek may work on until then
         return max(expires, -math.inf if deadline is None else deadline) <= now  # cannot tell: both
+
+    def by_share(self, now: float) -> Dict[str, int]:
+        # Called after alive(), which deleted the leases that ended: every lease left counts.
+        # A lease's share follows the last '/' of its id (shares.lease_share): rtrim strips
+        # every character but '/' from the end, leaving the id up to that slash.
+        rows = self._db.execute(
+            "SELECT substr(id, length(rtrim(id, replace(id, '/', ''))) + 1), COUNT(*) FROM lease"
+            " WHERE name = ? AND instr(id, '/') > 0 GROUP BY 1",
+            (self._name,),
+        )
+        return dict(rows)
 
     def add(self, lease: Lease) -> None:
         self._db.execute(

@@ -35,6 +35,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, Optional, Tup
 from ..forks import ProcessBound, reset_after_fork
 from . import rules as budget
 from .rules import BudgetConfig, BudgetState, Lease, RateLimitSignal
+from .shares import SHARE_MARK, lease_share
 
 __all__ = [
     "BudgetSnapshot",
@@ -260,6 +261,8 @@ class _MemoryState(BudgetState):
         #: counts of ungated starts and finishes not yet added to the scalars, each
         #: ``(started, finished, tokens_used, earned, retry_budget)``; see MemoryStorage.
         self.unsettled: Deque[Tuple[int, int, int, int, Optional[int]]] = deque()
+        #: leases per share, for the shares' rule (only gated starts have a share)
+        self.shares: Dict[str, int] = {}
 
     def settle(self) -> None:
         """Add the ungated starts' and finishes' counts to the scalars (the caller holds the lock)."""
@@ -275,11 +278,23 @@ class _MemoryState(BudgetState):
     def alive(self, now: float) -> int:
         return len(self.leases)
 
+    def by_share(self, now: float) -> Dict[str, int]:
+        if not self.leases:
+            self.shares.clear()
+        return self.shares
+
     def add(self, lease: Lease) -> None:
         self.leases[lease.id] = lease
+        if SHARE_MARK in lease.id:
+            share = lease_share(lease.id)
+            self.shares[share] = self.shares.get(share, 0) + 1
 
     def drop(self, lease_id: str) -> bool:
-        return self.leases.pop(lease_id, None) is not None
+        gone = self.leases.pop(lease_id, None) is not None
+        if gone and SHARE_MARK in lease_id:
+            share = lease_share(lease_id)
+            self.shares[share] = self.shares.get(share, 1) - 1
+        return gone
 
     def renew(self, lease_ids: Any, expires: float) -> None:
         pass
@@ -401,6 +416,7 @@ class MemoryStorage(TransactionalStorage):
         self._pid = os.getpid()
         for state in self._states.values():
             state.leases.clear()
+            state.shares.clear()
 
     def __repr__(self) -> str:
         return "MemoryStorage()"

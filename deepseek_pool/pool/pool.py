@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 from ..budget.limiter import Limiter
 from ..cache.response_cache import CacheLike, ResponseCache, open_cache
 from ..client import DeepSeekClient
+from ..errors import ConfigurationError
 from ..forks import ProcessBound, reset_after_fork
 from ..messages import Messages
 from ..models import ModelPrice
@@ -80,6 +81,9 @@ class DeepSeekPool(ProcessBound):
     :param retry_budget: capacity of the retry budget (None: never refuse a retry).
     :param limiter: a :class:`~deepseek_pool.budget.limiter.Limiter` to share with other pools
         (then ``max_in_flight``/``rpm``/``tpm``/``retry_budget`` must not be given).
+    :param share: the guaranteed share of ``limiter``'s budget that this pool's calls take
+        (one of its ``shares``, say ``"batch"``); the pool runs on
+        ``limiter.for_share(share)``, which :attr:`limiter` then is.
     :param executor: an executor to run calls on; the pool never shuts it down.
     :param window: most requests of one ``as_completed``/``map`` submitted but unfinished
         (default ``2 * max_workers``).
@@ -159,6 +163,7 @@ class DeepSeekPool(ProcessBound):
         warm_prefix: Union[bool, WarmPrefix] = False,
         off_peak_only: Union[bool, OffPeakOnly] = False,
         cache: CacheLike = None,
+        share: Optional[str] = None,
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
@@ -170,6 +175,10 @@ class DeepSeekPool(ProcessBound):
             raise TypeError(f"off_peak_only must be True, False or an OffPeakOnly, got {off_peak_only!r}")
         if limiter is not None and (max_in_flight is not None or rpm is not None or tpm is not None):
             raise ValueError("give either limiter= or max_in_flight/rpm/tpm, not both")
+        if share is not None:
+            if limiter is None:
+                raise ConfigurationError(f"share={share!r} needs limiter=, a Limiter with shares=")
+            limiter = limiter.for_share(share)  # an unknown share is refused here, before anything is sent
         if (
             isinstance(collect_interval, bool)
             or not isinstance(collect_interval, (int, float))
