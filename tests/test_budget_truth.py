@@ -319,7 +319,7 @@ def client_for(server: Scripted, **kwargs: Any) -> dp.DeepSeekClient:
 @pytest.mark.parametrize("direct", [False, True], ids=["pool", "direct"])
 def test_rpm_spaces_a_calls_retries_at_the_server(storages: StorageFactory, direct: bool) -> None:
     script = lambda n: status(503, "busy") if n < 2 else ok(n)  # noqa: E731 -- two 503s, then the answer
-    limiter = Limiter(rpm=300, storage=storages(None), name=uuid.uuid4().hex)  # 0.2 s apart
+    limiter = Limiter(rpm=120, storage=storages(None), name=uuid.uuid4().hex)  # 0.5 s apart
     with Scripted(script) as server:
         client = client_for(server, limiter=limiter if direct else None)
         if direct:
@@ -330,7 +330,10 @@ def test_rpm_spaces_a_calls_retries_at_the_server(storages: StorageFactory, dire
         client.close()
     gaps = [later - earlier for earlier, later in zip(server.arrivals, server.arrivals[1:])]
     assert len(gaps) == 2
-    assert min(gaps) >= 0.2 * 0.9, gaps  # without pacing the retries arrive ~1 ms apart
+    # Pacing spaces the starts; the way to the server may add its own delay to one request and
+    # not the next (a loaded machine took 80 ms once), so the arrivals keep half the spacing.
+    # Without pacing the retries arrive ~1 ms apart.
+    assert min(gaps) >= 0.5 * 0.5, gaps
     limiter.close()
 
 

@@ -8,9 +8,10 @@ locks or reads a clock: ``now`` is passed in, which keeps every rule testable al
 
 What the state holds:
 
-* in-flight slots as *leases* (an id, an expiry, the owner's pid): a process that
-  dies gives its slots back when the leases expire, or at once where the storage
-  can see the process is gone;
+* in-flight slots as *leases* (an id, an expiry, the owner's pid and, where the
+  storage keeps it, the call's deadline): a process that dies gives its slots back
+  when DeepSeek can no longer be working on its requests -- at each call's deadline,
+  else when its leases expire -- never the moment it is seen gone;
 * the adaptive cap (AIMD): a 429 lowers it -- to the number DeepSeek names in its
   message ("concurrency limit of 39"), else multiplicatively when the message speaks
   of concurrency -- and successes raise it additively back toward the ceiling
