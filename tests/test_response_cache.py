@@ -7,6 +7,7 @@ never arrives.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -398,7 +399,7 @@ def test_entries_expire_after_the_ttl_on_the_injected_clock(fake: FakeDeepSeek) 
 
 
 def _rows(path: Path) -> Dict[str, bytes]:
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:  # a Connection's own with-block only commits
         return dict(db.execute("SELECT key, value FROM deepseek_response").fetchall())
 
 

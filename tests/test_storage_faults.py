@@ -14,6 +14,7 @@ The invariant over storages x faults x process models is tests/test_budget_matri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -155,7 +156,8 @@ def test_a_lease_of_another_pid_namespace_on_this_hostname_waits_for_its_expiry(
     # Same hostname, a pid that is dead here (it lived in "another namespace"): the old check
     # freed it at once. Its owner cannot be checked, so it lasts until its lease and deadline end.
     held = start_holder(children, db_path, "0000-other-boot/pid:4026531999", 0.6, "0.3", "-")
-    rows = sqlite3.connect(db_path).execute("SELECT host, scope FROM lease").fetchall()
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        rows = db.execute("SELECT host, scope FROM lease").fetchall()
     assert rows and all(host == socket.gethostname() and scope.startswith("0000-other") for host, scope in rows)
     observer = dp.Limiter(max_in_flight=2, storage=f"sqlite:///{db_path}", name="dying")
     seen = in_flight_over_time(observer, held, 1.5)
@@ -173,7 +175,8 @@ def test_an_older_database_gets_the_new_lease_columns_and_its_old_leases_wait_fo
     )
     old.close()
     storage = SQLiteStorage(db_path)
-    columns = {row[1] for row in sqlite3.connect(db_path).execute("PRAGMA table_info(lease)")}
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(lease)")}
     assert {"scope", "deadline"} <= columns
     # A lease written the old way after the upgrade (an older process still running): no scope.
     db = sqlite3.connect(db_path, isolation_level=None)
