@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from deepseek_pool import DeepSeekClient
+from deepseek_pool import APIConnectionError, DeepSeekClient
 from deepseek_pool.batch.progress import BatchProgress, Tally
 from deepseek_pool.batch.runner import Interrupter, run_batch
 from deepseek_pool.cli import run as cli_run
@@ -283,6 +283,47 @@ def test_a_drain_during_a_hold_sends_nothing() -> None:
         assert fake.stats.requests == 0
     assert results and all(isinstance(r.error, DrainStopped) for r in results)
     assert gate.resume_at == at(2026, 12, 7, 4, 0)
+
+
+def test_an_aborted_call_held_for_off_peak_stops_waiting_at_once_unsent() -> None:
+    gate = OffPeakOnly(clock=StandingClock(at(2026, 12, 7, 2, 0)))
+    with FakeDeepSeek() as fake, DeepSeekClient(KEY, base_url=fake.base_url) as client:
+        with DeepSeekPool(client, max_workers=2, off_peak_only=gate) as pool:
+            held = pool.submit("q")
+            for _ in range(250):  # the hold has begun once the gate knows when it ends
+                if gate.resume_at is not None:
+                    break
+                threading.Event().wait(0.02)
+            assert gate.resume_at == at(2026, 12, 7, 4, 0)
+            assert pool.abort(held)
+            with pytest.raises(APIConnectionError, match="aborted"):
+                held.result(timeout=2)  # before: held until the window's end
+        assert fake.stats.requests == 0
+
+
+def test_a_drain_while_warming_in_a_peak_ends_the_run_at_once_unsent() -> None:
+    gate = OffPeakOnly(clock=StandingClock(at(2026, 12, 7, 2, 0)))
+    system = {"role": "system", "content": "You are a careful assistant. " * 400}
+    requests = [[system, {"role": "user", "content": f"q{n}"}] for n in range(6)]
+    stop = threading.Event()
+    with FakeDeepSeek() as fake, DeepSeekClient(KEY, base_url=fake.base_url) as client:
+        with DeepSeekPool(client, max_workers=4, off_peak_only=gate, warm_prefix=True) as pool:
+            timer = threading.Timer(0.3, stop.set)
+            timer.start()
+            try:
+                finished = threading.Event()
+                results: List[Any] = []
+
+                def run() -> None:
+                    results.extend(pool.as_completed(requests, stop=stop))
+                    finished.set()
+
+                threading.Thread(target=run, daemon=True).start()
+                assert finished.wait(5), "the held warm-up kept the drained run waiting"
+            finally:
+                timer.cancel()
+        assert fake.stats.requests == 0
+    assert all(isinstance(r.error, DrainStopped) for r in results)
 
 
 def test_off_peak_only_is_checked() -> None:

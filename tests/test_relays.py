@@ -198,6 +198,24 @@ def test_pool_abort_breaks_a_running_call_and_drops_a_queued_one() -> None:
         assert not pool.abort(done)  # already finished
 
 
+def test_pool_abort_ends_a_call_waiting_for_the_limiter_at_once_unsent() -> None:
+    with (
+        thinking_fake() as fake,
+        dp.DeepSeekPool(dp.DeepSeekClient(KEY, base_url=fake.base_url), max_workers=2, max_in_flight=1) as pool,
+    ):
+        running = pool.submit("first")
+        waiting = pool.submit("second")
+        wait_until(lambda: fake.stats.in_flight == 1, 5, "the first call did not start")
+        wait_until(lambda: pool.limiter.stats.waiting == 1, 5, "the second call is not at the limiter")
+        assert pool.abort(waiting)
+        with pytest.raises(dp.APIConnectionError, match="aborted"):
+            waiting.result(timeout=CLOSED_WITHIN)  # before: refused only when the first ended (SILENCE s)
+        assert pool.abort(running)
+        with pytest.raises(dp.APIConnectionError):
+            running.result(timeout=CLOSED_WITHIN)
+        assert fake.stats.requests == 1
+
+
 def test_await_call_aborts_when_the_awaiting_task_is_cancelled() -> None:
     with (
         thinking_fake() as fake,

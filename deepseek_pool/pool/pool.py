@@ -250,6 +250,8 @@ class DeepSeekPool(ProcessBound):
         self._lock = threading.Lock()
         self._futures: set[cf.Future[Any]] = set()
         self._submit_handles: Dict[cf.Future[Any], CallHandle] = {}
+        #: each submitted call's own stop, set by abort() and close(cancel=True), so waits end at once
+        self._submit_stops: Dict[CallHandle, threading.Event] = {}
         self._submitted = 0
         self._done = 0
         self._ok = 0
@@ -272,6 +274,7 @@ class DeepSeekPool(ProcessBound):
         self._handles = {}
         self._futures = set()
         self._submit_handles = {}
+        self._submit_stops = {}
         if self._owns_executor:
             self._executor = cf.ThreadPoolExecutor(self.max_workers, thread_name_prefix="deepseek-pool")
 
@@ -352,7 +355,9 @@ class DeepSeekPool(ProcessBound):
         # operations, which CPython makes atomic, so they need no lock: taking the pool's
         # lock for them would add two more critical sections per item (see _finish).
         self._futures.discard(future)
-        self._submit_handles.pop(future, None)
+        handle = self._submit_handles.pop(future, None)
+        if handle is not None:
+            self._submit_stops.pop(handle, None)
         if future.cancelled():
             with self._lock:
                 self._cancelled += 1
@@ -374,6 +379,7 @@ class DeepSeekPool(ProcessBound):
             raise TypeError(f"{key!r} is a batch key; use as_completed()/map() for it")
         result = Result(-1, None, messages)
         handle = CallHandle()
+        stop = self._submit_stops[handle] = threading.Event()  # before the call can run: close() sets it
         future = self._executor.submit(
             contextvars.copy_context().run,
             run_submitted,
@@ -383,6 +389,7 @@ class DeepSeekPool(ProcessBound):
             cast("Dict[str, Any]", params),
             time.monotonic(),
             handle,
+            stop,
         )
         self._submit_handles[future] = handle  # before _track: its done-callback drops it
         self._track(future)
@@ -394,8 +401,8 @@ class DeepSeekPool(ProcessBound):
         Unlike ``future.cancel()``, which drops only a call that has not started, this also
         breaks a running call's connection (DeepSeek stops generating, and billing, when
         the connection goes) and refuses any further attempt: the future then raises an
-        :class:`~deepseek_pool.APIConnectionError` (``RetryCancelled``). A call
-        waiting for the limiter is refused when its turn comes, unsent. This is what a web
+        :class:`~deepseek_pool.APIConnectionError` (``RetryCancelled``). A call still
+        waiting (for the limiter, or for off-peak hours) stops waiting at once, unsent. This is what a web
         relay calls when its client hangs up (``asyncio.wrap_future`` cancels only calls
         that have not started). Returns False when the call had already finished.
         """
@@ -405,6 +412,10 @@ class DeepSeekPool(ProcessBound):
         if handle is None or future.done():
             return False
         handle.abort()
+        stop = self._submit_stops.get(handle)
+        if stop is not None:
+            stop.set()
+            self.limiter.wake_waiters()
         return True
 
     def as_completed(
@@ -461,6 +472,8 @@ class DeepSeekPool(ProcessBound):
             iterations = list(self._iterations.items())
         if cancel:
             self._closing.set()
+            for stop in list(self._submit_stops.values()):
+                stop.set()
             for event, drain in iterations:
                 event.set()
                 if drain is not None:

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 #: The shortest prefix V4 caches: a 2026 probe reports hits from about 1,024 tokens, in
 #: multiples of 256 (the 2024 launch said 64-token units; unconfirmed either way).
 MIN_PREFIX_TOKENS = 1024
+#: How often a warm-up's wait looks at the run's stop event.
+_STOP_POLL = 0.1
 #: Seconds waited after the warm-up for DeepSeek to build the unit ("construction takes seconds").
 WARM_WAIT = 3.0
 #: The fewest requests of the window that must share a prefix for warming to pay for itself.
@@ -100,6 +102,8 @@ class Warmer(Protocol):
     _closing: threading.Event
 
     def submit(self, messages: Messages, **params: Unpack[SubmitParams]) -> cf.Future[ChatCompletion]: ...
+
+    def abort(self, future: cf.Future[Any]) -> bool: ...
 
 
 def estimate(messages: Sequence[Mapping[str, Any]], context: Mapping[str, Any]) -> int:
@@ -155,6 +159,22 @@ def shared_prefix(requests: Iterable[Any], min_sharing: int = MIN_SHARING) -> Op
     return Prefix(leading, context, estimate(leading, context), len(group), next_role)
 
 
+def _answered(pool: Warmer, future: cf.Future[ChatCompletion], stop: Optional[threading.Event]) -> bool:
+    """Wait for a warm-up; False when ``stop`` was set first (the warm-up is aborted, unsent if it
+    still waited, for instance for off-peak hours)."""
+    if stop is None:
+        future.result()
+        return True
+    while True:
+        try:
+            future.result(timeout=_STOP_POLL)
+            return True
+        except cf.TimeoutError:
+            if stop.is_set():
+                pool.abort(future)
+                return False
+
+
 def warm(pool: Warmer, prefix: Prefix, settings: WarmPrefix, stop: Optional[threading.Event] = None) -> bool:
     """Send the two warm-up requests one after the other, then wait for the unit to be built.
 
@@ -166,7 +186,9 @@ def warm(pool: Warmer, prefix: Prefix, settings: WarmPrefix, stop: Optional[thre
     for turn in ("1", "2"):
         messages = [*prefix.messages, {"role": prefix.next_role, "content": turn}]
         try:
-            pool.submit(messages, **params).result()
+            if not _answered(pool, pool.submit(messages, **params), stop):
+                log.info("warming the prompt cache stopped: the run is draining")
+                return False
         except Exception as err:  # the batch itself will meet and report the same trouble
             log.warning("warming the prompt cache failed (%s: %s); the batch starts cold", type(err).__name__, err)
             return False

@@ -114,7 +114,7 @@ def run_call(
     while True:
         if off_peak is not None and off_peak.hold(wake):  # a peak window: no call starts in it
             if wake.is_set():
-                _stopped(cancelled, drain)
+                _stopped(cancelled, drain, handle)
             start = time.monotonic()  # waiting for off-peak was asked for: call_timeout starts again
             deadline = None if call_timeout is None else start + call_timeout
         try:
@@ -125,7 +125,7 @@ def run_call(
                 f"the call's deadline (call_timeout={call_timeout} s) passed while waiting for the limiter"
             ) from None
         except cf.CancelledError:
-            _stopped(cancelled, drain)
+            _stopped(cancelled, drain, handle)
         if off_peak is None or not off_peak.calendar.is_peak(off_peak.clock.now()):
             break
         limiter.release(permit, tokens_used=0, ok=False)  # a peak began during the wait: back to the gate
@@ -190,8 +190,10 @@ def run_call(
             result.cost = reservation.spent
 
 
-def _stopped(cancelled: threading.Event, drain: Optional[Drain]) -> NoReturn:
-    """A wait before the call's start was ended: by the drain, or by a cancel."""
+def _stopped(cancelled: threading.Event, drain: Optional[Drain], handle: Optional[CallHandle] = None) -> NoReturn:
+    """A wait before the call's start was ended: by the drain, an abort, or a cancel."""
+    if handle is not None and handle.aborted:
+        raise RetryCancelled("not sent: the call was aborted while it waited")
     if drain is not None and drain.stop.is_set() and not cancelled.is_set():
         raise DrainStopped("not sent: the pool is draining (stop was set); run this call again later") from None
     raise cf.CancelledError
@@ -285,10 +287,18 @@ def run_submitted(
     params: Dict[str, Any],
     accepted: float,
     handle: Optional[CallHandle] = None,
+    stop: Optional[threading.Event] = None,
 ) -> ChatCompletion:
-    """Worker body for ``submit``: its future raises what the call raised."""
+    """Worker body for ``submit``: its future raises what the call raised.
+
+    ``stop`` is the call's own cancel event (``DeepSeekPool.abort`` and ``close(cancel=True)``
+    set it), else the pool's closing event.
+    """
+    cancelled = pool._closing if stop is None else stop
+    if stop is not None and pool._closing.is_set():
+        stop.set()  # closed between submit's check and this start
     try:
-        result.completion = run_call(pool, result, messages, params, pool._closing, accepted=accepted, handle=handle)
+        result.completion = run_call(pool, result, messages, params, cancelled, accepted=accepted, handle=handle)
         return result.completion
     except BaseException as err:
         result.error = err
