@@ -83,7 +83,12 @@ FORKER = textwrap.dedent(
 
     # PyDLL keeps the GIL across the call, as C code that forks a Python process must (CDLL
     # lets it go: the child could wake with the GIL held by a thread it does not have).
-    # No os.register_at_fork hook runs.
+    # No os.register_at_fork hook runs, and neither does CPython's own after-fork repair: a
+    # thread waiting for the GIL at the fork leaves the child a GIL whose condition variable
+    # waits for that thread for ever (seen in gdb: 1 run in 6 under load). That is CPython's
+    # hazard, not the library's; uWSGI avoids it with --py-call-osafterfork or --lazy-apps.
+    # The sleep lets every woken thread take its turn and go back to its wait first.
+    time.sleep(0.1)
     pid = ctypes.PyDLL(None).fork()
     if pid == 0:
         faulthandler.dump_traceback_later(30, exit=True)  # a hang shows where, in the test's output
