@@ -216,6 +216,13 @@ def test_the_gate_holds_until_the_window_ends_and_says_so() -> None:
     assert gate.resume_at == at(2026, 12, 7, 10, 0) and gate.holds == 2
 
 
+#: A hold's look at the clock that reaches the window's end in one jump. With 60 s looks, a
+#: held worker moves the test clock through the window minute by minute, in microseconds,
+#: while a call that passed the gate before the window is still on its way: its arrival was
+#: once stamped 09:43 under load, though the call started before 06:00.
+ONE_JUMP = 6 * 3600.0
+
+
 def _stamping_fake(clock: JumpingClock, stamps: List[dt.datetime]) -> FakeDeepSeek:
     """A fake that notes the test clock's time as each request arrives."""
 
@@ -246,7 +253,7 @@ def test_many_workers_hold_at_the_window_and_every_item_runs_once() -> None:
     clock = JumpingClock(at(2026, 12, 7, 0, 59))
     stamps: List[dt.datetime] = []
     with _stamping_fake(clock, stamps) as fake, DeepSeekClient(KEY, base_url=fake.base_url) as client:
-        gate = OffPeakOnly(clock=clock)
+        gate = OffPeakOnly(clock=clock, check_every=ONE_JUMP)
         with DeepSeekPool(client, max_workers=8, off_peak_only=gate, on_result=lambda _r: clock.advance(5)) as pool:
             results = list(pool.as_completed({"custom_id": f"c{n}", "prompt": f"q{n}"} for n in range(120)))
     assert sorted(r.custom_id or "" for r in results) == sorted(f"c{n}" for n in range(120))
@@ -345,7 +352,7 @@ def test_a_batch_run_crosses_a_peak_start_and_writes_every_item_once(tmp_path: P
     notices = io.StringIO()
     inp, out = _write_input(tmp_path / "in.jsonl", 30), tmp_path / "out.jsonl"
     with _stamping_fake(clock, stamps) as fake, DeepSeekClient(KEY, base_url=fake.base_url) as client:
-        gate = OffPeakOnly(clock=clock)
+        gate = OffPeakOnly(clock=clock, check_every=ONE_JUMP)
         with DeepSeekPool(client, max_workers=2, off_peak_only=gate, on_result=lambda _r: clock.advance(10)) as pool:
             summary = run_batch(inp, out, pool, interrupter=Interrupter(), progress=BatchProgress(notices))
     lines = [json.loads(line) for line in out.read_text().splitlines()]
