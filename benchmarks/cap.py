@@ -162,6 +162,23 @@ def child(spec: Dict[str, Any]) -> int:
     return 0
 
 
+def spawn_child(flag: str, spec: Dict[str, Any], errors: Any, cwd: Path, env: Dict[str, str]) -> Tuple[Any, Any]:
+    """Start one child of the cap cell (``--child`` or ``--shares-child``); it and its line reader."""
+    from benchmarks.harness import _Lines  # the harness imports this module: import it late
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.cap", flag, json.dumps(spec)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=errors,
+        text=True,
+        cwd=str(cwd),
+        env=env,
+    )
+    assert process.stdout is not None
+    return process, _Lines(process.stdout)
+
+
 def run_arm(
     server: Any,
     cell: CapCell,
@@ -173,8 +190,6 @@ def run_arm(
     cwd: Path,
 ) -> Dict[str, Any]:
     """One arm once: ``cell.processes`` children started together; never raises for their failure."""
-    from benchmarks.harness import _Lines  # the harness imports this module: import it late
-
     server.reset({"latency": 0.0})  # warm-up calls: plain, fast
     processes: List[subprocess.Popen[str]] = []
     readers: List[Any] = []
@@ -197,18 +212,9 @@ def run_arm(
                     "storage": storage,
                 }
                 offset += share
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "benchmarks.cap", "--child", json.dumps(spec)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=errors_file,
-                    text=True,
-                    cwd=str(cwd),
-                    env=env,
-                )
+                process, lines = spawn_child("--child", spec, errors_file, cwd, env)
                 processes.append(process)
-                assert process.stdout is not None
-                readers.append(_Lines(process.stdout))
+                readers.append(lines)
             for lines in readers:
                 lines.next(timeout, "READY")
             server.reset(cell.server_config(seed=2000 + rep))

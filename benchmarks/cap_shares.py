@@ -209,7 +209,7 @@ def run_arm(
     cwd: Path,
 ) -> Dict[str, Any]:
     """One arm once; never raises for its children's failure."""
-    from benchmarks.harness import _Lines  # the harness imports the cap cell: import it late
+    from benchmarks.cap import spawn_child  # the cap cell imports this module: import it late
 
     server.reset({"latency": 0.0})
     batch_span = 2 * shares.phase * cell.latency / cell.cap  # what the batch would take at the cap
@@ -243,18 +243,9 @@ def run_arm(
         errors_file = open(Path(tmp) / "stderr.txt", "w+")  # noqa: SIM115  # closed below, after the children
         try:
             for spec in specs:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "benchmarks.cap", "--shares-child", json.dumps(spec)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=errors_file,
-                    text=True,
-                    cwd=str(cwd),
-                    env=env,
-                )
+                process, lines = spawn_child("--shares-child", spec, errors_file, cwd, env)
                 children.append(process)
-                assert process.stdout is not None
-                readers.append(_Lines(process.stdout))
+                readers.append(lines)
             for lines in readers:
                 lines.next(timeout, "READY")
             server.reset(cell.server_config(seed=4000 + rep))
